@@ -1,0 +1,353 @@
+//! The typed config (`config.toml`).
+//!
+//! Unknown keys are rejected with their path; every error names the file, line and column. Secret
+//! fields are [`SecretInput`]s: references, or literals that `doctor` flags.
+
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+
+use schemars::JsonSchema;
+use serde::{Deserialize, Serialize};
+
+use crate::SecretInput;
+
+/// The default gateway port (the same as OpenClaw's, so existing clients find it).
+pub const DEFAULT_PORT: u16 = 18789;
+
+#[derive(Debug, Clone, Default, Deserialize, Serialize, JsonSchema)]
+#[serde(deny_unknown_fields, default)]
+pub struct Config {
+    pub gateway: GatewayConfig,
+    /// Model providers, keyed by id (`[providers.openai]`).
+    #[serde(skip_serializing_if = "BTreeMap::is_empty")]
+    pub providers: BTreeMap<String, ProviderConfig>,
+}
+
+#[derive(Debug, Clone, Deserialize, Serialize, JsonSchema)]
+#[serde(deny_unknown_fields, default)]
+pub struct GatewayConfig {
+    /// Address to listen on. Loopback by default.
+    pub bind: String,
+    /// Port to listen on; 0 picks a free one.
+    pub port: u16,
+    pub auth: AuthConfig,
+    pub remote: RemoteConfig,
+}
+
+impl Default for GatewayConfig {
+    fn default() -> Self {
+        GatewayConfig {
+            bind: "127.0.0.1".into(),
+            port: DEFAULT_PORT,
+            auth: AuthConfig::default(),
+            remote: RemoteConfig::default(),
+        }
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Deserialize, Serialize, JsonSchema)]
+#[serde(rename_all = "lowercase")]
+pub enum AuthMode {
+    #[default]
+    Token,
+    Password,
+    /// No shared secret; only allowed when bound to loopback.
+    None,
+}
+
+impl AuthMode {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            AuthMode::Token => "token",
+            AuthMode::Password => "password",
+            AuthMode::None => "none",
+        }
+    }
+}
+
+#[derive(Debug, Clone, Deserialize, Serialize, JsonSchema)]
+#[serde(deny_unknown_fields, default)]
+pub struct AuthConfig {
+    pub mode: AuthMode,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub token: Option<SecretInput>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub password: Option<SecretInput>,
+    /// How long the previous token keeps working after a rotation (0 = not at all).
+    pub rotation_grace_seconds: u64,
+    pub rate_limit: RateLimitConfig,
+}
+
+impl Default for AuthConfig {
+    fn default() -> Self {
+        AuthConfig {
+            mode: AuthMode::Token,
+            token: None,
+            password: None,
+            rotation_grace_seconds: 300,
+            rate_limit: RateLimitConfig::default(),
+        }
+    }
+}
+
+/// Brute-force protection for shared-secret and device-token checks.
+#[derive(Debug, Clone, Deserialize, Serialize, JsonSchema)]
+#[serde(deny_unknown_fields, default)]
+pub struct RateLimitConfig {
+    pub enabled: bool,
+    /// Failures allowed per client address within `window_seconds`.
+    pub max_attempts: u32,
+    pub window_seconds: u64,
+    /// How long an address is locked out once it reaches `max_attempts`.
+    pub lockout_seconds: u64,
+    /// Loopback clients are not limited (they already hold the machine).
+    pub exempt_loopback: bool,
+    /// Further addresses that are never limited.
+    pub exempt: Vec<String>,
+}
+
+impl Default for RateLimitConfig {
+    fn default() -> Self {
+        RateLimitConfig {
+            enabled: true,
+            max_attempts: 10,
+            window_seconds: 60,
+            lockout_seconds: 300,
+            exempt_loopback: true,
+            exempt: Vec::new(),
+        }
+    }
+}
+
+/// How this machine's clients reach a remote gateway.
+#[derive(Debug, Clone, Default, Deserialize, Serialize, JsonSchema)]
+#[serde(deny_unknown_fields, default)]
+pub struct RemoteConfig {
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub url: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub token: Option<SecretInput>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub password: Option<SecretInput>,
+}
+
+/// An OpenAI-compatible model provider.
+#[derive(Debug, Clone, Deserialize, Serialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct ProviderConfig {
+    /// Base URL of the OpenAI-compatible API, e.g. `https://api.example.com/v1`.
+    pub base_url: String,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub api_key: Option<SecretInput>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub default_model: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub timeout_seconds: Option<u64>,
+}
+
+/// A config that could not be loaded. Never carries file contents, only positions.
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    #[error("config file {0} does not exist; run `driftless init` to create one")]
+    NotFound(PathBuf),
+    #[error("cannot read config file {path}: {source}")]
+    Io {
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("{path}:{line}:{column}: {message}{}", key.as_deref().map(|k| format!(" (at `{k}`)")).unwrap_or_default())]
+    Parse { path: PathBuf, line: usize, column: usize, key: Option<String>, message: String },
+    #[error("{path}: {message}")]
+    Invalid { path: PathBuf, message: String },
+}
+
+/// A parsed config and where it came from.
+#[derive(Debug, Clone)]
+pub struct LoadedConfig {
+    pub config: Config,
+    pub path: PathBuf,
+}
+
+impl LoadedConfig {
+    /// The directory relative secret file paths are taken from.
+    pub fn base_dir(&self) -> &Path {
+        self.path.parent().unwrap_or(Path::new("."))
+    }
+}
+
+impl Config {
+    /// Reads and parses `path`.
+    pub fn load(path: &Path) -> Result<LoadedConfig, ConfigError> {
+        let text = match std::fs::read_to_string(path) {
+            Ok(t) => t,
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+                return Err(ConfigError::NotFound(path.to_owned()));
+            }
+            Err(source) => return Err(ConfigError::Io { path: path.to_owned(), source }),
+        };
+        let config = Config::parse(&text, path)?;
+        Ok(LoadedConfig { config, path: path.to_owned() })
+    }
+
+    /// Parses config text; `path` is only used in error messages.
+    pub fn parse(text: &str, path: &Path) -> Result<Config, ConfigError> {
+        let de = toml::Deserializer::parse(text).map_err(|e| parse_error(text, path, None, &e))?;
+        let config: Config = serde_path_to_error::deserialize(de).map_err(|e| {
+            let key = e.path().to_string();
+            let key = (key != "." && !key.is_empty()).then_some(key);
+            parse_error(text, path, key, e.inner())
+        })?;
+        config.validate(path)?;
+        Ok(config)
+    }
+
+    fn validate(&self, path: &Path) -> Result<(), ConfigError> {
+        let invalid = |message: String| Err(ConfigError::Invalid { path: path.to_owned(), message });
+        if self.gateway.bind.parse::<std::net::IpAddr>().is_err() && self.gateway.bind != "localhost" {
+            return invalid(format!(
+                "gateway.bind = {:?} is not an IP address; use e.g. \"127.0.0.1\" or \"0.0.0.0\"",
+                self.gateway.bind
+            ));
+        }
+        for ip in &self.gateway.auth.rate_limit.exempt {
+            if ip.parse::<std::net::IpAddr>().is_err() {
+                return invalid(format!("gateway.auth.rate_limit.exempt: {ip:?} is not an IP address"));
+            }
+        }
+        for (id, p) in &self.providers {
+            if !(p.base_url.starts_with("http://") || p.base_url.starts_with("https://")) {
+                return invalid(format!("providers.{id}.base_url must start with http:// or https://"));
+            }
+        }
+        Ok(())
+    }
+
+    /// Every secret field that is set, by its dotted config path.
+    pub fn secret_inputs(&self) -> Vec<(String, &SecretInput)> {
+        let mut out = Vec::new();
+        let g = &self.gateway;
+        let fields = [
+            ("gateway.auth.token", &g.auth.token),
+            ("gateway.auth.password", &g.auth.password),
+            ("gateway.remote.token", &g.remote.token),
+            ("gateway.remote.password", &g.remote.password),
+        ];
+        for (name, input) in fields {
+            if let Some(i) = input {
+                out.push((name.to_owned(), i));
+            }
+        }
+        for (id, p) in &self.providers {
+            if let Some(k) = &p.api_key {
+                out.push((format!("providers.{id}.api_key"), k));
+            }
+        }
+        out
+    }
+
+    /// The JSON Schema of the config, for editors (`driftless config schema`).
+    pub fn json_schema() -> serde_json::Value {
+        serde_json::to_value(schemars::schema_for!(Config)).expect("schema serializes")
+    }
+}
+
+fn parse_error(text: &str, path: &Path, key: Option<String>, e: &toml::de::Error) -> ConfigError {
+    let (line, column) = e.span().map(|s| line_col(text, s.start)).unwrap_or((1, 1));
+    // The toml message can quote the offending line; keep only its first line, which never does.
+    let message = e.message().lines().next().unwrap_or("invalid TOML").to_owned();
+    ConfigError::Parse { path: path.to_owned(), line, column, key, message }
+}
+
+/// 1-based line and column of a byte offset.
+pub fn line_col(text: &str, offset: usize) -> (usize, usize) {
+    let before = &text[..offset.min(text.len())];
+    let line = before.matches('\n').count() + 1;
+    let column = before.rsplit('\n').next().map(|l| l.chars().count()).unwrap_or(0) + 1;
+    (line, column)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn parse(text: &str) -> Result<Config, ConfigError> {
+        Config::parse(text, Path::new("/cfg.toml"))
+    }
+
+    #[test]
+    fn defaults() {
+        let c = parse("").unwrap();
+        assert_eq!(c.gateway.bind, "127.0.0.1");
+        assert_eq!(c.gateway.port, 18789);
+        assert_eq!(c.gateway.auth.mode, AuthMode::Token);
+        assert_eq!(c.gateway.auth.rotation_grace_seconds, 300);
+        assert!(c.secret_inputs().is_empty());
+    }
+
+    #[test]
+    fn secret_inputs_literal_and_refs() {
+        let c = parse(
+            r#"
+[gateway.auth]
+token = { source = "file", path = "/run/tok" }
+password = "plain-literal"
+[gateway.remote]
+token = { source = "env", id = "REMOTE_TOK" }
+[providers.openai]
+base_url = "https://api.example.com/v1"
+api_key = { source = "exec", command = ["pass", "show", "k"], timeout_ms = 500 }
+"#,
+        )
+        .unwrap();
+        let names: Vec<_> = c.secret_inputs().into_iter().map(|(n, i)| (n, i.kind())).collect();
+        assert_eq!(
+            names,
+            vec![
+                ("gateway.auth.token".to_string(), "file"),
+                ("gateway.auth.password".to_string(), "literal"),
+                ("gateway.remote.token".to_string(), "env"),
+                ("providers.openai.api_key".to_string(), "exec"),
+            ]
+        );
+        // Debug never shows the literal.
+        assert!(!format!("{c:?}").contains("plain-literal"));
+    }
+
+    #[test]
+    fn unknown_key_names_path_line_and_column() {
+        let err = parse("[gateway]\nport = 1\n[gateway.auth]\nmode = \"token\"\ntokne = \"x\"\n").unwrap_err();
+        let msg = err.to_string();
+        assert!(msg.starts_with("/cfg.toml:5:"), "{msg}");
+        assert!(msg.contains("tokne"), "{msg}");
+        assert!(msg.contains("gateway.auth"), "{msg}");
+    }
+
+    #[test]
+    fn syntax_error_has_position() {
+        let err = parse("[gateway]\nport = \n").unwrap_err();
+        assert!(matches!(err, ConfigError::Parse { line: 2, .. }), "{err}");
+    }
+
+    #[test]
+    fn bad_reference_is_a_clear_error() {
+        let err = parse("[gateway.auth]\ntoken = { source = \"vault\", id = \"x\" }\n").unwrap_err();
+        let msg = err.to_string();
+        assert!(msg.contains("vault") && msg.contains("gateway.auth.token"), "{msg}");
+        let err = parse("[gateway.auth]\ntoken = { source = \"file\" }\n").unwrap_err();
+        assert!(err.to_string().contains("path"), "{err}");
+    }
+
+    #[test]
+    fn wrong_type_port() {
+        let err = parse("[gateway]\nport = 99999\n").unwrap_err();
+        assert!(err.to_string().contains("gateway.port"), "{err}");
+    }
+
+    #[test]
+    fn schema_mentions_sections() {
+        let s = Config::json_schema().to_string();
+        assert!(s.contains("rotation_grace_seconds"));
+        assert!(s.contains("SecretInput"));
+    }
+}

@@ -1,0 +1,103 @@
+//! Where driftless keeps its config and state (XDG base directories).
+
+use std::path::{Path, PathBuf};
+
+use crate::Env;
+
+/// The environment variable that names the config file explicitly.
+pub const CONFIG_ENV: &str = "DRIFTLESS_CONFIG";
+/// The environment variable that names the state directory explicitly.
+pub const STATE_DIR_ENV: &str = "DRIFTLESS_STATE_DIR";
+
+fn home(env: &Env) -> PathBuf {
+    env.non_empty("HOME").map(PathBuf::from).unwrap_or_else(|| PathBuf::from("/"))
+}
+
+/// `$DRIFTLESS_CONFIG`, else `$XDG_CONFIG_HOME/driftless/config.toml`, else `~/.config/...`.
+pub fn config_file(env: &Env) -> PathBuf {
+    if let Some(p) = env.non_empty(CONFIG_ENV) {
+        return PathBuf::from(p);
+    }
+    let base = env
+        .non_empty("XDG_CONFIG_HOME")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| home(env).join(".config"));
+    base.join("driftless").join("config.toml")
+}
+
+/// `$DRIFTLESS_STATE_DIR`, else `$XDG_STATE_HOME/driftless`, else `~/.local/state/driftless`.
+pub fn state_dir(env: &Env) -> PathBuf {
+    if let Some(p) = env.non_empty(STATE_DIR_ENV) {
+        return PathBuf::from(p);
+    }
+    let base = env
+        .non_empty("XDG_STATE_HOME")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| home(env).join(".local").join("state"));
+    base.join("driftless")
+}
+
+/// Where `init` puts the generated gateway token.
+pub fn default_gateway_token_file(state_dir: &Path) -> PathBuf {
+    state_dir.join("secrets").join("gateway-token")
+}
+
+/// Expands a leading `~` and `${VAR}` occurrences. Unset variables are an error, because a path
+/// that silently lost a component would point at the wrong file.
+pub fn expand(raw: &str, env: &Env) -> Result<PathBuf, String> {
+    let mut out = String::with_capacity(raw.len());
+    let rest = if raw == "~" || raw.starts_with("~/") {
+        out.push_str(&home(env).to_string_lossy());
+        &raw[1..]
+    } else {
+        raw
+    };
+    let mut chars = rest.char_indices().peekable();
+    while let Some((i, c)) = chars.next() {
+        if c == '$' && rest[i + 1..].starts_with('{') {
+            let Some(end) = rest[i + 2..].find('}') else {
+                return Err(format!("unterminated ${{ in path {raw:?}"));
+            };
+            let name = &rest[i + 2..i + 2 + end];
+            match env.get(name) {
+                Some(v) => out.push_str(v),
+                None => return Err(format!("path {raw:?} uses ${{{name}}}, which is not set")),
+            }
+            // Skip the variable name and the closing brace.
+            for _ in 0..end + 2 {
+                chars.next();
+            }
+        } else {
+            out.push(c);
+        }
+    }
+    Ok(PathBuf::from(out))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn xdg_and_overrides() {
+        let env = Env::from_pairs([("HOME", "/h")]);
+        assert_eq!(config_file(&env), PathBuf::from("/h/.config/driftless/config.toml"));
+        assert_eq!(state_dir(&env), PathBuf::from("/h/.local/state/driftless"));
+        let env = Env::from_pairs([("HOME", "/h"), ("XDG_CONFIG_HOME", "/x"), ("XDG_STATE_HOME", "/s")]);
+        assert_eq!(config_file(&env), PathBuf::from("/x/driftless/config.toml"));
+        assert_eq!(state_dir(&env), PathBuf::from("/s/driftless"));
+        let env = Env::from_pairs([("DRIFTLESS_CONFIG", "/c.toml"), ("DRIFTLESS_STATE_DIR", "/st")]);
+        assert_eq!(config_file(&env), PathBuf::from("/c.toml"));
+        assert_eq!(state_dir(&env), PathBuf::from("/st"));
+    }
+
+    #[test]
+    fn expands_home_and_vars() {
+        let env = Env::from_pairs([("HOME", "/h"), ("CRED", "/run/creds")]);
+        assert_eq!(expand("~/a", &env).unwrap(), PathBuf::from("/h/a"));
+        assert_eq!(expand("${CRED}/tok", &env).unwrap(), PathBuf::from("/run/creds/tok"));
+        assert_eq!(expand("/plain/$x", &env).unwrap(), PathBuf::from("/plain/$x"));
+        assert!(expand("${NOPE}/x", &env).unwrap_err().contains("NOPE"));
+        assert!(expand("${OPEN", &env).is_err());
+    }
+}

@@ -1,0 +1,1 @@
+//! The OpenClaw gateway wire protocol (placeholder until the protocol work lands).
