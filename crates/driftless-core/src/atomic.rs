@@ -18,7 +18,10 @@ pub struct WriteError {
 
 /// Creates `dir` and missing parents with mode 0700.
 pub fn create_private_dir(dir: &Path) -> std::io::Result<()> {
-    std::fs::DirBuilder::new().recursive(true).mode(0o700).create(dir)
+    std::fs::DirBuilder::new()
+        .recursive(true)
+        .mode(0o700)
+        .create(dir)
 }
 
 /// Writes `bytes` to `path` atomically with mode 0600.
@@ -29,7 +32,10 @@ pub fn write_private(path: &Path, bytes: &[u8]) -> Result<(), WriteError> {
 /// Writes `bytes` to `path` atomically with the given mode (0600 for anything secret or state;
 /// service units, which hold no secret, are 0644).
 pub fn write_with_mode(path: &Path, bytes: &[u8], mode: u32) -> Result<(), WriteError> {
-    let err = |source| WriteError { path: path.to_owned(), source };
+    let err = |source| WriteError {
+        path: path.to_owned(),
+        source,
+    };
     let dir = match path.parent() {
         Some(d) if !d.as_os_str().is_empty() => d,
         _ => Path::new("."),
@@ -45,11 +51,15 @@ pub fn write_with_mode(path: &Path, bytes: &[u8], mode: u32) -> Result<(), Write
         .map_err(err)?;
     tmp.write_all(bytes).map_err(err)?;
     if mode != 0o600 {
-        tmp.as_file().set_permissions(std::fs::Permissions::from_mode(mode)).map_err(err)?;
+        tmp.as_file()
+            .set_permissions(std::fs::Permissions::from_mode(mode))
+            .map_err(err)?;
     }
     tmp.as_file().sync_all().map_err(err)?;
     tmp.persist(path).map_err(|e| err(e.error))?;
-    std::fs::File::open(dir).and_then(|d| d.sync_all()).map_err(err)?;
+    std::fs::File::open(dir)
+        .and_then(|d| d.sync_all())
+        .map_err(err)?;
     Ok(())
 }
 
@@ -65,7 +75,10 @@ mod tests {
         write_private(&p, b"one").unwrap();
         assert_eq!(std::fs::read(&p).unwrap(), b"one");
         assert_eq!(std::fs::metadata(&p).unwrap().mode() & 0o777, 0o600);
-        assert_eq!(std::fs::metadata(p.parent().unwrap()).unwrap().mode() & 0o777, 0o700);
+        assert_eq!(
+            std::fs::metadata(p.parent().unwrap()).unwrap().mode() & 0o777,
+            0o700
+        );
         write_private(&p, b"two").unwrap();
         assert_eq!(std::fs::read(&p).unwrap(), b"two");
         // No temp files left behind.

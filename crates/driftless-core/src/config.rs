@@ -157,7 +157,13 @@ pub enum ConfigError {
         source: std::io::Error,
     },
     #[error("{path}:{line}:{column}: {message}{}", key.as_deref().map(|k| format!(" (at `{k}`)")).unwrap_or_default())]
-    Parse { path: PathBuf, line: usize, column: usize, key: Option<String>, message: String },
+    Parse {
+        path: PathBuf,
+        line: usize,
+        column: usize,
+        key: Option<String>,
+        message: String,
+    },
     #[error("{path}: {message}")]
     Invalid { path: PathBuf, message: String },
 }
@@ -184,10 +190,18 @@ impl Config {
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
                 return Err(ConfigError::NotFound(path.to_owned()));
             }
-            Err(source) => return Err(ConfigError::Io { path: path.to_owned(), source }),
+            Err(source) => {
+                return Err(ConfigError::Io {
+                    path: path.to_owned(),
+                    source,
+                });
+            }
         };
         let config = Config::parse(&text, path)?;
-        Ok(LoadedConfig { config, path: path.to_owned() })
+        Ok(LoadedConfig {
+            config,
+            path: path.to_owned(),
+        })
     }
 
     /// Parses config text; `path` is only used in error messages.
@@ -203,8 +217,15 @@ impl Config {
     }
 
     fn validate(&self, path: &Path) -> Result<(), ConfigError> {
-        let invalid = |message: String| Err(ConfigError::Invalid { path: path.to_owned(), message });
-        if self.gateway.bind.parse::<std::net::IpAddr>().is_err() && self.gateway.bind != "localhost" {
+        let invalid = |message: String| {
+            Err(ConfigError::Invalid {
+                path: path.to_owned(),
+                message,
+            })
+        };
+        if self.gateway.bind.parse::<std::net::IpAddr>().is_err()
+            && self.gateway.bind != "localhost"
+        {
             return invalid(format!(
                 "gateway.bind = {:?} is not an IP address; use e.g. \"127.0.0.1\" or \"0.0.0.0\"",
                 self.gateway.bind
@@ -212,12 +233,16 @@ impl Config {
         }
         for ip in &self.gateway.auth.rate_limit.exempt {
             if ip.parse::<std::net::IpAddr>().is_err() {
-                return invalid(format!("gateway.auth.rate_limit.exempt: {ip:?} is not an IP address"));
+                return invalid(format!(
+                    "gateway.auth.rate_limit.exempt: {ip:?} is not an IP address"
+                ));
             }
         }
         for (id, p) in &self.providers {
             if !(p.base_url.starts_with("http://") || p.base_url.starts_with("https://")) {
-                return invalid(format!("providers.{id}.base_url must start with http:// or https://"));
+                return invalid(format!(
+                    "providers.{id}.base_url must start with http:// or https://"
+                ));
             }
         }
         Ok(())
@@ -255,15 +280,31 @@ impl Config {
 fn parse_error(text: &str, path: &Path, key: Option<String>, e: &toml::de::Error) -> ConfigError {
     let (line, column) = e.span().map(|s| line_col(text, s.start)).unwrap_or((1, 1));
     // The toml message can quote the offending line; keep only its first line, which never does.
-    let message = e.message().lines().next().unwrap_or("invalid TOML").to_owned();
-    ConfigError::Parse { path: path.to_owned(), line, column, key, message }
+    let message = e
+        .message()
+        .lines()
+        .next()
+        .unwrap_or("invalid TOML")
+        .to_owned();
+    ConfigError::Parse {
+        path: path.to_owned(),
+        line,
+        column,
+        key,
+        message,
+    }
 }
 
 /// 1-based line and column of a byte offset.
 pub fn line_col(text: &str, offset: usize) -> (usize, usize) {
     let before = &text[..offset.min(text.len())];
     let line = before.matches('\n').count() + 1;
-    let column = before.rsplit('\n').next().map(|l| l.chars().count()).unwrap_or(0) + 1;
+    let column = before
+        .rsplit('\n')
+        .next()
+        .map(|l| l.chars().count())
+        .unwrap_or(0)
+        + 1;
     (line, column)
 }
 
@@ -300,7 +341,11 @@ api_key = { source = "exec", command = ["pass", "show", "k"], timeout_ms = 500 }
 "#,
         )
         .unwrap();
-        let names: Vec<_> = c.secret_inputs().into_iter().map(|(n, i)| (n, i.kind())).collect();
+        let names: Vec<_> = c
+            .secret_inputs()
+            .into_iter()
+            .map(|(n, i)| (n, i.kind()))
+            .collect();
         assert_eq!(
             names,
             vec![
@@ -316,7 +361,8 @@ api_key = { source = "exec", command = ["pass", "show", "k"], timeout_ms = 500 }
 
     #[test]
     fn unknown_key_names_path_line_and_column() {
-        let err = parse("[gateway]\nport = 1\n[gateway.auth]\nmode = \"token\"\ntokne = \"x\"\n").unwrap_err();
+        let err = parse("[gateway]\nport = 1\n[gateway.auth]\nmode = \"token\"\ntokne = \"x\"\n")
+            .unwrap_err();
         let msg = err.to_string();
         assert!(msg.starts_with("/cfg.toml:5:"), "{msg}");
         assert!(msg.contains("tokne"), "{msg}");
@@ -331,9 +377,13 @@ api_key = { source = "exec", command = ["pass", "show", "k"], timeout_ms = 500 }
 
     #[test]
     fn bad_reference_is_a_clear_error() {
-        let err = parse("[gateway.auth]\ntoken = { source = \"vault\", id = \"x\" }\n").unwrap_err();
+        let err =
+            parse("[gateway.auth]\ntoken = { source = \"vault\", id = \"x\" }\n").unwrap_err();
         let msg = err.to_string();
-        assert!(msg.contains("vault") && msg.contains("gateway.auth.token"), "{msg}");
+        assert!(
+            msg.contains("vault") && msg.contains("gateway.auth.token"),
+            "{msg}"
+        );
         let err = parse("[gateway.auth]\ntoken = { source = \"file\" }\n").unwrap_err();
         assert!(err.to_string().contains("path"), "{err}");
     }

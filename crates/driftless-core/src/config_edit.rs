@@ -33,14 +33,23 @@ impl ConfigDocument {
         let text = match std::fs::read_to_string(path) {
             Ok(t) => t,
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
-                return Err(EditError::Unparsable(ConfigError::NotFound(path.to_owned())));
+                return Err(EditError::Unparsable(ConfigError::NotFound(
+                    path.to_owned(),
+                )));
             }
-            Err(source) => return Err(EditError::Unparsable(ConfigError::Io { path: path.to_owned(), source })),
+            Err(source) => {
+                return Err(EditError::Unparsable(ConfigError::Io {
+                    path: path.to_owned(),
+                    source,
+                }));
+            }
         };
         Config::parse(&text, path).map_err(EditError::Unparsable)?;
         let doc = text.parse::<DocumentMut>().map_err(|e| {
-            let (line, column) =
-                e.span().map(|s| crate::config::line_col(&text, s.start)).unwrap_or((1, 1));
+            let (line, column) = e
+                .span()
+                .map(|s| crate::config::line_col(&text, s.start))
+                .unwrap_or((1, 1));
             EditError::Unparsable(ConfigError::Parse {
                 path: path.to_owned(),
                 line,
@@ -49,7 +58,10 @@ impl ConfigDocument {
                 message: e.message().to_owned(),
             })
         })?;
-        Ok(ConfigDocument { path: path.to_owned(), doc })
+        Ok(ConfigDocument {
+            path: path.to_owned(),
+            doc,
+        })
     }
 
     /// Sets the secret field at dotted `key` (e.g. `gateway.auth.token`) to a reference.
@@ -64,9 +76,15 @@ impl ConfigDocument {
                 t.insert("source", "file".into());
                 t.insert("path", path.as_str().into());
             }
-            SecretRef::Exec { command, timeout_ms } => {
+            SecretRef::Exec {
+                command,
+                timeout_ms,
+            } => {
                 t.insert("source", "exec".into());
-                t.insert("command", Value::Array(command.iter().map(|s| s.as_str()).collect()));
+                t.insert(
+                    "command",
+                    Value::Array(command.iter().map(|s| s.as_str()).collect()),
+                );
                 if let Some(ms) = timeout_ms {
                     t.insert("timeout_ms", (*ms as i64).into());
                 }
@@ -142,13 +160,21 @@ mod tests {
         .unwrap();
         let mut doc = ConfigDocument::open(&p).unwrap();
         assert!(doc.is_literal_string("gateway.auth.token"));
-        doc.set_secret_ref("gateway.auth.token", &SecretRef::File { path: "/run/tok".into() });
+        doc.set_secret_ref(
+            "gateway.auth.token",
+            &SecretRef::File {
+                path: "/run/tok".into(),
+            },
+        );
         doc.save().unwrap();
         let text = std::fs::read_to_string(&p).unwrap();
         assert!(text.contains("# my gateway"));
         assert!(text.contains("# keep this port"));
         assert!(text.contains("# the token"));
-        assert!(text.contains(r#"token = { source = "file", path = "/run/tok" }"#), "{text}");
+        assert!(
+            text.contains(r#"token = { source = "file", path = "/run/tok" }"#),
+            "{text}"
+        );
         assert!(!text.contains("plain"));
         let cfg = Config::load(&p).unwrap();
         assert_eq!(cfg.config.gateway.auth.token.unwrap().kind(), "file");

@@ -16,7 +16,9 @@ impl Env {
     /// Reads the real process environment. Call once, at the edge (the binary's `main`).
     pub fn from_process() -> Env {
         let vars = std::env::vars_os()
-            .filter_map(|(k, v): (OsString, OsString)| Some((k.into_string().ok()?, v.into_string().ok()?)))
+            .filter_map(|(k, v): (OsString, OsString)| {
+                Some((k.into_string().ok()?, v.into_string().ok()?))
+            })
             .collect();
         Env { vars }
     }
@@ -28,7 +30,12 @@ impl Env {
         K: Into<String>,
         V: Into<String>,
     {
-        Env { vars: pairs.into_iter().map(|(k, v)| (k.into(), v.into())).collect() }
+        Env {
+            vars: pairs
+                .into_iter()
+                .map(|(k, v)| (k.into(), v.into()))
+                .collect(),
+        }
     }
 
     /// The value of `name`, if set (possibly empty).
@@ -60,6 +67,8 @@ impl Env {
 // Deliberately no Debug of values: an environment may hold secrets.
 impl std::fmt::Debug for Env {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("Env").field("vars", &self.vars.len()).finish()
+        f.debug_struct("Env")
+            .field("vars", &self.vars.len())
+            .finish()
     }
 }

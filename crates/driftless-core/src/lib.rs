@@ -11,6 +11,7 @@ pub mod config;
 pub mod config_edit;
 pub mod env;
 pub mod paths;
+pub mod precedence;
 pub mod redact;
 pub mod secret;
 pub mod snapshot;

@@ -10,7 +10,9 @@ pub const CONFIG_ENV: &str = "DRIFTLESS_CONFIG";
 pub const STATE_DIR_ENV: &str = "DRIFTLESS_STATE_DIR";
 
 fn home(env: &Env) -> PathBuf {
-    env.non_empty("HOME").map(PathBuf::from).unwrap_or_else(|| PathBuf::from("/"))
+    env.non_empty("HOME")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| PathBuf::from("/"))
 }
 
 /// `$DRIFTLESS_CONFIG`, else `$XDG_CONFIG_HOME/driftless/config.toml`, else `~/.config/...`.
@@ -81,12 +83,22 @@ mod tests {
     #[test]
     fn xdg_and_overrides() {
         let env = Env::from_pairs([("HOME", "/h")]);
-        assert_eq!(config_file(&env), PathBuf::from("/h/.config/driftless/config.toml"));
+        assert_eq!(
+            config_file(&env),
+            PathBuf::from("/h/.config/driftless/config.toml")
+        );
         assert_eq!(state_dir(&env), PathBuf::from("/h/.local/state/driftless"));
-        let env = Env::from_pairs([("HOME", "/h"), ("XDG_CONFIG_HOME", "/x"), ("XDG_STATE_HOME", "/s")]);
+        let env = Env::from_pairs([
+            ("HOME", "/h"),
+            ("XDG_CONFIG_HOME", "/x"),
+            ("XDG_STATE_HOME", "/s"),
+        ]);
         assert_eq!(config_file(&env), PathBuf::from("/x/driftless/config.toml"));
         assert_eq!(state_dir(&env), PathBuf::from("/s/driftless"));
-        let env = Env::from_pairs([("DRIFTLESS_CONFIG", "/c.toml"), ("DRIFTLESS_STATE_DIR", "/st")]);
+        let env = Env::from_pairs([
+            ("DRIFTLESS_CONFIG", "/c.toml"),
+            ("DRIFTLESS_STATE_DIR", "/st"),
+        ]);
         assert_eq!(config_file(&env), PathBuf::from("/c.toml"));
         assert_eq!(state_dir(&env), PathBuf::from("/st"));
     }
@@ -95,8 +107,14 @@ mod tests {
     fn expands_home_and_vars() {
         let env = Env::from_pairs([("HOME", "/h"), ("CRED", "/run/creds")]);
         assert_eq!(expand("~/a", &env).unwrap(), PathBuf::from("/h/a"));
-        assert_eq!(expand("${CRED}/tok", &env).unwrap(), PathBuf::from("/run/creds/tok"));
-        assert_eq!(expand("/plain/$x", &env).unwrap(), PathBuf::from("/plain/$x"));
+        assert_eq!(
+            expand("${CRED}/tok", &env).unwrap(),
+            PathBuf::from("/run/creds/tok")
+        );
+        assert_eq!(
+            expand("/plain/$x", &env).unwrap(),
+            PathBuf::from("/plain/$x")
+        );
         assert!(expand("${NOPE}/x", &env).unwrap_err().contains("NOPE"));
         assert!(expand("${OPEN", &env).is_err());
     }

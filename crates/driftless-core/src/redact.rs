@@ -22,7 +22,10 @@ struct Registry {
     extra: Vec<SecretValue>,
 }
 
-static REGISTRY: RwLock<Registry> = RwLock::new(Registry { snapshot: Vec::new(), extra: Vec::new() });
+static REGISTRY: RwLock<Registry> = RwLock::new(Registry {
+    snapshot: Vec::new(),
+    extra: Vec::new(),
+});
 
 /// Replaces the snapshot-derived values (current and previous snapshot).
 pub fn set_snapshot_values(values: Vec<SecretValue>) {
@@ -63,7 +66,9 @@ pub struct RedactingWriter<W: Write + Send + 'static> {
 
 impl<W: Write + Send + 'static> RedactingWriter<W> {
     pub fn new(sink: W) -> Self {
-        RedactingWriter { sink: Arc::new(std::sync::Mutex::new(sink)) }
+        RedactingWriter {
+            sink: Arc::new(std::sync::Mutex::new(sink)),
+        }
     }
 }
 
@@ -96,7 +101,10 @@ impl<W: Write + Send + 'static> Drop for LineBuffer<W> {
 impl<'a, W: Write + Send + 'static> tracing_subscriber::fmt::MakeWriter<'a> for RedactingWriter<W> {
     type Writer = LineBuffer<W>;
     fn make_writer(&'a self) -> Self::Writer {
-        LineBuffer { buf: Vec::with_capacity(256), sink: self.sink.clone() }
+        LineBuffer {
+            buf: Vec::with_capacity(256),
+            sink: self.sink.clone(),
+        }
     }
 }
 

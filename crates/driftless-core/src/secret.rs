@@ -57,7 +57,11 @@ impl SecretValue {
     pub fn new(value: String) -> SecretValue {
         let digest: [u8; 32] = Sha256::digest(value.as_bytes()).into();
         let fingerprint = Fingerprint::of(value.as_bytes());
-        SecretValue { value: SecretString::from(value), fingerprint, digest }
+        SecretValue {
+            value: SecretString::from(value),
+            fingerprint,
+            digest,
+        }
     }
 
     /// The value itself. Only verifiers, the redactor, and writers of the value's own source call this.

@@ -80,7 +80,10 @@ impl Snapshot {
             }
         }
         if errors.is_empty() {
-            Ok(Snapshot { secrets, resolved_at: SystemTime::now() })
+            Ok(Snapshot {
+                secrets,
+                resolved_at: SystemTime::now(),
+            })
         } else {
             Err(SnapshotError { errors })
         }
@@ -88,7 +91,10 @@ impl Snapshot {
 
     /// An empty snapshot (no secrets configured).
     pub fn empty() -> Snapshot {
-        Snapshot { secrets: BTreeMap::new(), resolved_at: SystemTime::now() }
+        Snapshot {
+            secrets: BTreeMap::new(),
+            resolved_at: SystemTime::now(),
+        }
     }
 
     pub fn get(&self, name: &str) -> Option<&SecretValue> {
@@ -190,11 +196,19 @@ impl SnapshotHolder {
             self.current.store(Arc::new(next));
             self.register_with_redactor();
         }
-        ReloadReport { changed, generation: *generation }
+        ReloadReport {
+            changed,
+            generation: *generation,
+        }
     }
 
     /// Resolves `config` and installs the result; on any error the live snapshot stays.
-    pub fn reload(&self, config: &Config, env: &Env, base: &Path) -> Result<ReloadReport, SnapshotError> {
+    pub fn reload(
+        &self,
+        config: &Config,
+        env: &Env,
+        base: &Path,
+    ) -> Result<ReloadReport, SnapshotError> {
         let next = Snapshot::resolve(config, env, base)?;
         Ok(self.install(next))
     }
@@ -215,7 +229,10 @@ mod tests {
 
     fn file_config(path: &Path) -> Config {
         Config::parse(
-            &format!("[gateway.auth]\ntoken = {{ source = \"file\", path = {:?} }}\n", path.to_str().unwrap()),
+            &format!(
+                "[gateway.auth]\ntoken = {{ source = \"file\", path = {:?} }}\n",
+                path.to_str().unwrap()
+            ),
             Path::new("/cfg.toml"),
         )
         .unwrap()
@@ -234,16 +251,30 @@ mod tests {
         let cfg = file_config(&tok);
         let env = Env::default();
         let holder = SnapshotHolder::new(Snapshot::resolve(&cfg, &env, dir.path()).unwrap());
-        let fp = holder.load().get("gateway.auth.token").unwrap().fingerprint().clone();
+        let fp = holder
+            .load()
+            .get("gateway.auth.token")
+            .unwrap()
+            .fingerprint()
+            .clone();
 
         std::fs::remove_file(&tok).unwrap();
         let mut cfg2 = cfg.clone();
-        cfg2.gateway.remote.token = Some(SecretInput::Ref(crate::SecretRef::Env { id: "UNSET_X".into() }));
+        cfg2.gateway.remote.token = Some(SecretInput::Ref(crate::SecretRef::Env {
+            id: "UNSET_X".into(),
+        }));
         let err = holder.reload(&cfg2, &env, dir.path()).unwrap_err();
         assert_eq!(err.errors.len(), 2, "{err}");
         assert!(matches!(err.errors[0].1, ResolveError::FileMissing(_)));
         assert!(matches!(err.errors[1].1, ResolveError::EnvUnset(_)));
-        assert_eq!(holder.load().get("gateway.auth.token").unwrap().fingerprint(), &fp);
+        assert_eq!(
+            holder
+                .load()
+                .get("gateway.auth.token")
+                .unwrap()
+                .fingerprint(),
+            &fp
+        );
         assert!(holder.load().get("gateway.remote.token").is_none());
         assert_eq!(holder.generation(), 1);
     }
@@ -271,16 +302,35 @@ mod tests {
         assert_eq!(r.generation, 1);
         // Touching the file without changing it: not a change.
         write_secret(&tok, "value-one\n");
-        assert!(holder.reload(&cfg, &env, dir.path()).unwrap().changed.is_empty());
+        assert!(
+            holder
+                .reload(&cfg, &env, dir.path())
+                .unwrap()
+                .changed
+                .is_empty()
+        );
 
         // Referenced file changes while config stays the same: a change.
         write_secret(&tok, "value-two");
         let r = holder.reload(&cfg, &env, dir.path()).unwrap();
         assert_eq!(r.changed.len(), 1);
         assert_eq!(r.changed[0].name, "gateway.auth.token");
-        assert_eq!(r.changed[0].before.as_ref(), Some(SecretValue::new("value-one".into()).fingerprint()));
-        assert_eq!(r.changed[0].after.as_ref(), Some(SecretValue::new("value-two".into()).fingerprint()));
+        assert_eq!(
+            r.changed[0].before.as_ref(),
+            Some(SecretValue::new("value-one".into()).fingerprint())
+        );
+        assert_eq!(
+            r.changed[0].after.as_ref(),
+            Some(SecretValue::new("value-two".into()).fingerprint())
+        );
         assert_eq!(r.generation, 2);
-        assert!(holder.previous().unwrap().get("gateway.auth.token").unwrap().matches("value-one"));
+        assert!(
+            holder
+                .previous()
+                .unwrap()
+                .get("gateway.auth.token")
+                .unwrap()
+                .matches("value-one")
+        );
     }
 }

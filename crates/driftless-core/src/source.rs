@@ -89,7 +89,10 @@ impl SecretInput {
                 let path = expand_file_path(path, env, base)?;
                 resolve_file(&path)
             }
-            SecretInput::Ref(SecretRef::Exec { command, timeout_ms }) => resolve_exec(
+            SecretInput::Ref(SecretRef::Exec {
+                command,
+                timeout_ms,
+            }) => resolve_exec(
                 command,
                 Duration::from_millis(timeout_ms.unwrap_or(DEFAULT_EXEC_TIMEOUT_MS)),
             ),
@@ -124,7 +127,8 @@ impl<'de> Deserialize<'de> for SecretInput {
                 Ok(SecretInput::Literal(SecretValue::new(v)))
             }
             fn visit_map<A: MapAccess<'de>>(self, map: A) -> Result<SecretInput, A::Error> {
-                SecretRef::deserialize(de::value::MapAccessDeserializer::new(map)).map(SecretInput::Ref)
+                SecretRef::deserialize(de::value::MapAccessDeserializer::new(map))
+                    .map(SecretInput::Ref)
             }
         }
         d.deserialize_any(V)
@@ -187,10 +191,16 @@ pub enum ResolveError {
     FileIsDirectory(PathBuf),
     #[error("secret file {0} is empty; write the secret into it")]
     FileEmpty(PathBuf),
-    #[error("secret file {path} is {size} bytes, over the {MAX_SECRET_BYTES}-byte limit; is it the right file?")]
+    #[error(
+        "secret file {path} is {size} bytes, over the {MAX_SECRET_BYTES}-byte limit; is it the right file?"
+    )]
     FileTooLarge { path: PathBuf, size: u64 },
     #[error("secret file {path} is readable by {who} (mode {mode:04o}); run `chmod 600 {path}`")]
-    FileTooOpen { path: PathBuf, who: &'static str, mode: u32 },
+    FileTooOpen {
+        path: PathBuf,
+        who: &'static str,
+        mode: u32,
+    },
     #[error("secret file {0} is not valid UTF-8; secrets must be text")]
     FileNotUtf8(PathBuf),
     #[error("secret command is empty; give `command` at least the program to run")]
@@ -200,12 +210,20 @@ pub enum ResolveError {
     #[error("secret command {program:?} could not start: {reason}")]
     ExecSpawn { program: String, reason: String },
     #[error("secret command {program:?} exited with {status}{}", stderr.as_deref().map(|s| format!(": {s}")).unwrap_or_default())]
-    ExecFailed { program: String, status: String, stderr: Option<String> },
-    #[error("secret command {program:?} did not finish within {timeout_ms} ms and was killed; raise timeout_ms or fix the command")]
+    ExecFailed {
+        program: String,
+        status: String,
+        stderr: Option<String>,
+    },
+    #[error(
+        "secret command {program:?} did not finish within {timeout_ms} ms and was killed; raise timeout_ms or fix the command"
+    )]
     ExecTimeout { program: String, timeout_ms: u64 },
     #[error("secret command {0:?} printed nothing; it must print the secret on standard output")]
     ExecEmptyOutput(String),
-    #[error("secret command {0:?} printed more than {MAX_SECRET_BYTES} bytes; is it the right command?")]
+    #[error(
+        "secret command {0:?} printed more than {MAX_SECRET_BYTES} bytes; is it the right command?"
+    )]
     ExecOutputTooLarge(String),
     #[error("secret command {0:?} printed invalid UTF-8; secrets must be text")]
     ExecNotUtf8(String),
@@ -249,7 +267,10 @@ pub fn resolve_file(path: &Path) -> Result<SecretValue, ResolveError> {
     }
     check_mode(path, &meta)?;
     if meta.len() > MAX_SECRET_BYTES as u64 {
-        return Err(ResolveError::FileTooLarge { path: path.to_owned(), size: meta.len() });
+        return Err(ResolveError::FileTooLarge {
+            path: path.to_owned(),
+            size: meta.len(),
+        });
     }
     let mut bytes = Vec::with_capacity(meta.len() as usize);
     std::fs::File::open(path)
@@ -257,7 +278,10 @@ pub fn resolve_file(path: &Path) -> Result<SecretValue, ResolveError> {
         .map_err(|e| unreadable(path, &e))?;
     if bytes.len() > MAX_SECRET_BYTES {
         zeroize::Zeroize::zeroize(&mut bytes);
-        return Err(ResolveError::FileTooLarge { path: path.to_owned(), size: meta.len() });
+        return Err(ResolveError::FileTooLarge {
+            path: path.to_owned(),
+            size: meta.len(),
+        });
     }
     let mut text = match String::from_utf8(bytes) {
         Ok(t) => t,
@@ -274,7 +298,10 @@ pub fn resolve_file(path: &Path) -> Result<SecretValue, ResolveError> {
 }
 
 fn unreadable(path: &Path, e: &std::io::Error) -> ResolveError {
-    ResolveError::FileUnreadable { path: path.to_owned(), reason: e.kind().to_string() }
+    ResolveError::FileUnreadable {
+        path: path.to_owned(),
+        reason: e.kind().to_string(),
+    }
 }
 
 /// Files we own must be private (0600 or stricter). A group-readable file owned by *another* user
@@ -291,7 +318,11 @@ fn check_mode(path: &Path, meta: &std::fs::Metadata) -> Result<(), ResolveError>
         None
     };
     match who {
-        Some(who) => Err(ResolveError::FileTooOpen { path: path.to_owned(), who, mode }),
+        Some(who) => Err(ResolveError::FileTooOpen {
+            path: path.to_owned(),
+            who,
+            mode,
+        }),
         None => Ok(()),
     }
 }
@@ -308,7 +339,10 @@ fn resolve_exec(command: &[String], timeout: Duration) -> Result<SecretValue, Re
         .spawn()
         .map_err(|e| match e.kind() {
             std::io::ErrorKind::NotFound => ResolveError::ExecNotFound(program.clone()),
-            _ => ResolveError::ExecSpawn { program: program.clone(), reason: e.kind().to_string() },
+            _ => ResolveError::ExecSpawn {
+                program: program.clone(),
+                reason: e.kind().to_string(),
+            },
         })?;
     // Drain both pipes on threads so a chatty child cannot block on a full pipe (and so the cap
     // holds even if it never exits).
@@ -330,7 +364,10 @@ fn resolve_exec(command: &[String], timeout: Duration) -> Result<SecretValue, Re
             }
             Ok(None) => std::thread::sleep(Duration::from_millis(5)),
             Err(e) => {
-                return Err(ResolveError::ExecSpawn { program: program.clone(), reason: e.kind().to_string() });
+                return Err(ResolveError::ExecSpawn {
+                    program: program.clone(),
+                    reason: e.kind().to_string(),
+                });
             }
         }
     };

@@ -1,0 +1,5 @@
+//! One module per top-level command; each parses its arguments and calls a library function.
+
+pub mod config;
+pub mod init;
+pub mod secrets;

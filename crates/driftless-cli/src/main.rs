@@ -1,0 +1,91 @@
+//! `driftless`: the command line. Each command is a thin wrapper around a library function;
+//! exit codes are decided in one place ([`exit`]).
+
+mod cmd;
+mod exit;
+mod output;
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use clap::{Parser, Subcommand, ValueEnum};
+use driftless_core::{Env, paths};
+
+/// A gateway and its tooling in which a credential cannot drift.
+#[derive(Parser)]
+#[command(name = "driftless", version, about, long_about = None, after_help = EXAMPLES)]
+struct Cli {
+    /// Config file [default: $DRIFTLESS_CONFIG, else $XDG_CONFIG_HOME/driftless/config.toml]
+    #[arg(long, global = true, value_name = "PATH")]
+    config: Option<PathBuf>,
+    /// Log line format (logs go to stderr, always redacted)
+    #[arg(long, global = true, value_enum, default_value_t = LogFormat::Text)]
+    log_format: LogFormat,
+    #[command(subcommand)]
+    command: Command,
+}
+
+const EXAMPLES: &str = "Examples:
+  driftless gateway run              # start the gateway (creates config and token on first run)
+  driftless init                     # write a config whose token is a file reference
+  driftless secrets check --json     # resolve every secret reference, show fingerprints
+  driftless config show              # the effective config, references only";
+
+#[derive(Clone, Copy, ValueEnum)]
+enum LogFormat {
+    Text,
+    Json,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Create a config and a random gateway token file (idempotent)
+    Init(cmd::init::Args),
+    /// Inspect the config file
+    #[command(subcommand)]
+    Config(cmd::config::Command),
+    /// Check and manage secret references
+    #[command(subcommand)]
+    Secrets(cmd::secrets::Command),
+}
+
+/// What every command gets: the environment (read once) and the resolved paths.
+pub struct Ctx {
+    pub env: Env,
+    pub config_path: PathBuf,
+    pub state_dir: PathBuf,
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    let env = Env::from_process();
+    init_logging(cli.log_format, &env);
+    let ctx = Ctx {
+        config_path: cli
+            .config
+            .clone()
+            .unwrap_or_else(|| paths::config_file(&env)),
+        state_dir: paths::state_dir(&env),
+        env,
+    };
+    let result = match cli.command {
+        Command::Init(a) => cmd::init::run(&ctx, a),
+        Command::Config(c) => cmd::config::run(&ctx, c),
+        Command::Secrets(c) => cmd::secrets::run(&ctx, c),
+    };
+    exit::finish(result)
+}
+
+fn init_logging(format: LogFormat, env: &Env) {
+    use tracing_subscriber::EnvFilter;
+    let filter = EnvFilter::try_new(env.get("DRIFTLESS_LOG").unwrap_or("info"))
+        .unwrap_or_else(|_| EnvFilter::new("info"));
+    let writer = driftless_core::redact::RedactingWriter::new(std::io::stderr());
+    let builder = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(writer);
+    match format {
+        LogFormat::Text => builder.with_ansi(output::color_enabled(env)).init(),
+        LogFormat::Json => builder.json().init(),
+    }
+}
