@@ -114,17 +114,15 @@ pub fn init(
         }
     };
 
-    if let Some(path) = &token_file {
-        if !path.exists() {
-            let dir = path.parent().expect("token file has a directory");
-            atomic::create_private_dir(dir).map_err(|source| InitError::Dir {
-                path: dir.to_owned(),
-                source,
-            })?;
-            let token = secret::random_token();
-            atomic::write_private(path, format!("{}\n", token.expose()).as_bytes())?;
-            report.wrote_token = true;
-        }
+    if let Some(path) = token_file.as_ref().filter(|p| !p.exists()) {
+        let dir = path.parent().expect("token file has a directory");
+        atomic::create_private_dir(dir).map_err(|source| InitError::Dir {
+            path: dir.to_owned(),
+            source,
+        })?;
+        let token = secret::random_token();
+        atomic::write_private(path, format!("{}\n", token.expose()).as_bytes())?;
+        report.wrote_token = true;
     }
     report.token_file = token_file;
     Ok(report)
