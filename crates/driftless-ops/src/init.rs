@@ -3,7 +3,6 @@
 
 use std::path::{Path, PathBuf};
 
-use driftless_core::config_edit::{ConfigDocument, EditError};
 use driftless_core::{Config, ConfigError, Env, atomic, paths, secret};
 
 /// What `init` did.
@@ -143,11 +142,6 @@ pub fn backup(path: &Path) -> Result<PathBuf, InitError> {
     })?;
     atomic::write_private(&dest, &bytes)?;
     Ok(dest)
-}
-
-/// Re-exported for callers that edit the config after init.
-pub fn open_config(path: &Path) -> Result<ConfigDocument, EditError> {
-    ConfigDocument::open(path)
 }
 
 #[cfg(test)]
