@@ -1,1 +1,7 @@
-//! The OpenClaw gateway wire protocol (placeholder until the protocol work lands).
+//! The OpenClaw gateway wire protocol, connection layer: frames, `connect` params, `hello-ok`,
+//! error shapes and close codes (see the shared design `openclaw-protocol.md` and its appendix,
+//! which records what OpenClaw 2026.9.6 really sends).
+
+pub mod frames;
+
+pub use frames::*;
