@@ -1,1 +1,266 @@
-//! driftless-gateway.
+//! The driftless gateway: an OpenClaw-compatible WebSocket server whose shared secret is read only
+//! through the live snapshot, reloaded without a restart and overlapped for a grace window.
+//!
+//! One task per connection (no extra per-connection tasks); global events reach connections
+//! through a `watch` (auth generation, shutdown: never lost) and a `broadcast` (ticks: droppable).
+
+mod conn;
+pub mod limiter;
+pub mod metrics;
+mod methods;
+mod reload;
+pub mod secrets;
+
+use std::net::{IpAddr, SocketAddr};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::{Duration, Instant};
+
+use axum::Router;
+use axum::extract::{ConnectInfo, State as AxState, WebSocketUpgrade};
+use axum::http::{StatusCode, header};
+use axum::response::IntoResponse;
+use axum::routing::get;
+use driftless_core::config::{AuthMode, LoadedConfig};
+use driftless_core::{Env, Fingerprint};
+use driftless_protocol as proto;
+use tokio::sync::broadcast;
+
+use crate::limiter::Limiter;
+use crate::metrics::Metrics;
+use crate::secrets::Secrets;
+
+/// The environment variable that overrides the handshake timeout (milliseconds; tests use it).
+pub const HANDSHAKE_TIMEOUT_ENV: &str = "DRIFTLESS_HANDSHAKE_TIMEOUT_MS";
+/// How long shutdown waits for connections to take their close frames.
+const SHUTDOWN_DRAIN: Duration = Duration::from_secs(3);
+
+#[derive(Debug, thiserror::Error)]
+pub enum GatewayError {
+    #[error(
+        "gateway.auth.mode = \"none\" is only allowed on a loopback bind, but gateway.bind = {0:?}; \
+         bind to 127.0.0.1 or set gateway.auth.mode = \"token\""
+    )]
+    NoneOnNonLoopback(String),
+    #[error(
+        "no gateway {0} is configured; set gateway.auth.{0} in the config (or ${1}), or run `driftless init`"
+    )]
+    NoSecret(&'static str, &'static str),
+    #[error("cannot resolve the gateway's secrets: {0}; fix the reference and start again")]
+    Secrets(#[from] driftless_core::snapshot::SnapshotError),
+    #[error("cannot listen on {addr}: {source}; is another gateway running there?")]
+    Bind {
+        addr: String,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("the gateway stopped serving: {0}")]
+    Serve(std::io::Error),
+}
+
+/// Shared by every connection.
+pub(crate) struct State {
+    pub secrets: Secrets,
+    pub limiter: Limiter,
+    pub metrics: Metrics,
+    pub ticks: broadcast::Sender<Arc<str>>,
+    pub handshake_timeout: Duration,
+    pub started: Instant,
+    pub instance_id: String,
+    pub connections: AtomicU64,
+    pub bind: String,
+}
+
+/// A bound, not yet serving gateway.
+pub struct Gateway {
+    listener: tokio::net::TcpListener,
+    state: Arc<State>,
+}
+
+impl Gateway {
+    /// Validates the auth setup, resolves the secrets and binds the listener.
+    pub async fn bind(loaded: &LoadedConfig, env: &Env) -> Result<Gateway, GatewayError> {
+        let cfg = &loaded.config;
+        let bind = cfg.gateway.bind.clone();
+        let host_ip: Option<IpAddr> = if bind == "localhost" {
+            Some(IpAddr::from([127, 0, 0, 1]))
+        } else {
+            bind.parse().ok()
+        };
+        let mode = cfg.gateway.auth.mode;
+        if mode == AuthMode::None && !host_ip.is_some_and(|ip| ip.is_loopback()) {
+            return Err(GatewayError::NoneOnNonLoopback(bind));
+        }
+        let secrets = Secrets::load(cfg, loaded.path.clone(), env.clone())?;
+        if let Some(name) = driftless_core::precedence::server_secret_name(mode) {
+            if secrets.current().is_none() {
+                let (field, var) = match mode {
+                    AuthMode::Password => (
+                        "password",
+                        driftless_core::precedence::GATEWAY_PASSWORD_ENV,
+                    ),
+                    _ => ("token", driftless_core::precedence::GATEWAY_TOKEN_ENV),
+                };
+                debug_assert!(name.ends_with(field));
+                return Err(GatewayError::NoSecret(field, var));
+            }
+        }
+        let addr = SocketAddr::new(
+            host_ip.unwrap_or(IpAddr::from([127, 0, 0, 1])),
+            cfg.gateway.port,
+        );
+        let listener = tokio::net::TcpListener::bind(addr)
+            .await
+            .map_err(|source| GatewayError::Bind {
+                addr: addr.to_string(),
+                source,
+            })?;
+        let handshake_timeout = env
+            .non_empty(HANDSHAKE_TIMEOUT_ENV)
+            .and_then(|v| v.parse().ok())
+            .map(Duration::from_millis)
+            .unwrap_or(Duration::from_millis(proto::HANDSHAKE_TIMEOUT_MS));
+        let metrics = Metrics::new();
+        secrets.init_metrics(&metrics);
+        let state = Arc::new(State {
+            limiter: Limiter::new(&cfg.gateway.auth.rate_limit),
+            secrets,
+            metrics,
+            ticks: broadcast::Sender::new(4),
+            handshake_timeout,
+            started: Instant::now(),
+            instance_id: uuid::Uuid::new_v4().to_string(),
+            connections: AtomicU64::new(0),
+            bind,
+        });
+        Ok(Gateway { listener, state })
+    }
+
+    pub fn local_addr(&self) -> SocketAddr {
+        self.listener
+            .local_addr()
+            .expect("a bound listener has an address")
+    }
+
+    /// The URL clients connect to.
+    pub fn url(&self) -> String {
+        format!("ws://{}", self.local_addr())
+    }
+
+    pub fn auth_mode(&self) -> AuthMode {
+        self.state.secrets.mode
+    }
+
+    /// The fingerprint of the current shared secret (`None` in mode `none`).
+    pub fn secret_fingerprint(&self) -> Option<Fingerprint> {
+        self.state
+            .secrets
+            .current()
+            .map(|s| s.fingerprint().clone())
+    }
+
+    /// Serves until `shutdown` resolves, then sends `shutdown` and closes every connection 1012.
+    /// Also reloads secrets on file changes, SIGHUP, a periodic backstop and `secrets.reload`.
+    pub async fn serve(
+        self,
+        shutdown: impl std::future::Future<Output = ()> + Send + 'static,
+    ) -> Result<(), GatewayError> {
+        let state = self.state;
+        let background = reload::spawn(state.clone());
+        let ticker = tokio::spawn(tick_loop(state.clone()));
+        let app = Router::new()
+            .route("/healthz", get(healthz))
+            .route("/readyz", get(readyz))
+            .route("/metrics", get(metrics_handler))
+            .fallback(ws_upgrade)
+            .with_state(state.clone());
+        let (stop_tx, stop_rx) = tokio::sync::oneshot::channel::<()>();
+        let server = tokio::spawn(
+            axum::serve(
+                self.listener,
+                app.into_make_service_with_connect_info::<SocketAddr>(),
+            )
+            .with_graceful_shutdown(async move {
+                let _ = stop_rx.await;
+            })
+            .into_future(),
+        );
+        shutdown.await;
+        tracing::info!("shutting down: closing every connection with 1012");
+        state.secrets.control.send_modify(|c| c.shutdown = true);
+        let deadline = Instant::now() + SHUTDOWN_DRAIN;
+        while state.connections.load(Ordering::SeqCst) > 0 && Instant::now() < deadline {
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        let _ = stop_tx.send(());
+        ticker.abort();
+        for h in background {
+            h.abort();
+        }
+        // Upgraded sockets are not tracked by graceful shutdown; the drain above covered them.
+        match tokio::time::timeout(Duration::from_secs(1), server).await {
+            Ok(Ok(Err(e))) => Err(GatewayError::Serve(e)),
+            _ => Ok(()),
+        }
+    }
+}
+
+async fn tick_loop(state: Arc<State>) {
+    let period = Duration::from_millis(proto::TICK_INTERVAL_MS);
+    let mut interval = tokio::time::interval_at(tokio::time::Instant::now() + period, period);
+    let mut seq = 0u64;
+    loop {
+        interval.tick().await;
+        seq += 1;
+        let frame = proto::Frame::event(
+            "tick",
+            serde_json::json!({"ts": secrets::now_ms()}),
+            Some(seq),
+        );
+        // No receivers is fine: nobody is connected.
+        let _ = state.ticks.send(Arc::from(frame.to_text()));
+    }
+}
+
+async fn healthz() -> impl IntoResponse {
+    axum::Json(serde_json::json!({"ok": true}))
+}
+
+async fn readyz(AxState(state): AxState<Arc<State>>) -> impl IntoResponse {
+    if state.secrets.control.borrow().shutdown {
+        (
+            StatusCode::SERVICE_UNAVAILABLE,
+            axum::Json(serde_json::json!({"ready": false, "reason": "shutting down"})),
+        )
+    } else {
+        (
+            StatusCode::OK,
+            axum::Json(serde_json::json!({"ready": true})),
+        )
+    }
+}
+
+async fn metrics_handler(AxState(state): AxState<Arc<State>>) -> impl IntoResponse {
+    (
+        [(
+            header::CONTENT_TYPE,
+            "application/openmetrics-text; version=1.0.0; charset=utf-8",
+        )],
+        state.metrics.encode(),
+    )
+}
+
+async fn ws_upgrade(
+    AxState(state): AxState<Arc<State>>,
+    ConnectInfo(peer): ConnectInfo<SocketAddr>,
+    ws: WebSocketUpgrade,
+) -> impl IntoResponse {
+    // Small buffers keep an idle connection at a few KB; the message cap is the post-handshake
+    // one (the pre-handshake 64 KiB cap is checked per frame in `conn`).
+    ws.read_buffer_size(4096)
+        .write_buffer_size(0)
+        .max_write_buffer_size(proto::MAX_BUFFERED_BYTES)
+        .max_message_size(proto::MAX_PAYLOAD_BYTES)
+        .max_frame_size(proto::MAX_PAYLOAD_BYTES)
+        .on_upgrade(move |socket| conn::run(socket, peer, state))
+}

@@ -1,0 +1,183 @@
+//! `hello-ok` and the RPC methods of this layer. No response carries a secret value.
+
+use std::sync::Arc;
+use std::sync::atomic::Ordering;
+
+use driftless_protocol::{self as proto, ErrorShape, Frame, RequestFrame, codes, scopes};
+use serde_json::{Value, json};
+
+use crate::State;
+use crate::conn::Session;
+use crate::secrets::now_ms;
+
+const VERSION: &str = env!("CARGO_PKG_VERSION");
+
+/// Methods served, with the scope each needs (`None`: any authenticated client).
+const METHODS: &[(&str, Option<&str>)] = &[
+    ("health", None),
+    ("status", Some(scopes::READ)),
+    ("system-presence", Some(scopes::READ)),
+    ("secrets.reload", Some(scopes::ADMIN)),
+];
+
+const EVENTS: &[&str] = &["connect.challenge", "tick", "shutdown"];
+
+/// Whether `granted` covers `needed` (admin covers everything, write covers read).
+fn has_scope(granted: &[String], needed: &str) -> bool {
+    granted.iter().any(|g| {
+        g == needed || g == scopes::ADMIN || (g == scopes::WRITE && needed == scopes::READ)
+    })
+}
+
+fn uptime_ms(state: &State) -> u64 {
+    state.started.elapsed().as_millis() as u64
+}
+
+fn health(state: &State) -> Value {
+    json!({
+        "ok": true,
+        "ts": now_ms(),
+        "durationMs": 0,
+        "uptimeMs": uptime_ms(state),
+        "channels": {},
+        "channelOrder": [],
+        "channelLabels": {},
+        "agents": [],
+    })
+}
+
+fn presence(state: &State) -> Value {
+    let host = "gateway";
+    json!([{
+        "host": host,
+        "ip": state.bind,
+        "version": VERSION,
+        "platform": std::env::consts::OS,
+        "mode": "gateway",
+        "reason": "self",
+        "instanceId": state.instance_id,
+        "text": format!("Gateway: driftless {VERSION} · mode gateway · reason self"),
+        "ts": now_ms(),
+    }])
+}
+
+fn status(state: &State) -> Value {
+    let snap = state.secrets.snapshot();
+    let secrets: Vec<Value> = snap
+        .iter()
+        .map(|(name, s)| {
+            json!({
+                "name": name,
+                "kind": s.kind,
+                "fingerprint": s.value.fingerprint(),
+                "canChangeLive": s.can_change_live,
+            })
+        })
+        .collect();
+    let grace = state.secrets.grace().map(|(fp, until)| {
+        json!({"previousFingerprint": fp, "endsAtMs": until})
+    });
+    json!({
+        "version": VERSION,
+        "uptimeMs": uptime_ms(state),
+        "auth": {
+            "mode": state.secrets.mode.as_str(),
+            "fingerprint": state.secrets.current().map(|s| s.fingerprint().clone()),
+            "grace": grace,
+        },
+        "secrets": secrets,
+        "lastReload": state.secrets.last_reload(),
+        "connections": state.connections.load(Ordering::SeqCst),
+    })
+}
+
+pub(crate) fn hello_ok(state: &State, session: &Session) -> Value {
+    json!({
+        "type": "hello-ok",
+        "protocol": session.protocol,
+        "server": {"version": VERSION, "connId": session.conn_id},
+        "features": {
+            "methods": METHODS.iter().map(|(m, _)| *m).collect::<Vec<_>>(),
+            "events": EVENTS,
+        },
+        "snapshot": {
+            "presence": presence(state),
+            "health": health(state),
+            "stateVersion": {"presence": 1, "health": 1},
+            "uptimeMs": uptime_ms(state),
+        },
+        "auth": {
+            "method": state.secrets.mode.as_str(),
+            "role": session.role,
+            "scopes": session.scopes,
+        },
+        "policy": {
+            "maxPayload": proto::MAX_PAYLOAD_BYTES,
+            "maxBufferedBytes": proto::MAX_BUFFERED_BYTES,
+            "tickIntervalMs": proto::TICK_INTERVAL_MS,
+        },
+    })
+}
+
+pub(crate) async fn dispatch(state: &Arc<State>, session: &Session, req: RequestFrame) -> Frame {
+    let Some((_, scope)) = METHODS.iter().find(|(m, _)| *m == req.method) else {
+        let message = if req.method == "connect" {
+            "connect already completed on this connection".to_owned()
+        } else {
+            format!("unknown method: {}", req.method)
+        };
+        return Frame::err(&req.id, ErrorShape::new(codes::INVALID_REQUEST, message));
+    };
+    if let Some(scope) = scope {
+        if !has_scope(&session.scopes, scope) {
+            return Frame::err(&req.id, ErrorShape::missing_scope(scope));
+        }
+    }
+    match req.method.as_str() {
+        "health" => Frame::ok(&req.id, health(state)),
+        "status" => Frame::ok(&req.id, status(state)),
+        "system-presence" => Frame::ok(&req.id, presence(state)),
+        "secrets.reload" => {
+            let end_grace = req
+                .params
+                .as_ref()
+                .and_then(|p| p.get("endGrace"))
+                .and_then(Value::as_bool)
+                .unwrap_or(false);
+            match crate::reload::reload_now(state.clone(), "rpc").await {
+                Ok(changed) => {
+                    if end_grace {
+                        state.secrets.end_grace(None);
+                    }
+                    Frame::ok(
+                        &req.id,
+                        json!({"ok": true, "warningCount": 0, "changed": changed}),
+                    )
+                }
+                Err(message) => Frame::err(
+                    &req.id,
+                    ErrorShape::new(
+                        codes::UNAVAILABLE,
+                        format!("secrets.reload failed: {message}; the previous secrets stay live"),
+                    ),
+                ),
+            }
+        }
+        _ => unreachable!("every listed method is handled"),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn scope_implication() {
+        let admin = vec![scopes::ADMIN.to_owned()];
+        let write = vec![scopes::WRITE.to_owned()];
+        assert!(has_scope(&admin, scopes::READ));
+        assert!(has_scope(&write, scopes::READ));
+        assert!(!has_scope(&write, scopes::ADMIN));
+        assert!(!has_scope(&[], scopes::READ));
+    }
+}

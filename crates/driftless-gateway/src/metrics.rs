@@ -1,0 +1,96 @@
+//! Prometheus metrics (`GET /metrics`). Labels carry outcomes, auth methods and secret *names*;
+//! never a value or a fingerprint.
+
+use prometheus_client::encoding::EncodeLabelSet;
+use prometheus_client::metrics::counter::Counter;
+use prometheus_client::metrics::family::Family;
+use prometheus_client::metrics::gauge::Gauge;
+use prometheus_client::registry::Registry;
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct HandshakeLabels {
+    pub outcome: &'static str,
+    pub method: &'static str,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct OutcomeLabels {
+    pub outcome: &'static str,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct SecretLabels {
+    pub secret: String,
+}
+
+pub struct Metrics {
+    registry: Registry,
+    pub connections_open: Gauge,
+    pub handshakes: Family<HandshakeLabels, Counter>,
+    /// Real secret comparisons, by result; the limiter test bounds the failures.
+    pub auth_checks: Family<OutcomeLabels, Counter>,
+    pub limiter_rejections: Counter,
+    pub reloads: Family<OutcomeLabels, Counter>,
+    pub secret_generation: Family<SecretLabels, Gauge>,
+    pub secret_last_rotation: Family<SecretLabels, Gauge>,
+}
+
+impl Metrics {
+    pub fn new() -> Metrics {
+        let mut registry = Registry::with_prefix("driftless_gateway");
+        let m = Metrics {
+            registry: Registry::default(),
+            connections_open: Gauge::default(),
+            handshakes: Family::default(),
+            auth_checks: Family::default(),
+            limiter_rejections: Counter::default(),
+            reloads: Family::default(),
+            secret_generation: Family::default(),
+            secret_last_rotation: Family::default(),
+        };
+        registry.register(
+            "connections_open",
+            "Open WebSocket connections",
+            m.connections_open.clone(),
+        );
+        registry.register(
+            "handshakes",
+            "Connect handshakes by outcome and auth method",
+            m.handshakes.clone(),
+        );
+        registry.register(
+            "auth_checks",
+            "Shared-secret comparisons actually performed, by result",
+            m.auth_checks.clone(),
+        );
+        registry.register(
+            "limiter_rejections",
+            "Connect attempts refused by the brute-force limiter without a secret check",
+            m.limiter_rejections.clone(),
+        );
+        registry.register(
+            "secret_reloads",
+            "Secret reloads by outcome (changed, unchanged, failed)",
+            m.reloads.clone(),
+        );
+        registry.register(
+            "secret_generation",
+            "How many times each secret has changed since start (1 = initial value)",
+            m.secret_generation.clone(),
+        );
+        registry.register(
+            "secret_last_rotation_timestamp_seconds",
+            "Unix time of each secret's last change (0 = never rotated since start)",
+            m.secret_last_rotation.clone(),
+        );
+        Metrics { registry, ..m }
+    }
+
+    /// The OpenMetrics text exposition.
+    pub fn encode(&self) -> String {
+        let mut out = String::new();
+        prometheus_client::encoding::text::encode(&mut out, &self.registry)
+            .expect("writing to a String cannot fail");
+        out
+    }
+}

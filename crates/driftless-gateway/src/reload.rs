@@ -1,0 +1,106 @@
+//! What triggers a secret reload: changes in watched directories (debounced), SIGHUP, a periodic
+//! backstop, and the `secrets.reload` RPC. All go through `Secrets::reload`.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use notify::{RecursiveMode, Watcher};
+use tokio::task::JoinHandle;
+
+use crate::State;
+
+/// Bursts of file events (an editor's save, a Kubernetes swap) are folded into one reload.
+const DEBOUNCE: Duration = Duration::from_millis(100);
+/// Re-read even without events (network filesystems, a watch that died with its directory).
+const BACKSTOP: Duration = Duration::from_secs(10);
+
+/// Reloads on a blocking thread (resolution may read files or run a command) and schedules the
+/// end of the grace window. Returns the changed secret names, or the redacted error.
+pub(crate) async fn reload_now(
+    state: Arc<State>,
+    trigger: &'static str,
+) -> Result<Vec<String>, String> {
+    let st = state.clone();
+    let result = tokio::task::spawn_blocking(move || st.secrets.reload(trigger, &st.metrics))
+        .await
+        .map_err(|e| format!("reload task failed: {e}"))?;
+    match result {
+        Ok((r, grace)) => {
+            if let Some((generation, until_ms)) = grace {
+                let wait = until_ms.saturating_sub(crate::secrets::now_ms());
+                let st = state.clone();
+                tokio::spawn(async move {
+                    tokio::time::sleep(Duration::from_millis(wait)).await;
+                    st.secrets.end_grace(Some(generation));
+                });
+            }
+            Ok(r.changed.into_iter().map(|c| c.name).collect())
+        }
+        Err(e) => Err(driftless_core::redact::redact(&e.to_string()).into_owned()),
+    }
+}
+
+/// Starts the watcher, SIGHUP and backstop tasks.
+pub(crate) fn spawn(state: Arc<State>) -> Vec<JoinHandle<()>> {
+    let (tx, mut rx) = tokio::sync::mpsc::channel::<()>(1);
+    let watch_tx = tx.clone();
+    let watcher = notify::recommended_watcher(move |res: notify::Result<notify::Event>| {
+        if res.is_ok() {
+            // Full channel = a reload is already pending; dropping the signal is right.
+            let _ = watch_tx.try_send(());
+        }
+    });
+    let watcher = match watcher {
+        Ok(mut w) => {
+            for dir in state.secrets.watch_dirs() {
+                match w.watch(&dir, RecursiveMode::NonRecursive) {
+                    Ok(()) => tracing::debug!(dir = %dir.display(), "watching for secret changes"),
+                    Err(e) => tracing::warn!(
+                        dir = %dir.display(), error = %e,
+                        "cannot watch directory; relying on SIGHUP and the periodic re-read"
+                    ),
+                }
+            }
+            Some(w)
+        }
+        Err(e) => {
+            tracing::warn!(error = %e, "file watching unavailable; relying on SIGHUP and the periodic re-read");
+            None
+        }
+    };
+
+    let st = state.clone();
+    let debounced = tokio::spawn(async move {
+        // The watcher lives as long as this task.
+        let _watcher = watcher;
+        while rx.recv().await.is_some() {
+            tokio::time::sleep(DEBOUNCE).await;
+            while rx.try_recv().is_ok() {}
+            let _ = reload_now(st.clone(), "file-change").await;
+        }
+    });
+
+    let st = state.clone();
+    let hup = tokio::spawn(async move {
+        let Ok(mut sig) =
+            tokio::signal::unix::signal(tokio::signal::unix::SignalKind::hangup())
+        else {
+            tracing::warn!("cannot listen for SIGHUP");
+            return;
+        };
+        while sig.recv().await.is_some() {
+            let _ = reload_now(st.clone(), "sighup").await;
+        }
+    });
+
+    let st = state;
+    let backstop = tokio::spawn(async move {
+        let mut interval =
+            tokio::time::interval_at(tokio::time::Instant::now() + BACKSTOP, BACKSTOP);
+        loop {
+            interval.tick().await;
+            let _ = reload_now(st.clone(), "periodic").await;
+        }
+    });
+    vec![debounced, hup, backstop]
+}

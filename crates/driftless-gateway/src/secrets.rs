@@ -1,0 +1,325 @@
+//! The gateway's live secrets: the snapshot, the shared-secret check against the current and (during
+//! the grace window) the immediate predecessor, and reloads.
+
+use std::path::PathBuf;
+use std::sync::Mutex;
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use driftless_core::config::AuthMode;
+use driftless_core::snapshot::SecretChange;
+use driftless_core::{Config, Env, Fingerprint, SecretValue, Snapshot, SnapshotHolder, precedence};
+use tokio::sync::watch;
+
+use crate::metrics::{Metrics, OutcomeLabels, SecretLabels};
+
+/// What every connection watches: when `min_secret_generation` rises above the generation a
+/// session authenticated with, that session is closed 4001; `shutdown` closes everyone 1012.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct Control {
+    pub min_secret_generation: u64,
+    pub shutdown: bool,
+}
+
+/// The predecessor of the current shared secret while its grace window lasts.
+struct Previous {
+    value: SecretValue,
+    generation: u64,
+    until_ms: u64,
+}
+
+struct AuthState {
+    /// Generation of the current shared secret (starts at 1, +1 per change).
+    generation: u64,
+    previous: Option<Previous>,
+}
+
+/// Result of the last reload, for `status`.
+#[derive(Debug, Clone, serde::Serialize)]
+#[serde(rename_all = "camelCase")]
+pub struct ReloadStatus {
+    pub at_ms: u64,
+    pub trigger: &'static str,
+    pub outcome: &'static str,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub error: Option<String>,
+}
+
+/// What one reload did.
+#[derive(Debug, Clone, serde::Serialize)]
+pub struct ReloadResult {
+    pub changed: Vec<SecretChange>,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum ReloadError {
+    #[error("config {path}: {message}")]
+    Config { path: PathBuf, message: String },
+    #[error("{0}")]
+    Resolve(#[from] driftless_core::snapshot::SnapshotError),
+}
+
+pub struct Secrets {
+    pub mode: AuthMode,
+    config_path: PathBuf,
+    env: Env,
+    grace: Duration,
+    holder: SnapshotHolder,
+    state: Mutex<AuthState>,
+    // Serializes whole reloads (resolution can run a command) without blocking auth checks.
+    reload_lock: Mutex<()>,
+    last_reload: Mutex<Option<ReloadStatus>>,
+    pub control: watch::Sender<Control>,
+}
+
+pub fn now_ms() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| d.as_millis() as u64)
+        .unwrap_or(0)
+}
+
+/// How a shared-secret check came out.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Check {
+    /// Matched the secret of this generation.
+    Ok(u64),
+    Mismatch,
+}
+
+impl Secrets {
+    /// Resolves every secret of `config` (with the server precedence applied) or fails.
+    pub fn load(
+        config: &Config,
+        config_path: PathBuf,
+        env: Env,
+    ) -> Result<Secrets, driftless_core::snapshot::SnapshotError> {
+        let base = config_path.parent().unwrap_or(std::path::Path::new(".")).to_owned();
+        let effective = precedence::with_effective_server_secret(config, &env, None);
+        let snapshot = Snapshot::resolve(&effective, &env, &base)?;
+        Ok(Secrets {
+            mode: config.gateway.auth.mode,
+            config_path,
+            grace: Duration::from_secs(config.gateway.auth.rotation_grace_seconds),
+            holder: SnapshotHolder::new(snapshot),
+            state: Mutex::new(AuthState {
+                generation: 1,
+                previous: None,
+            }),
+            reload_lock: Mutex::new(()),
+            last_reload: Mutex::new(None),
+            control: watch::Sender::new(Control {
+                min_secret_generation: 1,
+                shutdown: false,
+            }),
+            env,
+        })
+    }
+
+    fn secret_name(&self) -> Option<&'static str> {
+        precedence::server_secret_name(self.mode)
+    }
+
+    /// The current shared secret, if the mode has one.
+    pub fn current(&self) -> Option<SecretValue> {
+        self.holder.load().get(self.secret_name()?).cloned()
+    }
+
+    pub fn snapshot(&self) -> std::sync::Arc<Snapshot> {
+        self.holder.load()
+    }
+
+    /// Compares `candidate` with the current and, in grace, the previous secret. Both comparisons
+    /// always run (constant time, no early exit).
+    pub fn check(&self, candidate: &str) -> Check {
+        let (current, generation, previous) = {
+            let st = self.state.lock().unwrap_or_else(|e| e.into_inner());
+            let prev = st
+                .previous
+                .as_ref()
+                .filter(|p| p.until_ms > now_ms())
+                .map(|p| (p.value.clone(), p.generation));
+            (self.current(), st.generation, prev)
+        };
+        let cur_ok = current.as_ref().is_some_and(|c| c.matches(candidate));
+        let prev_ok = previous.as_ref().is_some_and(|(p, _)| p.matches(candidate));
+        match (cur_ok, prev_ok, previous) {
+            (true, _, _) => Check::Ok(generation),
+            (false, true, Some((_, g))) => Check::Ok(g),
+            _ => Check::Mismatch,
+        }
+    }
+
+    /// Fingerprint of the previous secret and the end of its grace, while it lasts.
+    pub fn grace(&self) -> Option<(Fingerprint, u64)> {
+        let st = self.state.lock().unwrap_or_else(|e| e.into_inner());
+        st.previous
+            .as_ref()
+            .filter(|p| p.until_ms > now_ms())
+            .map(|p| (p.value.fingerprint().clone(), p.until_ms))
+    }
+
+    pub fn last_reload(&self) -> Option<ReloadStatus> {
+        self.last_reload.lock().unwrap_or_else(|e| e.into_inner()).clone()
+    }
+
+    /// Sets initial per-secret metrics.
+    pub fn init_metrics(&self, metrics: &Metrics) {
+        for (name, _) in self.holder.load().iter() {
+            metrics
+                .secret_generation
+                .get_or_create(&SecretLabels {
+                    secret: name.clone(),
+                })
+                .set(1);
+            metrics
+                .secret_last_rotation
+                .get_or_create(&SecretLabels {
+                    secret: name.clone(),
+                })
+                .set(0);
+        }
+    }
+
+    /// Re-reads the config and every secret. Same fingerprints: nothing happens. A failure keeps
+    /// the live snapshot. Returns the grace end (ms) to schedule when the shared secret changed.
+    pub fn reload(
+        &self,
+        trigger: &'static str,
+        metrics: &Metrics,
+    ) -> Result<(ReloadResult, Option<(u64, u64)>), ReloadError> {
+        let _serial = self.reload_lock.lock().unwrap_or_else(|e| e.into_inner());
+        let result = self.reload_inner();
+        let (outcome, error) = match &result {
+            Ok((r, _)) if r.changed.is_empty() => ("unchanged", None),
+            Ok(_) => ("changed", None),
+            Err(e) => (
+                "failed",
+                Some(driftless_core::redact::redact(&e.to_string()).into_owned()),
+            ),
+        };
+        metrics.reloads.get_or_create(&OutcomeLabels { outcome }).inc();
+        match &result {
+            Ok((r, _)) => {
+                for c in &r.changed {
+                    let l = SecretLabels {
+                        secret: c.name.clone(),
+                    };
+                    metrics.secret_generation.get_or_create(&l).inc();
+                    metrics
+                        .secret_last_rotation
+                        .get_or_create(&l)
+                        .set((now_ms() / 1000) as i64);
+                    tracing::info!(
+                        secret = %c.name,
+                        before = c.before.as_ref().map(|f| f.as_str()).unwrap_or("-"),
+                        after = c.after.as_ref().map(|f| f.as_str()).unwrap_or("-"),
+                        trigger,
+                        "secret rotated"
+                    );
+                }
+            }
+            Err(_) => tracing::warn!(
+                trigger,
+                error = error.as_deref().unwrap_or(""),
+                "secret reload failed; keeping the previous secrets"
+            ),
+        }
+        *self.last_reload.lock().unwrap_or_else(|e| e.into_inner()) = Some(ReloadStatus {
+            at_ms: now_ms(),
+            trigger,
+            outcome,
+            error,
+        });
+        result
+    }
+
+    fn reload_inner(&self) -> Result<(ReloadResult, Option<(u64, u64)>), ReloadError> {
+        let loaded = Config::load(&self.config_path).map_err(|e| ReloadError::Config {
+            path: self.config_path.clone(),
+            message: e.to_string(),
+        })?;
+        let effective = precedence::with_effective_server_secret(&loaded.config, &self.env, None);
+        let next = Snapshot::resolve(&effective, &self.env, loaded.base_dir())?;
+        let mut st = self.state.lock().unwrap_or_else(|e| e.into_inner());
+        let before = self.current();
+        let report = self.holder.install(next);
+        let name = self.secret_name();
+        let mut grace = None;
+        if let (Some(name), Some(old)) = (name, before) {
+            if report.changed.iter().any(|c| c.name == name) {
+                let old_generation = st.generation;
+                st.generation += 1;
+                let until_ms = now_ms() + self.grace.as_millis() as u64;
+                if self.grace.is_zero() {
+                    st.previous = None;
+                    self.raise_min_generation(st.generation);
+                } else {
+                    st.previous = Some(Previous {
+                        value: old,
+                        generation: old_generation,
+                        until_ms,
+                    });
+                    // Only the immediate predecessor survives: anything older goes now.
+                    self.raise_min_generation(old_generation);
+                    grace = Some((old_generation, until_ms));
+                }
+            }
+        }
+        Ok((
+            ReloadResult {
+                changed: report.changed,
+            },
+            grace,
+        ))
+    }
+
+    /// Ends the grace of `generation` (if it is still the predecessor), or of any predecessor
+    /// when `None`. Sessions on the ended secret are then closed 4001.
+    pub fn end_grace(&self, generation: Option<u64>) {
+        let mut st = self.state.lock().unwrap_or_else(|e| e.into_inner());
+        let matches = st
+            .previous
+            .as_ref()
+            .is_some_and(|p| generation.is_none_or(|g| g == p.generation));
+        if matches {
+            if let Some(p) = st.previous.take() {
+                tracing::info!(
+                    previous = %p.value.fingerprint(),
+                    "rotation grace ended; closing sessions on the previous secret"
+                );
+            }
+        }
+        if matches || generation.is_none() {
+            self.raise_min_generation(st.generation);
+        }
+    }
+
+    fn raise_min_generation(&self, generation: u64) {
+        self.control.send_modify(|c| {
+            c.min_secret_generation = c.min_secret_generation.max(generation);
+        });
+    }
+
+    /// Directories to watch: the config's and every file-referenced secret's (watching the
+    /// directory sees atomic renames and the Kubernetes `..data` symlink swap).
+    pub fn watch_dirs(&self) -> Vec<PathBuf> {
+        let mut dirs = Vec::new();
+        if let Some(d) = self.config_path.parent() {
+            dirs.push(d.to_owned());
+        }
+        if let Ok(loaded) = Config::load(&self.config_path) {
+            let effective =
+                precedence::with_effective_server_secret(&loaded.config, &self.env, None);
+            for (_, input) in effective.secret_inputs() {
+                if let Some(Ok(path)) = input.file_path(&self.env, loaded.base_dir()) {
+                    if let Some(d) = path.parent() {
+                        dirs.push(d.to_owned());
+                    }
+                }
+            }
+        }
+        dirs.sort();
+        dirs.dedup();
+        dirs
+    }
+}
