@@ -10,6 +10,12 @@ pub const CHECK_FAILED: u8 = 1;
 pub const CONFIG: u8 = 78;
 /// Anything else that went wrong (EX_SOFTWARE).
 pub const FAILURE: u8 = 70;
+/// The gateway could not be reached (EX_UNAVAILABLE).
+pub const UNREACHABLE: u8 = 69;
+/// The gateway refused our credential or scope (EX_NOPERM).
+pub const AUTH: u8 = 77;
+/// The gateway answered something we did not understand, or closed unexpectedly (EX_PROTOCOL).
+pub const PROTOCOL: u8 = 76;
 
 /// An error with the exit code it should produce.
 pub struct Failure {
@@ -30,12 +36,29 @@ impl Failure {
 impl<E: Into<anyhow::Error>> From<E> for Failure {
     fn from(e: E) -> Failure {
         let error = e.into();
-        let code = if error.chain().any(|c| c.is::<driftless_core::ConfigError>()) {
+        let client = error
+            .chain()
+            .find_map(|c| c.downcast_ref::<driftless_client::connection::ClientError>());
+        let code = if let Some(c) = client {
+            client_code(c)
+        } else if error.chain().any(|c| c.is::<driftless_core::ConfigError>()) {
             CONFIG
         } else {
             FAILURE
         };
         Failure { code, error }
+    }
+}
+
+/// The exit code for a gateway client error.
+fn client_code(e: &driftless_client::connection::ClientError) -> u8 {
+    use driftless_client::connection::ClientError as E;
+    match e {
+        _ if e.is_auth() => AUTH,
+        E::Rpc { error, .. } if error.code == driftless_protocol::codes::FORBIDDEN => AUTH,
+        E::Rpc { .. } => FAILURE,
+        E::Unreachable { .. } | E::Timeout(_) => UNREACHABLE,
+        E::Rejected { .. } | E::Closed { .. } | E::Protocol(_) => PROTOCOL,
     }
 }
 

@@ -47,6 +47,12 @@ enum Command {
     /// Check and manage secret references
     #[command(subcommand)]
     Secrets(cmd::secrets::Command),
+    /// Run the gateway, or talk to a running one
+    #[command(subcommand)]
+    Gateway(cmd::gateway::Command),
+    /// Rotate the gateway token
+    #[command(subcommand)]
+    Token(cmd::token::Command),
 }
 
 /// What every command gets: the environment (read once) and the resolved paths.
@@ -72,6 +78,8 @@ fn main() -> ExitCode {
         Command::Init(a) => cmd::init::run(&ctx, a),
         Command::Config(c) => cmd::config::run(&ctx, c),
         Command::Secrets(c) => cmd::secrets::run(&ctx, c),
+        Command::Gateway(c) => cmd::gateway::run(&ctx, c),
+        Command::Token(c) => cmd::token::run(&ctx, c),
     };
     exit::finish(result)
 }

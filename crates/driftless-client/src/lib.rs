@@ -1,1 +1,3 @@
-//! driftless-client.
+//! driftless-client: talking to a gateway over its WebSocket protocol.
+
+pub mod connection;

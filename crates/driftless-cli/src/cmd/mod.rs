@@ -1,5 +1,7 @@
 //! One module per top-level command; each parses its arguments and calls a library function.
 
 pub mod config;
+pub mod gateway;
 pub mod init;
 pub mod secrets;
+pub mod token;
