@@ -1,0 +1,417 @@
+//! Shared helpers for end-to-end tests: a temp HOME with config and token file, the real
+//! `driftless` binary spawned as a gateway on an ephemeral loopback port, and a raw WS client.
+#![allow(dead_code)] // each test file uses a different subset
+
+use std::io::{BufRead, BufReader, Read, Write};
+use std::net::TcpStream;
+use std::os::unix::fs::PermissionsExt;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, ExitStatus, Stdio};
+use std::time::{Duration, Instant};
+
+use futures_util::{SinkExt, StreamExt};
+use serde_json::{Value, json};
+use tokio_tungstenite::tungstenite::Message;
+
+pub const BIN: &str = env!("CARGO_BIN_EXE_driftless");
+
+/// The gateway token of most tests. It must never appear in a log or a response.
+pub const CANARY: &str = "canary-gw-token-5b1f0c9e7d3a";
+/// A wrong token tests present. It must never appear in a log or a response either.
+pub const WRONG_CANARY: &str = "canary-wrong-guess-8e2d4a6c";
+
+/// A temp HOME with XDG dirs, a config file and (usually) a token file.
+pub struct Home {
+    pub dir: tempfile::TempDir,
+}
+
+impl Home {
+    pub fn new() -> Home {
+        Home {
+            dir: tempfile::tempdir().unwrap(),
+        }
+    }
+
+    pub fn path(&self) -> &Path {
+        self.dir.path()
+    }
+
+    pub fn config_path(&self) -> PathBuf {
+        self.path().join("cfg/driftless/config.toml")
+    }
+
+    pub fn write_config(&self, text: &str) {
+        let p = self.config_path();
+        std::fs::create_dir_all(p.parent().unwrap()).unwrap();
+        std::fs::write(&p, text).unwrap();
+        std::fs::set_permissions(&p, std::fs::Permissions::from_mode(0o600)).unwrap();
+    }
+
+    /// A config on port 0 whose token is the file `secrets/token` holding `token`, plus `extra`
+    /// TOML appended to `[gateway.auth]`.
+    pub fn token_config(&self, token: &str, extra_auth: &str) -> PathBuf {
+        let tok = self.path().join("secrets/token");
+        write_secret(&tok, token);
+        self.write_config(&format!(
+            "[gateway]\nbind = \"127.0.0.1\"\nport = 0\n[gateway.auth]\nmode = \"token\"\ntoken = {{ source = \"file\", path = {:?} }}\n{extra_auth}\n",
+            tok.to_str().unwrap()
+        ));
+        tok
+    }
+
+    /// The base environment of a spawned `driftless` (nothing inherited but PATH).
+    pub fn command(&self) -> Command {
+        let mut c = Command::new(BIN);
+        c.env_clear()
+            .env("PATH", "/usr/bin:/bin")
+            .env("HOME", self.path())
+            .env("XDG_CONFIG_HOME", self.path().join("cfg"))
+            .env("XDG_STATE_HOME", self.path().join("state"))
+            .env("DRIFTLESS_LOG", "debug")
+            .env("NO_COLOR", "1");
+        c
+    }
+
+    /// Runs `driftless args…` to completion (bounded) and returns (status, stdout, stderr).
+    pub fn run(&self, args: &[&str]) -> (ExitStatus, String, String) {
+        let mut child = self
+            .command()
+            .args(args)
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .unwrap();
+        let deadline = Instant::now() + Duration::from_secs(30);
+        loop {
+            if let Some(_) = child.try_wait().unwrap() {
+                break;
+            }
+            assert!(Instant::now() < deadline, "driftless {args:?} did not finish");
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        let out = child.wait_with_output().unwrap();
+        (
+            out.status,
+            String::from_utf8_lossy(&out.stdout).into_owned(),
+            String::from_utf8_lossy(&out.stderr).into_owned(),
+        )
+    }
+}
+
+/// Writes a 0600 secret file in place.
+pub fn write_secret(path: &Path, value: &str) {
+    std::fs::create_dir_all(path.parent().unwrap()).unwrap();
+    std::fs::write(path, format!("{value}\n")).unwrap();
+    std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o600)).unwrap();
+}
+
+/// Replaces `path` atomically: write a sibling temp file, then rename it over.
+pub fn replace_by_rename(path: &Path, content: &str) {
+    let tmp = path.with_extension("tmp-new");
+    std::fs::write(&tmp, content).unwrap();
+    std::fs::set_permissions(&tmp, std::fs::Permissions::from_mode(0o600)).unwrap();
+    std::fs::rename(&tmp, path).unwrap();
+}
+
+/// A running gateway process.
+pub struct Gateway {
+    pub child: Child,
+    pub url: String,
+    pub port: u16,
+    pub first_line: String,
+    pub log: PathBuf,
+}
+
+impl Gateway {
+    /// Spawns `driftless gateway run` (plus `args`) and waits for its `listening on` line.
+    pub fn start(home: &Home, args: &[&str], env: &[(&str, &str)]) -> Gateway {
+        Gateway::try_start(home, args, env).unwrap_or_else(|e| panic!("gateway did not start: {e}"))
+    }
+
+    /// Like `start`, but returns the log text when the process exits instead of listening.
+    pub fn try_start(home: &Home, args: &[&str], env: &[(&str, &str)]) -> Result<Gateway, String> {
+        let log = home.path().join(format!(
+            "gateway-{}.log",
+            std::time::SystemTime::now()
+                .duration_since(std::time::UNIX_EPOCH)
+                .unwrap()
+                .as_nanos()
+        ));
+        let mut cmd = home.command();
+        cmd.args(["gateway", "run"]).args(args);
+        for (k, v) in env {
+            cmd.env(k, v);
+        }
+        let mut child = cmd
+            .stdout(Stdio::piped())
+            .stderr(std::fs::File::create(&log).unwrap())
+            .spawn()
+            .unwrap();
+        let stdout = child.stdout.take().unwrap();
+        let (tx, rx) = std::sync::mpsc::channel();
+        std::thread::spawn(move || {
+            let mut lines = BufReader::new(stdout).lines();
+            while let Some(Ok(line)) = lines.next() {
+                let done = line.starts_with("listening on ");
+                let _ = tx.send(line);
+                if done {
+                    // Keep draining so the gateway never blocks on a full pipe.
+                    for _ in lines.by_ref() {}
+                    return;
+                }
+            }
+        });
+        let deadline = Instant::now() + Duration::from_secs(20);
+        let mut seen = Vec::new();
+        loop {
+            match rx.recv_timeout(Duration::from_millis(50)) {
+                Ok(line) if line.starts_with("listening on ") => {
+                    let url = line.split_whitespace().nth(2).unwrap().to_owned();
+                    let port = url.rsplit(':').next().unwrap().parse().unwrap();
+                    return Ok(Gateway {
+                        child,
+                        url,
+                        port,
+                        first_line: line,
+                        log,
+                    });
+                }
+                Ok(line) => seen.push(line),
+                Err(_) => {
+                    if let Some(status) = child.try_wait().unwrap() {
+                        let text = std::fs::read_to_string(&log).unwrap_or_default();
+                        return Err(format!("exited {status}; stdout {seen:?}; log:\n{text}"));
+                    }
+                    if Instant::now() > deadline {
+                        let _ = child.kill();
+                        return Err("no `listening on` line within 20 s".into());
+                    }
+                }
+            }
+        }
+    }
+
+    pub fn log_text(&self) -> String {
+        std::fs::read_to_string(&self.log).unwrap_or_default()
+    }
+
+    /// Sends SIGTERM to this gateway (by pid) and waits (bounded) for it to exit.
+    pub fn terminate(&mut self) -> Option<ExitStatus> {
+        let _ = Command::new("kill")
+            .args(["-TERM", &self.child.id().to_string()])
+            .status();
+        let deadline = Instant::now() + Duration::from_secs(5);
+        while Instant::now() < deadline {
+            if let Some(s) = self.child.try_wait().unwrap() {
+                return Some(s);
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        None
+    }
+
+    /// Stops the gateway and asserts that no canary ever reached its log.
+    pub fn finish(mut self) -> String {
+        let status = self.terminate();
+        assert!(status.is_some(), "gateway did not exit within 5 s of SIGTERM");
+        let log = self.log_text();
+        assert_no_canary(&log, "gateway log");
+        log
+    }
+
+    /// `GET path` over plain HTTP/1.1; returns (status code, body).
+    pub fn http_get(&self, path: &str) -> (u16, String) {
+        let mut s = TcpStream::connect(("127.0.0.1", self.port)).unwrap();
+        s.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
+        write!(s, "GET {path} HTTP/1.1\r\nHost: 127.0.0.1\r\nConnection: close\r\n\r\n").unwrap();
+        let mut text = String::new();
+        s.read_to_string(&mut text).unwrap();
+        let code = text
+            .split_whitespace()
+            .nth(1)
+            .and_then(|c| c.parse().ok())
+            .unwrap_or(0);
+        let body = text.split_once("\r\n\r\n").map(|x| x.1).unwrap_or("").to_owned();
+        assert_no_canary(&body, "HTTP response");
+        (code, body)
+    }
+
+    /// The value of one metric line (exact name + labels), 0 when absent.
+    pub fn metric(&self, series: &str) -> f64 {
+        let (_, body) = self.http_get("/metrics");
+        body.lines()
+            .find_map(|l| l.strip_prefix(series).and_then(|rest| rest.strip_prefix(' ')))
+            .map(|v| v.trim().parse().unwrap())
+            .unwrap_or(0.0)
+    }
+}
+
+impl Drop for Gateway {
+    fn drop(&mut self) {
+        // Only our own child, by pid.
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+pub fn assert_no_canary(text: &str, what: &str) {
+    for c in [CANARY, WRONG_CANARY] {
+        assert!(!text.contains(c), "canary {c} leaked into {what}:\n{text}");
+    }
+}
+
+type Ws = tokio_tungstenite::WebSocketStream<tokio_tungstenite::MaybeTlsStream<tokio::net::TcpStream>>;
+
+/// A raw WS client that checks every received frame for canaries.
+pub struct Client {
+    pub ws: Ws,
+    pub challenge: Value,
+}
+
+/// How a frame wait ended.
+#[derive(Debug)]
+pub enum Got {
+    Frame(Value),
+    Closed(u16, String),
+}
+
+impl Client {
+    /// Opens a WS connection and reads the `connect.challenge`.
+    pub async fn open(url: &str) -> Client {
+        let (ws, _) = tokio::time::timeout(Duration::from_secs(5), tokio_tungstenite::connect_async(url))
+            .await
+            .expect("connect timed out")
+            .expect("WS connect failed");
+        let mut c = Client {
+            ws,
+            challenge: Value::Null,
+        };
+        match c.next().await {
+            Got::Frame(f) => c.challenge = f,
+            other => panic!("expected connect.challenge, got {other:?}"),
+        }
+        c
+    }
+
+    pub async fn send_text(&mut self, text: String) {
+        self.ws.send(Message::Text(text.into())).await.unwrap();
+    }
+
+    pub async fn send_json(&mut self, v: Value) {
+        self.send_text(v.to_string()).await;
+    }
+
+    /// The next frame or the close, within 10 s.
+    pub async fn next(&mut self) -> Got {
+        self.next_within(Duration::from_secs(10)).await
+    }
+
+    pub async fn next_within(&mut self, d: Duration) -> Got {
+        loop {
+            let msg = tokio::time::timeout(d, self.ws.next())
+                .await
+                .expect("no frame or close in time");
+            match msg {
+                Some(Ok(Message::Text(t))) => {
+                    assert_no_canary(t.as_str(), "a WS frame");
+                    return Got::Frame(serde_json::from_str(t.as_str()).unwrap());
+                }
+                Some(Ok(Message::Close(c))) => {
+                    let (code, reason) = c
+                        .map(|c| (u16::from(c.code), c.reason.to_string()))
+                        .unwrap_or((1005, String::new()));
+                    assert_no_canary(&reason, "a close reason");
+                    return Got::Closed(code, reason);
+                }
+                Some(Ok(_)) => continue,
+                None | Some(Err(_)) => return Got::Closed(1006, String::new()),
+            }
+        }
+    }
+
+    /// The next response frame (events skipped), or the close.
+    pub async fn response(&mut self) -> Got {
+        loop {
+            match self.next().await {
+                Got::Frame(f) if f["type"] == "event" => continue,
+                other => return other,
+            }
+        }
+    }
+
+    /// Sends `connect` with `params` and returns (response, close when the response failed).
+    pub async fn connect(&mut self, params: Value) -> (Value, Option<(u16, String)>) {
+        self.send_json(json!({"type": "req", "id": "c1", "method": "connect", "params": params}))
+            .await;
+        let res = match self.response().await {
+            Got::Frame(f) => f,
+            Got::Closed(code, reason) => panic!("closed {code} {reason} before a response"),
+        };
+        if res["ok"] == true {
+            return (res, None);
+        }
+        match self.next().await {
+            Got::Closed(code, reason) => (res, Some((code, reason))),
+            Got::Frame(f) => panic!("expected close after error, got {f}"),
+        }
+    }
+
+    /// A request on an authenticated connection; returns the response frame.
+    pub async fn call(&mut self, id: &str, method: &str, params: Option<Value>) -> Value {
+        let mut req = json!({"type": "req", "id": id, "method": method});
+        if let Some(p) = params {
+            req["params"] = p;
+        }
+        self.send_json(req).await;
+        match self.response().await {
+            Got::Frame(f) => f,
+            Got::Closed(code, reason) => panic!("closed {code} {reason} instead of answering {method}"),
+        }
+    }
+}
+
+/// `connect` params as the real OpenClaw CLI sends them (protocol 4..4, token auth).
+pub fn cli_params(token: Option<&str>) -> Value {
+    let mut p = json!({
+        "minProtocol": 4, "maxProtocol": 4,
+        "client": {"id": "cli", "version": "2026.9.6", "platform": "linux", "mode": "cli", "instanceId": "t"},
+        "caps": [], "role": "operator", "scopes": ["operator.read"],
+    });
+    if let Some(t) = token {
+        p["auth"] = json!({"token": t});
+    }
+    p
+}
+
+/// Opens a connection and completes `connect`; panics when refused.
+pub async fn session(url: &str, params: Value) -> Client {
+    let mut c = Client::open(url).await;
+    let (res, close) = c.connect(params).await;
+    assert!(close.is_none() && res["ok"] == true, "connect refused: {res} {close:?}");
+    c
+}
+
+/// Whether `token` is accepted right now (a fresh connection).
+pub async fn accepted(url: &str, token: &str) -> bool {
+    let mut c = Client::open(url).await;
+    let (res, _) = c.connect(cli_params(Some(token))).await;
+    res["ok"] == true
+}
+
+/// Polls `f` every 50 ms until it returns true or `within` passes.
+pub async fn eventually<F, Fut>(within: Duration, mut f: F) -> bool
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = bool>,
+{
+    let deadline = Instant::now() + within;
+    loop {
+        if f().await {
+            return true;
+        }
+        if Instant::now() > deadline {
+            return false;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
