@@ -14,7 +14,11 @@ async fn good_token_hello_ok_and_methods() {
     let home = Home::new();
     home.token_config(CANARY, "");
     let gw = Gateway::start(&home, &[], &[]);
-    assert!(gw.first_line.contains(" token sha256:"), "{}", gw.first_line);
+    assert!(
+        gw.first_line.contains(" token sha256:"),
+        "{}",
+        gw.first_line
+    );
     assert!(gw.url.starts_with("ws://127.0.0.1:") && gw.port != 0);
 
     let mut c = Client::open(&gw.url).await;
@@ -35,23 +39,39 @@ async fn good_token_hello_ok_and_methods() {
     for m in ["health", "status", "system-presence", "secrets.reload"] {
         assert!(methods.contains(&json!(m)), "{m} missing");
     }
-    assert!(hello["features"]["events"].as_array().unwrap().contains(&json!("tick")));
+    assert!(
+        hello["features"]["events"]
+            .as_array()
+            .unwrap()
+            .contains(&json!("tick"))
+    );
     assert!(hello["snapshot"]["presence"].is_array());
     assert_eq!(hello["snapshot"]["health"]["ok"], true);
     assert!(hello["snapshot"]["stateVersion"]["presence"].is_u64());
     assert!(hello["snapshot"]["uptimeMs"].is_u64());
-    assert_eq!(hello["auth"], json!({"method": "token", "role": "operator", "scopes": ["operator.read"]}));
+    assert_eq!(
+        hello["auth"],
+        json!({"method": "token", "role": "operator", "scopes": ["operator.read"]})
+    );
     assert_eq!(
         hello["policy"],
         json!({"maxPayload": 26214400, "maxBufferedBytes": 52428800, "tickIntervalMs": 30000})
     );
 
     let r = c.call("2", "health", None).await;
-    assert_eq!((r["id"].as_str(), r["ok"].as_bool()), (Some("2"), Some(true)));
+    assert_eq!(
+        (r["id"].as_str(), r["ok"].as_bool()),
+        (Some("2"), Some(true))
+    );
     let r = c.call("3", "status", None).await;
     assert_eq!(r["ok"], true);
     assert_eq!(r["payload"]["auth"]["mode"], "token");
-    assert!(r["payload"]["auth"]["fingerprint"].as_str().unwrap().starts_with("sha256:"));
+    assert!(
+        r["payload"]["auth"]["fingerprint"]
+            .as_str()
+            .unwrap()
+            .starts_with("sha256:")
+    );
     let r = c.call("4", "system-presence", Some(json!({}))).await;
     assert_eq!(r["payload"][0]["mode"], "gateway");
     let r = c.call("5", "secrets.reload", None).await;
@@ -85,7 +105,9 @@ async fn good_token_hello_ok_and_methods() {
     let r = probe.call("s", "status", None).await;
     assert_eq!(r["error"]["details"]["code"], "MISSING_SCOPE");
 
-    assert!(gw.metric("driftless_gateway_handshakes_total{outcome=\"ok\",method=\"token\"}") >= 3.0);
+    assert!(
+        gw.metric("driftless_gateway_handshakes_total{outcome=\"ok\",method=\"token\"}") >= 3.0
+    );
     gw.finish();
 }
 
@@ -140,7 +162,10 @@ async fn wrong_and_missing_token() {
     let (res, _) = c.connect(p).await;
     assert_eq!(res["ok"], true);
 
-    assert_eq!(gw.metric("driftless_gateway_auth_checks_total{outcome=\"mismatch\"}"), 1.0);
+    assert_eq!(
+        gw.metric("driftless_gateway_auth_checks_total{outcome=\"mismatch\"}"),
+        1.0
+    );
     gw.finish();
 }
 
@@ -154,7 +179,11 @@ async fn password_mode() {
         pw.to_str().unwrap()
     ));
     let gw = Gateway::start(&home, &[], &[]);
-    assert!(gw.first_line.contains(" password sha256:"), "{}", gw.first_line);
+    assert!(
+        gw.first_line.contains(" password sha256:"),
+        "{}",
+        gw.first_line
+    );
     let mut p = cli_params(None);
     p["auth"] = json!({"password": CANARY});
     let mut s = session(&gw.url, p).await;
@@ -174,11 +203,15 @@ async fn password_mode() {
 async fn none_mode_refused_off_loopback_and_open_on_loopback() {
     let home = Home::new();
     home.write_config("[gateway]\nbind = \"0.0.0.0\"\nport = 0\n[gateway.auth]\nmode = \"none\"\n");
-    let err = Gateway::try_start(&home, &[], &[]).err().expect("must refuse to start");
+    let err = Gateway::try_start(&home, &[], &[])
+        .err()
+        .expect("must refuse to start");
     assert!(err.contains("only allowed on a loopback bind"), "{err}");
     assert!(err.contains("0.0.0.0"), "{err}");
 
-    home.write_config("[gateway]\nbind = \"127.0.0.1\"\nport = 0\n[gateway.auth]\nmode = \"none\"\n");
+    home.write_config(
+        "[gateway]\nbind = \"127.0.0.1\"\nport = 0\n[gateway.auth]\nmode = \"none\"\n",
+    );
     let gw = Gateway::start(&home, &[], &[]);
     assert!(gw.first_line.ends_with("auth none"), "{}", gw.first_line);
     let mut c = Client::open(&gw.url).await;
@@ -223,29 +256,46 @@ async fn malformed_input_never_crashes_or_stalls() {
 
     // A request other than connect first.
     let mut c = Client::open(&gw.url).await;
-    c.send_json(json!({"type": "req", "id": "x", "method": "health"})).await;
-    let Got::Frame(f) = c.next().await else { panic!("expected an error frame") };
-    assert_eq!(f["error"]["message"], "invalid handshake: first request must be connect");
-    let Got::Closed(code, reason) = c.next().await else { panic!("expected close") };
-    assert_eq!((code, reason.as_str()), (1008, "invalid handshake: first request must be connect"));
+    c.send_json(json!({"type": "req", "id": "x", "method": "health"}))
+        .await;
+    let Got::Frame(f) = c.next().await else {
+        panic!("expected an error frame")
+    };
+    assert_eq!(
+        f["error"]["message"],
+        "invalid handshake: first request must be connect"
+    );
+    let Got::Closed(code, reason) = c.next().await else {
+        panic!("expected close")
+    };
+    assert_eq!(
+        (code, reason.as_str()),
+        (1008, "invalid handshake: first request must be connect")
+    );
 
     // Oversized pre-auth frame.
     let mut c = Client::open(&gw.url).await;
     c.send_text("x".repeat(70 * 1024)).await;
-    let Got::Closed(code, _) = c.next().await else { panic!("expected close") };
+    let Got::Closed(code, _) = c.next().await else {
+        panic!("expected close")
+    };
     assert_eq!(code, 1009);
 
     // Not JSON: closed 1000 without a frame, like OpenClaw.
     let mut c = Client::open(&gw.url).await;
     c.send_text("{not json".into()).await;
-    let Got::Closed(code, _) = c.next().await else { panic!("expected close") };
+    let Got::Closed(code, _) = c.next().await else {
+        panic!("expected close")
+    };
     assert_eq!(code, 1000);
 
     // Garbage bytes on the raw socket after the upgrade.
     let mut c = Client::open(&gw.url).await;
     if let tokio_tungstenite::MaybeTlsStream::Plain(tcp) = c.ws.get_mut() {
         use tokio::io::AsyncWriteExt;
-        tcp.write_all(&[0xff, 0x00, 0x13, 0x37, 0xde, 0xad, 0xbe, 0xef, 0x01, 0x02]).await.unwrap();
+        tcp.write_all(&[0xff, 0x00, 0x13, 0x37, 0xde, 0xad, 0xbe, 0xef, 0x01, 0x02])
+            .await
+            .unwrap();
     }
     assert!(matches!(c.next().await, Got::Closed(..)));
 
@@ -256,7 +306,9 @@ async fn malformed_input_never_crashes_or_stalls() {
 
     // Handshake timeout: say nothing, get 1000 after the (shortened) timeout.
     let mut c = Client::open(&gw.url).await;
-    let Got::Closed(code, _) = c.next_within(Duration::from_secs(5)).await else { panic!("expected close") };
+    let Got::Closed(code, _) = c.next_within(Duration::from_secs(5)).await else {
+        panic!("expected close")
+    };
     assert_eq!(code, 1000);
 
     // After all that the gateway still serves.
@@ -266,15 +318,24 @@ async fn malformed_input_never_crashes_or_stalls() {
     assert_eq!(code, 200);
     let (code, body) = gw.http_get("/readyz");
     assert_eq!(code, 200, "{body}");
-    assert!(gw.metric("driftless_gateway_handshakes_total{outcome=\"timeout\",method=\"token\"}") >= 1.0);
-    assert!(gw.metric("driftless_gateway_handshakes_total{outcome=\"too_large\",method=\"token\"}") >= 1.0);
+    assert!(
+        gw.metric("driftless_gateway_handshakes_total{outcome=\"timeout\",method=\"token\"}")
+            >= 1.0
+    );
+    assert!(
+        gw.metric("driftless_gateway_handshakes_total{outcome=\"too_large\",method=\"token\"}")
+            >= 1.0
+    );
     gw.finish();
 }
 
 #[tokio::test]
 async fn limiter_bounds_real_checks_for_a_non_exempt_address() {
     let home = Home::new();
-    home.token_config(CANARY, "[gateway.auth.rate_limit]\nexempt_loopback = false\n");
+    home.token_config(
+        CANARY,
+        "[gateway.auth.rate_limit]\nexempt_loopback = false\n",
+    );
     let gw = Gateway::start(&home, &[], &[]);
     let mut limited = 0;
     let mut mismatched = 0;
@@ -295,14 +356,26 @@ async fn limiter_bounds_real_checks_for_a_non_exempt_address() {
     }
     assert_eq!(mismatched, 10);
     assert_eq!(limited, 990);
-    assert!(last_retry > 200_000 && last_retry <= 300_000, "{last_retry}");
+    assert!(
+        last_retry > 200_000 && last_retry <= 300_000,
+        "{last_retry}"
+    );
     // A locked-out address gets no real check, even with the right token.
     let mut c = Client::open(&gw.url).await;
     let (res, _) = c.connect(cli_params(Some(CANARY))).await;
     assert_eq!(res["error"]["details"]["code"], "AUTH_RATE_LIMITED");
-    assert_eq!(gw.metric("driftless_gateway_auth_checks_total{outcome=\"mismatch\"}"), 10.0);
-    assert_eq!(gw.metric("driftless_gateway_auth_checks_total{outcome=\"ok\"}"), 0.0);
-    assert_eq!(gw.metric("driftless_gateway_limiter_rejections_total"), 991.0);
+    assert_eq!(
+        gw.metric("driftless_gateway_auth_checks_total{outcome=\"mismatch\"}"),
+        10.0
+    );
+    assert_eq!(
+        gw.metric("driftless_gateway_auth_checks_total{outcome=\"ok\"}"),
+        0.0
+    );
+    assert_eq!(
+        gw.metric("driftless_gateway_limiter_rejections_total"),
+        991.0
+    );
     gw.finish();
 }
 
@@ -314,9 +387,13 @@ async fn sigterm_sends_shutdown_and_closes_1012() {
     let mut s = session(&gw.url, cli_params(Some(CANARY))).await;
     let status = gw.terminate().expect("exits within 5 s");
     assert!(status.success(), "{status}");
-    let Got::Frame(ev) = s.next().await else { panic!("expected the shutdown event") };
+    let Got::Frame(ev) = s.next().await else {
+        panic!("expected the shutdown event")
+    };
     assert_eq!(ev["event"], "shutdown");
-    let Got::Closed(code, reason) = s.next().await else { panic!("expected close") };
+    let Got::Closed(code, reason) = s.next().await else {
+        panic!("expected close")
+    };
     assert_eq!((code, reason.as_str()), (1012, "service restart"));
     assert_no_canary(&gw.log_text(), "gateway log");
 }
@@ -336,11 +413,26 @@ async fn fresh_machine_run_then_cli_health_with_local_token() {
     assert!(st.success());
     let v: serde_json::Value = serde_json::from_str(&out).unwrap();
     assert_eq!(v["auth"]["fingerprint"], fp.as_str());
-    let (st, out, err) = home.run(&["gateway", "call", "system-presence", "--url", &gw.url, "--params", "{}"]);
+    let (st, out, err) = home.run(&[
+        "gateway",
+        "call",
+        "system-presence",
+        "--url",
+        &gw.url,
+        "--params",
+        "{}",
+    ]);
     assert!(st.success(), "{err}");
     assert!(out.contains("\"mode\": \"gateway\""), "{out}");
     // Exit codes: wrong token = auth (77), nothing listening = unreachable (69).
-    let (st, _, err) = home.run(&["gateway", "health", "--url", &gw.url, "--token", WRONG_CANARY]);
+    let (st, _, err) = home.run(&[
+        "gateway",
+        "health",
+        "--url",
+        &gw.url,
+        "--token",
+        WRONG_CANARY,
+    ]);
     assert_eq!(st.code(), Some(77), "{err}");
     assert!(err.contains("AUTH_TOKEN_MISMATCH"), "{err}");
     assert_no_canary(&err, "CLI stderr");

@@ -41,7 +41,10 @@ async fn atomic_rename_rotation_with_grace() {
     assert_eq!(closed, Some((4001, "gateway auth changed".to_owned())));
     assert!(!accepted(&gw.url, CANARY).await);
     assert!(accepted(&gw.url, NEW).await);
-    assert_eq!(gw.metric("driftless_gateway_secret_generation{secret=\"gateway.auth.token\"}"), 2.0);
+    assert_eq!(
+        gw.metric("driftless_gateway_secret_generation{secret=\"gateway.auth.token\"}"),
+        2.0
+    );
     assert!(gw.metric("driftless_gateway_secret_last_rotation_timestamp_seconds{secret=\"gateway.auth.token\"}") > 0.0);
     let log = gw.finish();
     assert!(log.contains("secret rotated"), "{log}");
@@ -83,7 +86,10 @@ async fn kubernetes_data_symlink_swap_without_grace() {
     // Grace 0: the old token and its sessions end at once.
     assert!(!accepted(&gw.url, CANARY).await);
     let got = old_session.next_within(Duration::from_secs(2)).await;
-    assert!(matches!(got, Got::Closed(4001, ref r) if r == "gateway auth changed"), "{got:?}");
+    assert!(
+        matches!(got, Got::Closed(4001, ref r) if r == "gateway auth changed"),
+        "{got:?}"
+    );
     gw.finish();
 }
 
@@ -103,8 +109,14 @@ async fn failed_reloads_and_touches_keep_the_old_token() {
         })
         .await
     );
-    assert_eq!(gw.metric("driftless_gateway_secret_reloads_total{outcome=\"changed\"}"), 0.0);
-    assert_eq!(gw.metric("driftless_gateway_secret_generation{secret=\"gateway.auth.token\"}"), 1.0);
+    assert_eq!(
+        gw.metric("driftless_gateway_secret_reloads_total{outcome=\"changed\"}"),
+        0.0
+    );
+    assert_eq!(
+        gw.metric("driftless_gateway_secret_generation{secret=\"gateway.auth.token\"}"),
+        1.0
+    );
 
     // Empty file: the reload fails, the old token keeps working.
     replace_by_rename(&tok, "");
@@ -138,7 +150,11 @@ async fn token_rotate_cli_file_source_and_no_grace() {
     let home = Home::new();
     home.token_config(CANARY, "");
     // `token rotate` finds the gateway through config: pin a free port there.
-    let port = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
     let cfg = std::fs::read_to_string(home.config_path()).unwrap();
     home.write_config(&cfg.replace("port = 0", &format!("port = {port}")));
     let gw = Gateway::start(&home, &[], &[]);
@@ -182,7 +198,9 @@ async fn token_rotate_cli_file_source_and_no_grace() {
 #[tokio::test]
 async fn token_rotate_refuses_env_and_exec_sources() {
     let home = Home::new();
-    home.write_config("[gateway]\nport = 0\n[gateway.auth]\ntoken = { source = \"env\", id = \"GW_TOK\" }\n");
+    home.write_config(
+        "[gateway]\nport = 0\n[gateway.auth]\ntoken = { source = \"env\", id = \"GW_TOK\" }\n",
+    );
     let mut cmd = home.command();
     let out = cmd
         .env("GW_TOK", CANARY)
@@ -191,7 +209,10 @@ async fn token_rotate_refuses_env_and_exec_sources() {
         .unwrap();
     let err = String::from_utf8_lossy(&out.stderr);
     assert!(!out.status.success());
-    assert!(err.contains("environment") && err.contains("restart the gateway"), "{err}");
+    assert!(
+        err.contains("environment") && err.contains("restart the gateway"),
+        "{err}"
+    );
     assert_no_canary(&err, "stderr");
 
     home.write_config("[gateway]\nport = 0\n[gateway.auth]\ntoken = { source = \"exec\", command = [\"/bin/echo\", \"abcdefgh\"] }\n");
@@ -203,7 +224,11 @@ async fn token_rotate_refuses_env_and_exec_sources() {
 #[tokio::test]
 async fn token_rotate_literal_in_config_edits_the_config() {
     let home = Home::new();
-    let port = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
     home.write_config(&format!(
         "# keep this comment\n[gateway]\nport = {port}\n[gateway.auth]\ntoken = \"{CANARY}\"\n"
     ));

@@ -50,10 +50,15 @@ impl ConnectOptions {
 
 #[derive(Debug, thiserror::Error)]
 pub enum ClientError {
-    #[error("cannot reach the gateway at {url}: {message}; is it running (`driftless gateway run`)?")]
+    #[error(
+        "cannot reach the gateway at {url}: {message}; is it running (`driftless gateway run`)?"
+    )]
     Unreachable { url: String, message: String },
     #[error("the gateway refused the connection: {} ({})", .error.message, .error.detail_code().unwrap_or(&.error.code))]
-    Rejected { error: ErrorShape, close: Option<u16> },
+    Rejected {
+        error: ErrorShape,
+        close: Option<u16>,
+    },
     #[error("{method} failed: {} ({})", .error.message, .error.detail_code().unwrap_or(&.error.code))]
     Rpc { method: String, error: ErrorShape },
     #[error("the gateway closed the connection ({code} {reason})")]
@@ -69,8 +74,7 @@ impl ClientError {
     pub fn is_auth(&self) -> bool {
         match self {
             ClientError::Rejected { error, .. } => {
-                error.message.starts_with("unauthorized")
-                    || error.code == proto::codes::NOT_PAIRED
+                error.message.starts_with("unauthorized") || error.code == proto::codes::NOT_PAIRED
             }
             _ => false,
         }
@@ -107,8 +111,9 @@ async fn next_frame(ws: &mut Ws, timeout: Duration) -> Result<Frame, ClientError
             }
             Some(Err(e)) => return Err(ClientError::Protocol(e.to_string())),
             Some(Ok(Message::Text(t))) => {
-                return serde_json::from_str(t.as_str())
-                    .map_err(|e| ClientError::Protocol(format!("invalid frame from gateway: {e}")));
+                return serde_json::from_str(t.as_str()).map_err(|e| {
+                    ClientError::Protocol(format!("invalid frame from gateway: {e}"))
+                });
             }
             Some(Ok(Message::Close(c))) => {
                 let (code, reason) = c
@@ -135,10 +140,11 @@ pub async fn connect(opts: &ConnectOptions) -> Result<Connection, ClientError> {
         url: opts.url.clone(),
         message,
     };
-    let (mut ws, _) = tokio::time::timeout(opts.timeout, tokio_tungstenite::connect_async(&opts.url))
-        .await
-        .map_err(|_| unreachable(format!("no answer within {:?}", opts.timeout)))?
-        .map_err(|e| unreachable(e.to_string()))?;
+    let (mut ws, _) =
+        tokio::time::timeout(opts.timeout, tokio_tungstenite::connect_async(&opts.url))
+            .await
+            .map_err(|_| unreachable(format!("no answer within {:?}", opts.timeout)))?
+            .map_err(|e| unreachable(e.to_string()))?;
     let challenge = next_frame(&mut ws, opts.timeout).await?;
     match &challenge {
         Frame::Event(e) if e.event == "connect.challenge" => {}
@@ -206,7 +212,11 @@ impl Connection {
     }
 
     /// Sends one request and waits for its response, skipping events.
-    pub async fn request(&mut self, method: &str, params: Option<Value>) -> Result<Value, ClientError> {
+    pub async fn request(
+        &mut self,
+        method: &str,
+        params: Option<Value>,
+    ) -> Result<Value, ClientError> {
         let id = format!("{}:{}", self.next_id, uuid::Uuid::new_v4());
         self.next_id += 1;
         let req = Frame::Req(proto::RequestFrame {
@@ -238,7 +248,10 @@ impl Connection {
     }
 
     /// Waits for the next event (or the close), for callers that watch the connection.
-    pub async fn next_event(&mut self, timeout: Duration) -> Result<proto::EventFrame, ClientError> {
+    pub async fn next_event(
+        &mut self,
+        timeout: Duration,
+    ) -> Result<proto::EventFrame, ClientError> {
         loop {
             if let Frame::Event(e) = next_frame(&mut self.ws, timeout).await? {
                 return Ok(e);

@@ -6,7 +6,9 @@ use std::sync::atomic::Ordering;
 
 use axum::extract::ws::{CloseFrame, Message, WebSocket};
 use driftless_core::config::AuthMode;
-use driftless_protocol::{self as proto, AuthFailure, ConnectParams, ErrorShape, Frame, close, codes};
+use driftless_protocol::{
+    self as proto, AuthFailure, ConnectParams, ErrorShape, Frame, close, codes,
+};
 
 use crate::State;
 use crate::metrics::{HandshakeLabels, OutcomeLabels};
@@ -204,7 +206,12 @@ fn invalid(id: &str, message: String) -> Reject {
 }
 
 /// Validates the first frame and authenticates it.
-fn connect(text: &str, peer: SocketAddr, state: &Arc<State>, conn_id: &str) -> Result<Session, Reject> {
+fn connect(
+    text: &str,
+    peer: SocketAddr,
+    state: &Arc<State>,
+    conn_id: &str,
+) -> Result<Session, Reject> {
     // Not JSON at all: OpenClaw closes 1000 without a frame.
     let value: serde_json::Value = serde_json::from_str(text).map_err(|_| Reject {
         outcome: "invalid",
@@ -229,13 +236,13 @@ fn connect(text: &str, peer: SocketAddr, state: &Arc<State>, conn_id: &str) -> R
             "invalid handshake: first request must be connect".into(),
         ));
     }
-    let params: ConnectParams =
-        serde_json::from_value(req.params.clone().unwrap_or(serde_json::Value::Null)).map_err(
-            |e| {
-                // serde's message names the field, never the value.
-                invalid(&req.id, format!("invalid connect params: {e}"))
-            },
-        )?;
+    let params: ConnectParams = serde_json::from_value(
+        req.params.clone().unwrap_or(serde_json::Value::Null),
+    )
+    .map_err(|e| {
+        // serde's message names the field, never the value.
+        invalid(&req.id, format!("invalid connect params: {e}"))
+    })?;
     if params.role != "operator" && params.role != "node" {
         return Err(invalid(&req.id, "invalid role".into()));
     }
@@ -263,7 +270,12 @@ fn connect(text: &str, peer: SocketAddr, state: &Arc<State>, conn_id: &str) -> R
                         .with_details(serde_json::json!({"code": "DEVICE_IDENTITY_REQUIRED"})),
                 )
             }
-            _ => Reject::with_error(outcome, &req.id, close::POLICY, f.error(params.device.is_some())),
+            _ => Reject::with_error(
+                outcome,
+                &req.id,
+                close::POLICY,
+                f.error(params.device.is_some()),
+            ),
         }
     })?;
     // Device-less shared-secret clients keep the scopes they ask for; probes get none.
@@ -327,7 +339,9 @@ fn authenticate(
             state
                 .metrics
                 .auth_checks
-                .get_or_create(&OutcomeLabels { outcome: "mismatch" })
+                .get_or_create(&OutcomeLabels {
+                    outcome: "mismatch",
+                })
                 .inc();
             Err(mismatch)
         }

@@ -6,8 +6,8 @@
 
 mod conn;
 pub mod limiter;
-pub mod metrics;
 mod methods;
+pub mod metrics;
 mod reload;
 pub mod secrets;
 
@@ -95,10 +95,9 @@ impl Gateway {
         if let Some(name) = driftless_core::precedence::server_secret_name(mode) {
             if secrets.current().is_none() {
                 let (field, var) = match mode {
-                    AuthMode::Password => (
-                        "password",
-                        driftless_core::precedence::GATEWAY_PASSWORD_ENV,
-                    ),
+                    AuthMode::Password => {
+                        ("password", driftless_core::precedence::GATEWAY_PASSWORD_ENV)
+                    }
                     _ => ("token", driftless_core::precedence::GATEWAY_TOKEN_ENV),
                 };
                 debug_assert!(name.ends_with(field));

@@ -59,7 +59,8 @@ impl Limiter {
         if map.len() >= PRUNE_AT {
             let window = self.window;
             map.retain(|_, e| {
-                e.locked_until.is_some_and(|t| t > now) || now.duration_since(e.window_start) < window
+                e.locked_until.is_some_and(|t| t > now)
+                    || now.duration_since(e.window_start) < window
             });
         }
         let e = map.entry(ip.to_canonical()).or_insert(Entry {

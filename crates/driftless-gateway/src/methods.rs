@@ -74,9 +74,10 @@ fn status(state: &State) -> Value {
             })
         })
         .collect();
-    let grace = state.secrets.grace().map(|(fp, until)| {
-        json!({"previousFingerprint": fp, "endsAtMs": until})
-    });
+    let grace = state
+        .secrets
+        .grace()
+        .map(|(fp, until)| json!({"previousFingerprint": fp, "endsAtMs": until}));
     json!({
         "version": VERSION,
         "uptimeMs": uptime_ms(state),

@@ -82,8 +82,7 @@ pub(crate) fn spawn(state: Arc<State>) -> Vec<JoinHandle<()>> {
 
     let st = state.clone();
     let hup = tokio::spawn(async move {
-        let Ok(mut sig) =
-            tokio::signal::unix::signal(tokio::signal::unix::SignalKind::hangup())
+        let Ok(mut sig) = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::hangup())
         else {
             tracing::warn!("cannot listen for SIGHUP");
             return;

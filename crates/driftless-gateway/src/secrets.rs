@@ -93,7 +93,10 @@ impl Secrets {
         config_path: PathBuf,
         env: Env,
     ) -> Result<Secrets, driftless_core::snapshot::SnapshotError> {
-        let base = config_path.parent().unwrap_or(std::path::Path::new(".")).to_owned();
+        let base = config_path
+            .parent()
+            .unwrap_or(std::path::Path::new("."))
+            .to_owned();
         let effective = precedence::with_effective_server_secret(config, &env, None);
         let snapshot = Snapshot::resolve(&effective, &env, &base)?;
         Ok(Secrets {
@@ -159,7 +162,10 @@ impl Secrets {
     }
 
     pub fn last_reload(&self) -> Option<ReloadStatus> {
-        self.last_reload.lock().unwrap_or_else(|e| e.into_inner()).clone()
+        self.last_reload
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .clone()
     }
 
     /// Sets initial per-secret metrics.
@@ -197,7 +203,10 @@ impl Secrets {
                 Some(driftless_core::redact::redact(&e.to_string()).into_owned()),
             ),
         };
-        metrics.reloads.get_or_create(&OutcomeLabels { outcome }).inc();
+        metrics
+            .reloads
+            .get_or_create(&OutcomeLabels { outcome })
+            .inc();
         match &result {
             Ok((r, _)) => {
                 for c in &r.changed {

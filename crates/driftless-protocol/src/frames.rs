@@ -196,12 +196,13 @@ impl AuthFailure {
             ),
         };
         let can_retry = matches!(self, AuthFailure::TokenMismatch) && has_device;
-        let mut e = ErrorShape::new(codes::INVALID_REQUEST, message).with_details(serde_json::json!({
-            "code": code,
-            "authReason": reason,
-            "canRetryWithDeviceToken": can_retry,
-            "recommendedNextStep": next,
-        }));
+        let mut e =
+            ErrorShape::new(codes::INVALID_REQUEST, message).with_details(serde_json::json!({
+                "code": code,
+                "authReason": reason,
+                "canRetryWithDeviceToken": can_retry,
+                "recommendedNextStep": next,
+            }));
         if let AuthFailure::RateLimited { retry_after_ms } = self {
             e.retryable = Some(true);
             e.retry_after_ms = Some(retry_after_ms);

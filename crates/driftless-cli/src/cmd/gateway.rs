@@ -30,7 +30,9 @@ pub enum Command {
     )]
     Health(ClientArgs),
     /// Show a gateway's version, uptime, auth mode, secret fingerprints and last reload
-    #[command(after_help = "Examples:\n  driftless gateway status\n  driftless gateway status --json")]
+    #[command(
+        after_help = "Examples:\n  driftless gateway status\n  driftless gateway status --json"
+    )]
     Status(ClientArgs),
     /// Call any gateway method and print its JSON result
     #[command(
@@ -98,7 +100,9 @@ pub fn run(ctx: &Ctx, cmd: Command) -> CmdResult {
             let params = params
                 .map(|p| serde_json::from_str::<Value>(&p))
                 .transpose()
-                .context("--params is not valid JSON; pass an object such as '{\"endGrace\":true}'")?;
+                .context(
+                    "--params is not valid JSON; pass an object such as '{\"endGrace\":true}'",
+                )?;
             let payload = call(
                 ctx,
                 &client,
@@ -113,9 +117,16 @@ pub fn run(ctx: &Ctx, cmd: Command) -> CmdResult {
 }
 
 fn print_status(p: &Value) {
-    let s = |v: &Value| v.as_str().map(str::to_owned).unwrap_or_else(|| v.to_string());
+    let s = |v: &Value| {
+        v.as_str()
+            .map(str::to_owned)
+            .unwrap_or_else(|| v.to_string())
+    };
     println!("version      {}", s(&p["version"]));
-    println!("uptime       {}s", p["uptimeMs"].as_u64().unwrap_or(0) / 1000);
+    println!(
+        "uptime       {}s",
+        p["uptimeMs"].as_u64().unwrap_or(0) / 1000
+    );
     println!("auth mode    {}", s(&p["auth"]["mode"]));
     if let Some(fp) = p["auth"]["fingerprint"].as_str() {
         println!("secret       {fp}");
@@ -133,7 +144,9 @@ fn print_status(p: &Value) {
             s(&r["outcome"]),
             s(&r["trigger"]),
             s(&r["atMs"]),
-            r.get("error").map(|e| format!(": {}", s(e))).unwrap_or_default()
+            r.get("error")
+                .map(|e| format!(": {}", s(e)))
+                .unwrap_or_default()
         );
     }
     println!("connections  {}", p["connections"]);
@@ -165,14 +178,16 @@ pub(crate) fn local_credential(ctx: &Ctx, loaded: &LoadedConfig) -> anyhow::Resu
     let Some((input, origin)) = precedence::server_secret(cfg, &ctx.env, None) else {
         return Ok(Credential::None);
     };
-    let value = input.resolve(&ctx.env, loaded.base_dir()).with_context(|| {
-        format!(
-            "cannot resolve the gateway {} ({}, from {})",
-            cfg.gateway.auth.mode.as_str(),
-            input.describe(),
-            origin.as_str()
-        )
-    })?;
+    let value = input
+        .resolve(&ctx.env, loaded.base_dir())
+        .with_context(|| {
+            format!(
+                "cannot resolve the gateway {} ({}, from {})",
+                cfg.gateway.auth.mode.as_str(),
+                input.describe(),
+                origin.as_str()
+            )
+        })?;
     Ok(match cfg.gateway.auth.mode {
         AuthMode::Password => Credential::Password(value),
         _ => Credential::Token(value),

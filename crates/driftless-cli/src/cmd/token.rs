@@ -80,7 +80,10 @@ fn rotate(ctx: &Ctx, no_grace: bool, json: bool) -> anyhow::Result<u8> {
             let mut doc = ConfigDocument::open(&loaded.path)?;
             doc.set_value("gateway.auth.token", new.expose().into());
             doc.save()?;
-            format!("config {} (a literal; consider a file reference)", loaded.path.display())
+            format!(
+                "config {} (a literal; consider a file reference)",
+                loaded.path.display()
+            )
         }
     };
 
@@ -99,10 +102,16 @@ fn rotate(ctx: &Ctx, no_grace: bool, json: bool) -> anyhow::Result<u8> {
             "graceEndsAtMs": grace_ends_at_ms,
         }));
     } else {
-        println!("rotated gateway token {} -> {}", old.fingerprint(), new.fingerprint());
+        println!(
+            "rotated gateway token {} -> {}",
+            old.fingerprint(),
+            new.fingerprint()
+        );
         println!("wrote {written_to}");
         match (&confirmed, grace_ends_at_ms) {
-            (None, _) => println!("no gateway answered at {url}; it will use the new token when it starts"),
+            (None, _) => {
+                println!("no gateway answered at {url}; it will use the new token when it starts")
+            }
             (Some(_), Some(ms)) => println!(
                 "the gateway at {url} accepts the new token; the old one works until {ms} (unix ms)"
             ),
@@ -146,7 +155,10 @@ async fn confirm(
             .await
             .map_err(anyhow::Error::new)?;
     }
-    let status = conn.request("status", None).await.map_err(anyhow::Error::new)?;
+    let status = conn
+        .request("status", None)
+        .await
+        .map_err(anyhow::Error::new)?;
     conn.close().await;
     Ok(Some(status))
 }

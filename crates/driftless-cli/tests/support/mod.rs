@@ -86,7 +86,10 @@ impl Home {
             if let Some(_) = child.try_wait().unwrap() {
                 break;
             }
-            assert!(Instant::now() < deadline, "driftless {args:?} did not finish");
+            assert!(
+                Instant::now() < deadline,
+                "driftless {args:?} did not finish"
+            );
             std::thread::sleep(Duration::from_millis(20));
         }
         let out = child.wait_with_output().unwrap();
@@ -213,7 +216,10 @@ impl Gateway {
     /// Stops the gateway and asserts that no canary ever reached its log.
     pub fn finish(mut self) -> String {
         let status = self.terminate();
-        assert!(status.is_some(), "gateway did not exit within 5 s of SIGTERM");
+        assert!(
+            status.is_some(),
+            "gateway did not exit within 5 s of SIGTERM"
+        );
         let log = self.log_text();
         assert_no_canary(&log, "gateway log");
         log
@@ -223,7 +229,11 @@ impl Gateway {
     pub fn http_get(&self, path: &str) -> (u16, String) {
         let mut s = TcpStream::connect(("127.0.0.1", self.port)).unwrap();
         s.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
-        write!(s, "GET {path} HTTP/1.1\r\nHost: 127.0.0.1\r\nConnection: close\r\n\r\n").unwrap();
+        write!(
+            s,
+            "GET {path} HTTP/1.1\r\nHost: 127.0.0.1\r\nConnection: close\r\n\r\n"
+        )
+        .unwrap();
         let mut text = String::new();
         s.read_to_string(&mut text).unwrap();
         let code = text
@@ -231,7 +241,11 @@ impl Gateway {
             .nth(1)
             .and_then(|c| c.parse().ok())
             .unwrap_or(0);
-        let body = text.split_once("\r\n\r\n").map(|x| x.1).unwrap_or("").to_owned();
+        let body = text
+            .split_once("\r\n\r\n")
+            .map(|x| x.1)
+            .unwrap_or("")
+            .to_owned();
         assert_no_canary(&body, "HTTP response");
         (code, body)
     }
@@ -240,7 +254,10 @@ impl Gateway {
     pub fn metric(&self, series: &str) -> f64 {
         let (_, body) = self.http_get("/metrics");
         body.lines()
-            .find_map(|l| l.strip_prefix(series).and_then(|rest| rest.strip_prefix(' ')))
+            .find_map(|l| {
+                l.strip_prefix(series)
+                    .and_then(|rest| rest.strip_prefix(' '))
+            })
             .map(|v| v.trim().parse().unwrap())
             .unwrap_or(0.0)
     }
@@ -260,7 +277,8 @@ pub fn assert_no_canary(text: &str, what: &str) {
     }
 }
 
-type Ws = tokio_tungstenite::WebSocketStream<tokio_tungstenite::MaybeTlsStream<tokio::net::TcpStream>>;
+type Ws =
+    tokio_tungstenite::WebSocketStream<tokio_tungstenite::MaybeTlsStream<tokio::net::TcpStream>>;
 
 /// A raw WS client that checks every received frame for canaries.
 pub struct Client {
@@ -278,10 +296,13 @@ pub enum Got {
 impl Client {
     /// Opens a WS connection and reads the `connect.challenge`.
     pub async fn open(url: &str) -> Client {
-        let (ws, _) = tokio::time::timeout(Duration::from_secs(5), tokio_tungstenite::connect_async(url))
-            .await
-            .expect("connect timed out")
-            .expect("WS connect failed");
+        let (ws, _) = tokio::time::timeout(
+            Duration::from_secs(5),
+            tokio_tungstenite::connect_async(url),
+        )
+        .await
+        .expect("connect timed out")
+        .expect("WS connect failed");
         let mut c = Client {
             ws,
             challenge: Value::Null,
@@ -365,7 +386,9 @@ impl Client {
         self.send_json(req).await;
         match self.response().await {
             Got::Frame(f) => f,
-            Got::Closed(code, reason) => panic!("closed {code} {reason} instead of answering {method}"),
+            Got::Closed(code, reason) => {
+                panic!("closed {code} {reason} instead of answering {method}")
+            }
         }
     }
 }
@@ -387,7 +410,10 @@ pub fn cli_params(token: Option<&str>) -> Value {
 pub async fn session(url: &str, params: Value) -> Client {
     let mut c = Client::open(url).await;
     let (res, close) = c.connect(params).await;
-    assert!(close.is_none() && res["ok"] == true, "connect refused: {res} {close:?}");
+    assert!(
+        close.is_none() && res["ok"] == true,
+        "connect refused: {res} {close:?}"
+    );
     c
 }
 
