@@ -24,7 +24,7 @@ async fn good_token_hello_ok_and_methods() {
     let mut c = Client::open(&gw.url).await;
     assert_eq!(c.challenge["event"], "connect.challenge");
     let nonce = c.challenge["payload"]["nonce"].as_str().unwrap();
-    assert_eq!(uuid_like(nonce), true, "{nonce}");
+    assert!(uuid_like(nonce), "{nonce}");
     assert!(c.challenge["payload"]["ts"].as_u64().unwrap() > 0);
 
     let (res, close) = c.connect(cli_params(Some(CANARY))).await;

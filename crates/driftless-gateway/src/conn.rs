@@ -29,7 +29,7 @@ pub(crate) struct Session {
 /// A handshake that ends the connection: an optional error response, then a close frame.
 struct Reject {
     outcome: &'static str,
-    response: Option<Frame>,
+    response: Option<Box<Frame>>,
     code: u16,
     reason: String,
 }
@@ -39,7 +39,7 @@ impl Reject {
         Reject {
             outcome,
             reason: err.message.clone(),
-            response: Some(Frame::err(id, err)),
+            response: Some(Box::new(Frame::err(id, err))),
             code,
         }
     }

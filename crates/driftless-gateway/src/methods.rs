@@ -129,10 +129,10 @@ pub(crate) async fn dispatch(state: &Arc<State>, session: &Session, req: Request
         };
         return Frame::err(&req.id, ErrorShape::new(codes::INVALID_REQUEST, message));
     };
-    if let Some(scope) = scope {
-        if !has_scope(&session.scopes, scope) {
-            return Frame::err(&req.id, ErrorShape::missing_scope(scope));
-        }
+    if let Some(scope) = scope
+        && !has_scope(&session.scopes, scope)
+    {
+        return Frame::err(&req.id, ErrorShape::missing_scope(scope));
     }
     match req.method.as_str() {
         "health" => Frame::ok(&req.id, health(state)),

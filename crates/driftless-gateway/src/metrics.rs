@@ -35,6 +35,12 @@ pub struct Metrics {
     pub secret_last_rotation: Family<SecretLabels, Gauge>,
 }
 
+impl Default for Metrics {
+    fn default() -> Metrics {
+        Metrics::new()
+    }
+}
+
 impl Metrics {
     pub fn new() -> Metrics {
         let mut registry = Registry::with_prefix("driftless_gateway");

@@ -254,24 +254,24 @@ impl Secrets {
         let report = self.holder.install(next);
         let name = self.secret_name();
         let mut grace = None;
-        if let (Some(name), Some(old)) = (name, before) {
-            if report.changed.iter().any(|c| c.name == name) {
-                let old_generation = st.generation;
-                st.generation += 1;
-                let until_ms = now_ms() + self.grace.as_millis() as u64;
-                if self.grace.is_zero() {
-                    st.previous = None;
-                    self.raise_min_generation(st.generation);
-                } else {
-                    st.previous = Some(Previous {
-                        value: old,
-                        generation: old_generation,
-                        until_ms,
-                    });
-                    // Only the immediate predecessor survives: anything older goes now.
-                    self.raise_min_generation(old_generation);
-                    grace = Some((old_generation, until_ms));
-                }
+        if let (Some(name), Some(old)) = (name, before)
+            && report.changed.iter().any(|c| c.name == name)
+        {
+            let old_generation = st.generation;
+            st.generation += 1;
+            let until_ms = now_ms() + self.grace.as_millis() as u64;
+            if self.grace.is_zero() {
+                st.previous = None;
+                self.raise_min_generation(st.generation);
+            } else {
+                st.previous = Some(Previous {
+                    value: old,
+                    generation: old_generation,
+                    until_ms,
+                });
+                // Only the immediate predecessor survives: anything older goes now.
+                self.raise_min_generation(old_generation);
+                grace = Some((old_generation, until_ms));
             }
         }
         Ok((
@@ -290,13 +290,11 @@ impl Secrets {
             .previous
             .as_ref()
             .is_some_and(|p| generation.is_none_or(|g| g == p.generation));
-        if matches {
-            if let Some(p) = st.previous.take() {
-                tracing::info!(
-                    previous = %p.value.fingerprint(),
-                    "rotation grace ended; closing sessions on the previous secret"
-                );
-            }
+        if matches && let Some(p) = st.previous.take() {
+            tracing::info!(
+                previous = %p.value.fingerprint(),
+                "rotation grace ended; closing sessions on the previous secret"
+            );
         }
         if matches || generation.is_none() {
             self.raise_min_generation(st.generation);
@@ -320,10 +318,10 @@ impl Secrets {
             let effective =
                 precedence::with_effective_server_secret(&loaded.config, &self.env, None);
             for (_, input) in effective.secret_inputs() {
-                if let Some(Ok(path)) = input.file_path(&self.env, loaded.base_dir()) {
-                    if let Some(d) = path.parent() {
-                        dirs.push(d.to_owned());
-                    }
+                if let Some(Ok(path)) = input.file_path(&self.env, loaded.base_dir())
+                    && let Some(d) = path.parent()
+                {
+                    dirs.push(d.to_owned());
                 }
             }
         }

@@ -83,7 +83,7 @@ impl Home {
             .unwrap();
         let deadline = Instant::now() + Duration::from_secs(30);
         loop {
-            if let Some(_) = child.try_wait().unwrap() {
+            if child.try_wait().unwrap().is_some() {
                 break;
             }
             assert!(
