@@ -440,3 +440,24 @@ async fn fresh_machine_run_then_cli_health_with_local_token() {
     assert_eq!(st.code(), Some(69));
     gw.finish();
 }
+
+#[tokio::test]
+async fn tick_events_carry_ts_and_seq() {
+    let home = Home::new();
+    home.token_config(CANARY, "");
+    let gw = Gateway::start(&home, &[], &[("DRIFTLESS_TICK_INTERVAL_MS", "150")]);
+    let mut s = Client::open(&gw.url).await;
+    let (res, _) = s.connect(cli_params(Some(CANARY))).await;
+    assert_eq!(res["payload"]["policy"]["tickIntervalMs"], 150);
+    let mut seqs = Vec::new();
+    while seqs.len() < 2 {
+        let Got::Frame(ev) = s.next_within(Duration::from_secs(3)).await else {
+            panic!("closed while waiting for ticks")
+        };
+        assert_eq!(ev["event"], "tick");
+        assert!(ev["payload"]["ts"].as_u64().unwrap() > 0);
+        seqs.push(ev["seq"].as_u64().unwrap());
+    }
+    assert!(seqs[1] > seqs[0], "{seqs:?}");
+    gw.finish();
+}

@@ -32,6 +32,8 @@ use crate::secrets::Secrets;
 
 /// The environment variable that overrides the handshake timeout (milliseconds; tests use it).
 pub const HANDSHAKE_TIMEOUT_ENV: &str = "DRIFTLESS_HANDSHAKE_TIMEOUT_MS";
+/// The environment variable that overrides the tick interval (milliseconds; tests use it).
+pub const TICK_INTERVAL_ENV: &str = "DRIFTLESS_TICK_INTERVAL_MS";
 /// How long shutdown waits for connections to take their close frames.
 const SHUTDOWN_DRAIN: Duration = Duration::from_secs(3);
 
@@ -65,6 +67,7 @@ pub(crate) struct State {
     pub metrics: Metrics,
     pub ticks: broadcast::Sender<Arc<str>>,
     pub handshake_timeout: Duration,
+    pub tick_interval: Duration,
     pub started: Instant,
     pub instance_id: String,
     pub connections: AtomicU64,
@@ -113,11 +116,16 @@ impl Gateway {
                 addr: addr.to_string(),
                 source,
             })?;
-        let handshake_timeout = env
-            .non_empty(HANDSHAKE_TIMEOUT_ENV)
-            .and_then(|v| v.parse().ok())
-            .map(Duration::from_millis)
-            .unwrap_or(Duration::from_millis(proto::HANDSHAKE_TIMEOUT_MS));
+        let millis = |name: &str, default: u64| {
+            Duration::from_millis(
+                env.non_empty(name)
+                    .and_then(|v| v.parse().ok())
+                    .filter(|ms| *ms > 0)
+                    .unwrap_or(default),
+            )
+        };
+        let handshake_timeout = millis(HANDSHAKE_TIMEOUT_ENV, proto::HANDSHAKE_TIMEOUT_MS);
+        let tick_interval = millis(TICK_INTERVAL_ENV, proto::TICK_INTERVAL_MS);
         let metrics = Metrics::new();
         secrets.init_metrics(&metrics);
         let state = Arc::new(State {
@@ -126,6 +134,7 @@ impl Gateway {
             metrics,
             ticks: broadcast::Sender::new(4),
             handshake_timeout,
+            tick_interval,
             started: Instant::now(),
             instance_id: uuid::Uuid::new_v4().to_string(),
             connections: AtomicU64::new(0),
@@ -204,7 +213,7 @@ impl Gateway {
 }
 
 async fn tick_loop(state: Arc<State>) {
-    let period = Duration::from_millis(proto::TICK_INTERVAL_MS);
+    let period = state.tick_interval;
     let mut interval = tokio::time::interval_at(tokio::time::Instant::now() + period, period);
     let mut seq = 0u64;
     loop {

@@ -115,7 +115,7 @@ pub(crate) fn hello_ok(state: &State, session: &Session) -> Value {
         "policy": {
             "maxPayload": proto::MAX_PAYLOAD_BYTES,
             "maxBufferedBytes": proto::MAX_BUFFERED_BYTES,
-            "tickIntervalMs": proto::TICK_INTERVAL_MS,
+            "tickIntervalMs": state.tick_interval.as_millis() as u64,
         },
     })
 }

@@ -12,7 +12,8 @@ use crate::State;
 /// Bursts of file events (an editor's save, a Kubernetes swap) are folded into one reload.
 const DEBOUNCE: Duration = Duration::from_millis(100);
 /// Re-read even without events (network filesystems, a watch that died with its directory).
-const BACKSTOP: Duration = Duration::from_secs(10);
+/// Long enough that exec-sourced secrets are not run often.
+const BACKSTOP: Duration = Duration::from_secs(30);
 
 /// Reloads on a blocking thread (resolution may read files or run a command) and schedules the
 /// end of the grace window. Returns the changed secret names, or the redacted error.

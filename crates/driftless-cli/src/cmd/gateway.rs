@@ -216,7 +216,7 @@ fn call(
     let url = match (&a.url, &loaded) {
         (Some(u), _) => u.clone(),
         (None, Some(l)) => local_url(&l.config),
-        (None, None) => unreachable!("a missing config without --url returned above"),
+        (None, None) => anyhow::bail!("no config to find the gateway in; pass --url"),
     };
     let credential = match (&a.token, &a.password, &loaded) {
         (Some(t), _, _) => Credential::Token(secret_arg(t)),
