@@ -461,3 +461,40 @@ async fn tick_events_carry_ts_and_seq() {
     assert!(seqs[1] > seqs[0], "{seqs:?}");
     gw.finish();
 }
+
+#[tokio::test]
+async fn explicit_token_flag_wins_over_config() {
+    let home = Home::new();
+    home.token_config("config-file-token-value", "");
+    let flag_token = "explicit-flag-token-value";
+    let gw = Gateway::start(&home, &["--token", flag_token], &[]);
+    let expected = format!("sha256:{}", &sha256_hex(flag_token)[..12]);
+    assert!(
+        gw.first_line.ends_with(&expected),
+        "{} vs {expected}",
+        gw.first_line
+    );
+    assert!(accepted(&gw.url, flag_token).await);
+    assert!(!accepted(&gw.url, "config-file-token-value").await);
+    let log = gw.finish();
+    assert!(!log.contains(flag_token), "{log}");
+
+    let err = Gateway::try_start(&home, &["--password", "x-password"], &[])
+        .err()
+        .unwrap();
+    assert!(err.contains("pass --token instead"), "{err}");
+}
+
+fn sha256_hex(s: &str) -> String {
+    let out = std::process::Command::new("sha256sum")
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .spawn()
+        .and_then(|mut c| {
+            use std::io::Write;
+            c.stdin.take().unwrap().write_all(s.as_bytes())?;
+            c.wait_with_output()
+        })
+        .unwrap();
+    String::from_utf8(out.stdout).unwrap()[..64].to_owned()
+}

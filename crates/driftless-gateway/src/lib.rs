@@ -22,7 +22,7 @@ use axum::http::{StatusCode, header};
 use axum::response::IntoResponse;
 use axum::routing::get;
 use driftless_core::config::{AuthMode, LoadedConfig};
-use driftless_core::{Env, Fingerprint};
+use driftless_core::{Env, Fingerprint, SecretInput};
 use driftless_protocol as proto;
 use tokio::sync::broadcast;
 
@@ -81,8 +81,13 @@ pub struct Gateway {
 }
 
 impl Gateway {
-    /// Validates the auth setup, resolves the secrets and binds the listener.
-    pub async fn bind(loaded: &LoadedConfig, env: &Env) -> Result<Gateway, GatewayError> {
+    /// Validates the auth setup, resolves the secrets and binds the listener. `explicit` is a
+    /// secret given on the command line for the configured auth mode (it wins over config and env).
+    pub async fn bind(
+        loaded: &LoadedConfig,
+        env: &Env,
+        explicit: Option<SecretInput>,
+    ) -> Result<Gateway, GatewayError> {
         let cfg = &loaded.config;
         let bind = cfg.gateway.bind.clone();
         let host_ip: Option<IpAddr> = if bind == "localhost" {
@@ -94,7 +99,7 @@ impl Gateway {
         if mode == AuthMode::None && !host_ip.is_some_and(|ip| ip.is_loopback()) {
             return Err(GatewayError::NoneOnNonLoopback(bind));
         }
-        let secrets = Secrets::load(cfg, loaded.path.clone(), env.clone())?;
+        let secrets = Secrets::load(cfg, loaded.path.clone(), env.clone(), explicit)?;
         if driftless_core::precedence::server_secret_name(mode).is_some()
             && secrets.current().is_none()
         {

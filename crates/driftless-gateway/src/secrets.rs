@@ -7,7 +7,9 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use driftless_core::config::AuthMode;
 use driftless_core::snapshot::SecretChange;
-use driftless_core::{Config, Env, Fingerprint, SecretValue, Snapshot, SnapshotHolder, precedence};
+use driftless_core::{
+    Config, Env, Fingerprint, SecretInput, SecretValue, Snapshot, SnapshotHolder, precedence,
+};
 use tokio::sync::watch;
 
 use crate::metrics::{Metrics, OutcomeLabels, SecretLabels};
@@ -62,6 +64,8 @@ pub struct Secrets {
     pub mode: AuthMode,
     config_path: PathBuf,
     env: Env,
+    /// `--token`/`--password` given to `gateway run` (highest in the server precedence table).
+    explicit: Option<SecretInput>,
     grace: Duration,
     holder: SnapshotHolder,
     state: Mutex<AuthState>,
@@ -92,12 +96,13 @@ impl Secrets {
         config: &Config,
         config_path: PathBuf,
         env: Env,
+        explicit: Option<SecretInput>,
     ) -> Result<Secrets, driftless_core::snapshot::SnapshotError> {
         let base = config_path
             .parent()
             .unwrap_or(std::path::Path::new("."))
             .to_owned();
-        let effective = precedence::with_effective_server_secret(config, &env, None);
+        let effective = precedence::with_effective_server_secret(config, &env, explicit.as_ref());
         let snapshot = Snapshot::resolve(&effective, &env, &base)?;
         Ok(Secrets {
             mode: config.gateway.auth.mode,
@@ -115,6 +120,7 @@ impl Secrets {
                 shutdown: false,
             }),
             env,
+            explicit,
         })
     }
 
@@ -247,7 +253,11 @@ impl Secrets {
             path: self.config_path.clone(),
             message: e.to_string(),
         })?;
-        let effective = precedence::with_effective_server_secret(&loaded.config, &self.env, None);
+        let effective = precedence::with_effective_server_secret(
+            &loaded.config,
+            &self.env,
+            self.explicit.as_ref(),
+        );
         let next = Snapshot::resolve(&effective, &self.env, loaded.base_dir())?;
         let mut st = self.state.lock().unwrap_or_else(|e| e.into_inner());
         let before = self.current();
@@ -315,8 +325,11 @@ impl Secrets {
             dirs.push(d.to_owned());
         }
         if let Ok(loaded) = Config::load(&self.config_path) {
-            let effective =
-                precedence::with_effective_server_secret(&loaded.config, &self.env, None);
+            let effective = precedence::with_effective_server_secret(
+                &loaded.config,
+                &self.env,
+                self.explicit.as_ref(),
+            );
             for (_, input) in effective.secret_inputs() {
                 if let Some(Ok(path)) = input.file_path(&self.env, loaded.base_dir())
                     && let Some(d) = path.parent()

@@ -6,7 +6,7 @@ use std::time::Duration;
 use anyhow::Context;
 use driftless_client::connection::{self, ConnectOptions, Credential};
 use driftless_core::config::{AuthMode, LoadedConfig};
-use driftless_core::{Config, ConfigError, SecretValue, precedence, redact};
+use driftless_core::{Config, ConfigError, SecretInput, SecretValue, precedence, redact};
 use driftless_gateway::Gateway;
 use serde_json::Value;
 
@@ -23,6 +23,12 @@ pub enum Command {
         /// Listen on this port instead of gateway.port (0 = any free port)
         #[arg(long)]
         port: Option<u16>,
+        /// Use this token instead of the configured one (mode token; it cannot rotate live)
+        #[arg(long, conflicts_with = "password")]
+        token: Option<String>,
+        /// Use this password instead of the configured one (mode password; it cannot rotate live)
+        #[arg(long)]
+        password: Option<String>,
     },
     /// Check that a gateway answers `health`
     #[command(
@@ -70,7 +76,11 @@ pub struct ClientArgs {
 
 pub fn run(ctx: &Ctx, cmd: Command) -> CmdResult {
     match cmd {
-        Command::Run { port } => serve(ctx, port),
+        Command::Run {
+            port,
+            token,
+            password,
+        } => serve(ctx, port, token, password),
         Command::Health(a) => {
             let payload = call(ctx, &a, "health", None, &[])?;
             if a.json {
@@ -237,7 +247,12 @@ fn call(
     Ok(payload)
 }
 
-fn serve(ctx: &Ctx, port: Option<u16>) -> CmdResult {
+fn serve(
+    ctx: &Ctx,
+    port: Option<u16>,
+    token: Option<String>,
+    password: Option<String>,
+) -> CmdResult {
     if !ctx.config_path.exists() {
         let report = driftless_ops::init::init(&ctx.config_path, &ctx.state_dir, &ctx.env, false)?;
         println!("created config {}", report.config_path.display());
@@ -246,9 +261,32 @@ fn serve(ctx: &Ctx, port: Option<u16>) -> CmdResult {
     if let Some(p) = port {
         loaded.config.gateway.port = p;
     }
+    let mode = loaded.config.gateway.auth.mode;
+    let explicit = match (token, password, mode) {
+        (None, None, _) => None,
+        (Some(t), None, AuthMode::Token) => Some(t),
+        (None, Some(p), AuthMode::Password) => Some(p),
+        (_, _, AuthMode::None) => {
+            return Err(anyhow::anyhow!(
+                "gateway.auth.mode is \"none\", which uses no token or password; drop the flag or set the mode in {}",
+                loaded.path.display()
+            )
+            .into());
+        }
+        _ => {
+            return Err(anyhow::anyhow!(
+                "gateway.auth.mode is {:?}: pass --{} instead (or change the mode in {})",
+                mode.as_str(),
+                mode.as_str(),
+                loaded.path.display()
+            )
+            .into());
+        }
+    }
+    .map(|v| SecretInput::Literal(secret_arg(&v)));
     let rt = runtime()?;
     rt.block_on(async {
-        let gw = Gateway::bind(&loaded, &ctx.env).await?;
+        let gw = Gateway::bind(&loaded, &ctx.env, explicit).await?;
         let auth = match gw.secret_fingerprint() {
             Some(fp) => format!("{} {fp}", gw.auth_mode().as_str()),
             None => "auth none".to_owned(),
