@@ -498,3 +498,29 @@ fn sha256_hex(s: &str) -> String {
         .unwrap();
     String::from_utf8(out.stdout).unwrap()[..64].to_owned()
 }
+
+#[tokio::test]
+async fn preauth_socket_budget_per_address() {
+    let home = Home::new();
+    home.token_config(CANARY, "");
+    let gw = Gateway::start(&home, &[], &[]);
+    let mut idle = Vec::new();
+    for _ in 0..32 {
+        idle.push(Client::open(&gw.url).await);
+    }
+    let refused = tokio_tungstenite::connect_async(&gw.url).await;
+    match refused {
+        Err(tokio_tungstenite::tungstenite::Error::Http(resp)) => {
+            assert_eq!(resp.status().as_u16(), 503)
+        }
+        other => panic!("expected HTTP 503, got {:?}", other.map(|_| ())),
+    }
+    // Completing a handshake frees its slot.
+    let (res, _) = idle[0].connect(cli_params(Some(CANARY))).await;
+    assert_eq!(res["ok"], true);
+    let mut again = Client::open(&gw.url).await;
+    let (res, _) = again.connect(cli_params(Some(CANARY))).await;
+    assert_eq!(res["ok"], true);
+    assert_eq!(gw.metric("driftless_gateway_preauth_rejections_total"), 1.0);
+    gw.finish();
+}

@@ -59,7 +59,12 @@ fn auth_method(mode: AuthMode) -> &'static str {
     mode.as_str()
 }
 
-pub(crate) async fn run(mut ws: WebSocket, peer: SocketAddr, state: Arc<State>) {
+pub(crate) async fn run(
+    mut ws: WebSocket,
+    peer: SocketAddr,
+    state: Arc<State>,
+    preauth: crate::PreauthSlot,
+) {
     state.connections.fetch_add(1, Ordering::SeqCst);
     state.metrics.connections_open.inc();
     let _open = OpenGuard(state.clone());
@@ -67,7 +72,9 @@ pub(crate) async fn run(mut ws: WebSocket, peer: SocketAddr, state: Arc<State>) 
     let method = auth_method(state.secrets.mode);
     tracing::debug!(%peer, conn_id, "connection opened");
 
-    let (code, reason) = match handshake(&mut ws, peer, &state, &conn_id).await {
+    let outcome = handshake(&mut ws, peer, &state, &conn_id).await;
+    drop(preauth);
+    let (code, reason) = match outcome {
         Err(r) => {
             state
                 .metrics

@@ -72,6 +72,44 @@ pub(crate) struct State {
     pub instance_id: String,
     pub connections: AtomicU64,
     pub bind: String,
+    /// Sockets per address that have not completed `connect` yet.
+    pub preauth: std::sync::Mutex<std::collections::HashMap<IpAddr, u32>>,
+}
+
+/// Unauthenticated sockets one address may hold (OpenClaw's default); more get HTTP 503.
+const MAX_PREAUTH_PER_IP: u32 = 32;
+
+/// A reserved pre-auth slot; released when the handshake ends either way.
+pub(crate) struct PreauthSlot {
+    state: Arc<State>,
+    ip: IpAddr,
+}
+
+impl PreauthSlot {
+    fn take(state: &Arc<State>, ip: IpAddr) -> Option<PreauthSlot> {
+        let mut map = state.preauth.lock().unwrap_or_else(|e| e.into_inner());
+        let n = map.entry(ip).or_insert(0);
+        if *n >= MAX_PREAUTH_PER_IP {
+            return None;
+        }
+        *n += 1;
+        Some(PreauthSlot {
+            state: state.clone(),
+            ip,
+        })
+    }
+}
+
+impl Drop for PreauthSlot {
+    fn drop(&mut self) {
+        let mut map = self.state.preauth.lock().unwrap_or_else(|e| e.into_inner());
+        if let Some(n) = map.get_mut(&self.ip) {
+            *n -= 1;
+            if *n == 0 {
+                map.remove(&self.ip);
+            }
+        }
+    }
 }
 
 /// A bound, not yet serving gateway.
@@ -144,6 +182,7 @@ impl Gateway {
             instance_id: uuid::Uuid::new_v4().to_string(),
             connections: AtomicU64::new(0),
             bind,
+            preauth: Default::default(),
         });
         Ok(Gateway { listener, state })
     }
@@ -266,7 +305,15 @@ async fn ws_upgrade(
     AxState(state): AxState<Arc<State>>,
     ConnectInfo(peer): ConnectInfo<SocketAddr>,
     ws: WebSocketUpgrade,
-) -> impl IntoResponse {
+) -> axum::response::Response {
+    let Some(slot) = PreauthSlot::take(&state, peer.ip().to_canonical()) else {
+        state.metrics.preauth_rejections.inc();
+        return (
+            StatusCode::SERVICE_UNAVAILABLE,
+            "Too many unauthenticated sockets",
+        )
+            .into_response();
+    };
     // Small buffers keep an idle connection at a few KB; the message cap is the post-handshake
     // one (the pre-handshake 64 KiB cap is checked per frame in `conn`).
     ws.read_buffer_size(4096)
@@ -274,5 +321,5 @@ async fn ws_upgrade(
         .max_write_buffer_size(proto::MAX_BUFFERED_BYTES)
         .max_message_size(proto::MAX_PAYLOAD_BYTES)
         .max_frame_size(proto::MAX_PAYLOAD_BYTES)
-        .on_upgrade(move |socket| conn::run(socket, peer, state))
+        .on_upgrade(move |socket| conn::run(socket, peer, state, slot))
 }

@@ -30,6 +30,7 @@ pub struct Metrics {
     /// Real secret comparisons, by result; the limiter test bounds the failures.
     pub auth_checks: Family<OutcomeLabels, Counter>,
     pub limiter_rejections: Counter,
+    pub preauth_rejections: Counter,
     pub reloads: Family<OutcomeLabels, Counter>,
     pub secret_generation: Family<SecretLabels, Gauge>,
     pub secret_last_rotation: Family<SecretLabels, Gauge>,
@@ -50,6 +51,7 @@ impl Metrics {
             handshakes: Family::default(),
             auth_checks: Family::default(),
             limiter_rejections: Counter::default(),
+            preauth_rejections: Counter::default(),
             reloads: Family::default(),
             secret_generation: Family::default(),
             secret_last_rotation: Family::default(),
@@ -73,6 +75,11 @@ impl Metrics {
             "limiter_rejections",
             "Connect attempts refused by the brute-force limiter without a secret check",
             m.limiter_rejections.clone(),
+        );
+        registry.register(
+            "preauth_rejections",
+            "WebSocket upgrades refused because the address holds too many unauthenticated sockets",
+            m.preauth_rejections.clone(),
         );
         registry.register(
             "secret_reloads",
