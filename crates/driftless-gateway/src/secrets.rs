@@ -343,3 +343,65 @@ impl Secrets {
         dirs
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::os::unix::fs::PermissionsExt;
+
+    fn write(path: &std::path::Path, v: &str) {
+        std::fs::write(path, v).unwrap();
+        std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o600)).unwrap();
+    }
+
+    #[test]
+    fn generations_grace_and_only_the_immediate_predecessor() {
+        let dir = tempfile::tempdir().unwrap();
+        let tok = dir.path().join("tok");
+        let cfg_path = dir.path().join("config.toml");
+        write(&tok, "token-one");
+        write(
+            &cfg_path,
+            &format!(
+                "[gateway.auth]\ntoken = {{ source = \"file\", path = {:?} }}\n",
+                tok.to_str().unwrap()
+            ),
+        );
+        let cfg = Config::load(&cfg_path).unwrap().config;
+        let s = Secrets::load(&cfg, cfg_path, Env::default(), None).unwrap();
+        let m = Metrics::new();
+        assert_eq!(s.check("token-one"), Check::Ok(1));
+        assert_eq!(s.check("token-x"), Check::Mismatch);
+
+        write(&tok, "token-one\n");
+        let (r, grace) = s.reload("test", &m).unwrap();
+        assert!(r.changed.is_empty() && grace.is_none());
+
+        write(&tok, "token-two");
+        let (r, grace) = s.reload("test", &m).unwrap();
+        assert_eq!(r.changed.len(), 1);
+        assert_eq!(grace.map(|g| g.0), Some(1));
+        assert_eq!(s.check("token-two"), Check::Ok(2));
+        assert_eq!(s.check("token-one"), Check::Ok(1));
+        assert_eq!(s.control.borrow().min_secret_generation, 1);
+
+        write(&tok, "token-three");
+        s.reload("test", &m).unwrap();
+        assert_eq!(s.check("token-one"), Check::Mismatch);
+        assert_eq!(s.check("token-two"), Check::Ok(2));
+        assert_eq!(s.control.borrow().min_secret_generation, 2);
+
+        // A stale grace timer for generation 1 changes nothing; ending grace now does.
+        s.end_grace(Some(1));
+        assert_eq!(s.check("token-two"), Check::Ok(2));
+        s.end_grace(None);
+        assert_eq!(s.check("token-two"), Check::Mismatch);
+        assert_eq!(s.control.borrow().min_secret_generation, 3);
+
+        // A failed reload keeps the current secret.
+        std::fs::remove_file(&tok).unwrap();
+        assert!(s.reload("test", &m).is_err());
+        assert_eq!(s.check("token-three"), Check::Ok(3));
+        assert_eq!(s.last_reload().unwrap().outcome, "failed");
+    }
+}
