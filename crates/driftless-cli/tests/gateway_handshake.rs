@@ -273,6 +273,19 @@ async fn malformed_input_never_crashes_or_stalls() {
         (1008, "invalid handshake: first request must be connect")
     );
 
+    // A credential in the wrong place is not echoed (Client asserts no canary in any frame).
+    let mut c = Client::open(&gw.url).await;
+    let mut p = cli_params(None);
+    p["auth"] = json!(WRONG_CANARY);
+    let (res, close) = c.connect(p).await;
+    assert!(
+        res["error"]["message"]
+            .as_str()
+            .unwrap()
+            .starts_with("invalid connect params")
+    );
+    assert_eq!(close.unwrap().0, 1008);
+
     // Oversized pre-auth frame.
     let mut c = Client::open(&gw.url).await;
     c.send_text("x".repeat(70 * 1024)).await;

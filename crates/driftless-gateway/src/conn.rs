@@ -247,8 +247,10 @@ fn connect(
         req.params.clone().unwrap_or(serde_json::Value::Null),
     )
     .map_err(|e| {
-        // serde's message names the field, never the value.
-        invalid(&req.id, format!("invalid connect params: {e}"))
+        invalid(
+            &req.id,
+            format!("invalid connect params: {}", without_quoted(&e.to_string())),
+        )
     })?;
     if params.role != "operator" && params.role != "node" {
         return Err(invalid(&req.id, "invalid role".into()));
@@ -300,6 +302,24 @@ fn connect(
         connect_id: req.id,
     };
     Ok(session)
+}
+
+/// serde quotes offending *values* in double quotes (`invalid type: string "…"`); a value may be a
+/// credential sent in the wrong place, so it never goes back out or into a log.
+fn without_quoted(message: &str) -> String {
+    let mut out = String::with_capacity(message.len());
+    let mut inside = false;
+    for ch in message.chars() {
+        if ch == '"' {
+            if !inside {
+                out.push_str("\"…\"");
+            }
+            inside = !inside;
+        } else if !inside {
+            out.push(ch);
+        }
+    }
+    out
 }
 
 /// Checks the shared secret. Returns the secret generation the client matched.
@@ -428,5 +448,24 @@ fn control_close(c: &crate::secrets::Control, session: &Session) -> Option<(u16,
             Some((close::AUTH_CHANGED, close::AUTH_CHANGED_REASON.into()))
         }
         _ => None,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn quoted_values_are_dropped_from_param_errors() {
+        let e = serde_json::from_str::<driftless_protocol::ConnectParams>(
+            r#"{"minProtocol":4,"maxProtocol":4,"client":{"id":"cli"},"auth":"secret-in-wrong-place"}"#,
+        )
+        .unwrap_err()
+        .to_string();
+        assert!(
+            e.contains("secret-in-wrong-place"),
+            "premise: serde echoes values: {e}"
+        );
+        let clean = super::without_quoted(&e);
+        assert!(!clean.contains("secret-in-wrong-place"), "{clean}");
+        assert!(clean.starts_with("invalid type: string \"…\""), "{clean}");
     }
 }
