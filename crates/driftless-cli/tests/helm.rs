@@ -1,0 +1,830 @@
+//! The Helm chart in `deploy/helm/driftless`, tested with real tools: helm v3 and v4 (`lint`,
+//! `template`, `install`/`upgrade`), a Kubernetes schema validator in strict mode, and the real
+//! `driftless` binary reading what the chart renders.
+//!
+//! Tools come from `scripts/install-test-tools.sh` (into `.tools/` of the workspace), or from
+//! `DRIFTLESS_HELM` (v4) / `DRIFTLESS_HELM3` (v3) and `PATH`. A missing tool skips the test with a
+//! printed reason; with `DRIFTLESS_REQUIRE_TOOLS=1` (CI) it fails it instead.
+
+use std::io::{Read, Write};
+use std::net::{TcpListener, TcpStream};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Output, Stdio};
+use std::time::{Duration, Instant};
+
+use base64::Engine;
+use driftless_core::Env;
+use driftless_core::secret::Fingerprint;
+use serde_json::Value;
+
+const RELEASE: &str = "rel";
+const NAMESPACE: &str = "demo";
+const SECRET_NAME: &str = "rel-driftless-token";
+const SECRET_KEY: &str = "gateway-token";
+
+// ---------------------------------------------------------------------------------------------
+// Finding the tools
+
+fn workspace_root() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("../..")
+        .canonicalize()
+        .expect("workspace root")
+}
+
+fn chart_dir() -> PathBuf {
+    workspace_root().join("deploy/helm/driftless")
+}
+
+struct Tools {
+    env: Env,
+    root: PathBuf,
+}
+
+fn tools() -> Tools {
+    Tools {
+        // The edge of this test binary: the environment is read once, here.
+        env: Env::from_process(),
+        root: workspace_root(),
+    }
+}
+
+impl Tools {
+    fn require(&self) -> bool {
+        self.env.get("DRIFTLESS_REQUIRE_TOOLS") == Some("1")
+    }
+
+    /// `Some(tool)`, or `None` after printing why the test is skipped (a panic when tools are required).
+    fn need<T>(&self, tool: Option<T>, what: &str) -> Option<T> {
+        if tool.is_none() {
+            let why = format!("{what} not found; run scripts/install-test-tools.sh");
+            assert!(!self.require(), "DRIFTLESS_REQUIRE_TOOLS=1 but {why}");
+            eprintln!("skipping: {why}");
+        }
+        tool
+    }
+
+    fn on_path(&self, name: &str) -> Option<PathBuf> {
+        std::env::split_paths(self.env.get("PATH").unwrap_or(""))
+            .map(|d| d.join(name))
+            .find(|p| p.is_file())
+    }
+
+    fn helm(&self, major: u8) -> Option<Helm> {
+        let (var, sub) = match major {
+            3 => ("DRIFTLESS_HELM3", "v3"),
+            _ => ("DRIFTLESS_HELM", "v4"),
+        };
+        let path = match self.env.non_empty(var) {
+            Some(p) => PathBuf::from(p),
+            None => self.root.join(".tools").join(sub).join("helm/helm"),
+        };
+        let found = path.is_file().then(|| Helm {
+            path,
+            major,
+            home: tempfile::tempdir().expect("helm home"),
+        });
+        self.need(
+            found,
+            &format!("helm v{major} ({var} or .tools/{sub}/helm/helm)"),
+        )
+    }
+
+    /// Both helm majors; empty (test skipped) unless both are present.
+    fn helms(&self) -> Vec<Helm> {
+        match (self.helm(3), self.helm(4)) {
+            (Some(a), Some(b)) => vec![a, b],
+            _ => Vec::new(),
+        }
+    }
+
+    fn validator(&self) -> Option<PathBuf> {
+        self.need(self.on_path("kubernetes-validate"), "kubernetes-validate")
+    }
+}
+
+/// A real helm binary with its own cache/config/data homes.
+struct Helm {
+    path: PathBuf,
+    major: u8,
+    home: tempfile::TempDir,
+}
+
+impl Helm {
+    fn command(&self, args: &[&str]) -> Command {
+        let mut cmd = Command::new(&self.path);
+        let home = self.home.path();
+        cmd.args(args)
+            .env("HELM_CACHE_HOME", home.join("cache"))
+            .env("HELM_CONFIG_HOME", home.join("config"))
+            .env("HELM_DATA_HOME", home.join("data"))
+            .env("KUBECONFIG", home.join("no-kubeconfig"))
+            .stdin(Stdio::null());
+        cmd
+    }
+
+    fn run(&self, args: &[&str]) -> Output {
+        self.command(args).output().expect("run helm")
+    }
+
+    /// `helm template` of `chart` with `--set` values; panics with helm's stderr on failure.
+    fn template_at(&self, chart: &Path, sets: &[&str]) -> String {
+        let chart = chart.to_str().expect("utf-8 path");
+        let mut args = vec!["template", RELEASE, chart, "--namespace", NAMESPACE];
+        for s in sets {
+            args.extend(["--set", s]);
+        }
+        let out = self.run(&args);
+        assert!(
+            out.status.success(),
+            "helm v{} template {sets:?} failed: {}",
+            self.major,
+            String::from_utf8_lossy(&out.stderr)
+        );
+        String::from_utf8(out.stdout).expect("utf-8 manifests")
+    }
+
+    fn template(&self, sets: &[&str]) -> String {
+        self.template_at(&chart_dir(), sets)
+    }
+}
+
+// ---------------------------------------------------------------------------------------------
+// Reading rendered manifests
+
+fn docs(manifests: &str) -> Vec<Value> {
+    serde_yaml_ng::Deserializer::from_str(manifests)
+        .map(|d| serde::Deserialize::deserialize(d).expect("rendered YAML parses"))
+        .filter(|v: &Value| !v.is_null())
+        .collect()
+}
+
+fn kinds(docs: &[Value]) -> Vec<&str> {
+    docs.iter().map(|d| d["kind"].as_str().unwrap()).collect()
+}
+
+fn find<'a>(docs: &'a [Value], kind: &str) -> &'a Value {
+    docs.iter()
+        .find(|d| d["kind"] == kind)
+        .unwrap_or_else(|| panic!("no {kind} in {:?}", kinds(docs)))
+}
+
+fn workload(docs: &[Value]) -> &Value {
+    docs.iter()
+        .find(|d| d["kind"] == "Deployment" || d["kind"] == "StatefulSet")
+        .expect("a workload")
+}
+
+fn config_toml(docs: &[Value]) -> &str {
+    find(docs, "ConfigMap")["data"]["config.toml"]
+        .as_str()
+        .expect("config.toml in the ConfigMap")
+}
+
+/// The generated token, decoded (a fresh random one under `helm template`).
+fn rendered_token(docs: &[Value]) -> String {
+    let b64 = find(docs, "Secret")["data"][SECRET_KEY]
+        .as_str()
+        .expect("token key");
+    decode(b64)
+}
+
+fn decode(b64: &str) -> String {
+    let bytes = base64::engine::general_purpose::STANDARD
+        .decode(b64)
+        .expect("base64 token");
+    String::from_utf8(bytes).expect("utf-8 token")
+}
+
+/// What must hold in every rendering: the invariants the chart exists for.
+fn check_invariants(docs: &[Value], secret_name: &str, token_path: &str) {
+    let w = workload(docs);
+    let pod = &w["spec"]["template"];
+    let spec = &pod["spec"];
+    assert_eq!(spec["securityContext"]["runAsNonRoot"], true);
+    assert!(spec["securityContext"]["fsGroup"].as_u64().unwrap() > 0);
+    assert_eq!(spec["automountServiceAccountToken"], false);
+    let containers = spec["containers"].as_array().unwrap();
+    assert_eq!(containers.len(), 1);
+    assert!(
+        spec.get("initContainers").is_none(),
+        "no init container copies anything"
+    );
+    let c = &containers[0];
+    for m in c["volumeMounts"].as_array().unwrap() {
+        assert!(
+            m.get("subPath").is_none() && m.get("subPathExpr").is_none(),
+            "a subPath mount never sees updates: {m}"
+        );
+    }
+    let sc = &c["securityContext"];
+    assert_eq!(sc["readOnlyRootFilesystem"], true);
+    assert_eq!(sc["allowPrivilegeEscalation"], false);
+    assert_eq!(sc["capabilities"]["drop"], serde_json::json!(["ALL"]));
+    assert!(c["resources"]["requests"]["memory"].is_string());
+    assert_eq!(c["livenessProbe"]["httpGet"]["path"], "/healthz");
+    assert_eq!(c["readinessProbe"]["httpGet"]["path"], "/readyz");
+    assert!(
+        c.get("envFrom").is_none(),
+        "the token is mounted, not in env"
+    );
+    let env: Vec<(&str, &str)> = c["env"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|e| (e["name"].as_str().unwrap(), e["value"].as_str().unwrap()))
+        .collect();
+    assert_eq!(
+        env,
+        [
+            ("DRIFTLESS_CONFIG", "/etc/driftless/config.toml"),
+            ("DRIFTLESS_STATE_DIR", "/var/lib/driftless"),
+        ]
+    );
+    // The token Secret is a whole-directory volume, 0440, and the config references a file in it.
+    let volumes = spec["volumes"].as_array().unwrap();
+    let token_vol = volumes.iter().find(|v| v["name"] == "token").unwrap();
+    assert_eq!(token_vol["secret"]["secretName"], secret_name);
+    assert_eq!(token_vol["secret"]["defaultMode"], 0o440);
+    assert!(token_vol["secret"].get("items").is_none());
+    let mount = c["volumeMounts"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|m| m["name"] == "token")
+        .unwrap();
+    let mount_dir = mount["mountPath"].as_str().unwrap();
+    assert_eq!(
+        Path::new(token_path).parent().unwrap(),
+        Path::new(mount_dir)
+    );
+    let toml = config_toml(docs);
+    assert!(toml.contains("bind = \"0.0.0.0\""), "{toml}");
+    assert!(
+        toml.contains(&format!(
+            "token = {{ source = \"file\", path = \"{token_path}\" }}"
+        )),
+        "{toml}"
+    );
+    // Only the config's checksum rolls pods; a Secret change must not need a restart.
+    let annotations = pod["metadata"]["annotations"].as_object().unwrap();
+    let checksums: Vec<&String> = annotations
+        .keys()
+        .filter(|k| k.starts_with("checksum/"))
+        .collect();
+    assert_eq!(checksums, ["checksum/config"]);
+    let svc = find(docs, "Service");
+    assert_eq!(svc["spec"]["ports"][0]["targetPort"], "gateway");
+}
+
+fn validate_strict(validator: &Path, manifests: &str) {
+    let dir = tempfile::tempdir().unwrap();
+    let file = dir.path().join("manifests.yaml");
+    std::fs::write(&file, manifests).unwrap();
+    let out = Command::new(validator)
+        .arg("--strict")
+        .arg(&file)
+        .output()
+        .expect("run kubernetes-validate");
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success(),
+        "kubernetes-validate --strict failed:\n{stdout}{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let passed = stdout.matches(" passed for resource ").count();
+    assert_eq!(passed, docs(manifests).len(), "{stdout}");
+}
+
+// ---------------------------------------------------------------------------------------------
+// lint, template, schema
+
+#[test]
+fn lint_strict_passes_on_helm_v3_and_v4() {
+    let t = tools();
+    let chart = chart_dir();
+    for helm in t.helms() {
+        for sets in [
+            vec![],
+            vec!["persistence.enabled=true", "auth.existingSecret=mine"],
+        ] {
+            let mut args = vec!["lint", "--strict", chart.to_str().unwrap()];
+            for s in &sets {
+                args.extend(["--set", s]);
+            }
+            let out = helm.run(&args);
+            let stdout = String::from_utf8_lossy(&out.stdout);
+            assert!(
+                out.status.success(),
+                "helm v{} lint --strict {sets:?}: {stdout}{}",
+                helm.major,
+                String::from_utf8_lossy(&out.stderr)
+            );
+            assert!(
+                stdout.contains("1 chart(s) linted, 0 chart(s) failed"),
+                "{stdout}"
+            );
+            assert!(
+                !stdout.contains("[WARNING]") && !stdout.contains("[ERROR]"),
+                "{stdout}"
+            );
+        }
+    }
+}
+
+#[test]
+fn default_render_is_valid_kubernetes_and_generates_one_kept_secret() {
+    let t = tools();
+    let Some(validator) = t.validator() else {
+        return;
+    };
+    for helm in t.helms() {
+        let manifests = helm.template(&[]);
+        validate_strict(&validator, &manifests);
+        let docs = docs(&manifests);
+        assert_eq!(
+            kinds(&docs),
+            [
+                "ServiceAccount",
+                "Secret",
+                "ConfigMap",
+                "Service",
+                "Deployment"
+            ]
+        );
+        check_invariants(
+            &docs,
+            SECRET_NAME,
+            "/var/run/secrets/driftless/gateway-token",
+        );
+        let secret = find(&docs, "Secret");
+        assert_eq!(secret["metadata"]["name"], SECRET_NAME);
+        assert_eq!(
+            secret["metadata"]["annotations"]["helm.sh/resource-policy"],
+            "keep"
+        );
+        let token = rendered_token(&docs);
+        assert_eq!(token.len(), 48);
+        assert!(token.chars().all(|c| c.is_ascii_alphanumeric()));
+        // Offline, `lookup` sees nothing: every render is a fresh placeholder (documented).
+        assert_ne!(token, rendered_token(&self::docs(&helm.template(&[]))));
+    }
+}
+
+#[test]
+fn existing_secret_render_is_valid_and_generates_no_secret() {
+    let t = tools();
+    let Some(validator) = t.validator() else {
+        return;
+    };
+    for helm in t.helms() {
+        let manifests = helm.template(&[
+            "auth.existingSecret=team-gateway",
+            "auth.existingSecretKey=token",
+            "auth.mountPath=/run/driftless",
+        ]);
+        validate_strict(&validator, &manifests);
+        let docs = docs(&manifests);
+        assert!(!kinds(&docs).contains(&"Secret"), "{:?}", kinds(&docs));
+        check_invariants(&docs, "team-gateway", "/run/driftless/token");
+    }
+}
+
+#[test]
+fn persistence_renders_a_statefulset_with_a_kept_pvc() {
+    let t = tools();
+    let Some(validator) = t.validator() else {
+        return;
+    };
+    for helm in t.helms() {
+        let manifests = helm.template(&["persistence.enabled=true", "persistence.size=2Gi"]);
+        validate_strict(&validator, &manifests);
+        let docs = docs(&manifests);
+        assert_eq!(
+            kinds(&docs),
+            [
+                "ServiceAccount",
+                "Secret",
+                "ConfigMap",
+                "PersistentVolumeClaim",
+                "Service",
+                "StatefulSet"
+            ]
+        );
+        check_invariants(
+            &docs,
+            SECRET_NAME,
+            "/var/run/secrets/driftless/gateway-token",
+        );
+        let pvc = find(&docs, "PersistentVolumeClaim");
+        assert_eq!(pvc["spec"]["resources"]["requests"]["storage"], "2Gi");
+        assert_eq!(
+            pvc["metadata"]["annotations"]["helm.sh/resource-policy"],
+            "keep"
+        );
+        let vols = workload(&docs)["spec"]["template"]["spec"]["volumes"].clone();
+        let state = vols
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|v| v["name"] == "state")
+            .unwrap();
+        assert_eq!(
+            state["persistentVolumeClaim"]["claimName"],
+            "rel-driftless-state"
+        );
+    }
+}
+
+#[test]
+fn schema_rejects_typos_bad_ports_and_subpath_style_values() {
+    let t = tools();
+    // (value, the key helm's error must name)
+    let bad = [
+        ("gatway.port=18789", "gatway"),
+        ("gateway.prot=1", "prot"),
+        ("auth.existingSecretName=x", "existingSecretName"),
+        ("auth.subPath=gateway-token", "subPath"),
+        ("gateway.port=0", "port"),
+        ("gateway.port=70000", "port"),
+        ("service.port=-1", "port"),
+        // subPath-style: a key or mount that points into a file path instead of a directory entry.
+        (
+            "auth.existingSecretKey=secrets/gateway-token",
+            "existingSecretKey",
+        ),
+        ("auth.existingSecretKey=..", "existingSecretKey"),
+        ("auth.mountPath=token", "mountPath"),
+        ("auth.mountPath=/var/run/../token", "mountPath"),
+        ("securityContext.runAsUser=0", "runAsUser"),
+        ("persistence.accessModes={ReadOnlyMany}", "accessModes"),
+    ];
+    for helm in t.helms() {
+        for (set, key) in bad {
+            let out = helm.run(&[
+                "template",
+                RELEASE,
+                chart_dir().to_str().unwrap(),
+                "--set",
+                set,
+            ]);
+            let stderr = String::from_utf8_lossy(&out.stderr);
+            assert!(!out.status.success(), "helm v{} accepted {set}", helm.major);
+            assert!(
+                stderr.contains("values don't meet the specifications of the schema")
+                    && stderr.contains(key),
+                "helm v{} {set}: {stderr}",
+                helm.major
+            );
+            assert!(out.stdout.is_empty(), "nothing is rendered for {set}");
+        }
+    }
+}
+
+#[test]
+fn values_yaml_matches_its_schema_with_check_jsonschema() {
+    let t = tools();
+    let Some(checker) = t.need(t.on_path("check-jsonschema"), "check-jsonschema") else {
+        return;
+    };
+    let chart = chart_dir();
+    let run = |values: &Path| {
+        Command::new(&checker)
+            .arg("--schemafile")
+            .arg(chart.join("values.schema.json"))
+            .arg(values)
+            .output()
+            .expect("run check-jsonschema")
+    };
+    let ok = run(&chart.join("values.yaml"));
+    assert!(
+        ok.status.success(),
+        "{}",
+        String::from_utf8_lossy(&ok.stdout)
+    );
+    let dir = tempfile::tempdir().unwrap();
+    let typo = dir.path().join("typo.yaml");
+    std::fs::write(
+        &typo,
+        "auth:\n  existingSecretKey: gateway-token\n  mountpath: /x\n",
+    )
+    .unwrap();
+    let bad = run(&typo);
+    assert!(!bad.status.success());
+    assert!(String::from_utf8_lossy(&bad.stdout).contains("mountpath"));
+}
+
+#[test]
+fn rendered_manifests_snapshot_with_token_masked() {
+    let t = tools();
+    let helms = t.helms();
+    let masked: Vec<String> = helms
+        .iter()
+        .map(|helm| {
+            let manifests = helm.template(&[]);
+            let b64 = find(&docs(&manifests), "Secret")["data"][SECRET_KEY]
+                .as_str()
+                .unwrap()
+                .to_owned();
+            let line = format!("{SECRET_KEY}: \"{b64}\"");
+            assert_eq!(
+                manifests.matches(&line).count(),
+                1,
+                "the token appears once"
+            );
+            manifests.replace(&line, &format!("{SECRET_KEY}: \"<masked>\""))
+        })
+        .collect();
+    let Some(v4) = masked.last() else { return };
+    // Both majors render the same objects (v3 only adds blank lines between documents).
+    assert_eq!(docs(&masked[0]), docs(v4));
+    insta::assert_snapshot!("rendered_default_manifests", v4);
+}
+
+// ---------------------------------------------------------------------------------------------
+// The rendered config, read by the real binary
+
+/// Publishes files the way the kubelet's atomic writer does for a Secret volume: a fresh
+/// timestamped directory, a `..data` symlink swapped to it by an atomic rename, and one symlink
+/// per key that goes through `..data`.
+struct KubeletMount {
+    dir: PathBuf,
+    generation: u32,
+}
+
+impl KubeletMount {
+    fn new(dir: &Path) -> KubeletMount {
+        std::fs::create_dir_all(dir).unwrap();
+        KubeletMount {
+            dir: dir.to_owned(),
+            generation: 0,
+        }
+    }
+
+    fn publish(&mut self, files: &[(&str, &[u8])]) {
+        use std::os::unix::fs::{PermissionsExt, symlink};
+        self.generation += 1;
+        let ts = format!(
+            "..2026_11_23_16_00_0{}.{}",
+            self.generation,
+            100 + self.generation
+        );
+        let ts_dir = self.dir.join(&ts);
+        std::fs::create_dir(&ts_dir).unwrap();
+        for (name, bytes) in files {
+            let f = ts_dir.join(name);
+            std::fs::write(&f, bytes).unwrap();
+            // The kubelet makes it root-owned 0440 with the fsGroup; a test cannot chown, and a
+            // file the reader owns must be 0400/0600 to be accepted.
+            std::fs::set_permissions(&f, std::fs::Permissions::from_mode(0o400)).unwrap();
+        }
+        let old = std::fs::read_link(self.dir.join("..data")).ok();
+        let tmp = self.dir.join("..data_tmp");
+        symlink(&ts, &tmp).unwrap();
+        std::fs::rename(&tmp, self.dir.join("..data")).unwrap();
+        for (name, _) in files {
+            let link = self.dir.join(name);
+            if std::fs::symlink_metadata(&link).is_err() {
+                symlink(Path::new("..data").join(name), &link).unwrap();
+            }
+        }
+        if let Some(old) = old {
+            std::fs::remove_dir_all(self.dir.join(old)).unwrap();
+        }
+    }
+}
+
+#[test]
+fn driftless_reads_the_rendered_config_and_mounted_secret() {
+    let t = tools();
+    let Some(helm) = t.helm(4) else { return };
+    let dir = tempfile::tempdir().unwrap();
+    let mount_dir = dir.path().join("secrets");
+    let set = format!("auth.mountPath={}", mount_dir.display());
+    let docs = docs(&helm.template(&[&set]));
+
+    // Lay the rendered objects out as the kubelet would: ConfigMap file, Secret directory volume.
+    let config = dir.path().join("config.toml");
+    std::fs::write(&config, config_toml(&docs)).unwrap();
+    let token = rendered_token(&docs);
+    KubeletMount::new(&mount_dir).publish(&[(SECRET_KEY, token.as_bytes())]);
+
+    let driftless = |args: &[&str]| {
+        Command::new(env!("CARGO_BIN_EXE_driftless"))
+            .arg("--config")
+            .arg(&config)
+            .args(args)
+            .env("DRIFTLESS_STATE_DIR", dir.path().join("state"))
+            .output()
+            .expect("run driftless")
+    };
+    let out = driftless(&["config", "validate"]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+
+    let out = driftless(&["secrets", "check", "--json"]);
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success(),
+        "{stdout}{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(!stdout.contains(&token), "the token is never printed");
+    let rows: Value = serde_json::from_str(&stdout).unwrap();
+    let row = &rows[0];
+    assert_eq!(row["name"], "gateway.auth.token");
+    assert_eq!(row["status"], "ok");
+    assert_eq!(
+        row["fingerprint"],
+        Fingerprint::of(token.as_bytes()).as_str()
+    );
+}
+
+// ---------------------------------------------------------------------------------------------
+// install + upgrade against the fake API server
+
+/// The fake Kubernetes API (a copy of the project's shared tools/fake-kube-api.py). A test double:
+/// no real kube-apiserver can run on these machines. It stores objects and serves `lookup`, which
+/// is all the token's survival depends on.
+struct FakeKube {
+    child: Child,
+    port: u16,
+}
+
+impl FakeKube {
+    fn start(python: &Path) -> FakeKube {
+        let port = TcpListener::bind("127.0.0.1:0")
+            .unwrap()
+            .local_addr()
+            .unwrap()
+            .port();
+        let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/fake-kube-api.py");
+        let child = Command::new(python)
+            .arg(script)
+            .arg(port.to_string())
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("start fake-kube-api.py");
+        let fake = FakeKube { child, port };
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while TcpStream::connect(("127.0.0.1", port)).is_err() {
+            assert!(
+                Instant::now() < deadline,
+                "fake API server did not listen on {port}"
+            );
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        fake
+    }
+
+    fn kubeconfig(&self, dir: &Path) -> PathBuf {
+        let path = dir.join("kubeconfig");
+        std::fs::write(
+            &path,
+            format!(
+                "apiVersion: v1\nkind: Config\nclusters:\n- name: fake\n  cluster: {{server: \"http://127.0.0.1:{}\"}}\nusers:\n- name: u\n  user: {{token: fake}}\ncontexts:\n- name: fake\n  context: {{cluster: fake, user: u, namespace: {NAMESPACE}}}\ncurrent-context: fake\n",
+                self.port
+            ),
+        )
+        .unwrap();
+        path
+    }
+
+    /// GET an object from the fake's store.
+    fn get(&self, path: &str) -> Value {
+        let mut s = TcpStream::connect(("127.0.0.1", self.port)).unwrap();
+        s.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+        write!(s, "GET {path} HTTP/1.0\r\nHost: 127.0.0.1\r\n\r\n").unwrap();
+        let mut resp = String::new();
+        s.read_to_string(&mut resp).unwrap();
+        let (head, body) = resp.split_once("\r\n\r\n").expect("HTTP response");
+        assert!(
+            head.starts_with("HTTP/1.0 200") || head.starts_with("HTTP/1.1 200"),
+            "{head}: {body}"
+        );
+        serde_json::from_str(body).unwrap()
+    }
+
+    fn token(&self) -> String {
+        let secret = self.get(&format!(
+            "/api/v1/namespaces/{NAMESPACE}/secrets/{SECRET_NAME}"
+        ));
+        decode(
+            secret["data"][SECRET_KEY]
+                .as_str()
+                .expect("token in stored Secret"),
+        )
+    }
+
+    fn config(&self) -> String {
+        let cm = self.get(&format!(
+            "/api/v1/namespaces/{NAMESPACE}/configmaps/rel-driftless"
+        ));
+        cm["data"]["config.toml"].as_str().unwrap().to_owned()
+    }
+}
+
+impl Drop for FakeKube {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// Installs `chart`, upgrades it with a changed value, and returns the token before and after.
+fn install_then_upgrade(helm: &Helm, python: &Path, chart: &Path) -> (String, String) {
+    let fake = FakeKube::start(python);
+    let kubeconfig = fake.kubeconfig(helm.home.path());
+    let chart = chart.to_str().unwrap();
+    let helm_cmd = |args: &[&str]| {
+        let mut all = args.to_vec();
+        // The fake serves no OpenAPI document; the manifests are validated strictly elsewhere.
+        all.extend(["--namespace", NAMESPACE, "--disable-openapi-validation"]);
+        let out = helm
+            .command(&all)
+            .env("KUBECONFIG", &kubeconfig)
+            .output()
+            .unwrap();
+        assert!(
+            out.status.success(),
+            "helm v{} {args:?}: {}",
+            helm.major,
+            String::from_utf8_lossy(&out.stderr)
+        );
+        String::from_utf8(out.stdout).unwrap()
+    };
+    let notes = helm_cmd(&["install", RELEASE, chart]);
+    let before = fake.token();
+    assert_eq!(before.len(), 48);
+    assert!(!notes.contains(&before), "NOTES never print the token");
+    assert!(
+        notes.contains("base64 -d > ./driftless-gateway-token"),
+        "{notes}"
+    );
+    assert!(fake.config().contains("rotation_grace_seconds = 300"));
+
+    let notes = helm_cmd(&[
+        "upgrade",
+        RELEASE,
+        chart,
+        "--set",
+        "gateway.rotationGraceSeconds=60",
+    ]);
+    assert!(notes.contains("REVISION: 2"), "{notes}");
+    // The upgrade really reached the API server.
+    assert!(fake.config().contains("rotation_grace_seconds = 60"));
+    (before, fake.token())
+}
+
+#[test]
+fn helm_upgrade_keeps_the_generated_token_and_the_control_shows_it_could_fail() {
+    let t = tools();
+    let Some(python) = t.need(t.on_path("python3"), "python3 (for fake-kube-api.py)") else {
+        return;
+    };
+    // Negative control: the same chart with the `lookup` branch disabled.
+    let control = tempfile::tempdir().unwrap();
+    copy_dir(&chart_dir(), control.path());
+    let secret_tpl = control.path().join("templates/secret.yaml");
+    let text = std::fs::read_to_string(&secret_tpl).unwrap();
+    let lookup = "(lookup \"v1\" \"Secret\" .Release.Namespace $name)";
+    assert_eq!(
+        text.matches(lookup).count(),
+        1,
+        "secret.yaml has one lookup"
+    );
+    std::fs::write(&secret_tpl, text.replace(lookup, "(dict)")).unwrap();
+
+    for helm in t.helms() {
+        let (before, after) = install_then_upgrade(&helm, &python, &chart_dir());
+        assert_eq!(
+            before, after,
+            "helm v{}: upgrade changed the token",
+            helm.major
+        );
+
+        let (before, after) = install_then_upgrade(&helm, &python, control.path());
+        assert_ne!(
+            before, after,
+            "helm v{}: without lookup the token must change, or this test proves nothing",
+            helm.major
+        );
+    }
+}
+
+fn copy_dir(from: &Path, to: &Path) {
+    std::fs::create_dir_all(to).unwrap();
+    for entry in std::fs::read_dir(from).unwrap() {
+        let entry = entry.unwrap();
+        let dest = to.join(entry.file_name());
+        if entry.file_type().unwrap().is_dir() {
+            copy_dir(&entry.path(), &dest);
+        } else {
+            std::fs::copy(entry.path(), dest).unwrap();
+        }
+    }
+}
