@@ -840,3 +840,50 @@ fn copy_dir(from: &Path, to: &Path) {
         }
     }
 }
+
+// ---------------------------------------------------------------------------------------------
+// The image recipe agrees with the chart (the image itself cannot be built here: no container
+// engine).
+
+#[test]
+fn dockerfile_agrees_with_the_chart() {
+    let root = workspace_root();
+    let dockerfile = std::fs::read_to_string(root.join("Dockerfile")).unwrap();
+    let values: Value =
+        serde_yaml_ng::from_str(&std::fs::read_to_string(chart_dir().join("values.yaml")).unwrap())
+            .unwrap();
+    let workload = std::fs::read_to_string(chart_dir().join("templates/workload.yaml")).unwrap();
+    let line = |directive: &str| -> Vec<&str> {
+        dockerfile
+            .lines()
+            .filter(|l| l.starts_with(directive))
+            .map(|l| l[directive.len()..].trim())
+            .collect()
+    };
+    // Multi-stage: a build stage and a slim runtime.
+    let froms = line("FROM ");
+    assert_eq!(froms.len(), 2, "{froms:?}");
+    assert!(froms[1].contains("-slim"), "{froms:?}");
+    // The numeric non-root user is the chart's default identity.
+    let sc = &values["securityContext"];
+    assert_eq!(
+        line("USER "),
+        [format!("{}:{}", sc["runAsUser"], sc["runAsGroup"])]
+    );
+    assert_ne!(sc["runAsUser"], 0);
+    // Only the binary is copied into the runtime stage.
+    assert_eq!(
+        line("COPY --from=build "),
+        ["/out/driftless /usr/local/bin/driftless"]
+    );
+    assert_eq!(line("ENTRYPOINT "), [r#"["/usr/local/bin/driftless"]"#]);
+    assert_eq!(line("CMD "), [r#"["gateway", "run"]"#]);
+    assert!(workload.contains(r#"args: ["gateway", "run"]"#));
+    assert_eq!(line("EXPOSE "), [values["gateway"]["port"].to_string()]);
+    for var in [
+        "DRIFTLESS_CONFIG=/etc/driftless/config.toml",
+        "DRIFTLESS_STATE_DIR=/var/lib/driftless",
+    ] {
+        assert!(dockerfile.contains(var), "{var}");
+    }
+}
