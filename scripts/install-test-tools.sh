@@ -48,7 +48,11 @@ case "$v3" in v3.17.2*) ;; *) echo "unexpected helm v3 version: $v3" >&2; exit 1
 venv="$tools/venv"
 if ! "$venv/bin/kubernetes-validate" --version 2>/dev/null | grep -qx '1\.37\.0' \
 	|| [ ! -x "$venv/bin/check-jsonschema" ]; then
-	python3 -m venv "$venv"
+	if ! python3 -m venv --clear "$venv"; then
+		echo "cannot create a Python virtualenv in $venv; install the venv module" \
+			"(Debian/Ubuntu: apt-get install python3-venv) and run this again" >&2
+		exit 1
+	fi
 	"$venv/bin/python" -m pip install --quiet --disable-pip-version-check \
 		'kubernetes-validate==1.37.0' check-jsonschema
 fi
