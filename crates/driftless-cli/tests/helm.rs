@@ -748,7 +748,13 @@ impl Drop for FakeKube {
 }
 
 /// Installs `chart`, upgrades it with a changed value, and returns the token before and after.
-fn install_then_upgrade(helm: &Helm, python: &Path, chart: &Path) -> (String, String) {
+/// With `kubectl`, also runs the NOTES' token command as a user would.
+fn install_then_upgrade(
+    helm: &Helm,
+    python: &Path,
+    chart: &Path,
+    kubectl: Option<&Path>,
+) -> (String, String) {
     let fake = FakeKube::start(python);
     let kubeconfig = fake.kubeconfig(helm.home.path());
     let chart = chart.to_str().unwrap();
@@ -773,10 +779,9 @@ fn install_then_upgrade(helm: &Helm, python: &Path, chart: &Path) -> (String, St
     let before = fake.token();
     assert_eq!(before.len(), 48);
     assert!(!notes.contains(&before), "NOTES never print the token");
-    assert!(
-        notes.contains("base64 -d > ./driftless-gateway-token"),
-        "{notes}"
-    );
+    if let Some(kubectl) = kubectl {
+        run_notes_token_command(&notes, kubectl, &kubeconfig, &before);
+    }
     assert!(fake.config().contains("rotation_grace_seconds = 300"));
 
     let notes = helm_cmd(&[
@@ -798,6 +803,12 @@ fn helm_upgrade_keeps_the_generated_token_and_the_control_shows_it_could_fail() 
     let Some(python) = t.need(t.on_path("python3"), "python3 (for fake-kube-api.py)") else {
         return;
     };
+    let Some(kubectl) = t.need(
+        Some(t.root.join(".tools/v4/kubectl/kubectl")).filter(|p| p.is_file()),
+        "kubectl (.tools/v4/kubectl/kubectl)",
+    ) else {
+        return;
+    };
     // Negative control: the same chart with the `lookup` branch disabled.
     let control = tempfile::tempdir().unwrap();
     copy_dir(&chart_dir(), control.path());
@@ -812,20 +823,55 @@ fn helm_upgrade_keeps_the_generated_token_and_the_control_shows_it_could_fail() 
     std::fs::write(&secret_tpl, text.replace(lookup, "(dict)")).unwrap();
 
     for helm in t.helms() {
-        let (before, after) = install_then_upgrade(&helm, &python, &chart_dir());
+        let (before, after) = install_then_upgrade(&helm, &python, &chart_dir(), Some(&kubectl));
         assert_eq!(
             before, after,
             "helm v{}: upgrade changed the token",
             helm.major
         );
 
-        let (before, after) = install_then_upgrade(&helm, &python, control.path());
+        let (before, after) = install_then_upgrade(&helm, &python, control.path(), None);
         assert_ne!(
             before, after,
             "helm v{}: without lookup the token must change, or this test proves nothing",
             helm.major
         );
     }
+}
+
+/// Runs the command the NOTES give for reading the token, with a real kubectl and bash: it must
+/// print nothing and leave the token in a 0600 file.
+fn run_notes_token_command(notes: &str, kubectl: &Path, kubeconfig: &Path, token: &str) {
+    use std::os::unix::fs::PermissionsExt;
+    let start = notes
+        .find("(umask 077;")
+        .expect("NOTES give the token command");
+    let end = "driftless-gateway-token)";
+    let len = notes[start..]
+        .find(end)
+        .expect("the command writes ./driftless-gateway-token")
+        + end.len();
+    let command = &notes[start..start + len];
+    let dir = tempfile::tempdir().unwrap();
+    let path = format!("{}:/usr/bin:/bin", kubectl.parent().unwrap().display());
+    let out = Command::new("bash")
+        .args(["-euo", "pipefail", "-c", command])
+        .current_dir(dir.path())
+        .env("PATH", path)
+        .env("KUBECONFIG", kubeconfig)
+        .output()
+        .expect("run bash");
+    assert!(
+        out.status.success() && out.stdout.is_empty() && out.stderr.is_empty(),
+        "{command}: {}, {} bytes on stdout (never shown: it could be the token), stderr: {}",
+        out.status,
+        out.stdout.len(),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let file = dir.path().join("driftless-gateway-token");
+    assert_eq!(std::fs::read_to_string(&file).unwrap(), token);
+    let mode = std::fs::metadata(&file).unwrap().permissions().mode() & 0o777;
+    assert_eq!(mode, 0o600);
 }
 
 fn copy_dir(from: &Path, to: &Path) {
