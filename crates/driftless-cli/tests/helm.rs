@@ -1,14 +1,17 @@
 //! The Helm chart in `deploy/helm/driftless`, tested with real tools: helm v3 and v4 (`lint`,
 //! `template`, `install`/`upgrade`), a Kubernetes schema validator in strict mode, and the real
-//! `driftless` binary reading what the chart renders.
+//! `driftless` binary reading what the chart renders and rotating live on a kubelet-style swap.
 //!
 //! Tools come from `scripts/install-test-tools.sh` (into `.tools/` of the workspace), or from
 //! `DRIFTLESS_HELM` (v4) / `DRIFTLESS_HELM3` (v3); Python tools from `.tools/venv` or `PATH`. A
 //! missing tool skips the test with a printed reason; with `DRIFTLESS_REQUIRE_TOOLS=1` (CI) it
 //! fails it instead.
 
+mod support;
+
 use std::io::{Read, Write};
 use std::net::{TcpListener, TcpStream};
+use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Output, Stdio};
 use std::time::{Duration, Instant};
@@ -574,7 +577,7 @@ impl KubeletMount {
     }
 
     fn publish(&mut self, files: &[(&str, &[u8])]) {
-        use std::os::unix::fs::{PermissionsExt, symlink};
+        use std::os::unix::fs::symlink;
         self.generation += 1;
         let ts = format!(
             "..2026_11_23_16_00_0{}.{}",
@@ -842,7 +845,6 @@ fn helm_upgrade_keeps_the_generated_token_and_the_control_shows_it_could_fail() 
 /// Runs the command the NOTES give for reading the token, with a real kubectl and bash: it must
 /// print nothing and leave the token in a 0600 file.
 fn run_notes_token_command(notes: &str, kubectl: &Path, kubeconfig: &Path, token: &str) {
-    use std::os::unix::fs::PermissionsExt;
     let start = notes
         .find("(umask 077;")
         .expect("NOTES give the token command");
@@ -932,4 +934,85 @@ fn dockerfile_agrees_with_the_chart() {
     ] {
         assert!(dockerfile.contains(var), "{var}");
     }
+}
+
+// ---------------------------------------------------------------------------------------------
+// Live rotation: the chart's rendered config, the real gateway, a kubelet-style Secret swap
+
+/// A rotated token; like the support canaries, it must never appear in a log or a response.
+const NEW_CANARY: &str = "canary-helm-rotated-token-9c2e71";
+
+#[tokio::test]
+async fn rendered_chart_rotates_live_on_a_kubelet_secret_swap() {
+    let t = tools();
+    let Some(helm) = t.helm(4) else { return };
+    let home = support::Home::new();
+    let mount_dir = home.path().join("secrets");
+    let docs = docs(&helm.template(&[
+        &format!("auth.mountPath={}", mount_dir.display()),
+        "gateway.rotationGraceSeconds=3",
+    ]));
+
+    // The ConfigMap as the pod sees it (mode 0444), at the path the pod's env names. The pod
+    // listens on all interfaces behind its Service; this test keeps to loopback.
+    let config = config_toml(&docs);
+    assert_eq!(config.matches("bind = \"0.0.0.0\"").count(), 1, "{config}");
+    let config_path = home.path().join("etc/driftless/config.toml");
+    std::fs::create_dir_all(config_path.parent().unwrap()).unwrap();
+    std::fs::write(
+        &config_path,
+        config.replace("bind = \"0.0.0.0\"", "bind = \"127.0.0.1\""),
+    )
+    .unwrap();
+    std::fs::set_permissions(&config_path, std::fs::Permissions::from_mode(0o444)).unwrap();
+    let state_dir = home.path().join("var/lib/driftless");
+
+    let mut mount = KubeletMount::new(&mount_dir);
+    mount.publish(&[(SECRET_KEY, support::CANARY.as_bytes())]);
+    let gw = support::Gateway::start(
+        &home,
+        &["--port", "0"],
+        &[
+            ("DRIFTLESS_CONFIG", config_path.to_str().unwrap()),
+            ("DRIFTLESS_STATE_DIR", state_dir.to_str().unwrap()),
+        ],
+    );
+    let mut old_session =
+        support::session(&gw.url, support::cli_params(Some(support::CANARY))).await;
+
+    // The kubelet's update: new timestamped dir, atomic rename of `..data`, old dir removed.
+    mount.publish(&[(SECRET_KEY, NEW_CANARY.as_bytes())]);
+    assert!(
+        support::eventually(Duration::from_secs(1), || support::accepted(
+            &gw.url, NEW_CANARY
+        ))
+        .await,
+        "new token not accepted within 1 s of the ..data swap"
+    );
+    // During grace: the old token still works and no session was dropped by the swap.
+    assert!(support::accepted(&gw.url, support::CANARY).await);
+    assert_eq!(old_session.call("h1", "health", None).await["ok"], true);
+    let mut new_session = support::session(&gw.url, support::cli_params(Some(NEW_CANARY))).await;
+
+    // When grace ends, the old token (and only the old one) stops working.
+    let mut closed = None;
+    for _ in 0..3 {
+        match old_session.next_within(Duration::from_secs(6)).await {
+            support::Got::Closed(code, reason) => {
+                closed = Some((code, reason));
+                break;
+            }
+            support::Got::Frame(_) => continue,
+        }
+    }
+    assert_eq!(closed, Some((4001, "gateway auth changed".to_owned())));
+    assert!(!support::accepted(&gw.url, support::CANARY).await);
+    assert!(support::accepted(&gw.url, NEW_CANARY).await);
+    assert_eq!(new_session.call("h2", "health", None).await["ok"], true);
+
+    let log = gw.finish();
+    assert!(
+        !log.contains(NEW_CANARY),
+        "the new token leaked into the log"
+    );
 }
