@@ -658,7 +658,8 @@ fn driftless_reads_the_rendered_config_and_mounted_secret() {
 // ---------------------------------------------------------------------------------------------
 // install + upgrade against the fake API server
 
-/// The fake Kubernetes API (a copy of the project's shared tools/fake-kube-api.py). A test double:
+/// The fake Kubernetes API: the workplace's shared `tools/fake-kube-api.py`, which sits beside the
+/// checkout (`../shared/tools`, also in CI) or at `$DRIFTLESS_FAKE_KUBE_API`. A test double:
 /// no real kube-apiserver can run on these machines. It stores objects and serves `lookup`, which
 /// is all the token's survival depends on.
 struct FakeKube {
@@ -667,13 +668,12 @@ struct FakeKube {
 }
 
 impl FakeKube {
-    fn start(python: &Path) -> FakeKube {
+    fn start(python: &Path, script: &Path) -> FakeKube {
         let port = TcpListener::bind("127.0.0.1:0")
             .unwrap()
             .local_addr()
             .unwrap()
             .port();
-        let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/fake-kube-api.py");
         let child = Command::new(python)
             .arg(script)
             .arg(port.to_string())
@@ -752,10 +752,11 @@ impl Drop for FakeKube {
 fn install_then_upgrade(
     helm: &Helm,
     python: &Path,
+    script: &Path,
     chart: &Path,
     kubectl: Option<&Path>,
 ) -> (String, String) {
-    let fake = FakeKube::start(python);
+    let fake = FakeKube::start(python, script);
     let kubeconfig = fake.kubeconfig(helm.home.path());
     let chart = chart.to_str().unwrap();
     let helm_cmd = |args: &[&str]| {
@@ -803,6 +804,17 @@ fn helm_upgrade_keeps_the_generated_token_and_the_control_shows_it_could_fail() 
     let Some(python) = t.need(t.on_path("python3"), "python3 (for fake-kube-api.py)") else {
         return;
     };
+    let script = t
+        .env
+        .non_empty("DRIFTLESS_FAKE_KUBE_API")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| t.root.join("../shared/tools/fake-kube-api.py"));
+    let Some(script) = t.need(
+        Some(script).filter(|p| p.is_file()),
+        "fake-kube-api.py (../shared/tools beside the checkout, or $DRIFTLESS_FAKE_KUBE_API)",
+    ) else {
+        return;
+    };
     let Some(kubectl) = t.need(
         Some(t.root.join(".tools/v4/kubectl/kubectl")).filter(|p| p.is_file()),
         "kubectl (.tools/v4/kubectl/kubectl)",
@@ -823,14 +835,15 @@ fn helm_upgrade_keeps_the_generated_token_and_the_control_shows_it_could_fail() 
     std::fs::write(&secret_tpl, text.replace(lookup, "(dict)")).unwrap();
 
     for helm in t.helms() {
-        let (before, after) = install_then_upgrade(&helm, &python, &chart_dir(), Some(&kubectl));
+        let (before, after) =
+            install_then_upgrade(&helm, &python, &script, &chart_dir(), Some(&kubectl));
         assert_eq!(
             before, after,
             "helm v{}: upgrade changed the token",
             helm.major
         );
 
-        let (before, after) = install_then_upgrade(&helm, &python, control.path(), None);
+        let (before, after) = install_then_upgrade(&helm, &python, &script, control.path(), None);
         assert_ne!(
             before, after,
             "helm v{}: without lookup the token must change, or this test proves nothing",
