@@ -31,6 +31,8 @@ pub enum InitError {
     Unparsable(ConfigError),
     #[error(transparent)]
     Write(#[from] atomic::WriteError),
+    #[error(transparent)]
+    Backup(#[from] crate::backup::BackupError),
     #[error("cannot create {path}: {source}")]
     Dir {
         path: PathBuf,
@@ -105,7 +107,7 @@ pub fn init(
         }
         _ => {
             if existing.is_some() {
-                report.backup = Some(backup(config_path)?);
+                report.backup = Some(crate::backup::backup(config_path, &[])?);
             }
             atomic::write_private(config_path, config_template(&default_token).as_bytes())?;
             report.wrote_config = true;
@@ -125,23 +127,6 @@ pub fn init(
     }
     report.token_file = token_file;
     Ok(report)
-}
-
-/// Copies `path` to `path.bak-<unix seconds>` (0600) and returns the backup's path.
-pub fn backup(path: &Path) -> Result<PathBuf, InitError> {
-    let secs = std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map(|d| d.as_secs())
-        .unwrap_or(0);
-    let mut name = path.as_os_str().to_owned();
-    name.push(format!(".bak-{secs}"));
-    let dest = PathBuf::from(name);
-    let bytes = std::fs::read(path).map_err(|source| InitError::Dir {
-        path: path.to_owned(),
-        source,
-    })?;
-    atomic::write_private(&dest, &bytes)?;
-    Ok(dest)
 }
 
 #[cfg(test)]

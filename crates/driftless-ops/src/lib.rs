@@ -1,4 +1,8 @@
-//! Operations on an installation: first-run setup (`init`), and later the service installer,
-//! `doctor` and migrations. Each CLI command is a thin wrapper around a function here.
+//! Operations on an installation: first-run setup (`init`), the service installer (`service`),
+//! `doctor`, the OpenClaw import (`openclaw`) and secret migration (`migrate`). Each CLI command
+//! is a thin wrapper around a function here.
 
+pub mod backup;
 pub mod init;
+pub mod migrate;
+pub mod service;
