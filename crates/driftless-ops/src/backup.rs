@@ -78,6 +78,10 @@ mod tests {
         assert!(!text.contains("canary-backup-1"), "{text}");
         assert!(text.contains(v.fingerprint().as_str()) && text.contains("X=1"));
         assert_eq!(std::fs::metadata(&a).unwrap().mode() & 0o777, 0o600);
-        assert!(std::fs::read_to_string(&b).unwrap().contains("canary-backup-1"));
+        assert!(
+            std::fs::read_to_string(&b)
+                .unwrap()
+                .contains("canary-backup-1")
+        );
     }
 }

@@ -3,6 +3,9 @@
 //! is a thin wrapper around a function here.
 
 pub mod backup;
+pub mod doctor;
 pub mod init;
 pub mod migrate;
+pub mod openclaw;
+pub mod scan;
 pub mod service;

@@ -8,7 +8,9 @@
 use std::path::{Path, PathBuf};
 
 use driftless_core::config_edit::{ConfigDocument, EditError};
-use driftless_core::{Config, ConfigError, Env, SecretInput, SecretRef, SecretValue, atomic, paths};
+use driftless_core::{
+    Config, ConfigError, Env, SecretInput, SecretRef, SecretValue, atomic, paths,
+};
 
 use crate::backup::{BackupError, backup};
 
@@ -235,7 +237,10 @@ mod tests {
         )
         .unwrap();
         let err = migrate_literals(&cfg, None, &Target::File, &Env::default(), &state).unwrap_err();
-        assert!(matches!(err, MigrateError::TargetHoldsOther { .. }), "{err}");
+        assert!(
+            matches!(err, MigrateError::TargetHoldsOther { .. }),
+            "{err}"
+        );
         assert_eq!(std::fs::read_to_string(&cfg).unwrap(), original);
 
         let right = Env::from_pairs([("GW_TOK", "canary-migrate-unit-2")]);

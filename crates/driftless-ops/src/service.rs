@@ -52,6 +52,11 @@ pub enum ServiceError {
         "`{0}` was not found; this machine has no such service manager (use --dry-run to print the definition)"
     )]
     ManagerMissing(String),
+    #[error(
+        "{path} holds a secret ({locations}); install will not overwrite it and lose the value. \
+         Fix: run `driftless doctor --fix`, which moves it to its one source first and then rewrites the unit"
+    )]
+    ExistingEmbedsSecret { path: PathBuf, locations: String },
     #[error(transparent)]
     Write(#[from] atomic::WriteError),
     #[error(transparent)]
@@ -152,8 +157,12 @@ impl ServiceSpec {
             .map(|a| systemd_quote(a))
             .collect();
         let mut u = String::new();
-        u.push_str("# Written by `driftless daemon install`. It holds no secret: the gateway reads its\n");
-        u.push_str("# token through the config's reference and picks up rotations without a restart.\n");
+        u.push_str(
+            "# Written by `driftless daemon install`. It holds no secret: the gateway reads its\n",
+        );
+        u.push_str(
+            "# token through the config's reference and picks up rotations without a restart.\n",
+        );
         u.push_str("# `driftless doctor` reports any difference from what install would write.\n");
         u.push_str("[Unit]\nDescription=driftless gateway\n");
         u.push_str("After=network.target\n\n[Service]\nType=simple\n");
@@ -177,9 +186,13 @@ impl ServiceSpec {
             systemd_quote_path(&self.state_dir),
             systemd_quote_path(&self.config_dir())
         ));
-        u.push_str("ProtectKernelTunables=yes\nProtectKernelModules=yes\nProtectControlGroups=yes\n");
+        u.push_str(
+            "ProtectKernelTunables=yes\nProtectKernelModules=yes\nProtectControlGroups=yes\n",
+        );
         u.push_str("RestrictSUIDSGID=yes\nRestrictRealtime=yes\nLockPersonality=yes\n");
-        u.push_str("RestrictAddressFamilies=AF_UNIX AF_INET AF_INET6\nSystemCallArchitectures=native\n");
+        u.push_str(
+            "RestrictAddressFamilies=AF_UNIX AF_INET AF_INET6\nSystemCallArchitectures=native\n",
+        );
         if matches!(self.scope, Scope::System { .. }) {
             u.push_str("ProtectHome=read-only\nPrivateDevices=yes\nProtectKernelLogs=yes\n");
             u.push_str("ProtectClock=yes\nProtectHostname=yes\nRestrictNamespaces=yes\n");
@@ -334,10 +347,7 @@ impl Manager {
     }
 
     fn launchd_target(&self) -> String {
-        format!(
-            "gui/{}/{LAUNCHD_LABEL}",
-            rustix::process::getuid().as_raw()
-        )
+        format!("gui/{}/{LAUNCHD_LABEL}", rustix::process::getuid().as_raw())
     }
 
     /// Whether the manager answers at all (a user manager may not be running).
@@ -458,7 +468,8 @@ impl Manager {
                     c.arg("-F");
                 }
                 let logs = state_dir.join("logs");
-                c.arg(logs.join("gateway.log")).arg(logs.join("gateway.err.log"));
+                c.arg(logs.join("gateway.log"))
+                    .arg(logs.join("gateway.err.log"));
                 c
             }
         }
@@ -466,7 +477,7 @@ impl Manager {
 }
 
 /// Runs a manager command; its output is redacted before it can reach an error message.
-fn run(program: &str, args: &[&str]) -> Result<String, ServiceError> {
+pub(crate) fn run(program: &str, args: &[&str]) -> Result<String, ServiceError> {
     let command = format!("{program} {}", args.join(" "));
     let out = Command::new(program).args(args).output().map_err(|e| {
         if e.kind() == std::io::ErrorKind::NotFound {
@@ -516,6 +527,24 @@ pub fn install(
         backup: None,
         started: false,
     };
+    if let Some(bytes) = &current {
+        let found = match manager {
+            Manager::Systemd(_) => {
+                crate::scan::scan_systemd(&String::from_utf8_lossy(bytes), env, &Vec::new())
+            }
+            Manager::Launchd => crate::scan::scan_plist(bytes, &Vec::new()).unwrap_or_default(),
+        };
+        if !found.is_empty() {
+            return Err(ServiceError::ExistingEmbedsSecret {
+                path,
+                locations: found
+                    .iter()
+                    .map(|e| e.location.as_str())
+                    .collect::<Vec<_>>()
+                    .join(", "),
+            });
+        }
+    }
     if current.as_deref() != Some(wanted.as_slice()) {
         if current.is_some() {
             report.backup = Some(crate::backup::backup(&path, &[])?);
@@ -592,10 +621,7 @@ mod tests {
         assert!(u.contains(
             "ExecStart=/usr/bin/driftless gateway run --config \"/home/u/my cfg/config.toml\"\n"
         ));
-        let envs: Vec<&str> = u
-            .lines()
-            .filter(|l| l.starts_with("Environment"))
-            .collect();
+        let envs: Vec<&str> = u.lines().filter(|l| l.starts_with("Environment")).collect();
         assert_eq!(envs, vec!["Environment=DRIFTLESS_SERVICE_KIND=gateway"]);
         assert!(u.contains("Restart=on-failure\n"));
         assert!(!u.contains("User="));

@@ -1,0 +1,379 @@
+//! Finding secret values inside service definitions: systemd units (`Environment=`, the contents
+//! of `EnvironmentFile=`, `Exec*=` arguments) and launchd plists (`EnvironmentVariables`,
+//! `ProgramArguments`).
+//!
+//! A value counts as a secret when its fingerprint equals a live secret's, or when its name looks
+//! like one (token, key, password, ...). The installer, `doctor` and the OpenClaw import share
+//! this scan, so "install, then audit" cannot disagree.
+
+use std::path::{Path, PathBuf};
+
+use driftless_core::{Env, SecretValue, redact};
+
+/// Flags whose next argument (or `=value`) is a secret.
+const SECRET_FLAGS: &[&str] = &["--token", "--password", "--api-key", "--secret"];
+
+/// One secret found in a service definition.
+#[derive(Debug, Clone)]
+pub struct Embedded {
+    /// Where it was found, e.g. `Environment=DRIFTLESS_GATEWAY_TOKEN`.
+    pub location: String,
+    /// The variable name or flag that carries it.
+    pub name: String,
+    pub value: SecretValue,
+    /// The live secret it copies (by fingerprint), if any.
+    pub copy_of: Option<String>,
+    /// The environment file it came from (`EnvironmentFile=`), if not inline.
+    pub env_file: Option<PathBuf>,
+}
+
+/// A live secret, by name, to compare definitions against.
+pub type Live = Vec<(String, SecretValue)>;
+
+/// Whether a variable name says it holds a secret.
+pub fn name_looks_secret(name: &str) -> bool {
+    let n = name.to_ascii_uppercase();
+    [
+        "TOKEN",
+        "SECRET",
+        "PASSWORD",
+        "PASSWD",
+        "API_KEY",
+        "APIKEY",
+        "PRIVATE_KEY",
+        "CREDENTIAL",
+    ]
+    .iter()
+    .any(|w| n.contains(w))
+        || n.ends_with("_KEY")
+}
+
+fn copy_of(value: &str, live: &Live) -> Option<String> {
+    live.iter()
+        .find(|(_, v)| v.matches(value))
+        .map(|(n, _)| n.clone())
+}
+
+fn candidate(
+    location: String,
+    name: &str,
+    value: &str,
+    live: &Live,
+    env_file: Option<&Path>,
+    by_name: bool,
+) -> Option<Embedded> {
+    if value.len() < redact::MIN_REDACT_LEN {
+        return None;
+    }
+    let copy = copy_of(value, live);
+    (copy.is_some() || by_name).then(|| Embedded {
+        location,
+        name: name.to_owned(),
+        value: SecretValue::new(value.to_owned()),
+        copy_of: copy,
+        env_file: env_file.map(Path::to_owned),
+    })
+}
+
+/// Splits a systemd value into words, honouring `"…"`, `'…'` and backslash escapes.
+pub fn split_words(s: &str) -> Vec<String> {
+    let mut words = Vec::new();
+    let mut cur = String::new();
+    let mut in_word = false;
+    let mut chars = s.chars();
+    while let Some(c) = chars.next() {
+        match c {
+            '"' | '\'' => {
+                in_word = true;
+                let quote = c;
+                while let Some(q) = chars.next() {
+                    if q == quote {
+                        break;
+                    }
+                    if q == '\\' && quote == '"' {
+                        if let Some(e) = chars.next() {
+                            cur.push(e);
+                        }
+                    } else {
+                        cur.push(q);
+                    }
+                }
+            }
+            '\\' => {
+                in_word = true;
+                if let Some(e) = chars.next() {
+                    cur.push(e);
+                }
+            }
+            c if c.is_whitespace() => {
+                if in_word {
+                    words.push(std::mem::take(&mut cur));
+                    in_word = false;
+                }
+            }
+            c => {
+                in_word = true;
+                cur.push(c);
+            }
+        }
+    }
+    if in_word {
+        words.push(cur);
+    }
+    words
+}
+
+/// The `[Service]` settings of a unit, in order, with continuation lines joined.
+pub fn service_settings(text: &str) -> Vec<(String, String)> {
+    let mut out = Vec::new();
+    let mut section = String::new();
+    let mut pending = String::new();
+    for raw in text.lines() {
+        let line = raw.trim_end();
+        if pending.is_empty()
+            && (line.trim_start().starts_with('#') || line.trim_start().starts_with(';'))
+        {
+            continue;
+        }
+        if let Some(cont) = line.strip_suffix('\\') {
+            pending.push_str(cont);
+            pending.push(' ');
+            continue;
+        }
+        pending.push_str(line);
+        let full = std::mem::take(&mut pending);
+        let full = full.trim();
+        if full.starts_with('[') && full.ends_with(']') {
+            section = full[1..full.len() - 1].to_owned();
+            continue;
+        }
+        if section != "Service" {
+            continue;
+        }
+        if let Some((k, v)) = full.split_once('=') {
+            out.push((k.trim().to_owned(), v.trim().to_owned()));
+        }
+    }
+    out
+}
+
+fn expand_specifiers(s: &str, env: &Env) -> String {
+    let home = env.non_empty("HOME").unwrap_or("/");
+    s.replace("%h", home).replace("%%", "%")
+}
+
+/// Parses an environment file (`KEY=VALUE` lines, `#` comments, optional `export ` and quotes).
+fn env_file_vars(text: &str) -> Vec<(String, String)> {
+    text.lines()
+        .map(str::trim)
+        .filter(|l| !l.is_empty() && !l.starts_with('#') && !l.starts_with(';'))
+        .filter_map(|l| {
+            let l = l.strip_prefix("export ").unwrap_or(l);
+            let (k, v) = l.split_once('=')?;
+            let v = v.trim();
+            let v = split_words(v).join(" ");
+            Some((k.trim().to_owned(), v))
+        })
+        .collect()
+}
+
+fn scan_args(words: &[String], key: &str, live: &Live, out: &mut Vec<Embedded>) {
+    let mut i = 0;
+    while i < words.len() {
+        let w = &words[i];
+        if let Some((flag, v)) = w.split_once('=').filter(|(f, _)| SECRET_FLAGS.contains(f)) {
+            out.extend(candidate(
+                format!("{key} argument {flag}"),
+                flag,
+                v,
+                live,
+                None,
+                true,
+            ));
+        } else if SECRET_FLAGS.contains(&w.as_str()) {
+            if let Some(v) = words.get(i + 1) {
+                out.extend(candidate(
+                    format!("{key} argument {w}"),
+                    w,
+                    v,
+                    live,
+                    None,
+                    true,
+                ));
+                i += 1;
+            }
+        } else {
+            out.extend(candidate(
+                format!("{key} argument {}", i + 1),
+                &format!("argument {}", i + 1),
+                w,
+                live,
+                None,
+                false,
+            ));
+        }
+        i += 1;
+    }
+}
+
+/// Every secret in a systemd unit. Environment files the unit names are read too.
+pub fn scan_systemd(text: &str, env: &Env, live: &Live) -> Vec<Embedded> {
+    let mut out = Vec::new();
+    for (key, value) in service_settings(text) {
+        if key == "Environment" {
+            for word in split_words(&value) {
+                if let Some((name, v)) = word.split_once('=') {
+                    out.extend(candidate(
+                        format!("Environment={name}"),
+                        name,
+                        v,
+                        live,
+                        None,
+                        name_looks_secret(name),
+                    ));
+                }
+            }
+        } else if key == "EnvironmentFile" {
+            let path = expand_specifiers(value.trim_start_matches('-'), env);
+            let path = PathBuf::from(path);
+            if let Ok(contents) = std::fs::read_to_string(&path) {
+                for (name, v) in env_file_vars(&contents) {
+                    out.extend(candidate(
+                        format!("EnvironmentFile={}: {name}", path.display()),
+                        &name,
+                        &v,
+                        live,
+                        Some(&path),
+                        name_looks_secret(&name),
+                    ));
+                }
+            }
+        } else if key.starts_with("Exec") {
+            let cmd = value.trim_start_matches(['@', '-', ':', '+', '!']);
+            scan_args(&split_words(cmd), &key, live, &mut out);
+        }
+    }
+    out
+}
+
+/// Every secret in a launchd plist. Fails only when the plist does not parse.
+pub fn scan_plist(bytes: &[u8], live: &Live) -> Result<Vec<Embedded>, plist::Error> {
+    let value: plist::Value = plist::from_bytes(bytes)?;
+    let mut out = Vec::new();
+    let Some(d) = value.as_dictionary() else {
+        return Ok(out);
+    };
+    if let Some(vars) = d
+        .get("EnvironmentVariables")
+        .and_then(plist::Value::as_dictionary)
+    {
+        for (name, v) in vars {
+            if let Some(v) = v.as_string() {
+                out.extend(candidate(
+                    format!("EnvironmentVariables.{name}"),
+                    name,
+                    v,
+                    live,
+                    None,
+                    name_looks_secret(name),
+                ));
+            }
+        }
+    }
+    if let Some(args) = d.get("ProgramArguments").and_then(plist::Value::as_array) {
+        let words: Vec<String> = args
+            .iter()
+            .filter_map(|a| a.as_string().map(str::to_owned))
+            .collect();
+        scan_args(&words, "ProgramArguments", live, &mut out);
+    }
+    Ok(out)
+}
+
+/// A unit with the inline environment assignments named in `drop` removed (other settings and
+/// comments kept byte for byte). Used where the unit is not ours to regenerate (OpenClaw's).
+pub fn systemd_without_vars(text: &str, drop: &[String]) -> String {
+    let mut out = String::new();
+    for line in text.split_inclusive('\n') {
+        let body = line.trim_end_matches('\n');
+        let Some(value) = body.trim_start().strip_prefix("Environment=") else {
+            out.push_str(line);
+            continue;
+        };
+        let words = split_words(value);
+        let kept: Vec<&String> = words
+            .iter()
+            .filter(|w| {
+                !w.split_once('=')
+                    .is_some_and(|(n, _)| drop.iter().any(|d| d == n))
+            })
+            .collect();
+        if kept.len() == words.len() {
+            out.push_str(line);
+        } else if !kept.is_empty() {
+            let rebuilt: Vec<String> = kept
+                .iter()
+                .map(|w| crate::service::systemd_quote(w))
+                .collect();
+            out.push_str(&format!("Environment={}\n", rebuilt.join(" ")));
+        }
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn finds_inline_file_and_argument_secrets() {
+        let dir = tempfile::tempdir().unwrap();
+        let envfile = dir.path().join("gw.env");
+        std::fs::write(
+            &envfile,
+            "# c\nexport API_TOKEN=\"canary-envfile-1\"\nPLAIN=1\n",
+        )
+        .unwrap();
+        let unit = format!(
+            "[Unit]\nDescription=x Environment=NOT_THIS=canary-a\n[Service]\n\
+             Environment=\"DRIFTLESS_GATEWAY_TOKEN=canary-inline-1\" KIND=gateway\n\
+             Environment=HARMLESS=canary-live-copy\n\
+             EnvironmentFile=-{}\n\
+             ExecStart=/bin/gw run \\\n  --token=canary-arg-1 --port 1\n",
+            envfile.display()
+        );
+        let live = vec![(
+            "providers.x.api_key".to_string(),
+            SecretValue::new("canary-live-copy".into()),
+        )];
+        let found = scan_systemd(&unit, &Env::default(), &live);
+        let locs: Vec<&str> = found.iter().map(|e| e.location.as_str()).collect();
+        assert_eq!(found.len(), 4, "{locs:?}");
+        assert_eq!(locs[0], "Environment=DRIFTLESS_GATEWAY_TOKEN");
+        assert_eq!(found[1].copy_of.as_deref(), Some("providers.x.api_key"));
+        assert!(locs[2].ends_with("gw.env: API_TOKEN"));
+        assert!(found[2].value.matches("canary-envfile-1"));
+        assert_eq!(locs[3], "ExecStart argument --token");
+        assert!(found[3].value.matches("canary-arg-1"));
+    }
+
+    #[test]
+    fn removes_only_named_assignments() {
+        let unit =
+            "[Service]\n# keep\nEnvironment=A=1 \"T=x y\" B=2\nEnvironment=T=z\nExecStart=/x\n";
+        let out = systemd_without_vars(unit, &["T".into()]);
+        assert_eq!(
+            out,
+            "[Service]\n# keep\nEnvironment=A=1 B=2\nExecStart=/x\n"
+        );
+    }
+
+    #[test]
+    fn names() {
+        assert!(name_looks_secret("OPENCLAW_GATEWAY_TOKEN"));
+        assert!(name_looks_secret("anthropic_api_key"));
+        assert!(name_looks_secret("SSH_KEY"));
+        assert!(!name_looks_secret("DRIFTLESS_SERVICE_KIND"));
+        assert!(!name_looks_secret("KEYBOARD"));
+    }
+}
