@@ -160,10 +160,10 @@ pub fn migrate_literals(
 ) -> Result<Vec<Moved>, MigrateError> {
     let loaded = Config::load(config_path)?;
     let inputs = loaded.config.secret_inputs();
-    if let Some(name) = only {
-        if !inputs.iter().any(|(n, _)| n == name) {
-            return Err(MigrateError::UnknownSecret(name.to_owned()));
-        }
+    if let Some(name) = only
+        && !inputs.iter().any(|(n, _)| n == name)
+    {
+        return Err(MigrateError::UnknownSecret(name.to_owned()));
     }
     let literals: Vec<(String, SecretValue)> = inputs
         .into_iter()
@@ -173,10 +173,10 @@ pub fn migrate_literals(
             SecretInput::Ref(_) => None,
         })
         .collect();
-    if let Target::Env(var) = target {
-        if literals.len() > 1 {
-            return Err(MigrateError::AmbiguousEnv(var.clone()));
-        }
+    if let Target::Env(var) = target
+        && literals.len() > 1
+    {
+        return Err(MigrateError::AmbiguousEnv(var.clone()));
     }
     literals
         .iter()

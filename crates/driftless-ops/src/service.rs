@@ -117,10 +117,10 @@ impl ServiceSpec {
                 });
             }
         }
-        if let Scope::System { run_as } = &scope {
-            if run_as.is_empty() || run_as == "root" || run_as.contains(char::is_whitespace) {
-                return Err(ServiceError::NoRunAs);
-            }
+        if let Scope::System { run_as } = &scope
+            && (run_as.is_empty() || run_as == "root" || run_as.contains(char::is_whitespace))
+        {
+            return Err(ServiceError::NoRunAs);
         }
         Ok(ServiceSpec {
             binary,
