@@ -53,6 +53,11 @@ enum Command {
     /// Rotate the gateway token
     #[command(subcommand)]
     Token(cmd::token::Command),
+    /// Install and manage the gateway service (systemd / launchd)
+    #[command(subcommand)]
+    Daemon(cmd::daemon::Command),
+    /// Find secrets that can drift (units, plaintext, permissions) and repair them with --fix
+    Doctor(cmd::doctor::Args),
 }
 
 /// What every command gets: the environment (read once) and the resolved paths.
@@ -80,6 +85,8 @@ fn main() -> ExitCode {
         Command::Secrets(c) => cmd::secrets::run(&ctx, c),
         Command::Gateway(c) => cmd::gateway::run(&ctx, c),
         Command::Token(c) => cmd::token::run(&ctx, c),
+        Command::Daemon(c) => cmd::daemon::run(&ctx, c),
+        Command::Doctor(a) => cmd::doctor::run(&ctx, a),
     };
     exit::finish(result)
 }

@@ -209,16 +209,7 @@ impl Doctor {
 
     fn spec(&self, current_unit: Option<&str>) -> Result<ServiceSpec, ServiceError> {
         // Keep a credential the user installed with `--load-credential`.
-        let credential = current_unit.and_then(|u| {
-            scan::service_settings(u).into_iter().find_map(|(k, v)| {
-                (k == "LoadCredential")
-                    .then(|| {
-                        v.strip_prefix(&format!("{}:", crate::service::CREDENTIAL_ID))
-                            .map(PathBuf::from)
-                    })
-                    .flatten()
-            })
-        });
+        let credential = current_unit.and_then(crate::service::credential_of);
         ServiceSpec::new(
             self.binary.clone(),
             self.config_path.clone(),

@@ -271,6 +271,21 @@ fn systemd_quote_path(p: &Path) -> String {
     systemd_quote(&p.to_string_lossy())
 }
 
+/// The credential file an installed unit passes with `LoadCredential=gateway-token:PATH`, so a
+/// re-render keeps the user's choice.
+pub fn credential_of(unit: &str) -> Option<PathBuf> {
+    crate::scan::service_settings(unit)
+        .into_iter()
+        .find_map(|(k, v)| {
+            if k != "LoadCredential" {
+                return None;
+            }
+            v.strip_prefix(CREDENTIAL_ID)?
+                .strip_prefix(':')
+                .map(PathBuf::from)
+        })
+}
+
 fn home(env: &Env) -> PathBuf {
     PathBuf::from(env.non_empty("HOME").unwrap_or("/"))
 }

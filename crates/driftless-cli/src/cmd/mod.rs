@@ -2,6 +2,8 @@
 
 pub mod config;
 pub mod gateway;
+pub mod daemon;
+pub mod doctor;
 pub mod init;
 pub mod secrets;
 pub mod token;

@@ -1,4 +1,5 @@
 use driftless_core::{Config, precedence};
+use driftless_ops::migrate::{self, Target};
 
 use crate::exit::{CHECK_FAILED, CmdResult, OK};
 use crate::{Ctx, output};
@@ -10,6 +11,22 @@ pub enum Command {
         after_help = "Examples:\n  driftless secrets check\n  driftless secrets check --json | jq '.[] | select(.status != \"ok\")'"
     )]
     Check {
+        #[arg(long)]
+        json: bool,
+    },
+    /// Move literal secrets out of the config into 0600 files (or an env var) and reference them
+    #[command(
+        after_help = "Examples:\n  driftless secrets migrate\n  driftless secrets migrate gateway.auth.token\n  \
+                      driftless secrets migrate gateway.auth.token --to-env DRIFTLESS_GATEWAY_TOKEN\n\n\
+                      The file is written (or checked) first and the config backed up before it is rewritten;\n\
+                      a second run changes nothing. `driftless doctor --fix` does the same for every literal."
+    )]
+    Migrate {
+        /// Only this secret (its config path, e.g. gateway.auth.token)
+        secret: Option<String>,
+        /// Reference this environment variable instead of a file; it must already hold the value
+        #[arg(long, value_name = "VAR")]
+        to_env: Option<String>,
         #[arg(long)]
         json: bool,
     },
@@ -28,7 +45,44 @@ struct Row {
 const ENV_NOTE: &str = "env values cannot change while the gateway runs; restart it to rotate";
 
 pub fn run(ctx: &Ctx, cmd: Command) -> CmdResult {
-    let Command::Check { json } = cmd;
+    match cmd {
+        Command::Check { json } => check(ctx, json),
+        Command::Migrate {
+            secret,
+            to_env,
+            json,
+        } => migrate(ctx, secret.as_deref(), to_env, json),
+    }
+}
+
+fn migrate(ctx: &Ctx, secret: Option<&str>, to_env: Option<String>, json: bool) -> CmdResult {
+    let target = to_env.map_or(Target::File, Target::Env);
+    let moved =
+        migrate::migrate_literals(&ctx.config_path, secret, &target, &ctx.env, &ctx.state_dir)?;
+    if json {
+        output::print_json(&serde_json::to_value(&moved)?);
+    } else if moved.is_empty() {
+        println!(
+            "No changes: no literal secret to migrate in {}.",
+            ctx.config_path.display()
+        );
+    } else {
+        for m in &moved {
+            if let Some(f) = &m.wrote_file {
+                println!("Wrote {} (mode 0600)", f.display());
+            }
+            println!(
+                "{} now references {} (config backup: {})",
+                m.name,
+                m.reference,
+                m.backup.display()
+            );
+        }
+    }
+    Ok(OK)
+}
+
+fn check(ctx: &Ctx, json: bool) -> CmdResult {
     let loaded = Config::load(&ctx.config_path)?;
     // The gateway's own secret follows the server precedence (config, else env), like the gateway.
     let effective = precedence::with_effective_server_secret(&loaded.config, &ctx.env, None);

@@ -1,0 +1,103 @@
+//! `driftless doctor [--fix] [--json] [--openclaw]`: every drift check, and idempotent repairs.
+
+use driftless_ops::doctor::{Audit, Doctor};
+
+use crate::cmd::daemon::{ScopeArgs, paths, scope};
+use crate::exit::{CHECK_FAILED, CONFIG, CmdResult, OK};
+use crate::{Ctx, output};
+
+#[derive(clap::Args)]
+#[command(
+    after_help = "Examples:\n  driftless doctor\n  driftless doctor --fix\n  \
+                        driftless doctor --json | jq '.checks[] | select(.status == \"finding\")'\n  \
+                        driftless doctor --fix --openclaw   # also repair ~/.openclaw\n\n\
+                        Exit status: 0 clean, 1 findings remain, 78 the config does not parse (nothing changed)."
+)]
+pub struct Args {
+    /// Apply every fix (each writes a 0600 backup beside the file first), then audit again
+    #[arg(long)]
+    fix: bool,
+    #[arg(long)]
+    json: bool,
+    /// With --fix, also repair an OpenClaw installation (it is always audited when present)
+    #[arg(long)]
+    openclaw: bool,
+    #[command(flatten)]
+    scope: ScopeArgs,
+}
+
+pub fn run(ctx: &Ctx, args: Args) -> CmdResult {
+    let (binary, config_path, state_dir) = paths(ctx)?;
+    let doctor = Doctor {
+        env: ctx.env.clone(),
+        config_path,
+        state_dir,
+        binary,
+        scope: scope(ctx, &args.scope),
+        openclaw: args.openclaw,
+    };
+    let actions = if args.fix { Some(doctor.fix()?) } else { None };
+    let audit = doctor.audit();
+    if args.json {
+        let mut v = serde_json::json!({
+            "checks": audit.rows,
+            "findings": audit.findings(),
+            "stopped": audit.stopped,
+        });
+        if let Some(a) = &actions {
+            v["actions"] = serde_json::to_value(a)?;
+        }
+        output::print_json(&v);
+    } else {
+        if let Some(actions) = &actions {
+            if actions.is_empty() {
+                println!("No changes: nothing doctor can repair was found.");
+            } else {
+                println!("Fixed:");
+                for a in actions {
+                    let bak = a
+                        .backup
+                        .as_ref()
+                        .map(|b| format!(" (backup: {})", b.display()))
+                        .unwrap_or_default();
+                    println!("  - {}{bak}", a.did);
+                }
+            }
+            println!();
+        }
+        print_table(&audit);
+    }
+    Ok(if audit.stopped {
+        CONFIG
+    } else if audit.findings() > 0 {
+        CHECK_FAILED
+    } else {
+        OK
+    })
+}
+
+fn print_table(audit: &Audit) {
+    let mut t = output::table(&["CHECK", "STATUS", "FINDING", "FIX"]);
+    for r in &audit.rows {
+        t.add_row(vec![
+            r.check.to_owned(),
+            serde_json::to_value(r.status)
+                .ok()
+                .and_then(|v| v.as_str().map(str::to_owned))
+                .unwrap_or_default(),
+            r.finding.clone(),
+            r.fix.clone(),
+        ]);
+    }
+    println!("{}", driftless_core::redact::redact(&t.to_string()));
+    let n = audit.findings();
+    if audit.stopped {
+        println!(
+            "Stopped: the config does not parse; nothing else was checked and nothing was changed."
+        );
+    } else if n == 0 {
+        println!("Clean: no findings.");
+    } else {
+        println!("{n} finding(s). `driftless doctor --fix` repairs what it can.");
+    }
+}
