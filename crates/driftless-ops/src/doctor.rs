@@ -241,6 +241,10 @@ impl Doctor {
             }
         };
         let live = self.live(&loaded.config, loaded.base_dir());
+        // Defence in depth: every value doctor handles is scrubbed from any output.
+        for (_, v) in &live {
+            driftless_core::redact::register(v);
+        }
         let platform = self.platform_manager();
         let mut managers = vec![platform.clone()];
         if !matches!(platform, Manager::Launchd) {
@@ -257,6 +261,9 @@ impl Doctor {
                 Manager::Systemd(_) => scan::scan_systemd(&text, &self.env, &live),
                 Manager::Launchd => scan::scan_plist(&current, &live).unwrap_or_default(),
             };
+            for e in &embedded {
+                driftless_core::redact::register(&e.value);
+            }
             let spec = self
                 .spec(Some(&text))
                 .map_err(|e| (Row::finding("unit", e.to_string(), "fix the path"), false))?;

@@ -138,7 +138,20 @@ pub fn move_to_source(
             (SecretRef::Env { id: var.clone() }, None)
         }
     };
-    let backup = backup(config_path, &[value])?;
+    // Every literal of the old config either stays in the new one or moves to its own source, so
+    // the backup holds none of them.
+    let literals: Vec<SecretValue> = Config::load(config_path)?
+        .config
+        .secret_inputs()
+        .into_iter()
+        .filter_map(|(_, i)| match i {
+            SecretInput::Literal(v) => Some(v.clone()),
+            SecretInput::Ref(_) => None,
+        })
+        .collect();
+    let mut redacted: Vec<&SecretValue> = literals.iter().collect();
+    redacted.push(value);
+    let backup = backup(config_path, &redacted)?;
     doc.set_secret_ref(name, &reference);
     doc.save()?;
     Ok(Moved {

@@ -142,22 +142,10 @@ fn load(paths: Paths, env: &Env) -> Result<Install, String> {
             }
         }
     }
-    let mut live: Live = Vec::new();
-    if let Some(c) = &config {
-        for field in [
-            ["gateway", "auth", "token"],
-            ["gateway", "auth", "password"],
-            ["gateway", "remote", "token"],
-            ["gateway", "remote", "password"],
-        ] {
-            if let Some(v) = str_at(c, &field).filter(|v| !v.is_empty()) {
-                live.push((
-                    format!("openclaw.json {}", field.join(".")),
-                    SecretValue::new(v.into()),
-                ));
-            }
-        }
-    }
+    let mut live: Live = config
+        .as_ref()
+        .map(config_secrets_named)
+        .unwrap_or_default();
     for pf in &profiles {
         for (id, p) in profile_entries(&pf.json) {
             for (field, _) in PROFILE_FIELDS {
@@ -183,6 +171,32 @@ fn load(paths: Paths, env: &Env) -> Result<Install, String> {
         profiles,
         live,
     })
+}
+
+/// The plaintext gateway credentials in openclaw.json, by field.
+fn config_secrets_named(config: &Value) -> Live {
+    [
+        ["gateway", "auth", "token"],
+        ["gateway", "auth", "password"],
+        ["gateway", "remote", "token"],
+        ["gateway", "remote", "password"],
+    ]
+    .iter()
+    .filter_map(|field| {
+        let v = str_at(config, field).filter(|v| !v.is_empty())?;
+        Some((
+            format!("openclaw.json {}", field.join(".")),
+            SecretValue::new(v.into()),
+        ))
+    })
+    .collect()
+}
+
+fn config_secrets(config: &Value) -> Vec<SecretValue> {
+    config_secrets_named(config)
+        .into_iter()
+        .map(|(_, v)| v)
+        .collect()
 }
 
 fn profile_entries(json: &Value) -> Vec<(String, &Map<String, Value>)> {
@@ -468,7 +482,9 @@ pub fn fix(env: &Env) -> Result<Vec<Action>, OpenClawError> {
         let Some(config) = inst.config.as_mut() else {
             continue;
         };
-        let bak = backup::backup(&inst.paths.config, &[])?;
+        let kept = config_secrets(config);
+        let kept: Vec<&SecretValue> = kept.iter().collect();
+        let bak = backup::backup(&inst.paths.config, &kept)?;
         let gateway = config
             .as_object_mut()
             .map(|o| o.entry("gateway").or_insert_with(|| json!({})));
@@ -664,7 +680,10 @@ fn declare_file_provider(
     if config.pointer(&format!("/secrets/providers/{FILE_PROVIDER}")) == Some(&wanted) {
         return Ok(true);
     }
-    let bak = backup::backup(&inst.paths.config, &[])?;
+    // The new file keeps every value the old one held, so the backup need not hold them too.
+    let kept = config_secrets(config);
+    let kept: Vec<&SecretValue> = kept.iter().collect();
+    let bak = backup::backup(&inst.paths.config, &kept)?;
     if let Some(root) = config.as_object_mut() {
         let secrets = root.entry("secrets").or_insert_with(|| json!({}));
         if let Some(providers) = secrets

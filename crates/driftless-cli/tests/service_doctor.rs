@@ -1,0 +1,881 @@
+//! `driftless daemon install`, `doctor` and `secrets migrate`, run as the real binary against
+//! seeded fixtures in a private HOME. Generated units are checked by the real
+//! `systemd-analyze verify`; plists by the real `plist` parser.
+
+use std::os::unix::fs::{MetadataExt, PermissionsExt};
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output};
+
+const BIN: &str = env!("CARGO_BIN_EXE_driftless");
+
+/// A private HOME with XDG dirs; every run gets only this environment (plus PATH).
+struct Home {
+    _dir: tempfile::TempDir,
+    root: PathBuf,
+    extra_env: Vec<(String, String)>,
+}
+
+struct Run {
+    code: i32,
+    stdout: String,
+    stderr: String,
+}
+
+impl Run {
+    fn all(&self) -> String {
+        format!("{}\n{}", self.stdout, self.stderr)
+    }
+}
+
+impl Home {
+    fn new() -> Home {
+        let dir = tempfile::tempdir().unwrap();
+        let root = dir.path().to_owned();
+        std::fs::create_dir_all(root.join("home/.config")).unwrap();
+        std::fs::create_dir_all(root.join("run")).unwrap();
+        std::fs::set_permissions(root.join("run"), std::fs::Permissions::from_mode(0o700)).unwrap();
+        Home {
+            _dir: dir,
+            root,
+            extra_env: Vec::new(),
+        }
+    }
+    fn home(&self) -> PathBuf {
+        self.root.join("home")
+    }
+    fn config(&self) -> PathBuf {
+        self.home().join(".config/driftless/config.toml")
+    }
+    fn state(&self) -> PathBuf {
+        self.home().join(".local/state/driftless")
+    }
+    fn token_file(&self) -> PathBuf {
+        self.state().join("secrets/gateway-token")
+    }
+    fn unit(&self) -> PathBuf {
+        self.home()
+            .join(".config/systemd/user/driftless-gateway.service")
+    }
+    fn plist(&self) -> PathBuf {
+        self.home()
+            .join("Library/LaunchAgents/dev.driftless.gateway.plist")
+    }
+    fn env(&mut self, k: &str, v: &str) {
+        self.extra_env.push((k.into(), v.into()));
+    }
+    fn cmd(&self, program: &str) -> Command {
+        let mut c = Command::new(program);
+        c.env_clear()
+            .env("PATH", "/usr/local/bin:/usr/bin:/bin:/usr/sbin:/sbin")
+            .env("HOME", self.home())
+            .env("XDG_CONFIG_HOME", self.home().join(".config"))
+            .env("XDG_STATE_HOME", self.home().join(".local/state"))
+            .env("XDG_RUNTIME_DIR", self.root.join("run"))
+            .env("USER", "driftless-test");
+        for (k, v) in &self.extra_env {
+            c.env(k, v);
+        }
+        c
+    }
+    fn run(&self, args: &[&str]) -> Run {
+        let out: Output = self.cmd(BIN).args(args).output().unwrap();
+        Run {
+            code: out.status.code().unwrap_or(-1),
+            stdout: String::from_utf8_lossy(&out.stdout).into_owned(),
+            stderr: String::from_utf8_lossy(&out.stderr).into_owned(),
+        }
+    }
+    fn ok(&self, args: &[&str]) -> Run {
+        let r = self.run(args);
+        assert_eq!(r.code, 0, "driftless {args:?} failed:\n{}", r.all());
+        r
+    }
+    fn write(&self, path: &Path, text: &str, mode: u32) {
+        std::fs::create_dir_all(path.parent().unwrap()).unwrap();
+        std::fs::write(path, text).unwrap();
+        std::fs::set_permissions(path, std::fs::Permissions::from_mode(mode)).unwrap();
+    }
+    /// Every file under HOME whose contents include `needle`.
+    fn files_containing(&self, needle: &str) -> Vec<PathBuf> {
+        fn walk(dir: &Path, needle: &str, out: &mut Vec<PathBuf>) {
+            for e in std::fs::read_dir(dir).unwrap().flatten() {
+                let p = e.path();
+                if p.is_dir() {
+                    walk(&p, needle, out);
+                } else if std::fs::read(&p)
+                    .map(|b| String::from_utf8_lossy(&b).contains(needle))
+                    .unwrap_or(false)
+                {
+                    out.push(p);
+                }
+            }
+        }
+        let mut out = Vec::new();
+        walk(&self.home(), needle, &mut out);
+        out
+    }
+}
+
+fn mode(p: &Path) -> u32 {
+    std::fs::metadata(p).unwrap().mode() & 0o777
+}
+
+fn read(p: &Path) -> String {
+    std::fs::read_to_string(p).unwrap()
+}
+
+/// The backup paths `doctor --fix` named in its output.
+fn named_backups(out: &str) -> Vec<PathBuf> {
+    out.split("(backup: ")
+        .skip(1)
+        .map(|s| PathBuf::from(s.split(')').next().unwrap()))
+        .collect()
+}
+
+fn doctor_json(h: &Home, args: &[&str]) -> (i32, serde_json::Value) {
+    let mut a = vec!["doctor", "--json"];
+    a.extend_from_slice(args);
+    let r = h.run(&a);
+    let v: serde_json::Value = serde_json::from_str(&r.stdout)
+        .unwrap_or_else(|e| panic!("doctor --json printed no JSON ({e}):\n{}", r.all()));
+    (r.code, v)
+}
+
+fn findings(v: &serde_json::Value, check: &str) -> Vec<serde_json::Value> {
+    v["checks"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|r| r["check"] == check && r["status"] == "finding")
+        .cloned()
+        .collect()
+}
+
+/// Runs the real `systemd-analyze verify` on `unit` (named as installed) and requires exit 0 and
+/// an empty stderr: it exits 0 on warnings too.
+fn verify(h: &Home, unit_text: &str, user: bool) {
+    let dir = h.root.join(format!("verify-{user}"));
+    std::fs::create_dir_all(&dir).unwrap();
+    let path = dir.join("driftless-gateway.service");
+    std::fs::write(&path, unit_text).unwrap();
+    let mut c = h.cmd("systemd-analyze");
+    if user {
+        c.arg("--user");
+    }
+    let out = c.args(["verify", "--man=no"]).arg(&path).output().unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        out.status.success() && stderr.trim().is_empty(),
+        "systemd-analyze verify (user={user}) rc={:?} stderr:\n{stderr}\nunit:\n{unit_text}",
+        out.status.code()
+    );
+}
+
+#[test]
+fn generated_units_pass_systemd_analyze_verify() {
+    let mut h = Home::new();
+    // A config path with a space exercises ExecStart quoting.
+    let cfg = h.home().join("my cfg/config.toml");
+    h.env("DRIFTLESS_CONFIG", cfg.to_str().unwrap());
+    h.ok(&["init"]);
+    let token = read(&h.token_file());
+
+    let user = h.ok(&["daemon", "install", "--dry-run"]).stdout;
+    assert!(
+        user.contains(&format!(
+            "ExecStart={BIN} gateway run --config \"{}\"",
+            cfg.display()
+        )),
+        "{user}"
+    );
+    assert!(user.contains("Restart=on-failure"));
+    let envs: Vec<&str> = user
+        .lines()
+        .filter(|l| l.starts_with("Environment"))
+        .collect();
+    assert_eq!(envs, ["Environment=DRIFTLESS_SERVICE_KIND=gateway"]);
+    assert!(!user.contains(token.trim()));
+    verify(&h, &user, true);
+
+    let cred = h
+        .ok(&["daemon", "install", "--dry-run", "--load-credential"])
+        .stdout;
+    assert!(cred.contains(&format!(
+        "LoadCredential=gateway-token:{}\n",
+        h.token_file().display()
+    )));
+    verify(&h, &cred, true);
+
+    let system = h
+        .ok(&[
+            "daemon",
+            "install",
+            "--dry-run",
+            "--system",
+            "--run-as",
+            "driftless",
+        ])
+        .stdout;
+    assert!(system.contains("User=driftless\n") && system.contains("WantedBy=multi-user.target"));
+    verify(&h, &system, false);
+
+    // Refused: running the system service as root.
+    let r = h.run(&[
+        "daemon",
+        "install",
+        "--dry-run",
+        "--system",
+        "--run-as",
+        "root",
+    ]);
+    assert_ne!(r.code, 0);
+    assert!(r.stderr.contains("--run-as"), "{}", r.all());
+}
+
+#[test]
+fn generated_plist_parses_and_has_exactly_the_expected_keys() {
+    let h = Home::new();
+    h.ok(&["init"]);
+    let out = h
+        .cmd(BIN)
+        .args(["daemon", "install", "--dry-run", "--launchd"])
+        .output()
+        .unwrap();
+    assert!(out.status.success());
+    let v: plist::Value = plist::from_bytes(&out.stdout).expect("a valid plist");
+    let d = v.as_dictionary().unwrap();
+    let mut keys: Vec<&str> = d.keys().map(String::as_str).collect();
+    keys.sort();
+    assert_eq!(
+        keys,
+        [
+            "EnvironmentVariables",
+            "KeepAlive",
+            "Label",
+            "ProgramArguments",
+            "RunAtLoad",
+            "StandardErrorPath",
+            "StandardOutPath",
+            "ThrottleInterval",
+            "Umask"
+        ]
+    );
+    assert_eq!(d["Label"].as_string(), Some("dev.driftless.gateway"));
+    let args: Vec<&str> = d["ProgramArguments"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|a| a.as_string().unwrap())
+        .collect();
+    let cfg = h.config();
+    assert_eq!(
+        args,
+        [BIN, "gateway", "run", "--config", cfg.to_str().unwrap()]
+    );
+    let env = d["EnvironmentVariables"].as_dictionary().unwrap();
+    assert_eq!(env.len(), 1);
+    assert_eq!(env["DRIFTLESS_SERVICE_KIND"].as_string(), Some("gateway"));
+    assert_eq!(d["RunAtLoad"].as_boolean(), Some(true));
+    let ka = d["KeepAlive"].as_dictionary().unwrap();
+    assert_eq!(ka.len(), 1);
+    assert_eq!(ka["SuccessfulExit"].as_boolean(), Some(false));
+    assert_eq!(d["ThrottleInterval"].as_signed_integer(), Some(2));
+    assert_eq!(d["Umask"].as_signed_integer(), Some(0o077));
+    let logs = h.state().join("logs");
+    assert_eq!(
+        d["StandardOutPath"].as_string(),
+        logs.join("gateway.log").to_str()
+    );
+    assert_eq!(
+        d["StandardErrorPath"].as_string(),
+        logs.join("gateway.err.log").to_str()
+    );
+    let token = read(&h.token_file());
+    assert!(!String::from_utf8_lossy(&out.stdout).contains(token.trim()));
+    // On Linux a plist is only ever printed.
+    if !cfg!(target_os = "macos") {
+        let r = h.run(&["daemon", "install", "--launchd"]);
+        assert_ne!(r.code, 0);
+        assert!(r.stderr.contains("--dry-run"), "{}", r.all());
+    }
+}
+
+#[test]
+fn install_refuses_a_token_flag_with_the_fix() {
+    let h = Home::new();
+    h.ok(&["init"]);
+    let canary = "canary-flag-7f3a9c";
+    for flag in ["--token", "--password"] {
+        let r = h.run(&["daemon", "install", "--no-start", flag, canary]);
+        assert_ne!(r.code, 0, "{}", r.all());
+        assert!(r.stderr.contains("refusing to put a secret"), "{}", r.all());
+        assert!(
+            r.stderr.contains("driftless init") && r.stderr.contains(flag),
+            "{}",
+            r.all()
+        );
+        assert!(!r.all().contains(canary));
+    }
+    assert!(!h.unit().exists());
+}
+
+#[test]
+fn install_then_doctor_is_clean_and_status_matches() {
+    let h = Home::new();
+    h.ok(&["init"]);
+    let r = h.ok(&["daemon", "install", "--no-start"]);
+    assert!(r.stdout.contains("holds no secret"), "{}", r.all());
+    assert_eq!(mode(&h.unit()), 0o644);
+    let dry = h.ok(&["daemon", "install", "--dry-run"]).stdout;
+    assert_eq!(read(&h.unit()), dry);
+    let (code, v) = doctor_json(&h, &[]);
+    assert_eq!(code, 0, "{v:#}");
+    assert_eq!(v["findings"], 0);
+    let status = h.run(&["daemon", "status", "--json"]);
+    let s: serde_json::Value = serde_json::from_str(&status.stdout).unwrap();
+    assert_eq!(s["installed"], true);
+    assert_eq!(s["matches_install"], true);
+    // Installing again is a no-op.
+    let again = h.ok(&["daemon", "install", "--no-start"]);
+    assert!(
+        again.stdout.contains("already what install writes"),
+        "{}",
+        again.all()
+    );
+}
+
+/// D1: a unit with `Environment=DRIFTLESS_GATEWAY_TOKEN=<canary>` and no token in config.
+#[test]
+fn d1_embedded_token_is_persisted_referenced_and_removed_idempotently() {
+    let h = Home::new();
+    let canary = "canary-d1-c0ffee-0123456789";
+    h.write(
+        &h.config(),
+        "# my gateway\n[gateway]\nport = 18789\n",
+        0o600,
+    );
+    let clean_unit = h.ok(&["daemon", "install", "--dry-run"]).stdout;
+    let seeded = clean_unit.replace(
+        "Environment=DRIFTLESS_SERVICE_KIND=gateway\n",
+        &format!("Environment=DRIFTLESS_SERVICE_KIND=gateway\nEnvironment=DRIFTLESS_GATEWAY_TOKEN={canary}\n"),
+    );
+    h.write(&h.unit(), &seeded, 0o644);
+    let cfg_before = read(&h.config());
+    let mut outputs = Vec::new();
+
+    // Audit: reported, nothing changed.
+    let r = h.run(&["doctor"]);
+    assert_eq!(r.code, 1, "{}", r.all());
+    assert!(
+        r.stdout
+            .contains("Environment=DRIFTLESS_GATEWAY_TOKEN holds a secret"),
+        "{}",
+        r.all()
+    );
+    assert!(r.stdout.contains("persist it to"), "{}", r.all());
+    outputs.push(r.all());
+    let (code, v) = doctor_json(&h, &[]);
+    assert_eq!(code, 1);
+    assert_eq!(findings(&v, "unit-secret").len(), 1, "{v:#}");
+    outputs.push(v.to_string());
+    assert_eq!(read(&h.unit()), seeded);
+    assert_eq!(read(&h.config()), cfg_before);
+    assert!(!h.token_file().exists());
+
+    // Fix: persisted to a 0600 file, referenced from config, unit rewritten without it.
+    let r = h.run(&["doctor", "--fix"]);
+    assert_eq!(r.code, 0, "{}", r.all());
+    assert!(r.stdout.contains("Clean: no findings."), "{}", r.all());
+    outputs.push(r.all());
+    assert_eq!(read(&h.token_file()), format!("{canary}\n"));
+    assert_eq!(mode(&h.token_file()), 0o600);
+    let cfg_after = read(&h.config());
+    assert!(cfg_after.contains("# my gateway"));
+    assert!(cfg_after.contains(&format!(
+        "token = {{ source = \"file\", path = \"{}\" }}",
+        h.token_file().display()
+    )));
+    assert_eq!(read(&h.unit()), clean_unit);
+    let backups = named_backups(&r.stdout);
+    assert_eq!(backups.len(), 2, "{}", r.stdout);
+    for b in &backups {
+        assert_eq!(mode(b), 0o600, "{}", b.display());
+        assert!(!read(b).contains(canary), "{}", b.display());
+    }
+    assert!(
+        backups
+            .iter()
+            .any(|b| b.starts_with(h.unit().parent().unwrap()))
+    );
+    // The same token: `secrets check` resolves the reference to the canary's fingerprint.
+    let check = h.ok(&["secrets", "check", "--json"]);
+    let fp = {
+        let (_, v) = doctor_json(&h, &[]);
+        assert_eq!(v["findings"], 0);
+        let rows: serde_json::Value = serde_json::from_str(&check.stdout).unwrap();
+        rows[0]["fingerprint"].as_str().unwrap().to_owned()
+    };
+    let r0 = h.run(&["doctor"]);
+    outputs.push(r0.all());
+    assert!(seeded_fingerprint_matches(canary, &fp));
+
+    // Second fix: nothing to do, nothing touched.
+    let unit_mtime = std::fs::metadata(h.unit()).unwrap().mtime_nsec();
+    let r = h.run(&["doctor", "--fix"]);
+    assert_eq!(r.code, 0, "{}", r.all());
+    assert!(r.stdout.contains("No changes"), "{}", r.all());
+    outputs.push(r.all());
+    assert_eq!(read(&h.config()), cfg_after);
+    assert_eq!(
+        std::fs::metadata(h.unit()).unwrap().mtime_nsec(),
+        unit_mtime
+    );
+    let (_, v) = doctor_json(&h, &["--fix"]);
+    assert_eq!(v["actions"].as_array().unwrap().len(), 0);
+    outputs.push(v.to_string());
+
+    // The canary is nowhere but its one source.
+    for o in &outputs {
+        assert!(!o.contains(canary), "canary in output:\n{o}");
+    }
+    assert_eq!(h.files_containing(canary), vec![h.token_file()]);
+}
+
+fn seeded_fingerprint_matches(value: &str, fp: &str) -> bool {
+    // `sha256:` + 12 hex of SHA-256, computed independently with coreutils.
+    let out = Command::new("sha256sum")
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .spawn()
+        .and_then(|mut c| {
+            use std::io::Write;
+            c.stdin.take().unwrap().write_all(value.as_bytes())?;
+            c.wait_with_output()
+        })
+        .unwrap();
+    let hex = String::from_utf8_lossy(&out.stdout);
+    fp == format!("sha256:{}", &hex[..12])
+}
+
+#[test]
+fn unparsable_config_is_reported_with_position_and_nothing_changes() {
+    let h = Home::new();
+    let canary = "canary-unparsable-55aa";
+    let broken = "[gateway]\nport = 18789\n[gateway.auth\ntoken = \"x\"\n";
+    h.write(&h.config(), broken, 0o644);
+    let unit =
+        format!("[Service]\nExecStart=/bin/true\nEnvironment=DRIFTLESS_GATEWAY_TOKEN={canary}\n");
+    h.write(&h.unit(), &unit, 0o644);
+    for args in [&["doctor"][..], &["doctor", "--fix"][..]] {
+        let r = h.run(args);
+        assert_eq!(r.code, 78, "{}", r.all());
+        assert!(r.stdout.contains("config.toml:3:"), "{}", r.all());
+        assert!(r.stdout.contains("nothing was changed"), "{}", r.all());
+        assert!(!r.all().contains(canary));
+    }
+    assert_eq!(read(&h.config()), broken);
+    assert_eq!(mode(&h.config()), 0o644);
+    assert_eq!(read(&h.unit()), unit);
+    assert_eq!(
+        std::fs::read_dir(h.config().parent().unwrap())
+            .unwrap()
+            .count(),
+        1
+    );
+}
+
+#[test]
+fn plaintext_config_secret_moves_to_a_file_via_doctor() {
+    let h = Home::new();
+    let canary = "canary-plaintext-9d8e7f";
+    let key_canary = "canary-plaintext-key-3c";
+    h.write(
+        &h.config(),
+        &format!(
+            "[gateway.auth]\ntoken = \"{canary}\"\n[providers.openai]\nbase_url = \"https://api.example.com/v1\"\napi_key = \"{key_canary}\"\n"
+        ),
+        0o600,
+    );
+    let (code, v) = doctor_json(&h, &[]);
+    assert_eq!(code, 1);
+    let f = findings(&v, "plaintext-secret");
+    assert_eq!(f.len(), 2, "{v:#}");
+    assert!(
+        f[0]["finding"]
+            .as_str()
+            .unwrap()
+            .contains("gateway.auth.token")
+    );
+    assert!(!v.to_string().contains(canary));
+    let r = h.run(&["doctor", "--fix"]);
+    assert_eq!(r.code, 0, "{}", r.all());
+    assert!(
+        r.stdout.contains("moved gateway.auth.token out of config"),
+        "{}",
+        r.all()
+    );
+    assert!(!read(&h.config()).contains(canary));
+    assert_eq!(read(&h.token_file()), format!("{canary}\n"));
+    assert!(h.run(&["doctor", "--fix"]).stdout.contains("No changes"));
+    assert!(!r.all().contains(canary) && !r.all().contains(key_canary));
+    // Neither value survives anywhere but its one source (the config backups hold neither).
+    assert_eq!(named_backups(&r.stdout).len(), 2);
+    assert_eq!(h.files_containing(canary), vec![h.token_file()]);
+    assert_eq!(
+        h.files_containing(key_canary),
+        vec![h.state().join("secrets/providers-openai-api-key")]
+    );
+}
+
+#[test]
+fn secrets_migrate_to_file_and_to_env() {
+    let h = Home::new();
+    let canary = "canary-migrate-cli-4242";
+    let original = format!("[gateway.auth]\ntoken = \"{canary}\"\n");
+    h.write(&h.config(), &original, 0o600);
+
+    // --to-env refuses while the variable does not hold the value; nothing changes.
+    let r = h.run(&["secrets", "migrate", "--to-env", "GW_TOKEN"]);
+    assert_ne!(r.code, 0);
+    assert!(
+        r.stderr.contains("GW_TOKEN does not hold this secret"),
+        "{}",
+        r.all()
+    );
+    assert!(!r.all().contains(canary));
+    assert_eq!(read(&h.config()), original);
+
+    let mut h2 = Home::new();
+    h2.write(&h2.config(), &original, 0o600);
+    h2.env("GW_TOKEN", canary);
+    let r = h2.ok(&[
+        "secrets",
+        "migrate",
+        "gateway.auth.token",
+        "--to-env",
+        "GW_TOKEN",
+    ]);
+    assert!(r.stdout.contains("env:GW_TOKEN"), "{}", r.all());
+    assert!(read(&h2.config()).contains("token = { source = \"env\", id = \"GW_TOKEN\" }"));
+    assert!(!h2.token_file().exists());
+
+    let r = h.ok(&["secrets", "migrate"]);
+    assert!(
+        r.stdout
+            .contains(&format!("Wrote {}", h.token_file().display())),
+        "{}",
+        r.all()
+    );
+    assert_eq!(read(&h.token_file()), format!("{canary}\n"));
+    assert!(!r.all().contains(canary));
+    let r = h.ok(&["secrets", "migrate"]);
+    assert!(r.stdout.contains("No changes"), "{}", r.all());
+    let r = h.run(&["secrets", "migrate", "providers.nope.api_key"]);
+    assert_ne!(r.code, 0);
+    assert!(r.stderr.contains("secrets check"), "{}", r.all());
+}
+
+#[test]
+fn open_permissions_are_tightened() {
+    let h = Home::new();
+    h.ok(&["init"]);
+    std::fs::set_permissions(h.config(), std::fs::Permissions::from_mode(0o644)).unwrap();
+    std::fs::set_permissions(h.token_file(), std::fs::Permissions::from_mode(0o640)).unwrap();
+    let (code, v) = doctor_json(&h, &[]);
+    assert_eq!(code, 1);
+    assert_eq!(findings(&v, "permissions").len(), 2, "{v:#}");
+    let r = h.run(&["doctor", "--fix"]);
+    assert_eq!(r.code, 0, "{}", r.all());
+    assert!(
+        r.stdout
+            .contains(&format!("chmod 600 {}", h.token_file().display()))
+    );
+    assert_eq!(mode(&h.config()), 0o600);
+    assert_eq!(mode(&h.token_file()), 0o600);
+    assert!(h.run(&["doctor", "--fix"]).stdout.contains("No changes"));
+}
+
+#[test]
+fn env_and_config_tokens_that_differ_are_reported_not_fixed() {
+    let mut h = Home::new();
+    h.ok(&["init"]);
+    let env_canary = "canary-env-token-1234";
+    h.env("DRIFTLESS_GATEWAY_TOKEN", env_canary);
+    let cfg = read(&h.config());
+    for args in [&["doctor"][..], &["doctor", "--fix"][..]] {
+        let r = h.run(args);
+        assert_eq!(r.code, 1, "{}", r.all());
+        assert!(
+            r.stdout.contains("unset DRIFTLESS_GATEWAY_TOKEN"),
+            "{}",
+            r.all()
+        );
+        assert!(
+            r.stdout.contains("differs from gateway.auth.token"),
+            "{}",
+            r.all()
+        );
+        assert!(!r.all().contains(env_canary));
+        assert!(!r.all().contains(read(&h.token_file()).trim()));
+    }
+    assert_eq!(read(&h.config()), cfg);
+}
+
+#[test]
+fn drifted_unit_is_rewritten_with_a_backup() {
+    let h = Home::new();
+    h.ok(&["init"]);
+    h.ok(&["daemon", "install", "--no-start"]);
+    let installed = read(&h.unit());
+    let drifted = installed.replace("Restart=on-failure", "Restart=always");
+    h.write(&h.unit(), &drifted, 0o644);
+    let (code, v) = doctor_json(&h, &[]);
+    assert_eq!(code, 1);
+    assert_eq!(findings(&v, "unit-drift").len(), 1, "{v:#}");
+    assert!(findings(&v, "unit-secret").is_empty());
+    let r = h.run(&["doctor", "--fix"]);
+    assert_eq!(r.code, 0, "{}", r.all());
+    assert_eq!(read(&h.unit()), installed);
+    let b = named_backups(&r.stdout);
+    assert_eq!(b.len(), 1);
+    assert_eq!(read(&b[0]), drifted);
+}
+
+#[test]
+fn unknown_embedded_secret_is_reported_and_never_dropped() {
+    let h = Home::new();
+    h.ok(&["init"]);
+    let canary = "canary-unknown-key-77";
+    let unit = h.ok(&["daemon", "install", "--dry-run"]).stdout.replace(
+        "Restart=on-failure",
+        &format!("Restart=on-failure\nEnvironment=\"OPENAI_API_KEY={canary}\""),
+    );
+    h.write(&h.unit(), &unit, 0o644);
+    let r = h.run(&["doctor", "--fix"]);
+    assert_eq!(r.code, 1, "{}", r.all());
+    assert!(
+        r.stdout
+            .contains("Environment=OPENAI_API_KEY holds a secret"),
+        "{}",
+        r.all()
+    );
+    assert!(
+        r.stdout.contains("will not drop a value it cannot keep"),
+        "{}",
+        r.all()
+    );
+    assert_eq!(read(&h.unit()), unit);
+    assert!(!r.all().contains(canary));
+    // And install will not overwrite it either.
+    let r = h.run(&["daemon", "install", "--no-start"]);
+    assert_ne!(r.code, 0);
+    assert!(r.stderr.contains("doctor --fix"), "{}", r.all());
+    assert_eq!(read(&h.unit()), unit);
+}
+
+#[test]
+fn copies_in_environment_files_and_arguments_are_found_by_fingerprint() {
+    let h = Home::new();
+    h.ok(&["init"]);
+    let token = read(&h.token_file()).trim().to_owned();
+    let envfile = h.home().join("gw.env");
+    h.write(&envfile, &format!("INNOCENT_NAME={token}\n"), 0o600);
+    let unit = h
+        .ok(&["daemon", "install", "--dry-run"])
+        .stdout
+        .replace(
+            "Restart=on-failure",
+            "Restart=on-failure\nEnvironmentFile=-%h/gw.env",
+        )
+        .replace(" gateway run ", &format!(" gateway run --token {token} "));
+    h.write(&h.unit(), &unit, 0o644);
+    let (code, v) = doctor_json(&h, &[]);
+    assert_eq!(code, 1);
+    let f = findings(&v, "unit-secret");
+    assert_eq!(f.len(), 2, "{v:#}");
+    assert!(f.iter().any(|r| {
+        r["finding"]
+            .as_str()
+            .unwrap()
+            .contains("gw.env: INNOCENT_NAME")
+    }));
+    assert!(f.iter().any(|r| {
+        r["finding"]
+            .as_str()
+            .unwrap()
+            .contains("ExecStart argument --token")
+    }));
+    assert!(f.iter().all(|r| {
+        r["finding"]
+            .as_str()
+            .unwrap()
+            .contains("a copy of gateway.auth.token")
+            || r["finding"].as_str().unwrap().contains("--token")
+    }));
+    let r = h.run(&["doctor", "--fix"]);
+    assert_eq!(r.code, 0, "{}", r.all());
+    assert!(!read(&h.unit()).contains(&token));
+    assert!(!r.all().contains(&token));
+    for b in named_backups(&r.stdout) {
+        assert!(!read(&b).contains(&token));
+    }
+}
+
+#[test]
+fn plist_with_embedded_token_is_repaired() {
+    let h = Home::new();
+    h.write(&h.config(), "[gateway]\nport = 18789\n", 0o600);
+    let canary = "canary-plist-token-31337";
+    let out = h
+        .cmd(BIN)
+        .args(["daemon", "install", "--dry-run", "--launchd"])
+        .output()
+        .unwrap();
+    let clean = String::from_utf8(out.stdout).unwrap();
+    let seeded = clean.replace(
+        "<key>DRIFTLESS_SERVICE_KIND</key>",
+        &format!("<key>DRIFTLESS_GATEWAY_TOKEN</key>\n\t\t<string>{canary}</string>\n\t\t<key>DRIFTLESS_SERVICE_KIND</key>"),
+    );
+    assert_ne!(seeded, clean);
+    h.write(&h.plist(), &seeded, 0o644);
+    let (code, v) = doctor_json(&h, &[]);
+    assert_eq!(code, 1);
+    let f = findings(&v, "unit-secret");
+    assert_eq!(f.len(), 1, "{v:#}");
+    assert!(
+        f[0]["finding"]
+            .as_str()
+            .unwrap()
+            .contains("EnvironmentVariables.DRIFTLESS_GATEWAY_TOKEN")
+    );
+    let r = h.run(&["doctor", "--fix"]);
+    assert_eq!(r.code, 0, "{}", r.all());
+    assert_eq!(read(&h.plist()), clean);
+    assert_eq!(read(&h.token_file()), format!("{canary}\n"));
+    assert!(h.run(&["doctor", "--fix"]).stdout.contains("No changes"));
+    assert_eq!(h.files_containing(canary), vec![h.token_file()]);
+}
+
+#[test]
+fn openclaw_installation_is_audited_and_repaired_only_on_request() {
+    let h = Home::new();
+    h.ok(&["init"]);
+    let oc = h.home().join(".openclaw");
+    let gw_canary = "canary-openclaw-gw-abcdef";
+    let key_canary = "sk-canary-openclaw-key-1";
+    let env_key_canary = "sk-canary-anthropic-2";
+    let config = "// OpenClaw config (JSON5)\n{\n  gateway: { mode: 'local', port: 18789, },\n}\n";
+    h.write(&oc.join("openclaw.json"), config, 0o600);
+    let unit = format!(
+        "[Unit]\nDescription=OpenClaw Gateway\n\n[Service]\nExecStart=/usr/bin/node /x/openclaw/dist/index.js gateway --port 18789\n\
+         Restart=always\nEnvironment=HOME={home}\nEnvironment=OPENCLAW_GATEWAY_TOKEN={gw_canary}\nEnvironment=OPENCLAW_SERVICE_KIND=gateway\n\n\
+         [Install]\nWantedBy=default.target\n",
+        home = h.home().display()
+    );
+    let unit_path = h
+        .home()
+        .join(".config/systemd/user/openclaw-gateway.service");
+    h.write(&unit_path, &unit, 0o644);
+    let profiles = format!(
+        "{{\"version\":1,\"profiles\":{{\
+         \"openai:default\":{{\"type\":\"api_key\",\"provider\":\"openai\",\"key\":\"{key_canary}\"}},\
+         \"anthropic:default\":{{\"type\":\"api_key\",\"provider\":\"anthropic\",\"key\":\"{env_key_canary}\"}},\
+         \"kilocode:default\":{{\"type\":\"api_key\",\"provider\":\"kilocode\",\"keyRef\":{{\"source\":\"env\",\"provider\":\"default\",\"id\":\"KILOCODE_API_KEY\"}}}}}}}}"
+    );
+    let profiles_path = oc.join("agents/main/agent/auth-profiles.json");
+    h.write(&profiles_path, &profiles, 0o644);
+
+    let (code, v) = doctor_json(&h, &[]);
+    assert_eq!(code, 1);
+    let unit_f = findings(&v, "openclaw-unit-secret");
+    assert_eq!(unit_f.len(), 1, "{v:#}");
+    assert!(
+        unit_f[0]["finding"]
+            .as_str()
+            .unwrap()
+            .contains("Environment=OPENCLAW_GATEWAY_TOKEN")
+    );
+    assert_eq!(findings(&v, "openclaw-auth-profile").len(), 2, "{v:#}");
+    assert_eq!(findings(&v, "openclaw-permissions").len(), 1, "{v:#}");
+
+    // --fix without --openclaw leaves OpenClaw's files alone.
+    let r = h.run(&["doctor", "--fix"]);
+    assert_eq!(r.code, 1, "{}", r.all());
+    assert_eq!(read(&unit_path), unit);
+    assert_eq!(read(&profiles_path), profiles);
+    assert_eq!(read(&oc.join("openclaw.json")), config);
+
+    let mut h = h;
+    h.env("ANTHROPIC_API_KEY", env_key_canary);
+    let r = h.run(&["doctor", "--fix", "--openclaw"]);
+    assert_eq!(r.code, 0, "{}", r.all());
+    let all = r.all();
+    for c in [gw_canary, key_canary, env_key_canary] {
+        assert!(!all.contains(c), "{c} in output:\n{all}");
+    }
+    // The token moved into openclaw.json (persisted first), and out of the unit.
+    let cfg: serde_json::Value = serde_json::from_str(&read(&oc.join("openclaw.json"))).unwrap();
+    assert_eq!(cfg["gateway"]["auth"]["token"], gw_canary);
+    assert_eq!(cfg["gateway"]["port"], 18789);
+    let store = oc.join("secrets/driftless-auth-profiles.json");
+    assert_eq!(
+        cfg["secrets"]["providers"]["driftless"],
+        serde_json::json!({"source": "file", "path": store.to_str().unwrap(), "mode": "json"})
+    );
+    let new_unit = read(&unit_path);
+    assert!(!new_unit.contains(gw_canary));
+    assert!(new_unit.contains("Environment=OPENCLAW_SERVICE_KIND=gateway"));
+    assert!(new_unit.contains("Restart=always"));
+    // Plaintext keys became refs: env where the env var already holds it, else the 0600 file.
+    let p: serde_json::Value = serde_json::from_str(&read(&profiles_path)).unwrap();
+    let openai = &p["profiles"]["openai:default"];
+    assert!(openai.get("key").is_none());
+    assert_eq!(
+        openai["keyRef"],
+        serde_json::json!({"source": "file", "provider": "driftless", "id": "/main/openai:default"})
+    );
+    assert_eq!(
+        p["profiles"]["anthropic:default"]["keyRef"],
+        serde_json::json!({"source": "env", "provider": "default", "id": "ANTHROPIC_API_KEY"})
+    );
+    assert_eq!(
+        p["profiles"]["kilocode:default"]["keyRef"]["id"],
+        "KILOCODE_API_KEY"
+    );
+    assert_eq!(mode(&profiles_path), 0o600);
+    assert_eq!(mode(&store), 0o600);
+    let s: serde_json::Value = serde_json::from_str(&read(&store)).unwrap();
+    assert_eq!(s["main"]["openai:default"], key_canary);
+    assert!(!profiles_path.with_extension("json.lock").exists());
+    for b in named_backups(&r.stdout) {
+        assert_eq!(mode(&b), 0o600);
+        for c in [gw_canary, key_canary, env_key_canary] {
+            assert!(!read(&b).contains(c), "{c} in backup {}", b.display());
+        }
+    }
+    let again = h.run(&["doctor", "--fix", "--openclaw"]);
+    assert_eq!(again.code, 0, "{}", again.all());
+    assert!(again.stdout.contains("No changes"), "{}", again.all());
+    let mut holders = h.files_containing(key_canary);
+    holders.sort();
+    assert_eq!(holders, vec![store.clone()]);
+    assert_eq!(
+        h.files_containing(gw_canary),
+        vec![oc.join("openclaw.json")]
+    );
+}
+
+#[test]
+fn unparsable_openclaw_config_is_reported_and_left_alone() {
+    let h = Home::new();
+    h.ok(&["init"]);
+    let path = h.home().join(".openclaw/openclaw.json");
+    let broken = "{\n  gateway: { port: 18789,\n  auth: { token: 'canary-oc-broken-1' }\n";
+    h.write(&path, broken, 0o644);
+    let r = h.run(&["doctor", "--fix", "--openclaw"]);
+    assert_eq!(r.code, 1, "{}", r.all());
+    assert!(r.stdout.contains("openclaw.json:"), "{}", r.all());
+    assert!(!r.all().contains("canary-oc-broken-1"));
+    assert_eq!(read(&path), broken);
+    assert_eq!(mode(&path), 0o644);
+}
