@@ -1,0 +1,289 @@
+//! End to end under a real `systemd --user` manager (tests/support/sd-user-harness.sh: a private
+//! mount namespace and a dedicated cgroup, so the host is untouched). It needs root; without root
+//! the test says so and passes, unless `DRIFTLESS_REQUIRE_TOOLS` is set (CI), where it fails.
+//!
+//! 1. `driftless daemon install` starts the gateway; `driftless token rotate` writes a new token to
+//!    its file; the running service accepts it with no unit rewrite and no restart (same PID).
+//! 2. D1: a unit carrying `Environment=DRIFTLESS_GATEWAY_TOKEN=<canary>` and a config without a
+//!    token; `doctor --fix` persists the token, rewrites the unit, reloads and restarts the service,
+//!    which then serves the same token from its file.
+
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+const BIN: &str = env!("CARGO_BIN_EXE_driftless");
+const UNIT: &str = "driftless-gateway.service";
+
+struct Harness {
+    _dir: tempfile::TempDir,
+    root: PathBuf,
+    child: Child,
+    port: u16,
+}
+
+impl Harness {
+    fn start() -> Harness {
+        let dir = tempfile::tempdir().unwrap();
+        let root = dir.path().to_owned();
+        let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/support/sd-user-harness.sh");
+        let child = Command::new("unshare")
+            .args(["-m", "--propagation", "private"])
+            .arg(&script)
+            .env("SDU_ROOT", &root)
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("unshare and the harness script run");
+        let port = std::net::TcpListener::bind("127.0.0.1:0")
+            .unwrap()
+            .local_addr()
+            .unwrap()
+            .port();
+        let h = Harness {
+            _dir: dir,
+            root,
+            child,
+            port,
+        };
+        h.wait_for(
+            "the user manager to answer",
+            Duration::from_secs(10),
+            || h.systemctl(&["show", "-p", "Version"]).status.success(),
+        );
+        h
+    }
+
+    fn home(&self) -> PathBuf {
+        self.root.join("home")
+    }
+
+    fn cmd(&self, program: &str) -> Command {
+        let mut c = Command::new(program);
+        c.env_clear()
+            .env("PATH", "/usr/local/bin:/usr/bin:/bin:/usr/sbin:/sbin")
+            .env("HOME", self.home())
+            .env("XDG_RUNTIME_DIR", self.root.join("run"))
+            .env("XDG_CONFIG_HOME", self.home().join(".config"));
+        c
+    }
+
+    fn systemctl(&self, args: &[&str]) -> std::process::Output {
+        self.cmd("systemctl")
+            .arg("--user")
+            .args(args)
+            .output()
+            .unwrap()
+    }
+
+    fn driftless(&self, args: &[&str]) -> (i32, String) {
+        let out = self.cmd(BIN).args(args).output().unwrap();
+        let all = format!(
+            "{}\n{}",
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        );
+        (out.status.code().unwrap_or(-1), all)
+    }
+
+    fn main_pid(&self) -> u32 {
+        let out = self.systemctl(&["show", "-p", "MainPID", "--value", UNIT]);
+        String::from_utf8_lossy(&out.stdout).trim().parse().unwrap()
+    }
+
+    fn wait_for(&self, what: &str, patience: Duration, mut ok: impl FnMut() -> bool) {
+        let start = Instant::now();
+        while !ok() {
+            assert!(start.elapsed() < patience, "timed out waiting for {what}");
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    }
+
+    fn healthy(&self, extra: &[&str]) -> bool {
+        let mut args = vec!["gateway", "health", "--timeout", "2"];
+        args.extend_from_slice(extra);
+        self.driftless(&args).0 == 0
+    }
+
+    fn config(&self) -> PathBuf {
+        self.home().join(".config/driftless/config.toml")
+    }
+
+    fn unit(&self) -> PathBuf {
+        self.home().join(".config/systemd/user").join(UNIT)
+    }
+
+    fn token_file(&self) -> PathBuf {
+        self.home()
+            .join(".local/state/driftless/secrets/gateway-token")
+    }
+
+    /// `driftless init`, on a free port so parallel test runs do not collide.
+    fn init(&self) {
+        assert_eq!(self.driftless(&["init"]).0, 0);
+        let cfg = std::fs::read_to_string(self.config()).unwrap();
+        let cfg = cfg.replace("port = 18789", &format!("port = {}", self.port));
+        std::fs::write(self.config(), cfg).unwrap();
+    }
+}
+
+impl Drop for Harness {
+    fn drop(&mut self) {
+        let _ = self.systemctl(&["exit"]);
+        let start = Instant::now();
+        while start.elapsed() < Duration::from_secs(5) {
+            if let Ok(Some(_)) = self.child.try_wait() {
+                break;
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        if let Ok(None) = self.child.try_wait() {
+            let _ = self.child.kill();
+            let _ = self.child.wait();
+        }
+        // The harness moved itself into sdu-<pid> cgroups; remove them once empty.
+        for h in [
+            "/sys/fs/cgroup/unified",
+            "/sys/fs/cgroup/systemd",
+            "/sys/fs/cgroup",
+        ] {
+            let cg = Path::new(h).join(format!("sdu-{}", self.child.id()));
+            if cg.exists() {
+                remove_cgroup(&cg);
+            }
+        }
+    }
+}
+
+/// Removes a cgroup folder and its (empty) children, deepest first.
+fn remove_cgroup(dir: &Path) {
+    if let Ok(entries) = std::fs::read_dir(dir) {
+        for e in entries.flatten() {
+            if e.file_type().map(|t| t.is_dir()).unwrap_or(false) {
+                remove_cgroup(&e.path());
+            }
+        }
+    }
+    let _ = std::fs::remove_dir(dir);
+}
+
+/// Root is needed for the private mount namespace; CI runs as root and sets
+/// DRIFTLESS_REQUIRE_TOOLS so that this can never silently skip there.
+fn can_run() -> bool {
+    if rustix_is_root() {
+        return true;
+    }
+    let required = std::env::vars_os().any(|(k, _)| k == "DRIFTLESS_REQUIRE_TOOLS");
+    assert!(
+        !required,
+        "DRIFTLESS_REQUIRE_TOOLS is set but this test needs root"
+    );
+    eprintln!("SKIPPED: the systemd --user end-to-end test needs root (a private mount namespace)");
+    false
+}
+
+fn rustix_is_root() -> bool {
+    // `id -u` rather than a libc call: the crate forbids unsafe code.
+    Command::new("id")
+        .arg("-u")
+        .output()
+        .map(|o| String::from_utf8_lossy(&o.stdout).trim() == "0")
+        .unwrap_or(false)
+}
+
+#[test]
+fn installed_service_accepts_a_rotated_token_without_restart_or_unit_rewrite() {
+    if !can_run() {
+        return;
+    }
+    let h = Harness::start();
+    h.init();
+    let (code, out) = h.driftless(&["daemon", "install"]);
+    assert_eq!(code, 0, "{out}");
+    assert!(out.contains("Enabled and started"), "{out}");
+    h.wait_for(
+        "the installed gateway to answer",
+        Duration::from_secs(15),
+        || h.healthy(&[]),
+    );
+    let pid = h.main_pid();
+    assert_ne!(pid, 0);
+    let unit_before = std::fs::read(h.unit()).unwrap();
+    let old = std::fs::read_to_string(h.token_file()).unwrap();
+
+    let (code, out) = h.driftless(&["token", "rotate", "--no-grace", "--json"]);
+    assert_eq!(code, 0, "{out}");
+    let new = std::fs::read_to_string(h.token_file()).unwrap();
+    assert_ne!(old, new);
+    assert!(out.contains("\"gatewayAccepted\": true"), "{out}");
+    assert!(!out.contains(new.trim()) && !out.contains(old.trim()));
+
+    // The new token works, the old one no longer does (no grace), from the same process.
+    assert!(h.healthy(&["--token", new.trim()]));
+    assert!(!h.healthy(&["--token", old.trim()]));
+    assert_eq!(h.main_pid(), pid, "the service was restarted");
+    assert_eq!(
+        std::fs::read(h.unit()).unwrap(),
+        unit_before,
+        "the unit was rewritten"
+    );
+    let (code, out) = h.driftless(&["daemon", "status", "--json"]);
+    assert_eq!(code, 0, "{out}");
+    assert!(
+        out.contains("\"matches_install\": true") && out.contains("\"active_state\": \"active\""),
+        "{out}"
+    );
+}
+
+#[test]
+fn d1_doctor_fix_persists_the_embedded_token_and_restarts_the_service_healthy() {
+    if !can_run() {
+        return;
+    }
+    let h = Harness::start();
+    let canary = "canary-d1-e2e-5f5f5f5f5f5f";
+    std::fs::create_dir_all(h.config().parent().unwrap()).unwrap();
+    std::fs::write(h.config(), format!("[gateway]\nport = {}\n", h.port)).unwrap();
+    let (code, clean_unit) = h.driftless(&["daemon", "install", "--dry-run"]);
+    assert_eq!(code, 0);
+    let clean_unit = clean_unit.trim_end().to_owned() + "\n";
+    let seeded = clean_unit.replace(
+        "Environment=DRIFTLESS_SERVICE_KIND=gateway\n",
+        &format!("Environment=DRIFTLESS_SERVICE_KIND=gateway\nEnvironment=DRIFTLESS_GATEWAY_TOKEN={canary}\n"),
+    );
+    std::fs::create_dir_all(h.unit().parent().unwrap()).unwrap();
+    std::fs::write(h.unit(), &seeded).unwrap();
+    assert!(h.systemctl(&["daemon-reload"]).status.success());
+    assert!(h.systemctl(&["enable", "--now", UNIT]).status.success());
+    h.wait_for(
+        "the seeded gateway to answer",
+        Duration::from_secs(15),
+        || h.healthy(&["--token", canary]),
+    );
+    let pid = h.main_pid();
+
+    let (code, out) = h.driftless(&["doctor"]);
+    assert_eq!(code, 1, "{out}");
+    assert_eq!(std::fs::read_to_string(h.unit()).unwrap(), seeded);
+
+    let (code, out) = h.driftless(&["doctor", "--fix"]);
+    assert_eq!(code, 0, "{out}");
+    assert!(
+        out.contains("reloaded the service manager and restarted the service"),
+        "{out}"
+    );
+    assert!(!out.contains(canary));
+    assert_eq!(std::fs::read_to_string(h.unit()).unwrap(), clean_unit);
+    h.wait_for(
+        "the restarted gateway to answer with the same token",
+        Duration::from_secs(15),
+        || h.main_pid() != pid && h.healthy(&["--token", canary]),
+    );
+    // The token now comes from its file through the config, not from the unit.
+    assert!(h.healthy(&[]));
+    let (code, out) = h.driftless(&["doctor", "--fix"]);
+    assert_eq!(code, 0, "{out}");
+    assert!(out.contains("No changes"), "{out}");
+    let environ = std::fs::read(format!("/proc/{}/environ", h.main_pid())).unwrap();
+    assert!(!String::from_utf8_lossy(&environ).contains(canary));
+}
