@@ -24,7 +24,9 @@ struct Harness {
 
 impl Harness {
     fn start() -> Harness {
-        let dir = tempfile::tempdir().unwrap();
+        // Not under /tmp: the unit's PrivateTmp= would hide it from the service, and real configs
+        // live under HOME anyway.
+        let dir = tempfile::tempdir_in(env!("CARGO_TARGET_TMPDIR")).unwrap();
         let root = dir.path().to_owned();
         let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/support/sd-user-harness.sh");
         let child = Command::new("unshare")
@@ -167,22 +169,32 @@ fn remove_cgroup(dir: &Path) {
     let _ = std::fs::remove_dir(dir);
 }
 
-/// Root is needed for the private mount namespace; CI runs as root and sets
-/// DRIFTLESS_REQUIRE_TOOLS so that this can never silently skip there.
+/// Root is needed for the private mount namespace, and the binary must have the gateway. CI runs
+/// as root with DRIFTLESS_REQUIRE_TOOLS set, so there this can never silently skip.
 fn can_run() -> bool {
-    if rustix_is_root() {
+    let missing = if !is_root() {
+        "root (a private mount namespace)"
+    } else if !Command::new(BIN)
+        .args(["gateway", "--help"])
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .status()
+        .is_ok_and(|s| s.success())
+    {
+        "the `driftless gateway` command (the gateway crate)"
+    } else {
         return true;
-    }
+    };
     let required = std::env::vars_os().any(|(k, _)| k == "DRIFTLESS_REQUIRE_TOOLS");
     assert!(
         !required,
-        "DRIFTLESS_REQUIRE_TOOLS is set but this test needs root"
+        "DRIFTLESS_REQUIRE_TOOLS is set but this test needs {missing}"
     );
-    eprintln!("SKIPPED: the systemd --user end-to-end test needs root (a private mount namespace)");
+    eprintln!("SKIPPED: the systemd --user end-to-end test needs {missing}");
     false
 }
 
-fn rustix_is_root() -> bool {
+fn is_root() -> bool {
     // `id -u` rather than a libc call: the crate forbids unsafe code.
     Command::new("id")
         .arg("-u")

@@ -180,21 +180,29 @@ impl ServiceSpec {
         u.push_str("Restart=on-failure\nRestartSec=2\nUMask=0077\n");
         // Hardening. Everything here also works in a user manager (which enables PrivateUsers=
         // implicitly for the namespacing options); system-only knobs come below.
-        u.push_str("NoNewPrivileges=yes\nPrivateTmp=yes\nProtectSystem=strict\n");
+        u.push_str("NoNewPrivileges=yes\nProtectSystem=strict\n");
+        // A private /tmp would hide a config or state kept under /tmp from the service.
+        let in_tmp = [self.config_dir(), self.state_dir.clone()]
+            .iter()
+            .any(|p| p.starts_with("/tmp") || p.starts_with("/var/tmp"));
+        if !in_tmp {
+            u.push_str("PrivateTmp=yes\n");
+        }
         u.push_str(&format!(
             "ReadWritePaths=-{} -{}\n",
             systemd_quote_path(&self.state_dir),
             systemd_quote_path(&self.config_dir())
         ));
-        u.push_str(
-            "ProtectKernelTunables=yes\nProtectKernelModules=yes\nProtectControlGroups=yes\n",
-        );
+        u.push_str("ProtectKernelModules=yes\nProtectControlGroups=yes\n");
         u.push_str("RestrictSUIDSGID=yes\nRestrictRealtime=yes\nLockPersonality=yes\n");
         u.push_str(
             "RestrictAddressFamilies=AF_UNIX AF_INET AF_INET6\nSystemCallArchitectures=native\n",
         );
         if matches!(self.scope, Scope::System { .. }) {
-            u.push_str("ProtectHome=read-only\nPrivateDevices=yes\nProtectKernelLogs=yes\n");
+            // ProtectKernelTunables= remounts /proc/sys, which a user manager (and a manager in
+            // a container) may not do: a user unit with it fails with 226/NAMESPACE.
+            u.push_str("ProtectKernelTunables=yes\nProtectHome=read-only\nPrivateDevices=yes\n");
+            u.push_str("ProtectKernelLogs=yes\n");
             u.push_str("ProtectClock=yes\nProtectHostname=yes\nRestrictNamespaces=yes\n");
             u.push_str("CapabilityBoundingSet=\nMemoryDenyWriteExecute=yes\n");
         }
@@ -639,6 +647,11 @@ mod tests {
         let envs: Vec<&str> = u.lines().filter(|l| l.starts_with("Environment")).collect();
         assert_eq!(envs, vec!["Environment=DRIFTLESS_SERVICE_KIND=gateway"]);
         assert!(u.contains("Restart=on-failure\n"));
+        assert!(u.contains("PrivateTmp=yes\n"));
+        // A config kept under /tmp must stay visible to the service.
+        let mut in_tmp = spec(Scope::User);
+        in_tmp.config_path = "/tmp/x/config.toml".into();
+        assert!(!in_tmp.systemd_unit().contains("PrivateTmp"));
         assert!(!u.contains("User="));
         assert!(u.contains("WantedBy=default.target"));
         let s = spec(Scope::System {
