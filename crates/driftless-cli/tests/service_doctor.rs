@@ -581,9 +581,11 @@ fn open_permissions_are_tightened() {
     h.ok(&["init"]);
     std::fs::set_permissions(h.config(), std::fs::Permissions::from_mode(0o644)).unwrap();
     std::fs::set_permissions(h.token_file(), std::fs::Permissions::from_mode(0o640)).unwrap();
+    let store = h.state().join("identity/device-tokens.json");
+    h.write(&store, "{}", 0o604);
     let (code, v) = doctor_json(&h, &[]);
     assert_eq!(code, 1);
-    assert_eq!(findings(&v, "permissions").len(), 2, "{v:#}");
+    assert_eq!(findings(&v, "permissions").len(), 3, "{v:#}");
     let r = h.run(&["doctor", "--fix"]);
     assert_eq!(r.code, 0, "{}", r.all());
     assert!(
@@ -592,6 +594,7 @@ fn open_permissions_are_tightened() {
     );
     assert_eq!(mode(&h.config()), 0o600);
     assert_eq!(mode(&h.token_file()), 0o600);
+    assert_eq!(mode(&store), 0o600);
     assert!(h.run(&["doctor", "--fix"]).stdout.contains("No changes"));
 }
 

@@ -245,6 +245,11 @@ fn installed_service_accepts_a_rotated_token_without_restart_or_unit_rewrite() {
         out.contains("\"matches_install\": true") && out.contains("\"active_state\": \"active\""),
         "{out}"
     );
+    // Uninstall stops the service and removes the unit.
+    let (code, out) = h.driftless(&["daemon", "uninstall"]);
+    assert_eq!(code, 0, "{out}");
+    assert!(!h.unit().exists());
+    assert!(!h.healthy(&[]));
 }
 
 #[test]

@@ -445,12 +445,22 @@ impl Doctor {
         base + &envfile
     }
 
+    /// Files that hold secrets: every file reference, plus the client's device identity and
+    /// device-token store when present.
     fn secret_files(&self, config: &Config, base: &Path) -> Vec<PathBuf> {
-        config
+        let mut files: Vec<PathBuf> = config
             .secret_inputs()
             .into_iter()
             .filter_map(|(_, i)| i.file_path(&self.env, base).and_then(Result::ok))
-            .collect()
+            .collect();
+        let identity = self.state_dir.join("identity");
+        for name in ["device.json", "device-tokens.json"] {
+            let p = identity.join(name);
+            if p.exists() {
+                files.push(p);
+            }
+        }
+        files
     }
 
     fn env_mismatch_row(&self, config: &Config, base: &Path) -> Row {
