@@ -882,3 +882,31 @@ fn unparsable_openclaw_config_is_reported_and_left_alone() {
     assert_eq!(read(&path), broken);
     assert_eq!(mode(&path), 0o644);
 }
+
+#[test]
+fn a_failing_fix_keeps_earlier_changes_listed_and_loses_nothing() {
+    let h = Home::new();
+    let canary = "canary-conflict-literal-1";
+    let original = format!("[gateway.auth]\ntoken = \"{canary}\"\n");
+    h.write(&h.config(), &original, 0o644);
+    // The file the literal would move to already holds another secret: never overwritten.
+    h.write(&h.token_file(), "another-token\n", 0o600);
+    let r = h.run(&["doctor", "--fix"]);
+    assert_eq!(r.code, 70, "{}", r.all());
+    assert!(
+        r.stdout
+            .contains(&format!("chmod 600 {}", h.config().display())),
+        "{}",
+        r.all()
+    );
+    assert!(
+        r.stderr.contains("already holds a different secret"),
+        "{}",
+        r.all()
+    );
+    assert!(r.stdout.contains("plaintext-secret"), "{}", r.all());
+    assert!(!r.all().contains(canary) && !r.all().contains("another-token"));
+    assert_eq!(read(&h.config()), original);
+    assert_eq!(mode(&h.config()), 0o600);
+    assert_eq!(read(&h.token_file()), "another-token\n");
+}

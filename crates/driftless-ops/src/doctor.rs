@@ -72,6 +72,13 @@ pub struct Action {
     pub backup: Option<PathBuf>,
 }
 
+/// What `--fix` did. Changes made before a failure are kept and listed.
+#[derive(Debug)]
+pub struct FixOutcome {
+    pub actions: Vec<Action>,
+    pub error: Option<DoctorError>,
+}
+
 /// The result of an audit.
 #[derive(Debug, Clone, serde::Serialize)]
 pub struct Audit {
@@ -491,20 +498,22 @@ impl Doctor {
 
     /// Applies every fix whose precondition holds now, in the order that never loses a value.
     /// A config that does not parse means no change at all.
-    pub fn fix(&self) -> Result<Vec<Action>, DoctorError> {
+    pub fn fix(&self) -> FixOutcome {
         let mut actions = Vec::new();
-        let state = match self.gather() {
-            Ok(s) => Some(s),
-            Err((_, true)) => return Ok(actions),
-            Err((_, false)) => None,
-        };
-        if let Some(state) = state {
-            self.fix_driftless(state, &mut actions)?;
+        let error = self.fix_into(&mut actions).err();
+        FixOutcome { actions, error }
+    }
+
+    fn fix_into(&self, actions: &mut Vec<Action>) -> Result<(), DoctorError> {
+        match self.gather() {
+            Ok(state) => self.fix_driftless(state, actions)?,
+            Err((_, true)) => return Ok(()),
+            Err((_, false)) => {}
         }
         if self.openclaw {
-            actions.extend(openclaw::fix(&self.env)?);
+            openclaw::fix(&self.env, actions)?;
         }
-        Ok(actions)
+        Ok(())
     }
 
     fn fix_driftless(&self, state: State, actions: &mut Vec<Action>) -> Result<(), DoctorError> {

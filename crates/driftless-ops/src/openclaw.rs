@@ -442,15 +442,14 @@ fn json_pointer_escape(s: &str) -> String {
 
 /// Repairs the OpenClaw installation: permissions, embedded service tokens (persisted to
 /// `openclaw.json` first), plaintext auth-profile secrets (moved to `keyRef`/`tokenRef`).
-pub fn fix(env: &Env) -> Result<Vec<Action>, OpenClawError> {
-    let mut actions = Vec::new();
+pub fn fix(env: &Env, actions: &mut Vec<Action>) -> Result<(), OpenClawError> {
     let paths = locate(env);
     if !paths.state_dir.exists() && !paths.config.exists() {
-        return Ok(actions);
+        return Ok(());
     }
     let Ok(mut inst) = load(paths, env) else {
         // A file that does not parse is reported by the audit and never rewritten.
-        return Ok(actions);
+        return Ok(());
     };
     let mut files = vec![inst.paths.config.clone()];
     files.extend(inst.profiles.iter().map(|p| p.path.clone()));
@@ -613,7 +612,7 @@ pub fn fix(env: &Env) -> Result<Vec<Action>, OpenClawError> {
                         json_pointer_escape(&id)
                     );
                     store_secret(&store, &agent, &id, &value)?;
-                    if !declare_file_provider(&mut inst, &store, &mut actions)? {
+                    if !declare_file_provider(&mut inst, &store, actions)? {
                         notes.push(format!("{id}: no openclaw.json to declare the `{FILE_PROVIDER}` file provider in"));
                         continue;
                     }
@@ -637,7 +636,7 @@ pub fn fix(env: &Env) -> Result<Vec<Action>, OpenClawError> {
             backup: Some(bak),
         });
     }
-    Ok(actions)
+    Ok(())
 }
 
 /// Adds `value` at `/<agent>/<profile>` of the JSON secrets file (0600), keeping what is there.

@@ -36,7 +36,10 @@ pub fn run(ctx: &Ctx, args: Args) -> CmdResult {
         scope: scope(ctx, &args.scope),
         openclaw: args.openclaw,
     };
-    let actions = if args.fix { Some(doctor.fix()?) } else { None };
+    let (actions, fix_error) = match args.fix.then(|| doctor.fix()) {
+        Some(outcome) => (Some(outcome.actions), outcome.error),
+        None => (None, None),
+    };
     let audit = doctor.audit();
     if args.json {
         let mut v = serde_json::json!({
@@ -47,12 +50,15 @@ pub fn run(ctx: &Ctx, args: Args) -> CmdResult {
         if let Some(a) = &actions {
             v["actions"] = serde_json::to_value(a)?;
         }
+        if let Some(e) = &fix_error {
+            v["error"] = format!("{e}").into();
+        }
         output::print_json(&v);
     } else {
         if let Some(actions) = &actions {
-            if actions.is_empty() {
+            if actions.is_empty() && fix_error.is_none() {
                 println!("No changes: nothing doctor can repair was found.");
-            } else {
+            } else if !actions.is_empty() {
                 println!("Fixed:");
                 for a in actions {
                     let bak = a
@@ -66,6 +72,10 @@ pub fn run(ctx: &Ctx, args: Args) -> CmdResult {
             println!();
         }
         print_table(&audit);
+    }
+    if let Some(e) = fix_error {
+        // The changes above were made; this one failed. The table shows what remains.
+        return Err(anyhow::Error::new(e).context("doctor --fix stopped").into());
     }
     Ok(if audit.stopped {
         CONFIG
