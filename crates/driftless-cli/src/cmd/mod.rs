@@ -1,9 +1,9 @@
 //! One module per top-level command; each parses its arguments and calls a library function.
 
 pub mod config;
-pub mod gateway;
 pub mod daemon;
 pub mod doctor;
+pub mod gateway;
 pub mod init;
 pub mod secrets;
 pub mod token;
