@@ -23,7 +23,8 @@ struct Harness {
 }
 
 impl Harness {
-    fn start() -> Harness {
+    /// Starts the manager; `journald` also starts a private journald so service output is kept.
+    fn start(journald: bool) -> Harness {
         // Not under /tmp: the unit's PrivateTmp= would hide it from the service, and real configs
         // live under HOME anyway.
         let dir = tempfile::tempdir_in(env!("CARGO_TARGET_TMPDIR")).unwrap();
@@ -33,6 +34,7 @@ impl Harness {
             .args(["-m", "--propagation", "private"])
             .arg(&script)
             .env("SDU_ROOT", &root)
+            .env("WITH_JOURNALD", if journald { "1" } else { "" })
             .stdout(Stdio::null())
             .stderr(Stdio::null())
             .spawn()
@@ -129,8 +131,35 @@ impl Harness {
     }
 }
 
+impl Harness {
+    /// The PID of the journald this harness started (its environment names our SDU_ROOT).
+    fn journald_pid(&self) -> Option<u32> {
+        let marker = format!("SDU_ROOT={}", self.root.display());
+        std::fs::read_dir("/proc").ok()?.flatten().find_map(|e| {
+            let pid: u32 = e.file_name().to_str()?.parse().ok()?;
+            let comm = std::fs::read_to_string(e.path().join("comm")).ok()?;
+            let environ = std::fs::read(e.path().join("environ")).ok()?;
+            let ours = environ.split(|b| *b == 0).any(|kv| kv == marker.as_bytes());
+            (comm.trim() == "systemd-journal" && ours).then_some(pid)
+        })
+    }
+
+    /// Everything the private journald recorded.
+    fn journal(&self) -> String {
+        let out = self
+            .cmd("journalctl")
+            .arg("-D")
+            .arg(self.root.join("journal/journal"))
+            .args(["--no-pager", "-o", "cat"])
+            .output()
+            .unwrap();
+        String::from_utf8_lossy(&out.stdout).into_owned()
+    }
+}
+
 impl Drop for Harness {
     fn drop(&mut self) {
+        let journald = self.journald_pid();
         let _ = self.systemctl(&["exit"]);
         let start = Instant::now();
         while start.elapsed() < Duration::from_secs(5) {
@@ -143,6 +172,15 @@ impl Drop for Harness {
             let _ = self.child.kill();
             let _ = self.child.wait();
         }
+        if let Some(pid) = journald {
+            let _ = Command::new("kill").arg(pid.to_string()).status();
+            let start = Instant::now();
+            while Path::new(&format!("/proc/{pid}")).exists()
+                && start.elapsed() < Duration::from_secs(5)
+            {
+                std::thread::sleep(Duration::from_millis(20));
+            }
+        }
         // The harness moved itself into sdu-<pid> cgroups; remove them once empty.
         for h in [
             "/sys/fs/cgroup/unified",
@@ -150,8 +188,11 @@ impl Drop for Harness {
             "/sys/fs/cgroup",
         ] {
             let cg = Path::new(h).join(format!("sdu-{}", self.child.id()));
-            if cg.exists() {
+            // Exiting processes may linger a moment; retry within a bound.
+            let start = Instant::now();
+            while cg.exists() && start.elapsed() < Duration::from_secs(5) {
                 remove_cgroup(&cg);
+                std::thread::sleep(Duration::from_millis(20));
             }
         }
     }
@@ -198,7 +239,7 @@ fn installed_service_accepts_a_rotated_token_without_restart_or_unit_rewrite() {
     if !can_run() {
         return;
     }
-    let h = Harness::start();
+    let h = Harness::start(false);
     h.init();
     let (code, out) = h.driftless(&["daemon", "install"]);
     assert_eq!(code, 0, "{out}");
@@ -247,7 +288,7 @@ fn d1_doctor_fix_persists_the_embedded_token_and_restarts_the_service_healthy() 
     if !can_run() {
         return;
     }
-    let h = Harness::start();
+    let h = Harness::start(true);
     let canary = "canary-d1-e2e-5f5f5f5f5f5f";
     std::fs::create_dir_all(h.config().parent().unwrap()).unwrap();
     std::fs::write(h.config(), format!("[gateway]\nport = {}\n", h.port)).unwrap();
@@ -293,4 +334,14 @@ fn d1_doctor_fix_persists_the_embedded_token_and_restarts_the_service_healthy() 
     assert!(out.contains("No changes"), "{out}");
     let environ = std::fs::read(format!("/proc/{}/environ", h.main_pid())).unwrap();
     assert!(!String::from_utf8_lossy(&environ).contains(canary));
+    // The service's log (the private journal) has the gateway's lines, and never the canary.
+    let journal = h.journal();
+    assert!(
+        journal.contains("connection closed"),
+        "no gateway lines in the journal:\n{journal}"
+    );
+    assert!(
+        !journal.contains(canary),
+        "canary in the service log:\n{journal}"
+    );
 }
