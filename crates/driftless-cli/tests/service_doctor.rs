@@ -29,7 +29,8 @@ impl Run {
 
 impl Home {
     fn new() -> Home {
-        let dir = tempfile::tempdir().unwrap();
+        // Not under /tmp, where real configs do not live (a unit then gets no PrivateTmp=).
+        let dir = tempfile::tempdir_in(env!("CARGO_TARGET_TMPDIR")).unwrap();
         let root = dir.path().to_owned();
         std::fs::create_dir_all(root.join("home/.config")).unwrap();
         std::fs::create_dir_all(root.join("run")).unwrap();
@@ -152,8 +153,9 @@ fn findings(v: &serde_json::Value, check: &str) -> Vec<serde_json::Value> {
 }
 
 /// Runs the real `systemd-analyze verify` on `unit` (named as installed) and requires exit 0 and
-/// an empty stderr: it exits 0 on warnings too.
-fn verify(h: &Home, unit_text: &str, user: bool) {
+/// an empty stderr: it exits 0 on warnings too. Then pins the hardening: `security --threshold`
+/// fails when the exposure score (x10) exceeds `max_exposure`.
+fn verify(h: &Home, unit_text: &str, user: bool, max_exposure: u32) {
     let dir = h.root.join(format!("verify-{user}"));
     std::fs::create_dir_all(&dir).unwrap();
     let path = dir.join("driftless-gateway.service");
@@ -168,6 +170,24 @@ fn verify(h: &Home, unit_text: &str, user: bool) {
         out.status.success() && stderr.trim().is_empty(),
         "systemd-analyze verify (user={user}) rc={:?} stderr:\n{stderr}\nunit:\n{unit_text}",
         out.status.code()
+    );
+    let mut c = h.cmd("systemd-analyze");
+    if user {
+        c.arg("--user");
+    }
+    let out = c
+        .args(["security", "--offline=true"])
+        .arg(format!("--threshold={max_exposure}"))
+        .arg(&path)
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "exposure above {max_exposure}/10:\n{}",
+        String::from_utf8_lossy(&out.stdout)
+            .lines()
+            .last()
+            .unwrap_or("")
     );
 }
 
@@ -195,7 +215,7 @@ fn generated_units_pass_systemd_analyze_verify() {
         .collect();
     assert_eq!(envs, ["Environment=DRIFTLESS_SERVICE_KIND=gateway"]);
     assert!(!user.contains(token.trim()));
-    verify(&h, &user, true);
+    verify(&h, &user, true, 80);
 
     let cred = h
         .ok(&["daemon", "install", "--dry-run", "--load-credential"])
@@ -204,7 +224,7 @@ fn generated_units_pass_systemd_analyze_verify() {
         "LoadCredential=gateway-token:{}\n",
         h.token_file().display()
     )));
-    verify(&h, &cred, true);
+    verify(&h, &cred, true, 80);
 
     let system = h
         .ok(&[
@@ -217,7 +237,7 @@ fn generated_units_pass_systemd_analyze_verify() {
         ])
         .stdout;
     assert!(system.contains("User=driftless\n") && system.contains("WantedBy=multi-user.target"));
-    verify(&h, &system, false);
+    verify(&h, &system, false, 35);
 
     // Refused: running the system service as root.
     let r = h.run(&[
