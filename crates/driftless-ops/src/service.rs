@@ -57,6 +57,15 @@ pub enum ServiceError {
          Fix: run `driftless doctor --fix`, which moves it to its one source first and then rewrites the unit"
     )]
     ExistingEmbedsSecret { path: PathBuf, locations: String },
+    #[error(
+        "{path} is in place, but the service could not be started (is a service manager running for this \
+         user? log in, or `loginctl enable-linger $USER`; `--no-start` only writes the unit)"
+    )]
+    NotStarted {
+        path: PathBuf,
+        #[source]
+        source: Box<ServiceError>,
+    },
     #[error(transparent)]
     Write(#[from] atomic::WriteError),
     #[error(transparent)]
@@ -583,36 +592,57 @@ pub fn install(
         report.wrote = true;
     }
     if start {
-        manager.reload()?;
-        manager.enable_now(&path)?;
-        if report.wrote {
-            // A unit that changed under a running service only takes effect after a restart.
-            manager.try_restart()?;
+        let started = manager
+            .reload()
+            .and_then(|()| manager.enable_now(&path))
+            .and_then(|()| {
+                // A unit that changed under a running service only takes effect after a restart.
+                if report.wrote {
+                    manager.try_restart()
+                } else {
+                    Ok(())
+                }
+            });
+        if let Err(e) = started {
+            return Err(ServiceError::NotStarted {
+                path,
+                source: Box::new(e),
+            });
         }
         report.started = true;
     }
     Ok(report)
 }
 
-/// Stops the service and removes its definition. Returns the removed path, if there was one.
-pub fn uninstall(manager: &Manager, env: &Env) -> Result<Option<PathBuf>, ServiceError> {
+/// What `uninstall` did.
+#[derive(Debug, Clone, serde::Serialize)]
+pub struct UninstallReport {
+    pub removed: PathBuf,
+    /// False when no service manager answered (nothing could be stopped).
+    pub stopped: bool,
+}
+
+/// Stops the service and removes its definition. `None` when there was none.
+pub fn uninstall(manager: &Manager, env: &Env) -> Result<Option<UninstallReport>, ServiceError> {
     let path = manager.definition_path(env);
     if !path.exists() {
         return Ok(None);
     }
-    if manager.reachable() {
-        // Disabling a unit that is not loaded fails; the file is removed either way.
-        let _ = manager.disable_now();
-    }
+    let reachable = manager.reachable();
+    // Disabling a unit that is not loaded fails; the file is removed either way.
+    let stopped = reachable && manager.disable_now().is_ok();
     std::fs::remove_file(&path).map_err(|source| ServiceError::Io {
         action: "remove",
         path: path.clone(),
         source,
     })?;
-    if manager.reachable() {
+    if reachable {
         manager.reload()?;
     }
-    Ok(Some(path))
+    Ok(Some(UninstallReport {
+        removed: path,
+        stopped,
+    }))
 }
 
 #[cfg(test)]

@@ -112,7 +112,13 @@ pub fn run(ctx: &Ctx, cmd: Command) -> CmdResult {
         Command::Uninstall(s) => {
             let manager = Manager::for_platform(scope(ctx, &s));
             match service::uninstall(&manager, &ctx.env)? {
-                Some(p) => println!("Removed {} and stopped the service.", p.display()),
+                Some(r) if r.stopped => {
+                    println!("Stopped the service and removed {}.", r.removed.display())
+                }
+                Some(r) => println!(
+                    "Removed {}; no service manager answered, so nothing was stopped.",
+                    r.removed.display()
+                ),
                 None => println!(
                     "Nothing to do: no service definition at {}.",
                     manager.definition_path(&ctx.env).display()
