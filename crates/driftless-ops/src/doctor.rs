@@ -166,20 +166,17 @@ fn config_field_set(config: &Config, field: &str) -> bool {
     config.secret_inputs().iter().any(|(n, _)| n == field)
 }
 
-fn too_open(path: &Path) -> Option<u32> {
+/// The mode of `path` when it is ours and group or others can access it (shared with the
+/// OpenClaw audit).
+pub(crate) fn too_open(path: &Path) -> Option<u32> {
     let meta = std::fs::metadata(path).ok()?;
     let mode = meta.permissions().mode() & 0o777;
     let ours = meta.uid() == rustix::process::geteuid().as_raw();
     (ours && mode & 0o077 != 0).then_some(mode)
 }
 
-fn chmod_600(path: &Path) -> Result<(), DoctorError> {
-    std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o600)).map_err(|source| {
-        DoctorError::Chmod {
-            path: path.to_owned(),
-            source,
-        }
-    })
+pub(crate) fn chmod_600(path: &Path) -> std::io::Result<()> {
+    std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o600))
 }
 
 struct State {
@@ -523,7 +520,10 @@ impl Doctor {
         private.extend(self.secret_files(&state.loaded.config, state.loaded.base_dir()));
         for p in private {
             if too_open(&p).is_some() {
-                chmod_600(&p)?;
+                chmod_600(&p).map_err(|source| DoctorError::Chmod {
+                    path: p.clone(),
+                    source,
+                })?;
                 actions.push(Action {
                     did: format!("chmod 600 {}", p.display()),
                     path: Some(p),

@@ -8,14 +8,13 @@
 //! OpenClaw itself rewrites its files as plain JSON (comments are not kept), mode 0600, and takes
 //! `<file>.lock` (created exclusively) before touching an auth-profiles file; so do we.
 
-use std::os::unix::fs::{MetadataExt, PermissionsExt};
 use std::path::{Path, PathBuf};
 
 use driftless_core::{Env, SecretValue, atomic};
 use serde_json::{Map, Value, json};
 
 use crate::backup::{self, BackupError};
-use crate::doctor::{Action, Row};
+use crate::doctor::{Action, Row, chmod_600, too_open};
 use crate::scan::{self, Embedded, Live};
 
 /// OpenClaw's gateway token variable.
@@ -210,12 +209,6 @@ fn profile_entries(json: &Value) -> Vec<(String, &Map<String, Value>)> {
         .unwrap_or_default()
 }
 
-fn too_open(path: &Path) -> Option<u32> {
-    let meta = std::fs::metadata(path).ok()?;
-    let mode = meta.permissions().mode() & 0o777;
-    (meta.uid() == rustix::process::geteuid().as_raw() && mode & 0o077 != 0).then_some(mode)
-}
-
 enum DefKind {
     Systemd,
     Plist,
@@ -379,16 +372,6 @@ fn write_json(path: &Path, v: &Value) -> Result<(), OpenClawError> {
     Ok(())
 }
 
-fn chmod_600(path: &Path) -> Result<(), OpenClawError> {
-    std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o600)).map_err(|source| {
-        OpenClawError::Io {
-            action: "chmod",
-            path: path.to_owned(),
-            source,
-        }
-    })
-}
-
 /// Holds OpenClaw's `<file>.lock` while we edit `<file>`.
 struct Lock(PathBuf);
 
@@ -455,7 +438,11 @@ pub fn fix(env: &Env, actions: &mut Vec<Action>) -> Result<(), OpenClawError> {
     files.extend(inst.profiles.iter().map(|p| p.path.clone()));
     for f in files {
         if too_open(&f).is_some() {
-            chmod_600(&f)?;
+            chmod_600(&f).map_err(|source| OpenClawError::Io {
+                action: "chmod",
+                path: f.clone(),
+                source,
+            })?;
             actions.push(Action {
                 did: format!("chmod 600 {}", f.display()),
                 path: Some(f),
