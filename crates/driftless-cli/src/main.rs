@@ -29,7 +29,9 @@ const EXAMPLES: &str = "Examples:
   driftless gateway run              # start the gateway (creates config and token on first run)
   driftless init                     # write a config whose token is a file reference
   driftless secrets check --json     # resolve every secret reference, show fingerprints
-  driftless config show              # the effective config, references only";
+  driftless config show              # the effective config, references only
+  driftless daemon install           # run the gateway as a service (the unit holds no secret)
+  driftless doctor --fix             # find copies of secrets that can drift, and repair them";
 
 #[derive(Clone, Copy, ValueEnum)]
 enum LogFormat {

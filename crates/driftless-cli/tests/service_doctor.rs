@@ -897,7 +897,8 @@ fn unparsable_openclaw_config_is_reported_and_left_alone() {
     h.write(&path, broken, 0o644);
     let r = h.run(&["doctor", "--fix", "--openclaw"]);
     assert_eq!(r.code, 1, "{}", r.all());
-    assert!(r.stdout.contains("openclaw.json:"), "{}", r.all());
+    // JSON5 position of the object that never closes.
+    assert!(r.stdout.contains("openclaw.json:2:12:"), "{}", r.all());
     assert!(!r.all().contains("canary-oc-broken-1"));
     assert_eq!(read(&path), broken);
     assert_eq!(mode(&path), 0o644);
