@@ -931,3 +931,31 @@ fn a_failing_fix_keeps_earlier_changes_listed_and_loses_nothing() {
     assert_eq!(mode(&h.config()), 0o600);
     assert_eq!(read(&h.token_file()), "another-token\n");
 }
+
+#[test]
+fn openclaw_env_token_that_differs_from_its_config_is_reported() {
+    let mut h = Home::new();
+    h.ok(&["init"]);
+    let cfg_canary = "canary-oc-config-token-9";
+    let env_canary = "canary-oc-env-token-8";
+    let path = h.home().join(".openclaw/openclaw.json");
+    let config = format!("{{ gateway: {{ auth: {{ token: '{cfg_canary}' }} }} }}\n");
+    h.write(&path, &config, 0o600);
+    h.env("OPENCLAW_GATEWAY_TOKEN", env_canary);
+    let (code, v) = doctor_json(&h, &["--fix", "--openclaw"]);
+    assert_eq!(code, 1, "{v:#}");
+    let f = findings(&v, "openclaw-env-vs-config");
+    assert_eq!(f.len(), 1, "{v:#}");
+    assert!(
+        f[0]["fix"]
+            .as_str()
+            .unwrap()
+            .contains("unset OPENCLAW_GATEWAY_TOKEN")
+    );
+    let text = v.to_string();
+    assert!(!text.contains(cfg_canary) && !text.contains(env_canary));
+    assert_eq!(read(&path), config);
+    h.env("OPENCLAW_GATEWAY_TOKEN", cfg_canary);
+    let (code, v) = doctor_json(&h, &[]);
+    assert_eq!(code, 0, "{v:#}");
+}

@@ -301,6 +301,25 @@ pub fn audit(env: &Env, requested: bool) -> Vec<Row> {
             ));
         }
     }
+    if let (Some(env_tok), Some(cfg_tok)) = (
+        env.non_empty(GATEWAY_TOKEN_ENV),
+        inst.config
+            .as_ref()
+            .and_then(|c| str_at(c, &["gateway", "auth", "token"])),
+    ) && env_tok != cfg_tok
+    {
+        rows.push(Row::finding(
+            "openclaw-env-vs-config",
+            format!(
+                "{GATEWAY_TOKEN_ENV} ({}) differs from gateway.auth.token in {} ({}); OpenClaw's gateway uses the \
+                 config value, its CLI outside the service the env value",
+                SecretValue::new(env_tok.to_owned()).fingerprint(),
+                inst.paths.config.display(),
+                SecretValue::new(cfg_tok.to_owned()).fingerprint()
+            ),
+            format!("config wins: unset {GATEWAY_TOKEN_ENV} (and remove it from your shell profile)"),
+        ));
+    }
     for def in definitions(&inst, env) {
         if def.embedded.is_empty() {
             rows.push(Row::ok(
