@@ -959,3 +959,15 @@ fn openclaw_env_token_that_differs_from_its_config_is_reported() {
     let (code, v) = doctor_json(&h, &[]);
     assert_eq!(code, 0, "{v:#}");
 }
+
+#[test]
+fn unparsable_plist_is_reported_and_never_rewritten() {
+    let h = Home::new();
+    h.ok(&["init"]);
+    let broken = "<?xml version=\"1.0\"?><plist><dict><key>Label</key>";
+    h.write(&h.plist(), broken, 0o644);
+    let r = h.run(&["doctor", "--fix"]);
+    assert_eq!(r.code, 1, "{}", r.all());
+    assert!(r.stdout.contains("does not parse"), "{}", r.all());
+    assert_eq!(read(&h.plist()), broken);
+}

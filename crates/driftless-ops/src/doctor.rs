@@ -138,6 +138,8 @@ struct Definition {
     /// Only the platform's own manager is checked for drift (a plist on Linux is only scanned).
     platform: bool,
     embedded: Vec<Embedded>,
+    /// Why the definition could not be parsed; such a file is reported and never rewritten.
+    unreadable: Option<String>,
 }
 
 impl Definition {
@@ -261,16 +263,20 @@ impl Doctor {
                 continue;
             };
             let text = String::from_utf8_lossy(&current).into_owned();
-            let embedded = match manager {
-                Manager::Systemd(_) => scan::scan_systemd(&text, &self.env, &live),
-                Manager::Launchd => scan::scan_plist(&current, &live).unwrap_or_default(),
+            let (embedded, unreadable) = match manager {
+                Manager::Systemd(_) => (scan::scan_systemd(&text, &self.env, &live), None),
+                Manager::Launchd => match scan::scan_plist(&current, &live) {
+                    Ok(found) => (found, None),
+                    Err(e) => (Vec::new(), Some(e.to_string())),
+                },
             };
             for e in &embedded {
                 driftless_core::redact::register(&e.value);
             }
-            let spec = self
-                .spec(Some(&text))
-                .map_err(|e| (Row::finding("unit", e.to_string(), "fix the path"), false))?;
+            let spec = self.spec(Some(&text)).map_err(|e| {
+                let fix = "check the binary, config and state paths doctor was given";
+                (Row::finding("unit", e.to_string(), fix), false)
+            })?;
             definitions.push(Definition {
                 wanted: manager.render(&spec),
                 platform: manager == platform,
@@ -278,6 +284,7 @@ impl Doctor {
                 path,
                 current,
                 embedded,
+                unreadable,
             });
         }
         Ok(State {
@@ -376,6 +383,14 @@ impl Doctor {
             ));
         }
         for def in &state.definitions {
+            if let Some(why) = &def.unreadable {
+                rows.push(Row::finding(
+                    "unit-secret",
+                    format!("{} does not parse: {why}", def.path.display()),
+                    "fix or remove it by hand; doctor never rewrites a file it cannot read",
+                ));
+                continue;
+            }
             if def.embedded.is_empty() {
                 rows.push(Row::ok(
                     "unit-secret",
@@ -582,7 +597,7 @@ impl Doctor {
             return Ok(());
         };
         for def in &state.definitions {
-            if !def.blockers().is_empty() {
+            if def.unreadable.is_some() || !def.blockers().is_empty() {
                 continue;
             }
             if def.embedded.is_empty() && !def.drifted() {
