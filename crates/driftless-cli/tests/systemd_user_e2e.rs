@@ -1,6 +1,8 @@
-//! End to end under a real `systemd --user` manager (tests/support/sd-user-harness.sh: a private
-//! mount namespace and a dedicated cgroup, so the host is untouched). It needs root; without root
-//! the test says so and passes, unless `DRIFTLESS_REQUIRE_TOOLS` is set (CI), where it fails.
+//! End to end under a real `systemd --user` manager, started by the workplace's shared
+//! `tools/sd-user-harness.sh` (beside the checkout as `../shared/tools`, also in CI, or at
+//! `$DRIFTLESS_SD_USER_HARNESS`): a private mount namespace and a dedicated cgroup, so the host is
+//! untouched. It needs root and the script; without them the test says so and passes, unless
+//! `DRIFTLESS_REQUIRE_TOOLS=1` (CI), where it fails.
 //!
 //! 1. `driftless daemon install` starts the gateway; `driftless token rotate` writes a new token to
 //!    its file; the running service accepts it with no unit rewrite and no restart (same PID).
@@ -24,15 +26,14 @@ struct Harness {
 
 impl Harness {
     /// Starts the manager; `journald` also starts a private journald so service output is kept.
-    fn start(journald: bool) -> Harness {
+    fn start(script: &Path, journald: bool) -> Harness {
         // Not under /tmp: the unit's PrivateTmp= would hide it from the service, and real configs
         // live under HOME anyway.
         let dir = tempfile::tempdir_in(env!("CARGO_TARGET_TMPDIR")).unwrap();
         let root = dir.path().to_owned();
-        let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/support/sd-user-harness.sh");
         let child = Command::new("unshare")
             .args(["-m", "--propagation", "private"])
-            .arg(&script)
+            .arg(script)
             .env("SDU_ROOT", &root)
             .env("WITH_JOURNALD", if journald { "1" } else { "" })
             .stdout(Stdio::null())
@@ -210,19 +211,30 @@ fn remove_cgroup(dir: &Path) {
     let _ = std::fs::remove_dir(dir);
 }
 
-/// Root is needed for the private mount namespace. CI runs as root with DRIFTLESS_REQUIRE_TOOLS
-/// set, so there this can never silently skip.
-fn can_run() -> bool {
-    if is_root() {
-        return true;
-    }
-    let required = std::env::vars_os().any(|(k, _)| k == "DRIFTLESS_REQUIRE_TOOLS");
+/// The harness script, when this machine can run it (root, for the private mount namespace).
+/// With `DRIFTLESS_REQUIRE_TOOLS=1` (CI) a missing piece fails the test instead of skipping it.
+fn harness_script() -> Option<PathBuf> {
+    // The edge of this test binary: the environment is read once, here.
+    let env = driftless_core::Env::from_process();
+    let script = env
+        .non_empty("DRIFTLESS_SD_USER_HARNESS")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| {
+            Path::new(env!("CARGO_MANIFEST_DIR")).join("../../../shared/tools/sd-user-harness.sh")
+        });
+    let missing = if !is_root() {
+        "root (a private mount namespace)"
+    } else if !script.is_file() {
+        "sd-user-harness.sh (../shared/tools beside the checkout, or $DRIFTLESS_SD_USER_HARNESS)"
+    } else {
+        return Some(script);
+    };
     assert!(
-        !required,
-        "DRIFTLESS_REQUIRE_TOOLS is set but this test needs root"
+        env.get("DRIFTLESS_REQUIRE_TOOLS") != Some("1"),
+        "DRIFTLESS_REQUIRE_TOOLS=1 but this test needs {missing}"
     );
-    eprintln!("SKIPPED: the systemd --user end-to-end test needs root (a private mount namespace)");
-    false
+    eprintln!("SKIPPED: the systemd --user end-to-end test needs {missing}");
+    None
 }
 
 fn is_root() -> bool {
@@ -236,10 +248,10 @@ fn is_root() -> bool {
 
 #[test]
 fn installed_service_accepts_a_rotated_token_without_restart_or_unit_rewrite() {
-    if !can_run() {
+    let Some(script) = harness_script() else {
         return;
-    }
-    let h = Harness::start(false);
+    };
+    let h = Harness::start(&script, false);
     h.init();
     let (code, out) = h.driftless(&["daemon", "install"]);
     assert_eq!(code, 0, "{out}");
@@ -285,10 +297,10 @@ fn installed_service_accepts_a_rotated_token_without_restart_or_unit_rewrite() {
 
 #[test]
 fn d1_doctor_fix_persists_the_embedded_token_and_restarts_the_service_healthy() {
-    if !can_run() {
+    let Some(script) = harness_script() else {
         return;
-    }
-    let h = Harness::start(true);
+    };
+    let h = Harness::start(&script, true);
     let canary = "canary-d1-e2e-5f5f5f5f5f5f";
     std::fs::create_dir_all(h.config().parent().unwrap()).unwrap();
     std::fs::write(h.config(), format!("[gateway]\nport = {}\n", h.port)).unwrap();
