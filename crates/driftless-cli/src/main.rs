@@ -66,6 +66,9 @@ enum Command {
 pub struct Ctx {
     pub env: Env,
     pub config_path: PathBuf,
+    /// The config path was named with `--config` (a service unit does this), so a missing file is
+    /// an error rather than a first run.
+    pub config_explicit: bool,
     pub state_dir: PathBuf,
 }
 
@@ -78,6 +81,7 @@ fn main() -> ExitCode {
             .config
             .clone()
             .unwrap_or_else(|| paths::config_file(&env)),
+        config_explicit: cli.config.is_some(),
         state_dir: paths::state_dir(&env),
         env,
     };

@@ -253,7 +253,9 @@ fn serve(
     token: Option<String>,
     password: Option<String>,
 ) -> CmdResult {
-    if !ctx.config_path.exists() {
+    // First run: create config and token. Not when --config names the file: a service whose config
+    // is hidden from it must fail loudly, not start with a fresh token nobody else knows.
+    if !ctx.config_path.exists() && !ctx.config_explicit {
         let report = driftless_ops::init::init(&ctx.config_path, &ctx.state_dir, &ctx.env, false)?;
         println!("created config {}", report.config_path.display());
     }
