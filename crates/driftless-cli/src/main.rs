@@ -49,6 +49,12 @@ enum Command {
     /// Check and manage secret references
     #[command(subcommand)]
     Secrets(cmd::secrets::Command),
+    /// Explain which credential the gateway and this client use, and why
+    #[command(subcommand)]
+    Credentials(cmd::credentials::Command),
+    /// Pair, list, rotate and revoke devices on a gateway
+    #[command(subcommand)]
+    Devices(cmd::devices::Command),
     /// Run the gateway, or talk to a running one
     #[command(subcommand)]
     Gateway(cmd::gateway::Command),
@@ -89,6 +95,8 @@ fn main() -> ExitCode {
         Command::Init(a) => cmd::init::run(&ctx, a),
         Command::Config(c) => cmd::config::run(&ctx, c),
         Command::Secrets(c) => cmd::secrets::run(&ctx, c),
+        Command::Credentials(c) => cmd::credentials::run(&ctx, c),
+        Command::Devices(c) => cmd::devices::run(&ctx, c),
         Command::Gateway(c) => cmd::gateway::run(&ctx, c),
         Command::Token(c) => cmd::token::run(&ctx, c),
         Command::Daemon(c) => cmd::daemon::run(&ctx, c),

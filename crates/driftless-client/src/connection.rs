@@ -4,6 +4,10 @@
 use std::time::Duration;
 
 use driftless_core::SecretValue;
+use driftless_protocol::device_auth::SignedFields;
+
+use crate::heal::Issued;
+use crate::identity::DeviceIdentity;
 use driftless_protocol::{self as proto, ConnectAuth, ErrorShape, Frame};
 use futures_util::{SinkExt, StreamExt};
 use serde_json::{Value, json};
@@ -12,12 +16,26 @@ use tokio_tungstenite::tungstenite::Message;
 use tokio_tungstenite::tungstenite::protocol::CloseFrame;
 use tokio_tungstenite::{MaybeTlsStream, WebSocketStream};
 
-/// The shared secret to present.
+/// The credential to present (chosen by [`crate::credentials::Candidates`]).
 #[derive(Debug, Clone)]
 pub enum Credential {
+    /// A shared gateway token: `auth.token`.
     Token(SecretValue),
+    /// A shared gateway password: `auth.password`.
     Password(SecretValue),
+    /// A device token issued to this device: `auth.deviceToken`.
+    DeviceToken(SecretValue),
     None,
+}
+
+impl Credential {
+    /// The token the device signature covers (`auth.token ?? auth.deviceToken`).
+    pub fn signature_token(&self) -> Option<&str> {
+        match self {
+            Credential::Token(v) | Credential::DeviceToken(v) => Some(v.expose()),
+            Credential::Password(_) | Credential::None => None,
+        }
+    }
 }
 
 /// How to connect.
@@ -32,6 +50,10 @@ pub struct ConnectOptions {
     pub max_protocol: u32,
     /// Bound on every wait (TCP connect, challenge, hello-ok, each response).
     pub timeout: Duration,
+    /// Sign the `connect` with this device identity.
+    pub device: Option<std::sync::Arc<DeviceIdentity>>,
+    /// Local address to connect from (tests use a second loopback address as "another host").
+    pub bind_addr: Option<std::net::IpAddr>,
 }
 
 impl ConnectOptions {
@@ -44,6 +66,8 @@ impl ConnectOptions {
             min_protocol: proto::MIN_PROTOCOL,
             max_protocol: proto::MAX_PROTOCOL,
             timeout: Duration::from_secs(10),
+            device: None,
+            bind_addr: None,
         }
     }
 }
@@ -70,6 +94,20 @@ pub enum ClientError {
 }
 
 impl ClientError {
+    /// The gateway refused a device token (`AUTH_DEVICE_TOKEN_MISMATCH`), the trigger for
+    /// self-healing.
+    pub fn is_device_token_mismatch(&self) -> bool {
+        match self {
+            ClientError::Rejected { error, .. } => {
+                error.detail_code() == Some("AUTH_DEVICE_TOKEN_MISMATCH")
+            }
+            ClientError::Closed { code, reason } => {
+                *code == 1008 && reason.contains("device token mismatch")
+            }
+            _ => false,
+        }
+    }
+
     /// An authentication refusal (wrong/missing credential, rate limited, device required).
     pub fn is_auth(&self) -> bool {
         match self {
@@ -134,26 +172,74 @@ async fn close_code(ws: &mut Ws) -> Option<u16> {
     }
 }
 
+/// The role this client connects as.
+pub const ROLE: &str = "operator";
+
+/// Opens the WebSocket, from `opts.bind_addr` when set.
+async fn open(
+    opts: &ConnectOptions,
+) -> Result<
+    (
+        Ws,
+        tokio_tungstenite::tungstenite::handshake::client::Response,
+    ),
+    String,
+> {
+    let Some(local) = opts.bind_addr else {
+        return tokio_tungstenite::connect_async(&opts.url)
+            .await
+            .map_err(|e| e.to_string());
+    };
+    let uri: tokio_tungstenite::tungstenite::http::Uri =
+        opts.url.parse().map_err(|e| format!("{e}"))?;
+    let host = uri.host().unwrap_or("127.0.0.1").trim_matches(['[', ']']);
+    let port = uri.port_u16().unwrap_or(80);
+    let remote = tokio::net::lookup_host((host, port))
+        .await
+        .map_err(|e| e.to_string())?
+        .next()
+        .ok_or("the gateway host has no address")?;
+    let socket = if remote.is_ipv4() {
+        tokio::net::TcpSocket::new_v4()
+    } else {
+        tokio::net::TcpSocket::new_v6()
+    }
+    .map_err(|e| e.to_string())?;
+    socket
+        .bind(std::net::SocketAddr::new(local, 0))
+        .map_err(|e| format!("cannot bind {local}: {e}"))?;
+    let stream = socket.connect(remote).await.map_err(|e| e.to_string())?;
+    tokio_tungstenite::client_async(&opts.url, MaybeTlsStream::Plain(stream))
+        .await
+        .map_err(|e| e.to_string())
+}
+
 /// Connects and completes the handshake.
 pub async fn connect(opts: &ConnectOptions) -> Result<Connection, ClientError> {
     let unreachable = |message: String| ClientError::Unreachable {
         url: opts.url.clone(),
         message,
     };
-    let (mut ws, _) =
-        tokio::time::timeout(opts.timeout, tokio_tungstenite::connect_async(&opts.url))
-            .await
-            .map_err(|_| unreachable(format!("no answer within {:?}", opts.timeout)))?
-            .map_err(|e| unreachable(e.to_string()))?;
+    let (mut ws, _) = tokio::time::timeout(opts.timeout, open(opts))
+        .await
+        .map_err(|_| unreachable(format!("no answer within {:?}", opts.timeout)))?
+        .map_err(unreachable)?;
     let challenge = next_frame(&mut ws, opts.timeout).await?;
-    match &challenge {
-        Frame::Event(e) if e.event == "connect.challenge" => {}
+    let nonce = match &challenge {
+        Frame::Event(e) if e.event == "connect.challenge" => e
+            .payload
+            .as_ref()
+            .and_then(|p| p.get("nonce"))
+            .and_then(Value::as_str)
+            .filter(|n| !n.trim().is_empty())
+            .map(str::to_owned)
+            .ok_or_else(|| ClientError::Protocol("connect challenge missing nonce".into()))?,
         other => {
             return Err(ClientError::Protocol(format!(
                 "expected connect.challenge, got {other:?}"
             )));
         }
-    }
+    };
     let auth = match &opts.credential {
         Credential::Token(t) => Some(ConnectAuth {
             token: Some(t.expose().to_owned()),
@@ -163,17 +249,36 @@ pub async fn connect(opts: &ConnectOptions) -> Result<Connection, ClientError> {
             password: Some(p.expose().to_owned()),
             ..Default::default()
         }),
+        Credential::DeviceToken(t) => Some(ConnectAuth {
+            device_token: Some(t.expose().to_owned()),
+            ..Default::default()
+        }),
         Credential::None => None,
     };
-    let params = json!({
+    let platform = std::env::consts::OS;
+    let mut params = json!({
         "minProtocol": opts.min_protocol,
         "maxProtocol": opts.max_protocol,
-        "client": {"id": "cli", "version": env!("CARGO_PKG_VERSION"), "platform": std::env::consts::OS, "mode": opts.mode},
+        "client": {"id": "cli", "version": env!("CARGO_PKG_VERSION"), "platform": platform, "mode": opts.mode},
         "caps": [],
         "auth": auth,
-        "role": "operator",
+        "role": ROLE,
         "scopes": opts.scopes,
     });
+    if let Some(identity) = &opts.device {
+        let proof = identity.prove_now(&SignedFields {
+            client_id: "cli",
+            client_mode: &opts.mode,
+            role: ROLE,
+            scopes: &opts.scopes,
+            signed_at_ms: 0,
+            token: opts.credential.signature_token(),
+            nonce: &nonce,
+            platform: Some(platform),
+            device_family: None,
+        });
+        params["device"] = serde_json::to_value(proof).expect("a proof serializes");
+    }
     let id = format!("1:{}", uuid::Uuid::new_v4());
     let req = Frame::Req(proto::RequestFrame {
         id: id.clone(),
@@ -209,6 +314,26 @@ impl Connection {
     /// The hello-ok payload.
     pub fn hello(&self) -> &Value {
         &self.hello
+    }
+
+    /// The device token the gateway issued in `hello-ok.auth`, if any (it is shown only once).
+    pub fn issued(&self) -> Option<Issued> {
+        let auth = self.hello.get("auth")?;
+        let token = auth.get("deviceToken")?.as_str()?.to_owned();
+        let token = SecretValue::new(token);
+        driftless_core::redact::register(&token);
+        Some(Issued {
+            token,
+            role: auth
+                .get("role")
+                .and_then(Value::as_str)
+                .unwrap_or(ROLE)
+                .to_owned(),
+            scopes: auth
+                .get("scopes")
+                .and_then(|s| serde_json::from_value(s.clone()).ok())
+                .unwrap_or_default(),
+        })
     }
 
     /// Sends one request and waits for its response, skipping events.

@@ -1,3 +1,7 @@
 //! driftless-client: talking to a gateway over its WebSocket protocol.
 
 pub mod connection;
+pub mod credentials;
+pub mod heal;
+pub mod identity;
+pub mod store;

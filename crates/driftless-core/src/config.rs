@@ -32,6 +32,17 @@ pub struct GatewayConfig {
     pub port: u16,
     pub auth: AuthConfig,
     pub remote: RemoteConfig,
+    pub devices: DevicesConfig,
+}
+
+/// Device pairing.
+#[derive(Debug, Clone, Default, Deserialize, Serialize, JsonSchema)]
+#[serde(deny_unknown_fields, default)]
+pub struct DevicesConfig {
+    /// Client addresses treated as this machine, whose devices pair silently when they present the
+    /// shared secret. Empty (the default) means every loopback address.
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub local_addresses: Vec<std::net::IpAddr>,
 }
 
 impl Default for GatewayConfig {
@@ -41,6 +52,7 @@ impl Default for GatewayConfig {
             port: DEFAULT_PORT,
             auth: AuthConfig::default(),
             remote: RemoteConfig::default(),
+            devices: DevicesConfig::default(),
         }
     }
 }

@@ -87,6 +87,135 @@ pub fn with_effective_server_secret(
     out
 }
 
+/// Whether the gateway a client talks to is this machine's own (its config is the gateway's) or
+/// another one (reached through `gateway.remote`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum Locality {
+    Local,
+    Remote,
+}
+
+/// A source of the credential a client presents to a gateway (client table).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, serde::Serialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum ClientSource {
+    /// `--token` on the command line.
+    ExplicitToken,
+    /// `--password` on the command line.
+    ExplicitPassword,
+    /// The device token stored for this gateway URL and role by an earlier pairing.
+    StoredDeviceToken,
+    /// The local gateway's own shared secret, resolved by the server table above.
+    LocalGateway,
+    /// `gateway.remote.token`.
+    RemoteToken,
+    /// `gateway.remote.password`.
+    RemotePassword,
+    /// `DRIFTLESS_GATEWAY_TOKEN`.
+    EnvToken,
+}
+
+impl ClientSource {
+    /// Explicit sources always win and are never replaced or deleted.
+    pub fn is_explicit(self) -> bool {
+        matches!(
+            self,
+            ClientSource::ExplicitToken | ClientSource::ExplicitPassword
+        )
+    }
+
+    /// Passive shared credentials: picked up from config or environment, never typed by the user.
+    pub fn is_passive_shared(self) -> bool {
+        !self.is_explicit() && self != ClientSource::StoredDeviceToken
+    }
+
+    /// A short human description.
+    pub fn describe(self) -> &'static str {
+        match self {
+            ClientSource::ExplicitToken => "--token flag",
+            ClientSource::ExplicitPassword => "--password flag",
+            ClientSource::StoredDeviceToken => "stored device token",
+            ClientSource::LocalGateway => "local gateway's own secret",
+            ClientSource::RemoteToken => "gateway.remote.token",
+            ClientSource::RemotePassword => "gateway.remote.password",
+            ClientSource::EnvToken => GATEWAY_TOKEN_ENV,
+        }
+    }
+}
+
+/// The client table for `locality`, highest precedence first: explicit flag, then the stored
+/// device token, then the passive shared credential (local: the gateway's own secret; remote: `gateway.remote.*`; then
+/// `DRIFTLESS_GATEWAY_TOKEN`).
+pub fn client_sources(locality: Locality) -> &'static [ClientSource] {
+    use ClientSource::*;
+    match locality {
+        Locality::Local => &[
+            ExplicitToken,
+            ExplicitPassword,
+            StoredDeviceToken,
+            LocalGateway,
+            EnvToken,
+        ],
+        Locality::Remote => &[
+            ExplicitToken,
+            ExplicitPassword,
+            StoredDeviceToken,
+            RemoteToken,
+            RemotePassword,
+            EnvToken,
+        ],
+    }
+}
+
+/// The first present source in the client table.
+pub fn client_winner(
+    locality: Locality,
+    present: impl Fn(ClientSource) -> bool,
+) -> Option<ClientSource> {
+    client_sources(locality)
+        .iter()
+        .copied()
+        .find(|s| present(*s))
+}
+
+/// The passive shared credential a client falls back to when no explicit or stored one exists, or
+/// when a stored device token turned out stale.
+pub fn client_passive_winner(
+    locality: Locality,
+    present: impl Fn(ClientSource) -> bool,
+) -> Option<ClientSource> {
+    client_sources(locality)
+        .iter()
+        .copied()
+        .filter(|s| s.is_passive_shared())
+        .find(|s| present(*s))
+}
+
+/// The config input behind a passive source, and whether it is a password (else a token).
+/// `LocalGateway` follows the server table, so client and gateway agree by construction.
+pub fn client_passive_input(
+    source: ClientSource,
+    config: &Config,
+    env: &Env,
+) -> Option<(SecretInput, bool)> {
+    match source {
+        ClientSource::LocalGateway => server_secret(config, env, None)
+            .map(|(input, _)| (input, config.gateway.auth.mode == AuthMode::Password)),
+        ClientSource::RemoteToken => config.gateway.remote.token.clone().map(|i| (i, false)),
+        ClientSource::RemotePassword => config.gateway.remote.password.clone().map(|i| (i, true)),
+        ClientSource::EnvToken => env.non_empty(GATEWAY_TOKEN_ENV).map(|_| {
+            (
+                SecretInput::Ref(SecretRef::Env {
+                    id: GATEWAY_TOKEN_ENV.to_owned(),
+                }),
+                false,
+            )
+        }),
+        _ => None,
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -132,5 +261,96 @@ mod tests {
             eff.gateway.auth.token.unwrap().describe(),
             "env:DRIFTLESS_GATEWAY_TOKEN"
         );
+    }
+
+    #[test]
+    fn client_table_orders_explicit_stored_passive() {
+        use ClientSource::*;
+        // (locality, present sources) -> winner
+        let cases: &[(Locality, &[ClientSource], Option<ClientSource>)] = &[
+            (Locality::Local, &[], None),
+            (Locality::Local, &[EnvToken], Some(EnvToken)),
+            (
+                Locality::Local,
+                &[LocalGateway, EnvToken],
+                Some(LocalGateway),
+            ),
+            (
+                Locality::Local,
+                &[StoredDeviceToken, LocalGateway, EnvToken],
+                Some(StoredDeviceToken),
+            ),
+            (
+                Locality::Local,
+                &[ExplicitToken, StoredDeviceToken, LocalGateway],
+                Some(ExplicitToken),
+            ),
+            (
+                Locality::Local,
+                &[ExplicitPassword, StoredDeviceToken],
+                Some(ExplicitPassword),
+            ),
+            (
+                Locality::Local,
+                &[ExplicitToken, ExplicitPassword],
+                Some(ExplicitToken),
+            ),
+            // Remote sources mean nothing for the local gateway, and the reverse.
+            (Locality::Local, &[RemoteToken], None),
+            (Locality::Remote, &[LocalGateway], None),
+            (
+                Locality::Remote,
+                &[RemoteToken, EnvToken],
+                Some(RemoteToken),
+            ),
+            (
+                Locality::Remote,
+                &[RemotePassword, EnvToken],
+                Some(RemotePassword),
+            ),
+            (Locality::Remote, &[EnvToken], Some(EnvToken)),
+            (
+                Locality::Remote,
+                &[StoredDeviceToken, RemoteToken],
+                Some(StoredDeviceToken),
+            ),
+            (
+                Locality::Remote,
+                &[ExplicitToken, StoredDeviceToken],
+                Some(ExplicitToken),
+            ),
+        ];
+        for (i, (loc, present, want)) in cases.iter().enumerate() {
+            assert_eq!(
+                client_winner(*loc, |s| present.contains(&s)),
+                *want,
+                "case {i}"
+            );
+        }
+        let all = |_| true;
+        assert_eq!(
+            client_passive_winner(Locality::Local, all),
+            Some(LocalGateway)
+        );
+        assert_eq!(
+            client_passive_winner(Locality::Remote, all),
+            Some(RemoteToken)
+        );
+    }
+
+    #[test]
+    fn passive_inputs_follow_server_table() {
+        let env = Env::from_pairs([(GATEWAY_TOKEN_ENV, "e")]);
+        let c = cfg(
+            "[gateway.auth]\ntoken = { source = \"file\", path = \"/t\" }\n[gateway.remote]\npassword = \"p\"\n",
+        );
+        let (i, pw) = client_passive_input(ClientSource::LocalGateway, &c, &env).unwrap();
+        assert_eq!((i.describe().as_str(), pw), ("file:/t", false));
+        let (_, pw) = client_passive_input(ClientSource::RemotePassword, &c, &env).unwrap();
+        assert!(pw);
+        assert!(client_passive_input(ClientSource::RemoteToken, &c, &env).is_none());
+        let (i, _) = client_passive_input(ClientSource::LocalGateway, &cfg(""), &env).unwrap();
+        assert_eq!(i.describe(), "env:DRIFTLESS_GATEWAY_TOKEN");
+        assert!(client_passive_input(ClientSource::EnvToken, &c, &Env::default()).is_none());
     }
 }

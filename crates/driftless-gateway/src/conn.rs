@@ -11,8 +11,10 @@ use driftless_protocol::{
 };
 
 use crate::State;
+use crate::devices;
 use crate::metrics::{HandshakeLabels, OutcomeLabels};
 use crate::secrets::{Check, now_ms};
+use driftless_protocol::device_auth;
 
 /// An authenticated session.
 pub(crate) struct Session {
@@ -24,6 +26,12 @@ pub(crate) struct Session {
     pub secret_generation: Option<u64>,
     /// The `connect` request's id, which hello-ok answers.
     pub connect_id: String,
+    /// The paired device on this connection, if it sent a verified identity.
+    pub device_id: Option<String>,
+    /// Authenticated with that device's token (not the shared secret).
+    pub device_token_auth: bool,
+    /// A device token minted for this connection, returned once in hello-ok.
+    pub issued: Option<crate::devices::IssuedToken>,
 }
 
 /// A handshake that ends the connection: an optional error response, then a close frame.
@@ -190,7 +198,7 @@ async fn handshake(
         if text.len() > proto::MAX_PREAUTH_PAYLOAD_BYTES {
             return Err(too_large());
         }
-        return connect(&text, peer, state, conn_id);
+        return connect(&text, peer, state, conn_id, &nonce);
     }
 }
 
@@ -218,6 +226,7 @@ fn connect(
     peer: SocketAddr,
     state: &Arc<State>,
     conn_id: &str,
+    nonce: &str,
 ) -> Result<Session, Reject> {
     // Not JSON at all: OpenClaw closes 1000 without a frame.
     let value: serde_json::Value = serde_json::from_str(text).map_err(|_| Reject {
@@ -263,7 +272,7 @@ fn connect(
             ErrorShape::protocol_mismatch(params.min_protocol, params.max_protocol),
         ));
     };
-    let secret_generation = authenticate(&params, peer, state).map_err(|f| {
+    let unauthorized = |f: AuthFailure| {
         let outcome = match f {
             AuthFailure::RateLimited { .. } => "rate_limited",
             _ => "unauthorized",
@@ -286,13 +295,88 @@ fn connect(
                 f.error(params.device.is_some()),
             ),
         }
-    })?;
+    };
+    // Step 5: the shared secret. A failure with nothing else to try is final here, so wrong
+    // credentials are reported as such whatever the device block holds.
+    let shared = authenticate(&params, peer, state);
+    let auth = params.auth.clone().unwrap_or_default();
+    let explicit = auth.device_token.clone().filter(|t| !t.is_empty());
+    let candidate = explicit.clone().or(auth.token.filter(|t| !t.is_empty()));
+    if let Err(f) = shared
+        && (params.device.is_none() || candidate.is_none())
+    {
+        return Err(unauthorized(f));
+    }
+    // Step 7: the device proof, in the documented order.
+    let device = match &params.device {
+        None => None,
+        Some(v) => Some(verify_device(v, &params, nonce, &req.id)?),
+    };
+    // Step 8: failing the shared secret, this device's own token.
+    let (secret_generation, device_token_auth) = match shared {
+        Ok(g) => (g, false),
+        Err(f) => {
+            let (Some(dev), Some(candidate)) = (&device, candidate) else {
+                return Err(unauthorized(f));
+            };
+            if let Err(retry_after_ms) = state.limiter.attempt(peer.ip()) {
+                state.metrics.limiter_rejections.inc();
+                return Err(unauthorized(AuthFailure::RateLimited { retry_after_ms }));
+            }
+            let cd = connecting(dev, &params, peer);
+            match devices::verify_device_token(&*state.devices, &cd, &candidate, now_ms()) {
+                Ok(devices::TokenCheck::Ok) => {
+                    state.limiter.success(peer.ip());
+                    (None, true)
+                }
+                // Reported as a device-token mismatch only when the client said it was one.
+                Ok(devices::TokenCheck::Rejected(_)) if explicit.is_some() => {
+                    return Err(Reject::with_error(
+                        "unauthorized",
+                        &req.id,
+                        close::POLICY,
+                        device_token_mismatch(),
+                    ));
+                }
+                Ok(devices::TokenCheck::Rejected(_)) => return Err(unauthorized(f)),
+                Err(e) => return Err(store_failure(&req.id, &e)),
+            }
+        }
+    };
     // Device-less shared-secret clients keep the scopes they ask for; probes get none.
-    let scopes = if params.client.mode == "probe" {
+    let scopes = if params.client.mode == "probe" && device.is_none() {
         Vec::new()
     } else {
         params.scopes.clone()
     };
+    // Steps 10-11: pairing and token issuance.
+    let mut issued = None;
+    if let Some(dev) = &device {
+        let cd = connecting(dev, &params, peer);
+        let local = devices::is_local(peer.ip(), &state.local_addresses);
+        match devices::on_connect(
+            &*state.devices,
+            &cd,
+            !device_token_auth,
+            device_token_auth,
+            local,
+            now_ms(),
+        ) {
+            Ok(devices::PairingOutcome::Paired { issued: i }) => issued = i,
+            Ok(devices::PairingOutcome::Required { request_id, reason }) => {
+                tracing::info!(%peer, device_id = %dev.device_id, request_id, reason, "pairing required");
+                return Err(Reject::with_error(
+                    "pairing_required",
+                    &req.id,
+                    close::POLICY,
+                    ErrorShape::new(codes::NOT_PAIRED, "pairing required").with_details(
+                        serde_json::json!({"code": "PAIRING_REQUIRED", "requestId": request_id, "reason": reason}),
+                    ),
+                ));
+            }
+            Err(e) => return Err(store_failure(&req.id, &e)),
+        }
+    }
     let session = Session {
         conn_id: conn_id.to_owned(),
         role: params.role.clone(),
@@ -300,8 +384,100 @@ fn connect(
         protocol,
         secret_generation,
         connect_id: req.id,
+        device_id: device.map(|d| d.device_id),
+        device_token_auth,
+        issued,
     };
     Ok(session)
+}
+
+/// Parses and verifies the `device` block (step 7), in the documented order.
+fn verify_device(
+    raw: &serde_json::Value,
+    params: &ConnectParams,
+    nonce: &str,
+    id: &str,
+) -> Result<device_auth::VerifiedDevice, Reject> {
+    let proof: device_auth::DeviceProof = serde_json::from_value(raw.clone()).map_err(|e| {
+        invalid(
+            id,
+            format!(
+                "invalid connect params: device: {}",
+                without_quoted(&e.to_string())
+            ),
+        )
+    })?;
+    let fields = device_auth::SignedFields {
+        client_id: &params.client.id,
+        client_mode: &params.client.mode,
+        role: &params.role,
+        scopes: &params.scopes,
+        signed_at_ms: proof.signed_at,
+        token: params.auth.as_ref().and_then(|a| {
+            device_auth::signature_token(
+                a.token.as_deref(),
+                a.device_token.as_deref(),
+                a.bootstrap_token.as_deref(),
+            )
+        }),
+        nonce: &proof.nonce,
+        platform: Some(params.client.platform.as_str()),
+        device_family: params.client.device_family.as_deref(),
+    };
+    device_auth::verify(&proof, &fields, nonce, now_ms()).map_err(|e| {
+        Reject::with_error(
+            "device_auth",
+            id,
+            close::POLICY,
+            ErrorShape::new(codes::INVALID_REQUEST, e.message()).with_details(e.details()),
+        )
+    })
+}
+
+fn connecting<'a>(
+    dev: &'a device_auth::VerifiedDevice,
+    params: &'a ConnectParams,
+    peer: SocketAddr,
+) -> devices::ConnectingDevice<'a> {
+    devices::ConnectingDevice {
+        device_id: &dev.device_id,
+        public_key: &dev.public_key,
+        client_id: &params.client.id,
+        client_mode: &params.client.mode,
+        display_name: params.client.display_name.as_deref(),
+        platform: Some(params.client.platform.as_str()),
+        device_family: params.client.device_family.as_deref(),
+        role: &params.role,
+        scopes: &params.scopes,
+        remote_ip: peer.ip(),
+    }
+}
+
+/// `unauthorized: device token mismatch` (the client should re-pair or fall back to the shared secret).
+fn device_token_mismatch() -> ErrorShape {
+    ErrorShape::new(
+        codes::INVALID_REQUEST,
+        "unauthorized: device token mismatch (rotate/reissue device token)",
+    )
+    .with_details(serde_json::json!({
+        "code": "AUTH_DEVICE_TOKEN_MISMATCH",
+        "authReason": "device_token_mismatch",
+        "canRetryWithDeviceToken": false,
+        "recommendedNextStep": "update_auth_credentials",
+    }))
+}
+
+fn store_failure(id: &str, e: &devices::StoreError) -> Reject {
+    tracing::error!(error = %e, "device store failed during a handshake");
+    Reject::with_error(
+        "unavailable",
+        id,
+        close::POLICY,
+        ErrorShape::new(
+            codes::UNAVAILABLE,
+            "device store unavailable (see the gateway log)",
+        ),
+    )
 }
 
 /// serde quotes offending *values* in double quotes (`invalid type: string "…"`); a value may be a
@@ -383,6 +559,7 @@ async fn serve(ws: &mut WebSocket, state: &Arc<State>, session: &Session) -> (u1
     }
     let mut control = state.secrets.control.subscribe();
     let mut ticks = state.ticks.subscribe();
+    let mut device_events = state.device_events.subscribe();
     // A rotation may have ended this secret's grace between the check and now.
     if let Some(r) = control_close(&control.borrow_and_update(), session) {
         return r;
@@ -400,6 +577,14 @@ async fn serve(ws: &mut WebSocket, state: &Arc<State>, session: &Session) -> (u1
                 }
                 if let Some(r) = control_close(&c, session) {
                     return r;
+                }
+            }
+            ev = device_events.recv(), if session.device_id.is_some() => {
+                if let Ok(d) = ev
+                    && session.device_id.as_deref() == Some(d.device_id.as_str())
+                    && d.role.as_deref().is_none_or(|r| r == session.role)
+                {
+                    return (close::AUTH_CHANGED, d.reason.into());
                 }
             }
             tick = ticks.recv() => {

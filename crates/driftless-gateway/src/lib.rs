@@ -5,6 +5,7 @@
 //! through a `watch` (auth generation, shutdown: never lost) and a `broadcast` (ticks: droppable).
 
 mod conn;
+pub mod devices;
 pub mod limiter;
 mod methods;
 pub mod metrics;
@@ -58,6 +59,8 @@ pub enum GatewayError {
     },
     #[error("the gateway stopped serving: {0}")]
     Serve(std::io::Error),
+    #[error("cannot open the device store: {0}; check that the state directory is writable")]
+    Devices(#[from] devices::StoreError),
 }
 
 /// Shared by every connection.
@@ -74,6 +77,12 @@ pub(crate) struct State {
     pub bind: String,
     /// Sockets per address that have not completed `connect` yet.
     pub preauth: std::sync::Mutex<std::collections::HashMap<IpAddr, u32>>,
+    /// Paired devices, pending requests, token hashes, audit trail.
+    pub devices: Arc<dyn devices::DeviceStore>,
+    /// Device sessions to close (rotate/revoke/remove).
+    pub device_events: broadcast::Sender<devices::Disconnect>,
+    /// `gateway.devices.local_addresses`.
+    pub local_addresses: Vec<IpAddr>,
 }
 
 /// Unauthenticated sockets one address may hold (OpenClaw's default); more get HTTP 503.
@@ -171,6 +180,7 @@ impl Gateway {
         let tick_interval = millis(TICK_INTERVAL_ENV, proto::TICK_INTERVAL_MS);
         let metrics = Metrics::new();
         secrets.init_metrics(&metrics);
+        let device_store = devices::SqliteStore::open_in(&driftless_core::paths::state_dir(env))?;
         let state = Arc::new(State {
             limiter: Limiter::new(&cfg.gateway.auth.rate_limit),
             secrets,
@@ -183,6 +193,9 @@ impl Gateway {
             connections: AtomicU64::new(0),
             bind,
             preauth: Default::default(),
+            devices: Arc::new(device_store),
+            device_events: broadcast::Sender::new(16),
+            local_addresses: cfg.gateway.devices.local_addresses.clone(),
         });
         Ok(Gateway { listener, state })
     }

@@ -8,6 +8,7 @@ use serde_json::{Value, json};
 
 use crate::State;
 use crate::conn::Session;
+use crate::devices;
 use crate::secrets::now_ms;
 
 const VERSION: &str = env!("CARGO_PKG_VERSION");
@@ -18,6 +19,12 @@ const METHODS: &[(&str, Option<&str>)] = &[
     ("status", Some(scopes::READ)),
     ("system-presence", Some(scopes::READ)),
     ("secrets.reload", Some(scopes::ADMIN)),
+    ("device.pair.list", Some(devices::PAIRING_SCOPE)),
+    ("device.pair.approve", Some(devices::PAIRING_SCOPE)),
+    ("device.pair.reject", Some(devices::PAIRING_SCOPE)),
+    ("device.pair.remove", Some(devices::PAIRING_SCOPE)),
+    ("device.token.rotate", Some(devices::PAIRING_SCOPE)),
+    ("device.token.revoke", Some(devices::PAIRING_SCOPE)),
 ];
 
 const EVENTS: &[&str] = &["connect.challenge", "tick", "shutdown"];
@@ -92,6 +99,22 @@ fn status(state: &State) -> Value {
     })
 }
 
+/// `hello-ok.auth`: how the client authenticated, and a newly issued device token (shown once).
+fn hello_auth(state: &State, session: &Session) -> Value {
+    let method = if session.device_token_auth {
+        "device-token"
+    } else {
+        state.secrets.mode.as_str()
+    };
+    let mut auth = json!({"method": method, "role": session.role, "scopes": session.scopes});
+    if let Some(t) = &session.issued {
+        auth["deviceToken"] = json!(t.token.expose());
+        auth["scopes"] = json!(t.scopes);
+        auth["issuedAtMs"] = json!(t.issued_at_ms);
+    }
+    auth
+}
+
 pub(crate) fn hello_ok(state: &State, session: &Session) -> Value {
     json!({
         "type": "hello-ok",
@@ -107,11 +130,7 @@ pub(crate) fn hello_ok(state: &State, session: &Session) -> Value {
             "stateVersion": {"presence": 1, "health": 1},
             "uptimeMs": uptime_ms(state),
         },
-        "auth": {
-            "method": state.secrets.mode.as_str(),
-            "role": session.role,
-            "scopes": session.scopes,
-        },
+        "auth": hello_auth(state, session),
         "policy": {
             "maxPayload": proto::MAX_PAYLOAD_BYTES,
             "maxBufferedBytes": proto::MAX_BUFFERED_BYTES,
@@ -161,6 +180,52 @@ pub(crate) async fn dispatch(state: &Arc<State>, session: &Session, req: Request
                         codes::UNAVAILABLE,
                         format!("secrets.reload failed: {message}; the previous secrets stay live"),
                     ),
+                ),
+            }
+        }
+        m if devices::is_device_method(m) => {
+            let caller = devices::Caller {
+                scopes: session.scopes.clone(),
+                device_id: session
+                    .device_id
+                    .clone()
+                    .filter(|_| session.device_token_auth),
+                label: match &session.device_id {
+                    Some(d) if session.device_token_auth => {
+                        format!("device:{}", &d[..d.len().min(12)])
+                    }
+                    _ => format!(
+                        "{} auth (conn {})",
+                        state.secrets.mode.as_str(),
+                        session.conn_id
+                    ),
+                },
+            };
+            let params = req.params.clone().unwrap_or(Value::Null);
+            let store = state.devices.clone();
+            let method = m.to_owned();
+            let result = tokio::task::spawn_blocking(move || {
+                devices::handle_method(&*store, &method, &params, &caller, now_ms())
+            })
+            .await;
+            match result {
+                Ok(Ok((payload, disconnects))) => {
+                    for d in disconnects {
+                        // No receivers simply means the device has no open session.
+                        let _ = state.device_events.send(d);
+                    }
+                    Frame::ok(&req.id, payload)
+                }
+                Ok(Err(e)) => {
+                    let mut shape = ErrorShape::new(e.code, e.message);
+                    if let Some(code) = e.detail_code {
+                        shape = shape.with_details(json!({"code": code}));
+                    }
+                    Frame::err(&req.id, shape)
+                }
+                Err(_) => Frame::err(
+                    &req.id,
+                    ErrorShape::new(codes::UNAVAILABLE, "device store task failed"),
                 ),
             }
         }

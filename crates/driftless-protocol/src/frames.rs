@@ -247,6 +247,11 @@ pub struct ClientInfo {
     pub mode: String,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub instance_id: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub display_name: Option<String>,
+    /// Covered by the v3 device signature, so it must survive parsing.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub device_family: Option<String>,
 }
 
 /// `connect.params.auth`. Holds credentials in transit: its `Debug` shows only which are present.
@@ -259,6 +264,9 @@ pub struct ConnectAuth {
     pub password: Option<String>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub device_token: Option<String>,
+    /// Covered by the device signature when no other token is sent.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub bootstrap_token: Option<String>,
 }
 
 impl fmt::Debug for ConnectAuth {
@@ -267,6 +275,10 @@ impl fmt::Debug for ConnectAuth {
             .field("token", &self.token.as_ref().map(|_| "<set>"))
             .field("password", &self.password.as_ref().map(|_| "<set>"))
             .field("device_token", &self.device_token.as_ref().map(|_| "<set>"))
+            .field(
+                "bootstrap_token",
+                &self.bootstrap_token.as_ref().map(|_| "<set>"),
+            )
             .finish()
     }
 }

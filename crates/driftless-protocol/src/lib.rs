@@ -5,3 +5,4 @@
 pub mod frames;
 
 pub use frames::*;
+pub mod device_auth;

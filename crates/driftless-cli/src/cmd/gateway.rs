@@ -5,8 +5,12 @@ use std::time::Duration;
 
 use anyhow::Context;
 use driftless_client::connection::{self, ConnectOptions, Credential};
-use driftless_core::config::{AuthMode, LoadedConfig};
-use driftless_core::{Config, ConfigError, SecretInput, SecretValue, precedence, redact};
+use driftless_client::credentials::{self, Candidates, Explicit};
+use driftless_client::heal;
+use driftless_client::identity::DeviceIdentity;
+use driftless_client::store::TokenStore;
+use driftless_core::config::AuthMode;
+use driftless_core::{Config, ConfigError, SecretInput, SecretValue, redact};
 use driftless_gateway::Gateway;
 use serde_json::Value;
 
@@ -59,19 +63,22 @@ pub enum Command {
 pub struct ClientArgs {
     /// Gateway URL [default: from config gateway.bind/port]
     #[arg(long, value_name = "URL")]
-    url: Option<String>,
+    pub(crate) url: Option<String>,
     /// Shared token [default: the local gateway's token, resolved from config]
     #[arg(long, conflicts_with = "password")]
-    token: Option<String>,
+    pub(crate) token: Option<String>,
     /// Shared password [default: the local gateway's password, resolved from config]
     #[arg(long)]
-    password: Option<String>,
+    pub(crate) password: Option<String>,
     /// Print JSON
     #[arg(long)]
-    json: bool,
+    pub(crate) json: bool,
     /// Seconds to wait for the gateway
     #[arg(long, default_value_t = 10)]
-    timeout: u64,
+    pub(crate) timeout: u64,
+    /// Connect from this local address (e.g. a second loopback address, to act as another host)
+    #[arg(long, value_name = "IP")]
+    pub(crate) source_addr: Option<std::net::IpAddr>,
 }
 
 pub fn run(ctx: &Ctx, cmd: Command) -> CmdResult {
@@ -82,7 +89,7 @@ pub fn run(ctx: &Ctx, cmd: Command) -> CmdResult {
             password,
         } => serve(ctx, port, token, password),
         Command::Health(a) => {
-            let payload = call(ctx, &a, "health", None, &[])?;
+            let payload = call(ctx, &a, "health", None)?;
             if a.json {
                 output::print_json(&payload);
             } else {
@@ -94,7 +101,7 @@ pub fn run(ctx: &Ctx, cmd: Command) -> CmdResult {
             Ok(OK)
         }
         Command::Status(a) => {
-            let payload = call(ctx, &a, "status", None, &[driftless_protocol::scopes::READ])?;
+            let payload = call(ctx, &a, "status", None)?;
             if a.json {
                 output::print_json(&payload);
             } else {
@@ -113,13 +120,7 @@ pub fn run(ctx: &Ctx, cmd: Command) -> CmdResult {
                 .context(
                     "--params is not valid JSON; pass an object such as '{\"endGrace\":true}'",
                 )?;
-            let payload = call(
-                ctx,
-                &client,
-                &method,
-                params,
-                &[driftless_protocol::scopes::ADMIN],
-            )?;
+            let payload = call(ctx, &client, &method, params)?;
             output::print_json(&payload);
             Ok(OK)
         }
@@ -171,80 +172,103 @@ pub(crate) fn runtime() -> anyhow::Result<tokio::runtime::Runtime> {
         .context("cannot start the async runtime")
 }
 
-/// The local gateway's URL from config (a wildcard bind is reached over loopback).
-pub(crate) fn local_url(config: &Config) -> String {
-    let host = match config.gateway.bind.as_str() {
-        "0.0.0.0" | "localhost" => "127.0.0.1".to_owned(),
-        "::" => "[::1]".to_owned(),
-        h if h.contains(':') => format!("[{h}]"),
-        h => h.to_owned(),
-    };
-    format!("ws://{host}:{}", config.gateway.port)
-}
-
-/// The local gateway's own shared secret, resolved through the server precedence table.
-pub(crate) fn local_credential(ctx: &Ctx, loaded: &LoadedConfig) -> anyhow::Result<Credential> {
-    let cfg = &loaded.config;
-    let Some((input, origin)) = precedence::server_secret(cfg, &ctx.env, None) else {
-        return Ok(Credential::None);
-    };
-    let value = input
-        .resolve(&ctx.env, loaded.base_dir())
-        .with_context(|| {
-            format!(
-                "cannot resolve the gateway {} ({}, from {})",
-                cfg.gateway.auth.mode.as_str(),
-                input.describe(),
-                origin.as_str()
-            )
-        })?;
-    Ok(match cfg.gateway.auth.mode {
-        AuthMode::Password => Credential::Password(value),
-        _ => Credential::Token(value),
-    })
-}
-
-fn secret_arg(raw: &str) -> SecretValue {
+pub(crate) fn secret_arg(raw: &str) -> SecretValue {
     let v = SecretValue::new(raw.to_owned());
     // A value given on the command line must not come back out in an error or log line.
     redact::register(&v);
     v
 }
 
-fn call(
+/// The scopes a CLI device asks for, so one pairing covers every command (as OpenClaw's CLI).
+pub(crate) const CLI_SCOPES: &[&str] = &[
+    "operator.admin",
+    "operator.approvals",
+    "operator.pairing",
+    "operator.read",
+    "operator.talk.secrets",
+    "operator.write",
+];
+
+/// Connects with the one precedence table (explicit flag > stored device token > passive shared
+/// credential), self-heals a stale device token once, stores an issued one, then runs `f`.
+pub(crate) fn with_connection<T>(
     ctx: &Ctx,
     a: &ClientArgs,
-    method: &str,
-    params: Option<Value>,
-    scopes: &[&str],
-) -> anyhow::Result<Value> {
-    let loaded = match Config::load(&ctx.config_path) {
-        Ok(l) => Some(l),
-        Err(ConfigError::NotFound(_)) if a.url.is_some() => None,
+    f: impl AsyncFnOnce(&mut connection::Connection) -> Result<T, connection::ClientError>,
+) -> anyhow::Result<T> {
+    let (config, base) = match Config::load(&ctx.config_path) {
+        Ok(l) => {
+            let base = l.base_dir().to_owned();
+            (l.config, base)
+        }
+        Err(ConfigError::NotFound(_)) if a.url.is_some() => {
+            (Config::default(), std::path::PathBuf::from("."))
+        }
         Err(e) => return Err(e.into()),
     };
-    let url = match (&a.url, &loaded) {
-        (Some(u), _) => u.clone(),
-        (None, Some(l)) => local_url(&l.config),
-        (None, None) => anyhow::bail!("no config to find the gateway in; pass --url"),
+    let target = credentials::target(&config, a.url.as_deref())?;
+    let identity = std::sync::Arc::new(DeviceIdentity::load_or_create(&ctx.state_dir)?);
+    let mut store = TokenStore::load(&ctx.state_dir, identity.device_id())?;
+    let explicit = Explicit {
+        token: a.token.as_deref().map(secret_arg),
+        password: a.password.as_deref().map(secret_arg),
     };
-    let credential = match (&a.token, &a.password, &loaded) {
-        (Some(t), _, _) => Credential::Token(secret_arg(t)),
-        (_, Some(p), _) => Credential::Password(secret_arg(p)),
-        (None, None, Some(l)) => local_credential(ctx, l)?,
-        (None, None, None) => Credential::None,
-    };
-    let mut opts = ConnectOptions::new(url, credential);
-    opts.scopes = scopes.iter().map(|s| (*s).to_owned()).collect();
-    opts.timeout = Duration::from_secs(a.timeout.max(1));
+    let candidates = Candidates::gather(
+        &config,
+        &base,
+        &ctx.env,
+        target.clone(),
+        connection::ROLE,
+        &explicit,
+        Some(&store),
+    );
+    for c in &candidates.list {
+        if let Some(Err(e)) = &c.value {
+            tracing::warn!(
+                source = c.source.describe(),
+                "credential source unresolved: {e}"
+            );
+        }
+    }
+    let timeout = Duration::from_secs(a.timeout.max(1));
+    let url = a.url.clone().unwrap_or(target.url.clone());
     let rt = runtime()?;
-    let payload = rt.block_on(async {
-        let mut conn = connection::connect(&opts).await?;
-        let r = conn.request(method, params).await;
+    let out = rt.block_on(async {
+        let connected = heal::connect(&candidates, &mut store, async |cred: &Credential| {
+            let mut opts = ConnectOptions::new(url.clone(), cred.clone());
+            opts.scopes = CLI_SCOPES.iter().map(|s| (*s).to_owned()).collect();
+            opts.timeout = timeout;
+            opts.device = Some(identity.clone());
+            opts.bind_addr = a.source_addr;
+            match connection::connect(&opts).await {
+                Ok(conn) => {
+                    let issued = conn.issued();
+                    Ok((conn, issued))
+                }
+                Err(error) => Err(heal::Refused {
+                    device_token_mismatch: error.is_device_token_mismatch(),
+                    error,
+                }),
+            }
+        })
+        .await;
+        let mut conn = match connected {
+            Ok(c) => {
+                tracing::debug!(used = ?c.used, healed = c.healed, "connected");
+                c.value
+            }
+            Err(heal::ConnectError::Refused(e)) => return Err(anyhow::Error::new(e)),
+            Err(heal::ConnectError::Store(e)) => return Err(anyhow::Error::new(e)),
+        };
+        let r = f(&mut conn).await;
         conn.close().await;
-        r
+        r.map_err(anyhow::Error::new)
     })?;
-    Ok(payload)
+    Ok(out)
+}
+
+fn call(ctx: &Ctx, a: &ClientArgs, method: &str, params: Option<Value>) -> anyhow::Result<Value> {
+    with_connection(ctx, a, async |conn| conn.request(method, params).await)
 }
 
 fn serve(

@@ -11,9 +11,10 @@ use driftless_core::precedence::{self, ServerSecretOrigin};
 use driftless_core::{Config, SecretInput, SecretRef, atomic, redact, secret};
 use serde_json::json;
 
-use crate::cmd::gateway::{local_url, runtime};
+use crate::cmd::gateway::runtime;
 use crate::exit::{CmdResult, OK, UNREACHABLE};
 use crate::{Ctx, output};
+use driftless_client::credentials::local_url;
 
 /// How long to wait for the running gateway to pick the new token up.
 const ACCEPT_DEADLINE: Duration = Duration::from_secs(10);

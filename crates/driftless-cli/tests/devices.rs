@@ -1,0 +1,350 @@
+//! End-to-end: device identity, pairing and device tokens with the real `driftless` binary (both
+//! as gateway and as client), on loopback. Outcomes are asserted from the gateway's audit trail
+//! (its SQLite store, read while it runs) and the client's token store on disk.
+
+mod support;
+
+use std::path::PathBuf;
+use std::time::Duration;
+
+use driftless_client::identity::DeviceIdentity;
+use driftless_client::store::{TokenStore, store_path};
+use driftless_core::SecretValue;
+use driftless_gateway::devices::{AuditEvent, DeviceStore, SqliteStore};
+use driftless_protocol::device_auth::{self, SignedFields};
+use serde_json::Value;
+use support::*;
+
+/// The client's view of one home: its identity and stored device tokens.
+fn state(home: &Home) -> PathBuf {
+    home.path().join("state/driftless")
+}
+
+fn audit(home: &Home) -> Vec<AuditEvent> {
+    SqliteStore::open_in(&state(home)).unwrap().audit().unwrap()
+}
+
+fn stored(home: &Home, url: &str) -> Option<SecretValue> {
+    let id = DeviceIdentity::load_existing(&state(home))?;
+    let store = TokenStore::load(&state(home), id.device_id()).unwrap();
+    store.get(url, "operator").map(|t| t.token.clone())
+}
+
+fn health(home: &Home, url: &str, extra: &[&str]) -> (std::process::ExitStatus, String, String) {
+    let mut args = vec!["gateway", "health", "--url", url];
+    args.extend_from_slice(extra);
+    let r = home.run(&args);
+    assert_no_canary(&format!("{}{}", r.1, r.2), "CLI output");
+    r
+}
+
+fn events<'a>(a: &'a [AuditEvent], name: &str) -> Vec<&'a AuditEvent> {
+    a.iter().filter(|e| e.event == name).collect()
+}
+
+#[tokio::test]
+async fn silent_loopback_pairing_then_device_token_reuse() {
+    let home = Home::new();
+    home.token_config(CANARY, "");
+    let gw = Gateway::start(&home, &[], &[]);
+    let (st, out, err) = health(&home, &gw.url, &[]);
+    assert!(st.success(), "{out}{err}");
+    let token = stored(&home, &gw.url).expect("a device token was stored after pairing");
+    let a = audit(&home);
+    let approved = events(&a, "pair.approved");
+    assert_eq!(approved.len(), 1);
+    assert_eq!(approved[0].actor, "gateway (silent loopback pairing)");
+    let issued = events(&a, "token.issued");
+    assert_eq!(issued.len(), 1);
+    assert_eq!(
+        issued[0].token_fingerprint.as_deref(),
+        Some(token.fingerprint().as_str())
+    );
+
+    // The next connection presents the device token, and no new one is minted.
+    let (st, out, err) = health(&home, &gw.url, &[]);
+    assert!(st.success(), "{out}{err}");
+    let a = audit(&home);
+    let used = events(&a, "token.used");
+    assert_eq!(used.len(), 1, "{a:?}");
+    assert_eq!(used[0].outcome, "ok");
+    assert_eq!(
+        used[0].token_fingerprint.as_deref(),
+        Some(token.fingerprint().as_str())
+    );
+    assert_eq!(events(&a, "token.issued").len(), 1);
+    assert!(stored(&home, &gw.url).unwrap().same_as(&token));
+    // The store file is private and never holds the shared token.
+    let text = std::fs::read_to_string(store_path(&state(&home))).unwrap();
+    assert!(!text.contains(CANARY));
+    gw.finish();
+}
+
+#[tokio::test]
+async fn other_host_needs_approval_then_connects() {
+    let gw_home = Home::new();
+    // Only 127.0.0.1 counts as this machine; 127.0.0.2 plays a host on the LAN.
+    gw_home.token_config(
+        CANARY,
+        "[gateway.devices]\nlocal_addresses = [\"127.0.0.1\"]",
+    );
+    let gw = Gateway::start(&gw_home, &[], &[]);
+    let remote = Home::new();
+    let args = ["--token", CANARY, "--source-addr", "127.0.0.2"];
+    let (st, out, err) = health(&remote, &gw.url, &args);
+    assert_eq!(st.code(), Some(77), "{out}{err}");
+    assert!(err.contains("PAIRING_REQUIRED"), "{err}");
+    assert!(stored(&remote, &gw.url).is_none());
+
+    // The operator on the gateway host lists and approves it.
+    let (st, out, err) = gw_home.run(&["devices", "list", "--url", &gw.url, "--json"]);
+    assert!(st.success(), "{out}{err}");
+    let list: Value = serde_json::from_str(&out).unwrap();
+    let pending = list["pending"].as_array().unwrap();
+    assert_eq!(pending.len(), 1, "{list}");
+    assert_eq!(pending[0]["remoteIp"], "127.0.0.2");
+    assert_eq!(pending[0]["reason"], "not-paired");
+    let remote_id = DeviceIdentity::load_existing(&state(&remote)).unwrap();
+    assert_eq!(pending[0]["deviceId"], remote_id.device_id());
+    let request_id = pending[0]["requestId"].as_str().unwrap().to_owned();
+    let (st, out, err) = gw_home.run(&["devices", "approve", &request_id, "--url", &gw.url]);
+    assert!(st.success(), "{out}{err}");
+    assert!(out.contains("approved"), "{out}");
+
+    let (st, out, err) = health(&remote, &gw.url, &args);
+    assert!(st.success(), "{out}{err}");
+    assert!(stored(&remote, &gw.url).is_some());
+    let a = audit(&gw_home);
+    let approved = events(&a, "pair.approved");
+    assert!(
+        approved
+            .iter()
+            .any(|e| e.device_id.as_deref() == Some(remote_id.device_id())
+                && e.actor != "gateway (silent loopback pairing)"),
+        "{a:?}"
+    );
+    gw.finish();
+}
+
+/// A library client holding this home's identity and stored token, kept open to watch closes.
+async fn device_session(home: &Home, url: &str) -> driftless_client::connection::Connection {
+    use driftless_client::connection::{ConnectOptions, Credential, connect};
+    let id = DeviceIdentity::load_existing(&state(home)).unwrap();
+    let token = stored(home, url).unwrap();
+    let mut opts = ConnectOptions::new(url, Credential::DeviceToken(token));
+    opts.device = Some(std::sync::Arc::new(id));
+    opts.scopes = vec!["operator.read".into()];
+    connect(&opts).await.expect("device-token session")
+}
+
+async fn expect_close(conn: &mut driftless_client::connection::Connection, reason: &str) {
+    use driftless_client::connection::ClientError;
+    loop {
+        match conn.next_event(Duration::from_secs(5)).await {
+            Ok(_) => continue, // ticks
+            Err(ClientError::Closed { code, reason: r }) => {
+                assert_eq!((code, r.as_str()), (4001, reason));
+                return;
+            }
+            Err(e) => panic!("expected close 4001 {reason}, got {e}"),
+        }
+    }
+}
+
+async fn device_token_refused(home: &Home, url: &str, token: SecretValue) -> Value {
+    use driftless_client::connection::{ClientError, ConnectOptions, Credential, connect};
+    let id = DeviceIdentity::load_existing(&state(home)).unwrap();
+    let mut opts = ConnectOptions::new(url, Credential::DeviceToken(token));
+    opts.device = Some(std::sync::Arc::new(id));
+    match connect(&opts).await {
+        Err(ClientError::Rejected { error, close }) => {
+            assert_eq!(close, Some(1008));
+            serde_json::to_value(&error).unwrap()
+        }
+        other => panic!("expected a refusal, got {other:?}"),
+    }
+}
+
+#[tokio::test]
+async fn rotate_and_revoke_close_sessions_and_retire_the_old_token() {
+    let home = Home::new();
+    home.token_config(CANARY, "");
+    let gw = Gateway::start(&home, &[], &[]);
+    assert!(health(&home, &gw.url, &[]).0.success());
+    let id = DeviceIdentity::load_existing(&state(&home)).unwrap();
+    let old = stored(&home, &gw.url).unwrap();
+
+    let mut session = device_session(&home, &gw.url).await;
+    let (st, out, err) = home.run(&["devices", "rotate", id.device_id(), "--url", &gw.url]);
+    assert!(st.success(), "{out}{err}");
+    assert!(out.contains("stored"), "{out}");
+    expect_close(&mut session, "device token rotated").await;
+    let new = stored(&home, &gw.url).unwrap();
+    assert!(!new.same_as(&old), "the CLI stored its own rotated token");
+    let e = device_token_refused(&home, &gw.url, old).await;
+    assert_eq!(e["details"]["code"], "AUTH_DEVICE_TOKEN_MISMATCH");
+    assert_eq!(
+        e["message"],
+        "unauthorized: device token mismatch (rotate/reissue device token)"
+    );
+
+    let mut session = device_session(&home, &gw.url).await;
+    let (st, out, err) = home.run(&["devices", "revoke", id.device_id(), "--url", &gw.url]);
+    assert!(st.success(), "{out}{err}");
+    expect_close(&mut session, "device token revoked").await;
+    let e = device_token_refused(&home, &gw.url, new).await;
+    assert_eq!(e["details"]["code"], "AUTH_DEVICE_TOKEN_MISMATCH");
+    let a = audit(&home);
+    assert_eq!(events(&a, "token.rotated").len(), 1);
+    assert_eq!(events(&a, "token.revoked").len(), 1);
+    gw.finish();
+}
+
+#[tokio::test]
+async fn d3_stored_device_token_beats_a_different_passive_token() {
+    let home = Home::new();
+    home.token_config(CANARY, "");
+    let gw = Gateway::start(&home, &[], &[]);
+    assert!(health(&home, &gw.url, &[]).0.success());
+    let token = stored(&home, &gw.url).unwrap();
+    // The client now also sees a passive token that differs (a drifted copy in its environment
+    // and in a client-side config).
+    let client_cfg = home.path().join("client.toml");
+    std::fs::write(
+        &client_cfg,
+        format!("[gateway.auth]\ntoken = \"{WRONG_CANARY}\"\n"),
+    )
+    .unwrap();
+    let mut cmd = home.command();
+    let out = cmd
+        .args(["gateway", "health", "--url", &gw.url])
+        .env("DRIFTLESS_CONFIG", &client_cfg)
+        .env("DRIFTLESS_GATEWAY_TOKEN", WRONG_CANARY)
+        .output()
+        .unwrap();
+    let text = format!(
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(out.status.success(), "{text}");
+    assert_no_canary(&text, "CLI output");
+    let a = audit(&home);
+    let used = events(&a, "token.used");
+    assert_eq!(used.last().unwrap().outcome, "ok");
+    assert_eq!(
+        used.last().unwrap().token_fingerprint.as_deref(),
+        Some(token.fingerprint().as_str())
+    );
+    assert!(stored(&home, &gw.url).unwrap().same_as(&token));
+    gw.finish();
+}
+
+#[tokio::test]
+async fn stale_stored_token_self_heals_in_one_retry() {
+    let home = Home::new();
+    home.token_config(CANARY, "");
+    let gw = Gateway::start(&home, &[], &[]);
+    assert!(health(&home, &gw.url, &[]).0.success());
+    // The gateway forgot this token (e.g. restored from a backup): plant a stale one.
+    let id = DeviceIdentity::load_existing(&state(&home)).unwrap();
+    let mut store = TokenStore::load(&state(&home), id.device_id()).unwrap();
+    let stale = SecretValue::new("stale-device-token-not-known-to-the-gateway".into());
+    store
+        .put(&gw.url, "operator", stale.clone(), vec![])
+        .unwrap();
+    let before = audit(&home).len();
+
+    let (st, out, err) = health(&home, &gw.url, &[]);
+    assert!(st.success(), "{out}{err}");
+    assert!(err.contains("retrying once"), "{err}");
+    let now = stored(&home, &gw.url).unwrap();
+    assert!(!now.same_as(&stale), "the stale token is gone");
+    let a = audit(&home);
+    let new_events: Vec<&AuditEvent> = a[before..].iter().collect();
+    let rejected: Vec<_> = new_events
+        .iter()
+        .filter(|e| e.event == "token.used" && e.outcome == "rejected")
+        .collect();
+    assert_eq!(
+        rejected.len(),
+        1,
+        "exactly one failed attempt: {new_events:?}"
+    );
+    let issued: Vec<_> = new_events
+        .iter()
+        .filter(|e| e.event == "token.issued")
+        .collect();
+    assert_eq!(issued.len(), 1);
+    assert_eq!(
+        issued[0].token_fingerprint.as_deref(),
+        Some(now.fingerprint().as_str())
+    );
+    gw.finish();
+}
+
+#[tokio::test]
+async fn explicit_wrong_token_fails_and_leaves_the_store_untouched() {
+    let home = Home::new();
+    home.token_config(CANARY, "");
+    let gw = Gateway::start(&home, &[], &[]);
+    assert!(health(&home, &gw.url, &[]).0.success());
+    let path = store_path(&state(&home));
+    let before = std::fs::read(&path).unwrap();
+    let (st, out, err) = health(&home, &gw.url, &["--token", WRONG_CANARY]);
+    assert_eq!(st.code(), Some(77), "{out}{err}");
+    assert!(err.contains("AUTH_TOKEN_MISMATCH"), "{err}");
+    assert_eq!(std::fs::read(&path).unwrap(), before);
+    gw.finish();
+}
+
+#[tokio::test]
+async fn device_proof_failures_on_the_wire() {
+    let home = Home::new();
+    home.token_config(CANARY, "");
+    let gw = Gateway::start(&home, &[], &[]);
+    let key = DeviceIdentity::load_or_create(&home.path().join("probe-state")).unwrap();
+    // (mutation of a good proof, expected details.code)
+    let cases: [(&str, &str); 4] = [
+        ("nonce", "DEVICE_AUTH_NONCE_MISMATCH"),
+        ("stale", "DEVICE_AUTH_SIGNATURE_EXPIRED"),
+        ("signature", "DEVICE_AUTH_SIGNATURE_INVALID"),
+        ("id", "DEVICE_AUTH_DEVICE_ID_MISMATCH"),
+    ];
+    for (what, code) in cases {
+        let mut c = Client::open(&gw.url).await;
+        let nonce = c.challenge["payload"]["nonce"].as_str().unwrap().to_owned();
+        let mut p = cli_params(Some(CANARY));
+        let scopes = vec!["operator.read".to_string()];
+        let signed_nonce = if what == "nonce" {
+            "other-nonce".to_owned()
+        } else {
+            nonce
+        };
+        let mut proof = key.prove_now(&SignedFields {
+            client_id: "cli",
+            client_mode: "cli",
+            role: "operator",
+            scopes: &scopes,
+            signed_at_ms: 0,
+            token: Some(CANARY),
+            nonce: &signed_nonce,
+            platform: Some("linux"),
+            device_family: None,
+        });
+        match what {
+            "stale" => proof.signed_at -= device_auth::SIGNATURE_SKEW_MS + 60_000,
+            "signature" => proof.signature = proof.signature.chars().rev().collect(),
+            "id" => proof.id = "0".repeat(64),
+            _ => {}
+        }
+        p["device"] = serde_json::to_value(&proof).unwrap();
+        let (res, close) = c.connect(p).await;
+        assert_eq!(res["error"]["code"], "INVALID_REQUEST", "{what}: {res}");
+        assert_eq!(res["error"]["details"]["code"], code, "{what}: {res}");
+        let (cc, reason) = close.unwrap();
+        assert_eq!(cc, 1008);
+        assert_eq!(reason, res["error"]["message"].as_str().unwrap());
+    }
+    gw.finish();
+}

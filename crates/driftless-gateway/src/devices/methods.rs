@@ -1,0 +1,242 @@
+//! `device.pair.list|approve|reject|remove` and `device.token.rotate|revoke`.
+
+use serde_json::{Value, json};
+
+use super::{DeviceStore, StoreError, normalize_scopes, scopes_allow};
+
+/// The scope every device method needs.
+pub const PAIRING_SCOPE: &str = "operator.pairing";
+const ADMIN_SCOPE: &str = "operator.admin";
+
+/// Whether `method` is one of ours.
+pub fn is_device_method(method: &str) -> bool {
+    matches!(
+        method,
+        "device.pair.list"
+            | "device.pair.approve"
+            | "device.pair.reject"
+            | "device.pair.remove"
+            | "device.token.rotate"
+            | "device.token.revoke"
+    )
+}
+
+/// The authenticated caller of a method.
+#[derive(Debug, Clone)]
+pub struct Caller {
+    pub scopes: Vec<String>,
+    /// Set when the caller authenticated as a paired device (device token).
+    pub device_id: Option<String>,
+    /// How the caller appears in the audit trail.
+    pub label: String,
+}
+
+impl Caller {
+    fn is_admin(&self) -> bool {
+        self.scopes.iter().any(|s| s == ADMIN_SCOPE)
+    }
+
+    /// A device-token caller without admin may only act on its own device.
+    fn may_act_on(&self, device_id: &str) -> bool {
+        self.is_admin() || self.device_id.as_deref().is_none_or(|d| d == device_id)
+    }
+}
+
+/// Sessions that must be closed (4001) after a method succeeded.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Disconnect {
+    pub device_id: String,
+    /// `None`: every role of the device.
+    pub role: Option<String>,
+    pub reason: &'static str,
+}
+
+/// A method failure: `INVALID_REQUEST` unless `code` says otherwise.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("{message}")]
+pub struct MethodError {
+    pub code: &'static str,
+    pub message: String,
+    /// `details.code`, when there is one.
+    pub detail_code: Option<&'static str>,
+}
+
+impl MethodError {
+    fn invalid(message: impl Into<String>) -> MethodError {
+        MethodError {
+            code: "INVALID_REQUEST",
+            message: message.into(),
+            detail_code: None,
+        }
+    }
+
+    fn missing_scope(scope: &str) -> MethodError {
+        MethodError {
+            code: "INVALID_REQUEST",
+            message: format!("missing scope: {scope}"),
+            detail_code: Some("MISSING_SCOPE"),
+        }
+    }
+
+    fn store(e: StoreError) -> MethodError {
+        match e {
+            StoreError::UnknownRequest | StoreError::UnknownDevice => {
+                MethodError::invalid(e.to_string())
+            }
+            StoreError::Sqlite { .. } => {
+                tracing::error!(error = %e, "device store failed");
+                MethodError {
+                    code: "UNAVAILABLE",
+                    message: "device store unavailable (see the gateway log)".into(),
+                    detail_code: None,
+                }
+            }
+        }
+    }
+}
+
+fn str_param<'a>(params: &'a Value, name: &str) -> Result<&'a str, MethodError> {
+    params
+        .get(name)
+        .and_then(Value::as_str)
+        .filter(|s| !s.trim().is_empty())
+        .ok_or_else(|| MethodError::invalid(format!("invalid params: {name} (string) required")))
+}
+
+fn scopes_param(params: &Value) -> Result<Option<Vec<String>>, MethodError> {
+    match params.get("scopes") {
+        None | Some(Value::Null) => Ok(None),
+        Some(v) => serde_json::from_value(v.clone())
+            .map(Some)
+            .map_err(|_| MethodError::invalid("invalid params: scopes must be a list of strings")),
+    }
+}
+
+/// Runs a device method. Returns the result payload and the sessions to close.
+pub fn handle(
+    store: &dyn DeviceStore,
+    method: &str,
+    params: &Value,
+    caller: &Caller,
+    now_ms: u64,
+) -> Result<(Value, Vec<Disconnect>), MethodError> {
+    if !scopes_allow(&caller.scopes, &[PAIRING_SCOPE.to_owned()]) {
+        return Err(MethodError::missing_scope(PAIRING_SCOPE));
+    }
+    let s = MethodError::store;
+    match method {
+        "device.pair.list" => {
+            let (pending, paired) = store.list(now_ms).map_err(s)?;
+            Ok((json!({ "pending": pending, "paired": paired }), vec![]))
+        }
+        "device.pair.approve" => {
+            let id = str_param(params, "requestId")?;
+            let req = store
+                .pending(id, now_ms)
+                .map_err(s)?
+                .ok_or_else(|| MethodError::invalid("unknown requestId"))?;
+            // An approver cannot grant what it does not hold.
+            for scope in req.scopes.iter().filter(|x| x.starts_with("operator.")) {
+                if !scopes_allow(&caller.scopes, std::slice::from_ref(scope)) {
+                    return Err(MethodError::missing_scope(scope));
+                }
+            }
+            let (device, _) = store.approve(id, &caller.label, false, now_ms).map_err(s)?;
+            Ok((json!({ "requestId": id, "device": device }), vec![]))
+        }
+        "device.pair.reject" => {
+            let id = str_param(params, "requestId")?;
+            let req = store.reject(id, &caller.label, now_ms).map_err(s)?;
+            Ok((
+                json!({ "requestId": id, "deviceId": req.device_id }),
+                vec![],
+            ))
+        }
+        "device.pair.remove" => {
+            let device_id = str_param(params, "deviceId")?;
+            if !caller.may_act_on(device_id) {
+                return Err(MethodError::invalid("device pairing removal denied"));
+            }
+            if !store.remove(device_id, &caller.label, now_ms).map_err(s)? {
+                return Err(MethodError::invalid("unknown deviceId"));
+            }
+            Ok((
+                json!({ "deviceId": device_id, "removed": true }),
+                vec![Disconnect {
+                    device_id: device_id.to_owned(),
+                    role: None,
+                    reason: "device removed",
+                }],
+            ))
+        }
+        "device.token.rotate" => {
+            let device_id = str_param(params, "deviceId")?;
+            let role = str_param(params, "role")?;
+            let denied = || MethodError::invalid("device token rotation denied");
+            if !caller.may_act_on(device_id) {
+                return Err(denied());
+            }
+            let dev = store.paired(device_id).map_err(s)?.ok_or_else(denied)?;
+            if !dev.roles.iter().any(|r| r == role) {
+                return Err(denied());
+            }
+            let current = dev.tokens.iter().find(|t| t.role == role);
+            let scopes = match scopes_param(params)? {
+                Some(sc) => normalize_scopes(&sc),
+                None => current
+                    .map(|t| t.scopes.clone())
+                    .unwrap_or_else(|| dev.approved_scopes.clone()),
+            };
+            if !scopes_allow(&dev.approved_scopes, &scopes)
+                || !scopes_allow(&caller.scopes, &scopes)
+            {
+                return Err(denied());
+            }
+            let issued = store
+                .mint(
+                    device_id,
+                    role,
+                    &scopes,
+                    &caller.label,
+                    "token.rotated",
+                    now_ms,
+                )
+                .map_err(s)?;
+            let mut out = json!({
+                "deviceId": device_id, "role": role, "scopes": issued.scopes,
+                "rotatedAtMs": issued.issued_at_ms, "fingerprint": issued.token.fingerprint(),
+            });
+            // The new token goes only to the device it belongs to.
+            if caller.device_id.as_deref() == Some(device_id) {
+                out["token"] = json!(issued.token.expose());
+            }
+            Ok((
+                out,
+                vec![Disconnect {
+                    device_id: device_id.to_owned(),
+                    role: Some(role.to_owned()),
+                    reason: "device token rotated",
+                }],
+            ))
+        }
+        "device.token.revoke" => {
+            let device_id = str_param(params, "deviceId")?;
+            let role = str_param(params, "role")?;
+            if !caller.may_act_on(device_id) {
+                return Err(MethodError::invalid("device token revocation denied"));
+            }
+            let at = store
+                .revoke(device_id, role, &caller.label, now_ms)
+                .map_err(s)?;
+            Ok((
+                json!({ "deviceId": device_id, "role": role, "revokedAtMs": at }),
+                vec![Disconnect {
+                    device_id: device_id.to_owned(),
+                    role: Some(role.to_owned()),
+                    reason: "device token revoked",
+                }],
+            ))
+        }
+        other => Err(MethodError::invalid(format!("unknown method: {other}"))),
+    }
+}

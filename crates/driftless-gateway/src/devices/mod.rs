@@ -1,0 +1,236 @@
+//! Device pairing and device tokens (shared design `openclaw-protocol.md` §3.6–3.9).
+//!
+//! [`DeviceStore`] is the small interface the gateway needs; [`SqliteStore`] implements it in the
+//! state directory (WAL, one transaction per operation, so a crash leaves a device paired or
+//! pending, never half). Only SHA-256 hashes of device tokens are stored; a token is shown once,
+//! when it is issued. Every pairing, token and revocation event is appended to an audit trail.
+
+mod methods;
+mod pairing;
+mod scopes;
+mod sqlite;
+
+pub use methods::{
+    Caller, Disconnect, MethodError, PAIRING_SCOPE, handle as handle_method, is_device_method,
+};
+pub use pairing::{ConnectingDevice, PairingOutcome, on_connect, verify_device_token};
+pub use scopes::{normalize_scopes, scopes_allow};
+pub use sqlite::SqliteStore;
+
+use driftless_core::{Fingerprint, SecretValue};
+
+/// Whether a client at `peer` counts as this machine for silent pairing: one of
+/// `local_addresses` when configured, else any loopback address.
+pub fn is_local(peer: std::net::IpAddr, local_addresses: &[std::net::IpAddr]) -> bool {
+    if local_addresses.is_empty() {
+        peer.is_loopback()
+    } else {
+        local_addresses.contains(&peer)
+    }
+}
+
+/// How long a pairing request waits for approval (`PENDING_TTL_MS`).
+pub const PENDING_TTL_MS: u64 = 5 * 60 * 1000;
+
+/// A paired device.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
+#[serde(rename_all = "camelCase")]
+pub struct PairedDevice {
+    pub device_id: String,
+    /// base64url raw Ed25519 key.
+    pub public_key: String,
+    pub display_name: Option<String>,
+    pub platform: Option<String>,
+    pub device_family: Option<String>,
+    pub client_id: Option<String>,
+    pub client_mode: Option<String>,
+    pub roles: Vec<String>,
+    pub approved_scopes: Vec<String>,
+    pub remote_ip: Option<String>,
+    pub created_at_ms: u64,
+    pub approved_at_ms: u64,
+    pub tokens: Vec<TokenSummary>,
+}
+
+/// A device token as listed: never the token, only its fingerprint.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
+#[serde(rename_all = "camelCase")]
+pub struct TokenSummary {
+    pub role: String,
+    pub scopes: Vec<String>,
+    pub fingerprint: Fingerprint,
+    pub created_at_ms: u64,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub rotated_at_ms: Option<u64>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub revoked_at_ms: Option<u64>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub last_used_at_ms: Option<u64>,
+}
+
+impl PairedDevice {
+    /// Approved roles whose token has not been revoked (a revoked role needs a new approval).
+    pub fn effective_roles(&self) -> Vec<&str> {
+        self.roles
+            .iter()
+            .filter(|r| {
+                !self
+                    .tokens
+                    .iter()
+                    .any(|t| &t.role == *r && t.revoked_at_ms.is_some())
+            })
+            .map(String::as_str)
+            .collect()
+    }
+}
+
+/// A device waiting for approval.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
+#[serde(rename_all = "camelCase")]
+pub struct PendingRequest {
+    pub request_id: String,
+    pub device_id: String,
+    pub public_key: String,
+    pub display_name: Option<String>,
+    pub platform: Option<String>,
+    pub device_family: Option<String>,
+    pub client_id: Option<String>,
+    pub client_mode: Option<String>,
+    pub role: String,
+    pub scopes: Vec<String>,
+    pub remote_ip: Option<String>,
+    pub silent: bool,
+    pub is_repair: bool,
+    /// `not-paired`, `role-upgrade`, `scope-upgrade` or `metadata-upgrade`.
+    pub reason: String,
+    pub ts: u64,
+}
+
+/// A freshly minted device token: the only time its value exists outside the client.
+#[derive(Debug, Clone)]
+pub struct IssuedToken {
+    pub device_id: String,
+    pub role: String,
+    pub token: SecretValue,
+    pub scopes: Vec<String>,
+    pub issued_at_ms: u64,
+}
+
+/// The result of checking a presented device token.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum TokenCheck {
+    Ok,
+    /// Internal reason (never sent; the wire says `device token mismatch`).
+    Rejected(&'static str),
+}
+
+/// One line of the audit trail.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
+#[serde(rename_all = "camelCase")]
+pub struct AuditEvent {
+    pub seq: i64,
+    pub at_ms: u64,
+    /// e.g. `pair.requested`, `pair.approved`, `token.issued`, `token.used`, `token.revoked`.
+    pub event: String,
+    /// Who did it: `gateway (silent loopback pairing)`, `device:<id prefix>`, `shared-token`, ...
+    pub actor: String,
+    pub device_id: Option<String>,
+    pub request_id: Option<String>,
+    pub role: Option<String>,
+    pub key_fingerprint: Option<String>,
+    pub token_fingerprint: Option<String>,
+    /// `ok`, `rejected`, `denied`, ...
+    pub outcome: String,
+    pub detail: Option<String>,
+}
+
+/// An event to append (the store adds `seq` and `at_ms`).
+#[derive(Debug, Clone, Default)]
+pub struct NewAuditEvent {
+    pub event: &'static str,
+    pub actor: String,
+    pub device_id: Option<String>,
+    pub request_id: Option<String>,
+    pub role: Option<String>,
+    pub key_fingerprint: Option<String>,
+    pub token_fingerprint: Option<String>,
+    pub outcome: &'static str,
+    pub detail: Option<String>,
+}
+
+/// Why a store operation failed.
+#[derive(Debug, thiserror::Error)]
+pub enum StoreError {
+    #[error("device store {path}: {source}")]
+    Sqlite {
+        path: String,
+        #[source]
+        source: rusqlite::Error,
+    },
+    #[error("unknown requestId")]
+    UnknownRequest,
+    #[error("unknown deviceId/role")]
+    UnknownDevice,
+}
+
+/// Storage of paired devices, pending requests, token hashes and the audit trail. Each method is
+/// one atomic transaction, so replicas sharing a server database can implement it too.
+pub trait DeviceStore: Send + Sync {
+    fn paired(&self, device_id: &str) -> Result<Option<PairedDevice>, StoreError>;
+    /// Pending requests (expired ones pruned) and paired devices.
+    fn list(&self, now_ms: u64) -> Result<(Vec<PendingRequest>, Vec<PairedDevice>), StoreError>;
+    fn pending(&self, request_id: &str, now_ms: u64) -> Result<Option<PendingRequest>, StoreError>;
+    /// Creates or refreshes the pending request for `req.device_id`: the same device, key, role and
+    /// scopes keep their `requestId`; anything else replaces the device's older requests.
+    fn request(&self, req: PendingRequest, now_ms: u64) -> Result<PendingRequest, StoreError>;
+    /// Approves a request: records the device and deletes the request; with `mint`, also issues a
+    /// token for its role (a silent pairing hands it out at once; after a manual approval the
+    /// device's next connect gets one, since only hashes are kept).
+    fn approve(
+        &self,
+        request_id: &str,
+        actor: &str,
+        mint: bool,
+        now_ms: u64,
+    ) -> Result<(PairedDevice, Option<IssuedToken>), StoreError>;
+    fn reject(
+        &self,
+        request_id: &str,
+        actor: &str,
+        now_ms: u64,
+    ) -> Result<PendingRequest, StoreError>;
+    fn remove(&self, device_id: &str, actor: &str, now_ms: u64) -> Result<bool, StoreError>;
+    /// Checks `token` for `device_id` and `role` against the stored hash and the approved scopes.
+    fn verify_token(
+        &self,
+        device_id: &str,
+        role: &str,
+        token: &str,
+        scopes: &[String],
+        now_ms: u64,
+    ) -> Result<TokenCheck, StoreError>;
+    /// Mints a new token for a paired device's role (replacing any existing one).
+    fn mint(
+        &self,
+        device_id: &str,
+        role: &str,
+        scopes: &[String],
+        actor: &str,
+        event: &'static str,
+        now_ms: u64,
+    ) -> Result<IssuedToken, StoreError>;
+    fn revoke(
+        &self,
+        device_id: &str,
+        role: &str,
+        actor: &str,
+        now_ms: u64,
+    ) -> Result<u64, StoreError>;
+    /// Updates the descriptive fields of a paired device after a successful connect.
+    fn touch(&self, device: &PairedDevice) -> Result<(), StoreError>;
+    fn append_audit(&self, event: NewAuditEvent, now_ms: u64) -> Result<(), StoreError>;
+    fn audit(&self) -> Result<Vec<AuditEvent>, StoreError>;
+}
+
+#[cfg(test)]
+mod tests;

@@ -1,0 +1,137 @@
+//! What happens to a device whose proof checked out (steps 8, 10 and 11 of the handshake).
+
+use std::net::IpAddr;
+
+use driftless_protocol::device_auth::normalize_metadata;
+
+use super::{
+    DeviceStore, IssuedToken, PendingRequest, StoreError, TokenCheck, normalize_scopes,
+    scopes_allow,
+};
+
+/// Who performs a silent pairing, in the audit trail.
+pub const SILENT_ACTOR: &str = "gateway (silent loopback pairing)";
+
+/// A device on a connection, after its proof verified.
+#[derive(Debug, Clone)]
+pub struct ConnectingDevice<'a> {
+    pub device_id: &'a str,
+    /// Normalised base64url raw key.
+    pub public_key: &'a str,
+    pub client_id: &'a str,
+    pub client_mode: &'a str,
+    pub display_name: Option<&'a str>,
+    pub platform: Option<&'a str>,
+    pub device_family: Option<&'a str>,
+    pub role: &'a str,
+    pub scopes: &'a [String],
+    pub remote_ip: IpAddr,
+}
+
+/// The pairing decision for a connection.
+#[derive(Debug)]
+pub enum PairingOutcome {
+    /// The device is paired for this role and scopes. `issued` is a new token, to be returned
+    /// once in `hello-ok.auth.deviceToken`; `None` when the device already authenticated with a
+    /// valid token of its own (it keeps that one: tokens are stable across reconnects).
+    Paired { issued: Option<IssuedToken> },
+    /// `NOT_PAIRED` / `PAIRING_REQUIRED` with this request id and reason.
+    Required {
+        request_id: String,
+        reason: &'static str,
+    },
+}
+
+/// Step 8: a presented device token as the credential (only when shared auth did not succeed).
+pub fn verify_device_token(
+    store: &dyn DeviceStore,
+    device: &ConnectingDevice<'_>,
+    token: &str,
+    now_ms: u64,
+) -> Result<TokenCheck, StoreError> {
+    store.verify_token(device.device_id, device.role, token, device.scopes, now_ms)
+}
+
+/// Steps 10–11: pairing (silent for a local client that proved the shared secret, otherwise a
+/// pending request) and token issuance. `device_token_ok`: the connection authenticated with this
+/// device's valid token.
+pub fn on_connect(
+    store: &dyn DeviceStore,
+    device: &ConnectingDevice<'_>,
+    shared_auth_ok: bool,
+    device_token_ok: bool,
+    local: bool,
+    now_ms: u64,
+) -> Result<PairingOutcome, StoreError> {
+    let paired = store
+        .paired(device.device_id)?
+        .filter(|p| p.public_key == device.public_key);
+    let requested = normalize_scopes(device.scopes);
+    let reason = match &paired {
+        None => Some("not-paired"),
+        Some(p) if !p.effective_roles().contains(&device.role) => Some("role-upgrade"),
+        Some(p) if !scopes_allow(&p.approved_scopes, &requested) => Some("scope-upgrade"),
+        Some(p)
+            if normalize_metadata(p.platform.as_deref()) != normalize_metadata(device.platform)
+                || normalize_metadata(p.device_family.as_deref())
+                    != normalize_metadata(device.device_family) =>
+        {
+            Some("metadata-upgrade")
+        }
+        Some(_) => None,
+    };
+    if let Some(reason) = reason {
+        // Scope and metadata upgrades always need a person; so does anything not local.
+        let silent = local && shared_auth_ok && matches!(reason, "not-paired" | "role-upgrade");
+        let req = store.request(
+            PendingRequest {
+                request_id: uuid::Uuid::new_v4().to_string(),
+                device_id: device.device_id.to_owned(),
+                public_key: device.public_key.to_owned(),
+                display_name: device.display_name.map(str::to_owned),
+                platform: device.platform.map(str::to_owned),
+                device_family: device.device_family.map(str::to_owned),
+                client_id: Some(device.client_id.to_owned()),
+                client_mode: Some(device.client_mode.to_owned()),
+                role: device.role.to_owned(),
+                scopes: requested,
+                remote_ip: Some(device.remote_ip.to_string()),
+                silent,
+                is_repair: paired.is_some(),
+                reason: reason.to_owned(),
+                ts: now_ms,
+            },
+            now_ms,
+        )?;
+        if !silent {
+            return Ok(PairingOutcome::Required {
+                request_id: req.request_id,
+                reason,
+            });
+        }
+        let (_, issued) = store.approve(&req.request_id, SILENT_ACTOR, true, now_ms)?;
+        return Ok(PairingOutcome::Paired { issued });
+    }
+    let mut p = paired.expect("no reason means paired");
+    p.display_name = device.display_name.map(str::to_owned);
+    p.client_id = Some(device.client_id.to_owned());
+    p.client_mode = Some(device.client_mode.to_owned());
+    p.remote_ip = Some(device.remote_ip.to_string());
+    store.touch(&p)?;
+    if device_token_ok {
+        return Ok(PairingOutcome::Paired { issued: None });
+    }
+    // Only hashes are stored, so a device that did not present its token (lost it, or chose the
+    // shared secret) gets a fresh one, which replaces the old.
+    let issued = store.mint(
+        device.device_id,
+        device.role,
+        device.scopes,
+        "gateway (connect)",
+        "token.issued",
+        now_ms,
+    )?;
+    Ok(PairingOutcome::Paired {
+        issued: Some(issued),
+    })
+}

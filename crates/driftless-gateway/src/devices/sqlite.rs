@@ -1,0 +1,803 @@
+//! [`DeviceStore`] in an SQLite file in the state directory (WAL mode).
+//!
+//! Every operation runs in one transaction; an approval deletes the request, writes the device and
+//! its token hash and appends the audit line together, so a crash leaves either the pending request
+//! or the paired device, never a mix. The audit table refuses updates and deletes (triggers).
+
+use std::path::{Path, PathBuf};
+use std::sync::Mutex;
+
+use driftless_core::Fingerprint;
+use rusqlite::{Connection, OptionalExtension, Transaction, params};
+use sha2::{Digest, Sha256};
+use subtle::ConstantTimeEq;
+
+use super::{
+    AuditEvent, DeviceStore, IssuedToken, NewAuditEvent, PENDING_TTL_MS, PairedDevice,
+    PendingRequest, StoreError, TokenCheck, TokenSummary, normalize_scopes, scopes_allow,
+};
+
+const SCHEMA: &str = "
+CREATE TABLE IF NOT EXISTS paired (
+  device_id TEXT PRIMARY KEY, public_key TEXT NOT NULL, display_name TEXT, platform TEXT,
+  device_family TEXT, client_id TEXT, client_mode TEXT, roles TEXT NOT NULL,
+  approved_scopes TEXT NOT NULL, remote_ip TEXT, created_at_ms INTEGER NOT NULL,
+  approved_at_ms INTEGER NOT NULL);
+CREATE TABLE IF NOT EXISTS tokens (
+  device_id TEXT NOT NULL REFERENCES paired(device_id) ON DELETE CASCADE, role TEXT NOT NULL,
+  token_hash BLOB NOT NULL, fingerprint TEXT NOT NULL, scopes TEXT NOT NULL,
+  created_at_ms INTEGER NOT NULL, rotated_at_ms INTEGER, revoked_at_ms INTEGER,
+  last_used_at_ms INTEGER, PRIMARY KEY (device_id, role));
+CREATE TABLE IF NOT EXISTS pending (
+  request_id TEXT PRIMARY KEY, device_id TEXT NOT NULL, public_key TEXT NOT NULL,
+  display_name TEXT, platform TEXT, device_family TEXT, client_id TEXT, client_mode TEXT,
+  role TEXT NOT NULL, scopes TEXT NOT NULL, remote_ip TEXT, silent INTEGER NOT NULL,
+  is_repair INTEGER NOT NULL, reason TEXT NOT NULL, ts_ms INTEGER NOT NULL);
+CREATE TABLE IF NOT EXISTS audit (
+  seq INTEGER PRIMARY KEY AUTOINCREMENT, at_ms INTEGER NOT NULL, event TEXT NOT NULL,
+  actor TEXT NOT NULL, device_id TEXT, request_id TEXT, role TEXT, key_fingerprint TEXT,
+  token_fingerprint TEXT, outcome TEXT NOT NULL, detail TEXT);
+CREATE TRIGGER IF NOT EXISTS audit_append_only_u BEFORE UPDATE ON audit
+  BEGIN SELECT RAISE(ABORT, 'the audit trail is append-only'); END;
+CREATE TRIGGER IF NOT EXISTS audit_append_only_d BEFORE DELETE ON audit
+  BEGIN SELECT RAISE(ABORT, 'the audit trail is append-only'); END;
+";
+
+/// The SQLite-backed device store.
+pub struct SqliteStore {
+    path: PathBuf,
+    conn: Mutex<Connection>,
+    /// Test hook run inside the approval transaction (after the request is deleted, before the
+    /// device is written), so a test can SIGKILL the process mid-approval.
+    #[cfg(test)]
+    pub(crate) approval_hook: Option<Box<dyn Fn() + Send + Sync>>,
+}
+
+impl std::fmt::Debug for SqliteStore {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("SqliteStore")
+            .field("path", &self.path)
+            .finish()
+    }
+}
+
+fn json(v: &[String]) -> String {
+    serde_json::to_string(v).expect("string lists serialize")
+}
+
+fn unjson(s: String) -> Vec<String> {
+    serde_json::from_str(&s).unwrap_or_default()
+}
+
+fn hash(token: &str) -> [u8; 32] {
+    Sha256::digest(token.as_bytes()).into()
+}
+
+/// Fingerprint of a device's public key, for the audit trail.
+pub(crate) fn key_fingerprint(public_key: &str) -> String {
+    Fingerprint::of(public_key.as_bytes()).to_string()
+}
+
+impl SqliteStore {
+    /// Opens (creating) `<state>/devices/devices.sqlite3`.
+    pub fn open_in(state_dir: &Path) -> Result<SqliteStore, StoreError> {
+        let dir = state_dir.join("devices");
+        driftless_core::atomic::create_private_dir(&dir).map_err(|e| StoreError::Sqlite {
+            path: dir.display().to_string(),
+            source: rusqlite::Error::ToSqlConversionFailure(Box::new(e)),
+        })?;
+        Self::open(&dir.join("devices.sqlite3"))
+    }
+
+    /// Opens (creating) the store at `path`.
+    pub fn open(path: &Path) -> Result<SqliteStore, StoreError> {
+        let err = |source| StoreError::Sqlite {
+            path: path.display().to_string(),
+            source,
+        };
+        let conn = Connection::open(path).map_err(err)?;
+        // The database holds token hashes and device keys: owner-only, like every state file.
+        std::fs::set_permissions(path, std::os::unix::fs::PermissionsExt::from_mode(0o600))
+            .map_err(|e| err(rusqlite::Error::ToSqlConversionFailure(Box::new(e))))?;
+        conn.pragma_update(None, "journal_mode", "WAL")
+            .map_err(err)?;
+        conn.pragma_update(None, "synchronous", "FULL")
+            .map_err(err)?;
+        conn.pragma_update(None, "foreign_keys", "ON")
+            .map_err(err)?;
+        conn.busy_timeout(std::time::Duration::from_secs(5))
+            .map_err(err)?;
+        conn.execute_batch(SCHEMA).map_err(err)?;
+        Ok(SqliteStore {
+            path: path.to_owned(),
+            conn: Mutex::new(conn),
+            #[cfg(test)]
+            approval_hook: None,
+        })
+    }
+
+    fn err(&self, source: rusqlite::Error) -> StoreError {
+        StoreError::Sqlite {
+            path: self.path.display().to_string(),
+            source,
+        }
+    }
+
+    /// Runs `f` in one IMMEDIATE transaction (commit on Ok, rollback on Err).
+    fn tx<T>(
+        &self,
+        f: impl FnOnce(&Transaction<'_>) -> Result<T, StoreError>,
+    ) -> Result<T, StoreError> {
+        let mut conn = self.conn.lock().unwrap_or_else(|p| p.into_inner());
+        let tx = conn
+            .transaction_with_behavior(rusqlite::TransactionBehavior::Immediate)
+            .map_err(|e| self.err(e))?;
+        let out = f(&tx)?;
+        tx.commit().map_err(|e| self.err(e))?;
+        Ok(out)
+    }
+}
+
+fn audit_in(tx: &Transaction<'_>, e: &NewAuditEvent, now_ms: u64) -> rusqlite::Result<()> {
+    tx.execute(
+        "INSERT INTO audit (at_ms, event, actor, device_id, request_id, role, key_fingerprint,
+           token_fingerprint, outcome, detail) VALUES (?1,?2,?3,?4,?5,?6,?7,?8,?9,?10)",
+        params![
+            now_ms as i64,
+            e.event,
+            e.actor,
+            e.device_id,
+            e.request_id,
+            e.role,
+            e.key_fingerprint,
+            e.token_fingerprint,
+            e.outcome,
+            e.detail
+        ],
+    )?;
+    Ok(())
+}
+
+fn read_paired(tx: &Connection, device_id: &str) -> rusqlite::Result<Option<PairedDevice>> {
+    let dev = tx
+        .query_row(
+            "SELECT device_id, public_key, display_name, platform, device_family, client_id,
+               client_mode, roles, approved_scopes, remote_ip, created_at_ms, approved_at_ms
+             FROM paired WHERE device_id = ?1",
+            [device_id],
+            |r| {
+                Ok(PairedDevice {
+                    device_id: r.get(0)?,
+                    public_key: r.get(1)?,
+                    display_name: r.get(2)?,
+                    platform: r.get(3)?,
+                    device_family: r.get(4)?,
+                    client_id: r.get(5)?,
+                    client_mode: r.get(6)?,
+                    roles: unjson(r.get(7)?),
+                    approved_scopes: unjson(r.get(8)?),
+                    remote_ip: r.get(9)?,
+                    created_at_ms: r.get::<_, i64>(10)? as u64,
+                    approved_at_ms: r.get::<_, i64>(11)? as u64,
+                    tokens: Vec::new(),
+                })
+            },
+        )
+        .optional()?;
+    let Some(mut dev) = dev else { return Ok(None) };
+    let mut stmt = tx.prepare(
+        "SELECT role, scopes, fingerprint, created_at_ms, rotated_at_ms, revoked_at_ms,
+           last_used_at_ms FROM tokens WHERE device_id = ?1 ORDER BY role",
+    )?;
+    let opt = |v: Option<i64>| v.map(|v| v as u64);
+    dev.tokens = stmt
+        .query_map([device_id], |r| {
+            Ok(TokenSummary {
+                role: r.get(0)?,
+                scopes: unjson(r.get(1)?),
+                fingerprint: serde_json::from_value(serde_json::Value::String(r.get(2)?))
+                    .expect("a string is a fingerprint"),
+                created_at_ms: r.get::<_, i64>(3)? as u64,
+                rotated_at_ms: opt(r.get(4)?),
+                revoked_at_ms: opt(r.get(5)?),
+                last_used_at_ms: opt(r.get(6)?),
+            })
+        })?
+        .collect::<rusqlite::Result<_>>()?;
+    Ok(Some(dev))
+}
+
+const PENDING_COLS: &str = "request_id, device_id, public_key, display_name, platform,
+  device_family, client_id, client_mode, role, scopes, remote_ip, silent, is_repair, reason, ts_ms";
+
+fn row_pending(r: &rusqlite::Row<'_>) -> rusqlite::Result<PendingRequest> {
+    Ok(PendingRequest {
+        request_id: r.get(0)?,
+        device_id: r.get(1)?,
+        public_key: r.get(2)?,
+        display_name: r.get(3)?,
+        platform: r.get(4)?,
+        device_family: r.get(5)?,
+        client_id: r.get(6)?,
+        client_mode: r.get(7)?,
+        role: r.get(8)?,
+        scopes: unjson(r.get(9)?),
+        remote_ip: r.get(10)?,
+        silent: r.get(11)?,
+        is_repair: r.get(12)?,
+        reason: r.get(13)?,
+        ts: r.get::<_, i64>(14)? as u64,
+    })
+}
+
+fn prune(tx: &Transaction<'_>, now_ms: u64) -> rusqlite::Result<()> {
+    let cutoff = now_ms.saturating_sub(PENDING_TTL_MS) as i64;
+    let expired: Vec<PendingRequest> = {
+        let mut stmt = tx.prepare(&format!(
+            "SELECT {PENDING_COLS} FROM pending WHERE ts_ms < ?1"
+        ))?;
+        stmt.query_map([cutoff], row_pending)?
+            .collect::<rusqlite::Result<_>>()?
+    };
+    for p in expired {
+        tx.execute("DELETE FROM pending WHERE request_id = ?1", [&p.request_id])?;
+        audit_in(
+            tx,
+            &NewAuditEvent {
+                event: "pair.expired",
+                actor: "gateway".into(),
+                device_id: Some(p.device_id),
+                request_id: Some(p.request_id),
+                role: Some(p.role),
+                key_fingerprint: Some(key_fingerprint(&p.public_key)),
+                outcome: "expired",
+                ..Default::default()
+            },
+            now_ms,
+        )?;
+    }
+    Ok(())
+}
+
+fn mint_in(
+    tx: &Transaction<'_>,
+    device_id: &str,
+    role: &str,
+    scopes: &[String],
+    now_ms: u64,
+) -> rusqlite::Result<IssuedToken> {
+    let token = driftless_core::secret::random_token();
+    let scopes = normalize_scopes(scopes);
+    let existed: bool = tx
+        .query_row(
+            "SELECT 1 FROM tokens WHERE device_id = ?1 AND role = ?2",
+            params![device_id, role],
+            |_| Ok(true),
+        )
+        .optional()?
+        .unwrap_or(false);
+    tx.execute(
+        "INSERT INTO tokens (device_id, role, token_hash, fingerprint, scopes, created_at_ms,
+           rotated_at_ms, revoked_at_ms, last_used_at_ms)
+         VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, NULL, NULL)
+         ON CONFLICT (device_id, role) DO UPDATE SET token_hash = excluded.token_hash,
+           fingerprint = excluded.fingerprint, scopes = excluded.scopes,
+           rotated_at_ms = excluded.created_at_ms, revoked_at_ms = NULL, last_used_at_ms = NULL",
+        params![
+            device_id,
+            role,
+            &hash(token.expose())[..],
+            token.fingerprint().as_str(),
+            json(&scopes),
+            now_ms as i64,
+            existed.then_some(now_ms as i64),
+        ],
+    )?;
+    Ok(IssuedToken {
+        device_id: device_id.to_owned(),
+        role: role.to_owned(),
+        token,
+        scopes,
+        issued_at_ms: now_ms,
+    })
+}
+
+impl DeviceStore for SqliteStore {
+    fn paired(&self, device_id: &str) -> Result<Option<PairedDevice>, StoreError> {
+        let conn = self.conn.lock().unwrap_or_else(|p| p.into_inner());
+        read_paired(&conn, device_id).map_err(|e| self.err(e))
+    }
+
+    fn list(&self, now_ms: u64) -> Result<(Vec<PendingRequest>, Vec<PairedDevice>), StoreError> {
+        self.tx(|tx| {
+            let run = || -> rusqlite::Result<_> {
+                prune(tx, now_ms)?;
+                let pending = tx
+                    .prepare(&format!(
+                        "SELECT {PENDING_COLS} FROM pending ORDER BY ts_ms"
+                    ))?
+                    .query_map([], row_pending)?
+                    .collect::<rusqlite::Result<Vec<_>>>()?;
+                let ids = tx
+                    .prepare("SELECT device_id FROM paired ORDER BY approved_at_ms, device_id")?
+                    .query_map([], |r| r.get::<_, String>(0))?
+                    .collect::<rusqlite::Result<Vec<_>>>()?;
+                let mut paired = Vec::new();
+                for id in ids {
+                    paired.extend(read_paired(tx, &id)?);
+                }
+                Ok((pending, paired))
+            };
+            run().map_err(|e| self.err(e))
+        })
+    }
+
+    fn pending(&self, request_id: &str, now_ms: u64) -> Result<Option<PendingRequest>, StoreError> {
+        self.tx(|tx| {
+            prune(tx, now_ms).map_err(|e| self.err(e))?;
+            tx.query_row(
+                &format!("SELECT {PENDING_COLS} FROM pending WHERE request_id = ?1"),
+                [request_id],
+                row_pending,
+            )
+            .optional()
+            .map_err(|e| self.err(e))
+        })
+    }
+
+    fn request(&self, req: PendingRequest, now_ms: u64) -> Result<PendingRequest, StoreError> {
+        self.tx(|tx| {
+            let run = || -> rusqlite::Result<PendingRequest> {
+                prune(tx, now_ms)?;
+                let existing: Vec<PendingRequest> = tx
+                    .prepare(&format!(
+                        "SELECT {PENDING_COLS} FROM pending WHERE device_id = ?1"
+                    ))?
+                    .query_map([&req.device_id], row_pending)?
+                    .collect::<rusqlite::Result<_>>()?;
+                let same = |p: &PendingRequest| {
+                    p.public_key == req.public_key
+                        && p.role == req.role
+                        && normalize_scopes(&p.scopes) == normalize_scopes(&req.scopes)
+                };
+                let mut out = req.clone();
+                if let [only] = existing.as_slice()
+                    && same(only)
+                {
+                    // Refreshed in place: same requestId, original time kept.
+                    out.request_id = only.request_id.clone();
+                    out.ts = only.ts;
+                    out.silent = only.silent && req.silent;
+                } else {
+                    out.ts = now_ms;
+                    // Superseded requests merge their scopes into the new one.
+                    let mut scopes = req.scopes.clone();
+                    for p in &existing {
+                        if p.role == req.role {
+                            scopes.extend(p.scopes.iter().cloned());
+                        }
+                    }
+                    out.scopes = normalize_scopes(&scopes);
+                    tx.execute("DELETE FROM pending WHERE device_id = ?1", [&req.device_id])?;
+                    audit_in(
+                        tx,
+                        &NewAuditEvent {
+                            event: "pair.requested",
+                            actor: format!("device:{}", &req.device_id[..req.device_id.len().min(12)]),
+                            device_id: Some(req.device_id.clone()),
+                            request_id: Some(out.request_id.clone()),
+                            role: Some(req.role.clone()),
+                            key_fingerprint: Some(key_fingerprint(&req.public_key)),
+                            outcome: "pending",
+                            detail: Some(format!(
+                                "reason={} remote_ip={}",
+                                req.reason,
+                                req.remote_ip.as_deref().unwrap_or("-")
+                            )),
+                            ..Default::default()
+                        },
+                        now_ms,
+                    )?;
+                }
+                tx.execute(
+                    "INSERT OR REPLACE INTO pending (request_id, device_id, public_key, display_name,
+                       platform, device_family, client_id, client_mode, role, scopes, remote_ip,
+                       silent, is_repair, reason, ts_ms)
+                     VALUES (?1,?2,?3,?4,?5,?6,?7,?8,?9,?10,?11,?12,?13,?14,?15)",
+                    params![
+                        out.request_id,
+                        out.device_id,
+                        out.public_key,
+                        out.display_name,
+                        out.platform,
+                        out.device_family,
+                        out.client_id,
+                        out.client_mode,
+                        out.role,
+                        json(&out.scopes),
+                        out.remote_ip,
+                        out.silent,
+                        out.is_repair,
+                        out.reason,
+                        out.ts as i64
+                    ],
+                )?;
+                Ok(out)
+            };
+            run().map_err(|e| self.err(e))
+        })
+    }
+
+    fn approve(
+        &self,
+        request_id: &str,
+        actor: &str,
+        mint: bool,
+        now_ms: u64,
+    ) -> Result<(PairedDevice, Option<IssuedToken>), StoreError> {
+        self.tx(|tx| {
+            prune(tx, now_ms).map_err(|e| self.err(e))?;
+            let req = tx
+                .query_row(
+                    &format!("SELECT {PENDING_COLS} FROM pending WHERE request_id = ?1"),
+                    [request_id],
+                    row_pending,
+                )
+                .optional()
+                .map_err(|e| self.err(e))?
+                .ok_or(StoreError::UnknownRequest)?;
+            let run = || -> rusqlite::Result<Option<IssuedToken>> {
+                tx.execute("DELETE FROM pending WHERE request_id = ?1", [request_id])?;
+                #[cfg(test)]
+                if let Some(hook) = &self.approval_hook {
+                    hook();
+                }
+                let prev = read_paired(tx, &req.device_id)?;
+                // A different key under the same id cannot happen (id = hash of key), but a
+                // re-pair replaces the record and its tokens rather than merging into them.
+                let prev = prev.filter(|p| p.public_key == req.public_key);
+                let mut roles = prev.as_ref().map(|p| p.roles.clone()).unwrap_or_default();
+                if !roles.contains(&req.role) {
+                    roles.push(req.role.clone());
+                }
+                roles.sort();
+                let mut scopes = prev
+                    .as_ref()
+                    .map(|p| p.approved_scopes.clone())
+                    .unwrap_or_default();
+                scopes.extend(req.scopes.iter().cloned());
+                let scopes = normalize_scopes(&scopes);
+                if prev.is_none() {
+                    tx.execute("DELETE FROM paired WHERE device_id = ?1", [&req.device_id])?;
+                }
+                tx.execute(
+                    "INSERT INTO paired (device_id, public_key, display_name, platform,
+                       device_family, client_id, client_mode, roles, approved_scopes, remote_ip,
+                       created_at_ms, approved_at_ms)
+                     VALUES (?1,?2,?3,?4,?5,?6,?7,?8,?9,?10,?11,?11)
+                     ON CONFLICT (device_id) DO UPDATE SET roles = excluded.roles,
+                       approved_scopes = excluded.approved_scopes,
+                       approved_at_ms = excluded.approved_at_ms,
+                       platform = excluded.platform, device_family = excluded.device_family",
+                    params![
+                        req.device_id,
+                        req.public_key,
+                        req.display_name,
+                        req.platform,
+                        req.device_family,
+                        req.client_id,
+                        req.client_mode,
+                        json(&roles),
+                        json(&scopes),
+                        req.remote_ip,
+                        now_ms as i64
+                    ],
+                )?;
+                // A re-approval (role upgrade after a revocation) starts from a clean token row.
+                tx.execute(
+                    "DELETE FROM tokens WHERE device_id = ?1 AND role = ?2 AND revoked_at_ms IS NOT NULL",
+                    params![req.device_id, req.role],
+                )?;
+                let key_fp = Some(key_fingerprint(&req.public_key));
+                audit_in(
+                    tx,
+                    &NewAuditEvent {
+                        event: "pair.approved",
+                        actor: actor.to_owned(),
+                        device_id: Some(req.device_id.clone()),
+                        request_id: Some(request_id.to_owned()),
+                        role: Some(req.role.clone()),
+                        key_fingerprint: key_fp.clone(),
+                        outcome: "ok",
+                        detail: Some(format!("reason={} scopes={}", req.reason, req.scopes.join(","))),
+                        ..Default::default()
+                    },
+                    now_ms,
+                )?;
+                if !mint {
+                    return Ok(None);
+                }
+                let issued = mint_in(tx, &req.device_id, &req.role, &req.scopes, now_ms)?;
+                audit_in(
+                    tx,
+                    &NewAuditEvent {
+                        event: "token.issued",
+                        actor: actor.to_owned(),
+                        device_id: Some(req.device_id.clone()),
+                        role: Some(req.role.clone()),
+                        key_fingerprint: key_fp,
+                        token_fingerprint: Some(issued.token.fingerprint().to_string()),
+                        outcome: "ok",
+                        ..Default::default()
+                    },
+                    now_ms,
+                )?;
+                Ok(Some(issued))
+            };
+            let issued = run().map_err(|e| self.err(e))?;
+            let dev = read_paired(tx, &req.device_id)
+                .map_err(|e| self.err(e))?
+                .expect("just written in this transaction");
+            Ok((dev, issued))
+        })
+    }
+
+    fn reject(
+        &self,
+        request_id: &str,
+        actor: &str,
+        now_ms: u64,
+    ) -> Result<PendingRequest, StoreError> {
+        self.tx(|tx| {
+            prune(tx, now_ms).map_err(|e| self.err(e))?;
+            let req = tx
+                .query_row(
+                    &format!("SELECT {PENDING_COLS} FROM pending WHERE request_id = ?1"),
+                    [request_id],
+                    row_pending,
+                )
+                .optional()
+                .map_err(|e| self.err(e))?
+                .ok_or(StoreError::UnknownRequest)?;
+            tx.execute("DELETE FROM pending WHERE request_id = ?1", [request_id])
+                .and_then(|_| {
+                    audit_in(
+                        tx,
+                        &NewAuditEvent {
+                            event: "pair.rejected",
+                            actor: actor.to_owned(),
+                            device_id: Some(req.device_id.clone()),
+                            request_id: Some(request_id.to_owned()),
+                            role: Some(req.role.clone()),
+                            key_fingerprint: Some(key_fingerprint(&req.public_key)),
+                            outcome: "rejected",
+                            ..Default::default()
+                        },
+                        now_ms,
+                    )
+                })
+                .map_err(|e| self.err(e))?;
+            Ok(req)
+        })
+    }
+
+    fn remove(&self, device_id: &str, actor: &str, now_ms: u64) -> Result<bool, StoreError> {
+        self.tx(|tx| {
+            let run = || -> rusqlite::Result<bool> {
+                let Some(dev) = read_paired(tx, device_id)? else {
+                    return Ok(false);
+                };
+                tx.execute("DELETE FROM tokens WHERE device_id = ?1", [device_id])?;
+                tx.execute("DELETE FROM paired WHERE device_id = ?1", [device_id])?;
+                audit_in(
+                    tx,
+                    &NewAuditEvent {
+                        event: "device.removed",
+                        actor: actor.to_owned(),
+                        device_id: Some(device_id.to_owned()),
+                        key_fingerprint: Some(key_fingerprint(&dev.public_key)),
+                        outcome: "ok",
+                        ..Default::default()
+                    },
+                    now_ms,
+                )?;
+                Ok(true)
+            };
+            run().map_err(|e| self.err(e))
+        })
+    }
+
+    fn verify_token(
+        &self,
+        device_id: &str,
+        role: &str,
+        token: &str,
+        scopes: &[String],
+        now_ms: u64,
+    ) -> Result<TokenCheck, StoreError> {
+        self.tx(|tx| {
+            let run = || -> rusqlite::Result<TokenCheck> {
+                let Some(dev) = read_paired(tx, device_id)? else {
+                    return Ok(TokenCheck::Rejected("device-not-paired"));
+                };
+                if !dev.roles.iter().any(|r| r == role) {
+                    return Ok(TokenCheck::Rejected("role-missing"));
+                }
+                let row: Option<(Vec<u8>, String, Option<i64>, String)> = tx
+                    .query_row(
+                        "SELECT token_hash, scopes, revoked_at_ms, fingerprint FROM tokens
+                         WHERE device_id = ?1 AND role = ?2",
+                        params![device_id, role],
+                        |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?, r.get(3)?)),
+                    )
+                    .optional()?;
+                let Some((stored, token_scopes, revoked, fp)) = row else {
+                    return Ok(TokenCheck::Rejected("token-missing"));
+                };
+                let token_scopes = unjson(token_scopes);
+                let check = if revoked.is_some() {
+                    TokenCheck::Rejected("token-revoked")
+                } else if token.trim().is_empty() || !bool::from(stored.ct_eq(&hash(token)[..])) {
+                    TokenCheck::Rejected("token-mismatch")
+                } else if !scopes_allow(&dev.approved_scopes, &token_scopes)
+                    || !scopes_allow(&token_scopes, &normalize_scopes(scopes))
+                {
+                    TokenCheck::Rejected("scope-mismatch")
+                } else {
+                    TokenCheck::Ok
+                };
+                let (outcome, detail) = match check {
+                    TokenCheck::Ok => {
+                        tx.execute(
+                            "UPDATE tokens SET last_used_at_ms = ?3 WHERE device_id = ?1 AND role = ?2",
+                            params![device_id, role, now_ms as i64],
+                        )?;
+                        ("ok", None)
+                    }
+                    TokenCheck::Rejected(r) => ("rejected", Some(r.to_owned())),
+                };
+                audit_in(
+                    tx,
+                    &NewAuditEvent {
+                        event: "token.used",
+                        actor: format!("device:{}", &device_id[..device_id.len().min(12)]),
+                        device_id: Some(device_id.to_owned()),
+                        role: Some(role.to_owned()),
+                        key_fingerprint: Some(key_fingerprint(&dev.public_key)),
+                        // The fingerprint of what was presented, when it is the stored one.
+                        token_fingerprint: (check == TokenCheck::Ok).then_some(fp),
+                        outcome,
+                        detail,
+                        ..Default::default()
+                    },
+                    now_ms,
+                )?;
+                Ok(check)
+            };
+            run().map_err(|e| self.err(e))
+        })
+    }
+
+    fn mint(
+        &self,
+        device_id: &str,
+        role: &str,
+        scopes: &[String],
+        actor: &str,
+        event: &'static str,
+        now_ms: u64,
+    ) -> Result<IssuedToken, StoreError> {
+        self.tx(|tx| {
+            let dev = read_paired(tx, device_id)
+                .map_err(|e| self.err(e))?
+                .filter(|d| d.roles.iter().any(|r| r == role))
+                .ok_or(StoreError::UnknownDevice)?;
+            let run = || -> rusqlite::Result<IssuedToken> {
+                let issued = mint_in(tx, device_id, role, scopes, now_ms)?;
+                audit_in(
+                    tx,
+                    &NewAuditEvent {
+                        event,
+                        actor: actor.to_owned(),
+                        device_id: Some(device_id.to_owned()),
+                        role: Some(role.to_owned()),
+                        key_fingerprint: Some(key_fingerprint(&dev.public_key)),
+                        token_fingerprint: Some(issued.token.fingerprint().to_string()),
+                        outcome: "ok",
+                        ..Default::default()
+                    },
+                    now_ms,
+                )?;
+                Ok(issued)
+            };
+            run().map_err(|e| self.err(e))
+        })
+    }
+
+    fn revoke(
+        &self,
+        device_id: &str,
+        role: &str,
+        actor: &str,
+        now_ms: u64,
+    ) -> Result<u64, StoreError> {
+        self.tx(|tx| {
+            let dev = read_paired(tx, device_id)
+                .map_err(|e| self.err(e))?
+                .ok_or(StoreError::UnknownDevice)?;
+            let n = tx
+                .execute(
+                    "UPDATE tokens SET revoked_at_ms = ?3 WHERE device_id = ?1 AND role = ?2",
+                    params![device_id, role, now_ms as i64],
+                )
+                .map_err(|e| self.err(e))?;
+            if n == 0 {
+                return Err(StoreError::UnknownDevice);
+            }
+            audit_in(
+                tx,
+                &NewAuditEvent {
+                    event: "token.revoked",
+                    actor: actor.to_owned(),
+                    device_id: Some(device_id.to_owned()),
+                    role: Some(role.to_owned()),
+                    key_fingerprint: Some(key_fingerprint(&dev.public_key)),
+                    outcome: "ok",
+                    ..Default::default()
+                },
+                now_ms,
+            )
+            .map_err(|e| self.err(e))?;
+            Ok(now_ms)
+        })
+    }
+
+    fn touch(&self, d: &PairedDevice) -> Result<(), StoreError> {
+        self.tx(|tx| {
+            tx.execute(
+                "UPDATE paired SET display_name = ?2, client_id = ?3, client_mode = ?4,
+                   remote_ip = ?5 WHERE device_id = ?1",
+                params![
+                    d.device_id,
+                    d.display_name,
+                    d.client_id,
+                    d.client_mode,
+                    d.remote_ip
+                ],
+            )
+            .map_err(|e| self.err(e))?;
+            Ok(())
+        })
+    }
+
+    fn append_audit(&self, event: NewAuditEvent, now_ms: u64) -> Result<(), StoreError> {
+        self.tx(|tx| audit_in(tx, &event, now_ms).map_err(|e| self.err(e)))
+    }
+
+    fn audit(&self) -> Result<Vec<AuditEvent>, StoreError> {
+        let conn = self.conn.lock().unwrap_or_else(|p| p.into_inner());
+        let run = || -> rusqlite::Result<Vec<AuditEvent>> {
+            conn.prepare(
+                "SELECT seq, at_ms, event, actor, device_id, request_id, role, key_fingerprint,
+                   token_fingerprint, outcome, detail FROM audit ORDER BY seq",
+            )?
+            .query_map([], |r| {
+                Ok(AuditEvent {
+                    seq: r.get(0)?,
+                    at_ms: r.get::<_, i64>(1)? as u64,
+                    event: r.get(2)?,
+                    actor: r.get(3)?,
+                    device_id: r.get(4)?,
+                    request_id: r.get(5)?,
+                    role: r.get(6)?,
+                    key_fingerprint: r.get(7)?,
+                    token_fingerprint: r.get(8)?,
+                    outcome: r.get(9)?,
+                    detail: r.get(10)?,
+                })
+            })?
+            .collect()
+        };
+        run().map_err(|e| self.err(e))
+    }
+}
