@@ -75,9 +75,21 @@ async fn silent_loopback_pairing_then_device_token_reuse() {
     assert_eq!(events(&a, "token.issued").len(), 1);
     assert!(stored(&home, &gw.url).unwrap().same_as(&token));
     // The store file is private and never holds the shared token.
-    let text = std::fs::read_to_string(store_path(&state(&home))).unwrap();
+    let path = store_path(&state(&home));
+    let text = std::fs::read_to_string(&path).unwrap();
     assert!(!text.contains(CANARY));
-    gw.finish();
+    let mode = std::os::unix::fs::MetadataExt::mode(&std::fs::metadata(&path).unwrap());
+    assert_eq!(mode & 0o777, 0o600);
+    // Listing devices shows fingerprints, never the token.
+    let (st, out, err) = home.run(&["devices", "list", "--url", &gw.url, "--json"]);
+    assert!(st.success(), "{err}");
+    assert!(out.contains(token.fingerprint().as_str()), "{out}");
+    assert!(!out.contains(token.expose()) && !err.contains(token.expose()));
+    let log = gw.finish();
+    assert!(
+        !log.contains(token.expose()),
+        "a device token reached the gateway log"
+    );
 }
 
 #[tokio::test]
@@ -91,9 +103,10 @@ async fn other_host_needs_approval_then_connects() {
     let gw = Gateway::start(&gw_home, &[], &[]);
     let remote = Home::new();
     let args = ["--token", CANARY, "--source-addr", "127.0.0.2"];
-    let (st, out, err) = health(&remote, &gw.url, &args);
-    assert_eq!(st.code(), Some(77), "{out}{err}");
-    assert!(err.contains("PAIRING_REQUIRED"), "{err}");
+    let (st, out, refused) = health(&remote, &gw.url, &args);
+    assert_eq!(st.code(), Some(77), "{out}{refused}");
+    assert!(refused.contains("PAIRING_REQUIRED"), "{refused}");
+    assert!(refused.contains("driftless devices approve"), "{refused}");
     assert!(stored(&remote, &gw.url).is_none());
 
     // The operator on the gateway host lists and approves it.
@@ -107,6 +120,8 @@ async fn other_host_needs_approval_then_connects() {
     let remote_id = DeviceIdentity::load_existing(&state(&remote)).unwrap();
     assert_eq!(pending[0]["deviceId"], remote_id.device_id());
     let request_id = pending[0]["requestId"].as_str().unwrap().to_owned();
+    // The refused client was told which request to approve.
+    assert!(refused.contains(&request_id), "{refused}");
     let (st, out, err) = gw_home.run(&["devices", "approve", &request_id, "--url", &gw.url]);
     assert!(st.success(), "{out}{err}");
     assert!(out.contains("approved"), "{out}");
@@ -166,7 +181,7 @@ async fn device_token_refused(home: &Home, url: &str, token: SecretValue) -> Val
 }
 
 #[tokio::test]
-async fn rotate_and_revoke_close_sessions_and_retire_the_old_token() {
+async fn rotate_revoke_remove_close_sessions_and_retire_the_old_token() {
     let home = Home::new();
     home.token_config(CANARY, "");
     let gw = Gateway::start(&home, &[], &[]);
@@ -194,9 +209,19 @@ async fn rotate_and_revoke_close_sessions_and_retire_the_old_token() {
     expect_close(&mut session, "device token revoked").await;
     let e = device_token_refused(&home, &gw.url, new).await;
     assert_eq!(e["details"]["code"], "AUTH_DEVICE_TOKEN_MISMATCH");
+
+    // The revoked token heals: deleted, the shared secret re-approves this loopback device.
+    let (st, out, err) = home.run(&["devices", "list", "--url", &gw.url]);
+    assert!(st.success(), "{out}{err}");
+    assert!(err.contains("retrying once"), "{err}");
+    let mut session = device_session(&home, &gw.url).await;
+    let (st, out, err) = home.run(&["devices", "remove", id.device_id(), "--url", &gw.url]);
+    assert!(st.success(), "{out}{err}");
+    expect_close(&mut session, "device removed").await;
     let a = audit(&home);
     assert_eq!(events(&a, "token.rotated").len(), 1);
     assert_eq!(events(&a, "token.revoked").len(), 1);
+    assert_eq!(events(&a, "device.removed").len(), 1);
     gw.finish();
 }
 

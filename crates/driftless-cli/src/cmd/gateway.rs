@@ -257,7 +257,14 @@ pub(crate) fn with_connection<T>(
                 tracing::debug!(used = ?c.used, healed = c.healed, "connected");
                 c.value
             }
-            Err(heal::ConnectError::Refused(e)) => return Err(anyhow::Error::new(e)),
+            Err(heal::ConnectError::Refused(e)) => {
+                let hint = pairing_hint(&e);
+                let err = anyhow::Error::new(e);
+                return Err(match hint {
+                    Some(h) => err.context(h),
+                    None => err,
+                });
+            }
             Err(heal::ConnectError::Store(e)) => return Err(anyhow::Error::new(e)),
         };
         let r = f(&mut conn).await;
@@ -265,6 +272,25 @@ pub(crate) fn with_connection<T>(
         r.map_err(anyhow::Error::new)
     })?;
     Ok(out)
+}
+
+/// What to do when the gateway wants this device approved first.
+fn pairing_hint(e: &connection::ClientError) -> Option<String> {
+    let connection::ClientError::Rejected { error, .. } = e else {
+        return None;
+    };
+    if error.detail_code() != Some("PAIRING_REQUIRED") {
+        return None;
+    }
+    let id = error
+        .details
+        .as_ref()
+        .and_then(|d| d.get("requestId"))
+        .and_then(Value::as_str)
+        .unwrap_or("<requestId from `driftless devices list`>");
+    Some(format!(
+        "this device is not approved on the gateway yet; on the gateway's host run `driftless devices approve {id}`, then try again"
+    ))
 }
 
 fn call(ctx: &Ctx, a: &ClientArgs, method: &str, params: Option<Value>) -> anyhow::Result<Value> {
