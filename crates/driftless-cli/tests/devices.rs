@@ -373,3 +373,92 @@ async fn device_proof_failures_on_the_wire() {
     }
     gw.finish();
 }
+
+/// SIGKILL the gateway while approvals are in flight: every request must end up either still
+/// pending or fully paired, never both or neither, and the database must be intact. (The store
+/// test `sigkill_mid_approval_leaves_pending_or_paired` kills a process inside the transaction
+/// deterministically; this one kills the real gateway at an arbitrary point.)
+#[tokio::test]
+async fn sigkill_during_approvals_leaves_each_device_pending_or_paired() {
+    use driftless_client::connection::{ClientError, ConnectOptions, Credential, connect};
+    let home = Home::new();
+    home.token_config(
+        CANARY,
+        "[gateway.devices]\nlocal_addresses = [\"127.0.0.1\"]",
+    );
+    let mut gw = Gateway::start(&home, &[], &[]);
+    assert!(health(&home, &gw.url, &[]).0.success());
+    // Devices on "another host" ask to pair.
+    let mut requests = Vec::new();
+    for i in 0..24 {
+        let id = DeviceIdentity::load_or_create(&home.path().join(format!("remote-{i}"))).unwrap();
+        let device_id = id.device_id().to_owned();
+        let mut opts =
+            ConnectOptions::new(&gw.url, Credential::Token(SecretValue::new(CANARY.into())));
+        opts.device = Some(std::sync::Arc::new(id));
+        opts.bind_addr = Some("127.0.0.2".parse().unwrap());
+        let Err(ClientError::Rejected { error, .. }) = connect(&opts).await else {
+            panic!("expected pairing required")
+        };
+        let rid = error.details.unwrap()["requestId"]
+            .as_str()
+            .unwrap()
+            .to_owned();
+        requests.push((device_id, rid));
+    }
+    // The local operator approves all of them at once; the gateway is killed meanwhile.
+    let admin = DeviceIdentity::load_existing(&state(&home)).unwrap();
+    let admin = std::sync::Arc::new(admin);
+    let token = stored(&home, &gw.url).unwrap();
+    let mut conns = Vec::new();
+    for _ in &requests {
+        let mut opts = ConnectOptions::new(&gw.url, Credential::DeviceToken(token.clone()));
+        opts.device = Some(admin.clone());
+        opts.scopes = vec!["operator.admin".into()];
+        conns.push(connect(&opts).await.unwrap());
+    }
+    let mut tasks = Vec::new();
+    for ((_, rid), mut conn) in requests.iter().zip(conns) {
+        let rid = rid.clone();
+        tasks.push(tokio::spawn(async move {
+            let _ = conn
+                .request(
+                    "device.pair.approve",
+                    Some(serde_json::json!({"requestId": rid})),
+                )
+                .await;
+        }));
+    }
+    tokio::time::sleep(Duration::from_millis(5)).await;
+    gw.child.kill().unwrap(); // SIGKILL, our own child
+    gw.child.wait().unwrap();
+    for t in tasks {
+        let _ = tokio::time::timeout(Duration::from_secs(5), t).await;
+    }
+    let store = SqliteStore::open_in(&state(&home)).unwrap();
+    let (pending, paired) = store.list(0).unwrap();
+    for (device_id, rid) in &requests {
+        let is_pending = pending.iter().any(|p| &p.request_id == rid);
+        let is_paired = paired.iter().any(|p| &p.device_id == device_id);
+        assert!(
+            is_pending != is_paired,
+            "{device_id}: pending={is_pending} paired={is_paired}"
+        );
+        if is_paired {
+            let approved = events(&store.audit().unwrap(), "pair.approved")
+                .into_iter()
+                .any(|e| e.request_id.as_deref() == Some(rid.as_str()));
+            assert!(approved, "paired without its audit line");
+        }
+    }
+    eprintln!(
+        "approved before the kill: {} of {}",
+        paired.len() - 1,
+        requests.len()
+    );
+    let conn = rusqlite::Connection::open(state(&home).join("devices/devices.sqlite3")).unwrap();
+    let ok: String = conn
+        .query_row("PRAGMA integrity_check", [], |r| r.get(0))
+        .unwrap();
+    assert_eq!(ok, "ok");
+}
