@@ -193,7 +193,17 @@ fn schema_and_path_commands() {
 fn gateway_run_with_an_explicit_missing_config_fails_instead_of_creating_one() {
     let home = Home::new();
     let missing = home.dir.path().join("hidden/config.toml");
-    let out = home.run(&["gateway", "run", "--config", missing.to_str().unwrap(), "--port", "0"], &[]);
+    let out = home.run(
+        &[
+            "gateway",
+            "run",
+            "--config",
+            missing.to_str().unwrap(),
+            "--port",
+            "0",
+        ],
+        &[],
+    );
     assert_eq!(out.status.code(), Some(78));
     assert!(text(&out).contains("does not exist"), "{}", text(&out));
     assert!(!missing.exists());
