@@ -24,7 +24,6 @@ pub struct Failure {
 }
 
 impl Failure {
-    #[allow(dead_code)] // used by commands that pick their own exit code
     pub fn new(code: u8, error: impl Into<anyhow::Error>) -> Failure {
         Failure {
             code,

@@ -31,7 +31,8 @@ const EXAMPLES: &str = "Examples:
   driftless secrets check --json     # resolve every secret reference, show fingerprints
   driftless config show              # the effective config, references only
   driftless daemon install           # run the gateway as a service (the unit holds no secret)
-  driftless doctor --fix             # find copies of secrets that can drift, and repair them";
+  driftless doctor --fix             # find copies of secrets that can drift, and repair them
+  driftless supervise --env KEY=file:/run/secrets/key -- ./server   # restart on rotation";
 
 #[derive(Clone, Copy, ValueEnum)]
 enum LogFormat {
@@ -66,6 +67,8 @@ enum Command {
     Daemon(cmd::daemon::Command),
     /// Find secrets that can drift (units, plaintext, permissions) and repair them with --fix
     Doctor(cmd::doctor::Args),
+    /// Run a program with secrets from references in its environment; restart or signal it when they change
+    Supervise(cmd::supervise::Args),
 }
 
 /// What every command gets: the environment (read once) and the resolved paths.
@@ -101,6 +104,7 @@ fn main() -> ExitCode {
         Command::Token(c) => cmd::token::run(&ctx, c),
         Command::Daemon(c) => cmd::daemon::run(&ctx, c),
         Command::Doctor(a) => cmd::doctor::run(&ctx, a),
+        Command::Supervise(a) => cmd::supervise::run(&ctx, a),
     };
     exit::finish(result)
 }

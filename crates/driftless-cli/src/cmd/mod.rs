@@ -9,3 +9,4 @@ pub mod gateway;
 pub mod init;
 pub mod secrets;
 pub mod token;
+pub mod supervise;
