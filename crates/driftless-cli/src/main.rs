@@ -68,7 +68,7 @@ enum Command {
     /// Find secrets that can drift (units, plaintext, permissions) and repair them with --fix
     Doctor(cmd::doctor::Args),
     /// Run a program with secrets from references in its environment; restart or signal it when they change
-    Supervise(cmd::supervise::Args),
+    Supervise(Box<cmd::supervise::Args>),
 }
 
 /// What every command gets: the environment (read once) and the resolved paths.
@@ -104,7 +104,7 @@ fn main() -> ExitCode {
         Command::Token(c) => cmd::token::run(&ctx, c),
         Command::Daemon(c) => cmd::daemon::run(&ctx, c),
         Command::Doctor(a) => cmd::doctor::run(&ctx, a),
-        Command::Supervise(a) => cmd::supervise::run(&ctx, a),
+        Command::Supervise(a) => cmd::supervise::run(&ctx, *a),
     };
     exit::finish(result)
 }
