@@ -110,7 +110,10 @@ impl Sup {
             .envs(child_env.iter().copied())
             .arg("supervise")
             .arg(format!("--env=SECRET=file:{}", key.display()))
-            .arg(format!("--control=unix:{}", sock.display()))
+            .args(
+                (!extra_args.contains(&"--control"))
+                    .then(|| format!("--control=unix:{}", sock.display())),
+            )
             .args(["--grace", "5"])
             .args(
                 extra_args
@@ -168,19 +171,9 @@ impl Sup {
 
     /// One HTTP/1.1 request over the control socket: (status code, JSON body).
     fn http(&self, method: &str, path: &str, body: &str) -> (u16, Value) {
-        let mut s = UnixStream::connect(&self.sock).unwrap();
+        let s = UnixStream::connect(&self.sock).unwrap();
         s.set_read_timeout(Some(Duration::from_secs(30))).unwrap();
-        write!(
-            s,
-            "{method} {path} HTTP/1.1\r\nHost: supervisor\r\nConnection: close\r\nContent-Type: application/json\r\nContent-Length: {}\r\n\r\n{body}",
-            body.len()
-        )
-        .unwrap();
-        let mut resp = String::new();
-        s.read_to_string(&mut resp).unwrap();
-        let code = resp[9..12].parse().unwrap();
-        let (_, json) = resp.split_once("\r\n\r\n").unwrap();
-        (code, serde_json::from_str(json).unwrap())
+        http_on(s, method, path, &[], body)
     }
 
     fn status(&self) -> Value {
@@ -238,6 +231,28 @@ impl Drop for Sup {
             let _ = self.terminate();
         }
     }
+}
+
+/// One HTTP/1.1 request on an open stream: (status code, JSON body).
+fn http_on(
+    mut s: impl Read + Write,
+    method: &str,
+    path: &str,
+    headers: &[&str],
+    body: &str,
+) -> (u16, Value) {
+    let extra: String = headers.iter().map(|h| format!("{h}\r\n")).collect();
+    write!(
+        s,
+        "{method} {path} HTTP/1.1\r\nHost: supervisor\r\nConnection: close\r\nContent-Type: application/json\r\n{extra}Content-Length: {}\r\n\r\n{body}",
+        body.len()
+    )
+    .unwrap();
+    let mut resp = String::new();
+    s.read_to_string(&mut resp).unwrap();
+    let code = resp[9..12].parse().unwrap();
+    let (_, json) = resp.split_once("\r\n\r\n").unwrap();
+    (code, serde_json::from_str(json).unwrap())
 }
 
 fn pid_alive(pid: u32) -> bool {
@@ -557,4 +572,71 @@ fn literal_secrets_on_the_command_line_are_refused_without_echo() {
     assert!(stderr.contains("file:/path/to/secret"), "{stderr}");
     assert!(!stderr.contains("sk-canary-cli-literal-31337"), "{stderr}");
     assert!(out.stdout.is_empty());
+}
+
+#[test]
+fn http_control_endpoint_requires_its_own_token() {
+    let token_dir = tempfile::tempdir().unwrap();
+    let token_file = token_dir.path().join("ctl-token");
+    let token = "canary-control-token-6060";
+    write_secret(&token_file, token);
+    let ctl_port = free_port();
+    let ctl_arg = format!("http:127.0.0.1:{ctl_port}");
+    let token_arg = format!("file:{}", token_file.display());
+    let mut sup = Sup::start(
+        "canary-http-ctl-secret-8080",
+        &[
+            "--ready",
+            "tcp:{port}",
+            "--control",
+            &ctl_arg,
+            "--control-token",
+            &token_arg,
+        ],
+        &[],
+    );
+    sup.wait_starts(1);
+    let request = |headers: &[&str]| {
+        let s = std::net::TcpStream::connect(("127.0.0.1", ctl_port))?;
+        s.set_read_timeout(Some(Duration::from_secs(30)))?;
+        Ok::<_, std::io::Error>(http_on(s, "GET", "/status", headers, ""))
+    };
+    assert!(eventually(Duration::from_secs(10), || request(&[]).is_ok()));
+    let (code, v) = request(&[]).unwrap();
+    assert_eq!(code, 401, "{v}");
+    assert_eq!(v["ok"], false);
+    let (code, _) = request(&["Authorization: Bearer wrong-token"]).unwrap();
+    assert_eq!(code, 401);
+    let auth = format!("Authorization: Bearer {token}");
+    let (code, v) = request(&[&auth]).unwrap();
+    assert_eq!(code, 200, "{v}");
+    assert_eq!(
+        v["env"]["SECRET"]["fingerprint"],
+        fp("canary-http-ctl-secret-8080")
+    );
+    assert_eq!(sup.terminate(), Some(0));
+    sup.assert_never_printed(token);
+}
+
+#[test]
+fn an_http_control_endpoint_without_a_token_is_refused() {
+    let mut sup = Sup::start(
+        "canary-no-token-1313",
+        &["--control", "http:127.0.0.1:1"],
+        &[],
+    );
+    assert!(eventually(Duration::from_secs(10), || sup
+        .proc
+        .try_wait()
+        .unwrap()
+        .is_some()));
+    assert_eq!(sup.proc.try_wait().unwrap().unwrap().code(), Some(70));
+    assert!(
+        eventually(Duration::from_secs(2), || sup.err().iter().any(|l| l
+            .contains("needs its own token")
+            && l.contains("--control-token"))),
+        "stderr: {:?}",
+        sup.err()
+    );
+    assert!(sup.starts().is_empty(), "no child may start");
 }

@@ -63,8 +63,9 @@ mod tests {
             .await
         );
 
-        // Serve two requests: one 200, one 503.
+        // The TCP probe's connection is first in the backlog; then serve one 200 and one 503.
         let server = tokio::spawn(async move {
+            drop(listener.accept().await.unwrap());
             for status in ["200 OK", "503 Service Unavailable"] {
                 let (mut s, _) = listener.accept().await.unwrap();
                 let mut buf = [0u8; 512];

@@ -81,6 +81,13 @@ pub fn run(ctx: &Ctx, args: Args) -> CmdResult {
         .map(|a| spec::parse_env_arg(a))
         .collect::<Result<Vec<_>, _>>()
         .map_err(|e| Failure::new(CONFIG, e))?;
+    let mut seen = std::collections::BTreeSet::new();
+    if let Some((dup, _)) = env.iter().find(|(name, _)| !seen.insert(name.as_str())) {
+        return Err(Failure::new(
+            CONFIG,
+            anyhow::anyhow!("--env {dup}=... is given twice; keep one reference per variable"),
+        ));
+    }
     let control_token = args
         .control_token
         .as_deref()
