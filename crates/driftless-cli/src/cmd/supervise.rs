@@ -9,26 +9,27 @@ use crate::Ctx;
 use crate::exit::{CONFIG, CmdResult, Failure};
 
 const HELP: &str = "\
-Secret references (for --env and --control-token; literals are refused, they would show in `ps`):
-  file:/path/to/secret   the whole file, one trailing newline trimmed (must be mode 0600 or stricter)
-  env:VARIABLE           a variable of the supervisor's own environment (cannot change while it runs)
-  exec:program arg ...   the standard output of a command (argv split on whitespace, no shell)
+Secret references (for --env and --control-token; literals are refused, `ps` would show them):
+  file:/path/to/secret   the whole file minus one trailing newline; mode 0600 or stricter
+  env:VARIABLE           the supervisor's own environment (cannot change while it runs)
+  exec:program arg ...   a command's standard output (argv split on whitespace, no shell)
 
-On a change the supervisor re-resolves first (a source that fails to resolve never disturbs the
-running child; the error is logged and shown in /status), then sends --reload's signal, or with
---reload none restarts the child: SIGTERM to its process group, --grace, SIGKILL, respawn with the
-fresh environment, wait for --ready. SIGTERM/SIGINT to the supervisor stop the child and exit with
-its code; SIGHUP re-resolves now.
+On a change the supervisor re-resolves first: a source that fails to resolve never disturbs
+the running child (the error is logged and shown in /status). Then it sends --reload's signal,
+or with --reload none restarts the child: SIGTERM to its process group, --grace, SIGKILL,
+respawn with the fresh environment, wait for --ready. SIGTERM or SIGINT to the supervisor stop
+the child and exit with its code; SIGHUP re-resolves at once.
 
-Control endpoint (curl --unix-socket PATH http://x/status):
+Control endpoint (e.g. curl --unix-socket PATH http://localhost/status):
   GET  /status
   POST /env/patch  {\"set\": {\"NAME\": \"file:/new/path\"}, \"unset\": [\"OLD\"]}
        -> {\"ok\": true, \"restarted\": bool, \"signaled\": bool, \"pid\": N}
 
 Examples:
-  driftless supervise --env OPENAI_API_KEY=file:/run/secrets/openai --ready tcp:8080 -- ./server --port 8080
-  driftless supervise --env TOKEN=exec:pass show ci/token --reload signal:HUP -- ./worker
-  driftless supervise --env KEY=file:key --control http:127.0.0.1:7070 --control-token file:/etc/ctl-token -- ./app";
+  driftless supervise --env API_KEY=file:/run/secrets/api --ready tcp:8080 -- ./server
+  driftless supervise --env 'TOKEN=exec:pass show ci/token' --reload signal:HUP -- ./worker
+  driftless supervise --env KEY=file:key --control http:127.0.0.1:7070 \\
+      --control-token file:/etc/driftless/ctl-token -- ./app";
 
 #[derive(clap::Args)]
 #[command(after_help = HELP)]
