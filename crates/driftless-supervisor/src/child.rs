@@ -71,6 +71,8 @@ pub fn spawn(launch: &Launch<'_>, snapshot: &Snapshot) -> std::io::Result<Runnin
 async fn pump(src: impl AsyncRead + Unpin, mut dst: impl AsyncWrite + Unpin) {
     let mut reader = BufReader::new(src);
     let mut line = Vec::with_capacity(256);
+    // If our own output goes away, keep draining: a child blocked on a full pipe would hang.
+    let mut sink_open = true;
     loop {
         line.clear();
         match (&mut reader)
@@ -81,11 +83,12 @@ async fn pump(src: impl AsyncRead + Unpin, mut dst: impl AsyncWrite + Unpin) {
             Ok(0) | Err(_) => break,
             Ok(_) => {}
         }
+        if !sink_open {
+            continue;
+        }
         let text = String::from_utf8_lossy(&line);
         let clean = redact::redact(&text);
-        if dst.write_all(clean.as_bytes()).await.is_err() || dst.flush().await.is_err() {
-            break;
-        }
+        sink_open = dst.write_all(clean.as_bytes()).await.is_ok() && dst.flush().await.is_ok();
     }
 }
 
