@@ -9,6 +9,7 @@ pub mod devices;
 pub mod limiter;
 mod methods;
 pub mod metrics;
+mod openai;
 mod reload;
 pub mod secrets;
 
@@ -83,6 +84,8 @@ pub(crate) struct State {
     pub device_events: broadcast::Sender<devices::Disconnect>,
     /// `gateway.devices.local_addresses`.
     pub local_addresses: Vec<IpAddr>,
+    /// `[providers.*]` and the HTTP client for the OpenAI-compatible endpoints.
+    pub openai: openai::Providers,
 }
 
 /// Unauthenticated sockets one address may hold (OpenClaw's default); more get HTTP 503.
@@ -196,6 +199,7 @@ impl Gateway {
             devices: Arc::new(device_store),
             device_events: broadcast::Sender::new(16),
             local_addresses: cfg.gateway.devices.local_addresses.clone(),
+            openai: openai::Providers::new(cfg),
         });
         Ok(Gateway { listener, state })
     }
@@ -236,6 +240,7 @@ impl Gateway {
             .route("/healthz", get(healthz))
             .route("/readyz", get(readyz))
             .route("/metrics", get(metrics_handler))
+            .merge(openai::routes())
             .fallback(ws_upgrade)
             .with_state(state.clone());
         let (stop_tx, stop_rx) = tokio::sync::oneshot::channel::<()>();

@@ -8,5 +8,5 @@ pub mod doctor;
 pub mod gateway;
 pub mod init;
 pub mod secrets;
-pub mod token;
 pub mod supervise;
+pub mod token;
