@@ -170,7 +170,7 @@ pub enum ReadyProbe {
     },
 }
 
-/// Parses `tcp:PORT`, `tcp:HOST:PORT` or `http:URL` / `http://HOST:PORT/path`.
+/// Parses `tcp:PORT`, `tcp:HOST:PORT`, `http://HOST:PORT/path` or `http:HOST:PORT/path`.
 pub fn parse_ready(text: &str) -> Result<ReadyProbe, SpecError> {
     let bad = || SpecError::BadReady(text.to_owned());
     if let Some(rest) = text.strip_prefix("tcp:") {
@@ -182,7 +182,7 @@ pub fn parse_ready(text: &str) -> Result<ReadyProbe, SpecError> {
         return Ok(ReadyProbe::Tcp { host, port });
     }
     let url = text.strip_prefix("http:").ok_or_else(bad)?;
-    let url = url.strip_prefix("//").ok_or_else(bad)?;
+    let url = url.strip_prefix("//").unwrap_or(url);
     let (authority, path) = match url.find('/') {
         Some(i) => (&url[..i], url[i..].to_owned()),
         None => (url, "/".to_owned()),
@@ -301,6 +301,14 @@ mod tests {
                 host: "127.0.0.1".into(),
                 port: 9,
                 path: "/healthz".into()
+            }
+        );
+        assert_eq!(
+            parse_ready("http:localhost:8080/ready").unwrap(),
+            ReadyProbe::Http {
+                host: "localhost".into(),
+                port: 8080,
+                path: "/ready".into()
             }
         );
         assert!(parse_ready("https://x/").is_err());
