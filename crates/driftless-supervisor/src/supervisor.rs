@@ -112,6 +112,8 @@ impl Supervisor {
         self.child = Some(running);
         self.settle(&mut shutdown).await;
         let mut backstop = tokio::time::interval(self.opts.recheck);
+        // A long restart must not be followed by a burst of catch-up re-checks.
+        backstop.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         backstop.tick().await;
         loop {
             let event = tokio::select! {
