@@ -87,8 +87,9 @@ struct Sup {
 }
 
 impl Sup {
-    /// Supervises the fixture child with `SECRET=file:<dir>/key` (holding `secret`); `{port}` in
-    /// `extra_args` is the child's port.
+    /// Supervises the fixture child with `SECRET=file:<dir>/key` (holding `secret`) unless
+    /// `extra_args` has its own `--env`; in `extra_args`, `{port}` is the child's port and `{key}`
+    /// the key file.
     fn start(secret: &str, extra_args: &[&str], child_env: &[(&str, &str)]) -> Sup {
         let dir = tempfile::tempdir().unwrap();
         let key = dir.path().join("key");
@@ -109,17 +110,19 @@ impl Sup {
             .env("PORT", port.to_string())
             .envs(child_env.iter().copied())
             .arg("supervise")
-            .arg(format!("--env=SECRET=file:{}", key.display()))
+            .args(
+                (!extra_args.contains(&"--env"))
+                    .then(|| format!("--env=SECRET=file:{}", key.display())),
+            )
             .args(
                 (!extra_args.contains(&"--control"))
                     .then(|| format!("--control=unix:{}", sock.display())),
             )
             .args(["--grace", "5"])
-            .args(
-                extra_args
-                    .iter()
-                    .map(|a| a.replace("{port}", &port.to_string())),
-            )
+            .args(extra_args.iter().map(|a| {
+                a.replace("{port}", &port.to_string())
+                    .replace("{key}", &key.display().to_string())
+            }))
             .arg("--")
             .arg(python())
             .arg(fixture())
@@ -639,4 +642,31 @@ fn an_http_control_endpoint_without_a_token_is_refused() {
         sup.err()
     );
     assert!(sup.starts().is_empty(), "no child may start");
+}
+
+#[test]
+fn an_exec_source_is_caught_by_the_periodic_recheck() {
+    // Nothing to watch for an exec source: only the periodic re-resolve can see the change.
+    let mut sup = Sup::start(
+        "canary-exec-first-2424",
+        &[
+            "--env",
+            "SECRET=exec:cat {key}",
+            "--recheck",
+            "1",
+            "--ready",
+            "tcp:{port}",
+        ],
+        &[],
+    );
+    sup.wait_starts(1);
+    sup.wait_ready();
+    assert_eq!(sup.starts()[0].1, fp("canary-exec-first-2424"));
+    assert_eq!(sup.status()["env"]["SECRET"]["source"], "exec:cat");
+    write_secret(&sup.key, "canary-exec-second-4242");
+    sup.wait_starts(2);
+    assert_eq!(sup.starts()[1].1, fp("canary-exec-second-4242"));
+    assert_eq!(sup.terminate(), Some(0));
+    sup.assert_never_printed("canary-exec-first-2424");
+    sup.assert_never_printed("canary-exec-second-4242");
 }
