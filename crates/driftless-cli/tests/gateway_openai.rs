@@ -141,14 +141,19 @@ async fn start_upstream(
 }
 
 /// A gateway whose token is CANARY and whose provider `up` points at `base` with its key in the
-/// file `secrets/provider-key`.
-fn gateway_with_provider(home: &Home, base: &str, key: &str) -> (Gateway, std::path::PathBuf) {
+/// file `secrets/provider-key`. `extra` is TOML placed before `[providers.up]`.
+fn gateway_with_provider(
+    home: &Home,
+    base: &str,
+    key: &str,
+    extra: &str,
+) -> (Gateway, std::path::PathBuf) {
     let tok = home.path().join("secrets/token");
     write_secret(&tok, CANARY);
     let key_file = home.path().join("secrets/provider-key");
     write_secret(&key_file, key);
     home.write_config(&format!(
-        "[gateway]\nbind = \"127.0.0.1\"\nport = 0\n[gateway.auth]\nmode = \"token\"\ntoken = {{ source = \"file\", path = {:?} }}\n\
+        "[gateway]\nbind = \"127.0.0.1\"\nport = 0\n[gateway.auth]\nmode = \"token\"\ntoken = {{ source = \"file\", path = {:?} }}\n{extra}\n\
          [providers.up]\nbase_url = {base:?}\napi_key = {{ source = \"file\", path = {:?} }}\ndefault_model = \"m-small\"\ntimeout_seconds = 10\n",
         tok.to_str().unwrap(),
         key_file.to_str().unwrap()
@@ -215,7 +220,7 @@ fn streams_chunk_by_chunk_with_the_current_key() {
         let key = "canary-provider-key-stream-0001";
         let (up, base) = start_upstream(key, Some(hold.clone())).await;
         let home = Home::new();
-        let (gw, _) = gateway_with_provider(&home, &base, key);
+        let (gw, _) = gateway_with_provider(&home, &base, key, "");
         let resp = client()
             .post(format!("http://127.0.0.1:{}/v1/chat/completions", gw.port))
             .bearer_auth(CANARY)
@@ -302,7 +307,7 @@ fn a_rejected_key_that_did_not_change_is_a_502_naming_provider_and_fingerprint()
         let key = "canary-provider-key-stale-0002";
         let (up, base) = start_upstream("canary-upstream-only-key-0003", None).await;
         let home = Home::new();
-        let (gw, _) = gateway_with_provider(&home, &base, key);
+        let (gw, _) = gateway_with_provider(&home, &base, key, "");
         let r = client()
             .post(format!("http://127.0.0.1:{}/v1/chat/completions", gw.port))
             .bearer_auth(CANARY)
@@ -333,7 +338,7 @@ fn rotation_under_20_streaming_clients_has_zero_failures() {
         let (old, new) = ("canary-provider-key-OLD-0004", "canary-provider-key-NEW-0005");
         let (up, base) = start_upstream(old, None).await;
         let home = Home::new();
-        let (gw, key_file) = gateway_with_provider(&home, &base, old);
+        let (gw, key_file) = gateway_with_provider(&home, &base, old, "");
         let port = gw.port;
         let stop_at = Instant::now() + Duration::from_secs(10);
         let ok = Arc::new(AtomicUsize::new(0));
@@ -390,5 +395,35 @@ fn rotation_under_20_streaming_clients_has_zero_failures() {
             seen.iter().filter(|s| !s.accepted).count(),
             first_new.at.duration_since(written)
         );
+    });
+}
+
+#[test]
+fn wrong_bearers_go_through_the_handshake_limiter() {
+    let rt = runtime();
+    rt.block_on(async {
+        let key = "canary-provider-key-limit-0006";
+        let (up, base) = start_upstream(key, None).await;
+        let home = Home::new();
+        let (gw, _) = gateway_with_provider(
+            &home,
+            &base,
+            key,
+            "[gateway.auth.rate_limit]\nexempt_loopback = false\nmax_attempts = 3\nwindow_seconds = 60\nlockout_seconds = 60",
+        );
+        let c = client();
+        let url = format!("http://127.0.0.1:{}/v1/chat/completions", gw.port);
+        for _ in 0..3 {
+            let r = c.post(&url).bearer_auth(support::WRONG_CANARY).json(&json!({})).send().await.unwrap();
+            assert_eq!(r.status(), 401);
+        }
+        // Locked out: even the right token is not compared now.
+        let r = c.post(&url).bearer_auth(CANARY).json(&json!({})).send().await.unwrap();
+        assert_eq!(r.status(), 429);
+        let retry: u64 = r.headers()["retry-after"].to_str().unwrap().parse().unwrap();
+        assert!((1..=60).contains(&retry), "retry-after {retry}");
+        assert!(up.seen().is_empty(), "no request may reach the provider");
+        let log = gw.log_text();
+        assert!(!log.contains(support::WRONG_CANARY) && !log.contains(CANARY));
     });
 }
