@@ -62,6 +62,8 @@ pub enum GatewayError {
     Serve(std::io::Error),
     #[error("cannot open the device store: {0}; check that the state directory is writable")]
     Devices(#[from] devices::StoreError),
+    #[error("cannot set up the HTTP client for [providers]: {0}")]
+    HttpClient(String),
 }
 
 /// Shared by every connection.
@@ -199,7 +201,8 @@ impl Gateway {
             devices: Arc::new(device_store),
             device_events: broadcast::Sender::new(16),
             local_addresses: cfg.gateway.devices.local_addresses.clone(),
-            openai: openai::Providers::new(cfg),
+            openai: openai::Providers::new(cfg)
+                .map_err(|e| GatewayError::HttpClient(e.to_string()))?,
         });
         Ok(Gateway { listener, state })
     }

@@ -35,17 +35,14 @@ pub(crate) struct Providers {
 }
 
 impl Providers {
-    pub(crate) fn new(config: &Config) -> Providers {
+    pub(crate) fn new(config: &Config) -> Result<Providers, reqwest::Error> {
         // rustls with ring (no aws-lc): install the process-wide provider once; a second call
         // (another gateway in the same process, tests) finds it installed, which is fine.
         let _ = rustls::crypto::ring::default_provider().install_default();
-        let client = reqwest::Client::builder()
-            .build()
-            .expect("the HTTP client builds with a default TLS configuration");
-        Providers {
-            client,
+        Ok(Providers {
+            client: reqwest::Client::builder().build()?,
             providers: config.providers.clone(),
-        }
+        })
     }
 }
 
