@@ -427,3 +427,49 @@ fn wrong_bearers_go_through_the_handshake_limiter() {
         assert!(!log.contains(support::WRONG_CANARY) && !log.contains(CANARY));
     });
 }
+
+#[test]
+fn a_paired_devices_token_is_accepted_as_bearer() {
+    use driftless_client::identity::DeviceIdentity;
+    use driftless_client::store::TokenStore;
+    let rt = runtime();
+    rt.block_on(async {
+        let key = "canary-provider-key-device-0007";
+        let (up, base) = start_upstream(key, None).await;
+        let home = Home::new();
+        let (gw, _) = gateway_with_provider(&home, &base, key, "");
+        // Silent loopback pairing: `gateway health` leaves a device token in this home's store.
+        let (st, out, err) = home.run(&["gateway", "health", "--url", &gw.url]);
+        assert!(st.success(), "{out}{err}");
+        let state = home.path().join("state/driftless");
+        let id = DeviceIdentity::load_existing(&state).expect("a device identity");
+        let token = TokenStore::load(&state, id.device_id())
+            .unwrap()
+            .get(&gw.url, "operator")
+            .expect("a stored device token")
+            .token
+            .clone();
+        let c = client();
+        let url = format!("http://127.0.0.1:{}/v1/chat/completions", gw.port);
+        let send = |device: Option<&str>| {
+            let mut r = c
+                .post(&url)
+                .bearer_auth(token.expose())
+                .json(&json!({"model": "up/m-small", "messages": []}));
+            if let Some(d) = device {
+                r = r.header("X-Driftless-Device-Id", d);
+            }
+            r.send()
+        };
+        let r = send(Some(id.device_id())).await.unwrap();
+        assert_eq!(r.status(), 200);
+        let v: Value = r.json().await.unwrap();
+        assert_eq!(v["model"], "m-small");
+        // The token is only valid for its own device.
+        assert_eq!(send(None).await.unwrap().status(), 401);
+        assert_eq!(send(Some("not-this-device")).await.unwrap().status(), 401);
+        assert_eq!(up.seen().len(), 1);
+        let log = gw.log_text();
+        assert!(!log.contains(token.expose()) && !log.contains(key));
+    });
+}

@@ -1,6 +1,7 @@
 //! OpenAI-compatible endpoints: `POST /v1/chat/completions` (streaming passed through chunk by
 //! chunk) and `GET /v1/models`, calling the configured `[providers.<id>]` with the provider key
 //! of the *current* snapshot, so a rotated key is used by the next request without a restart.
+//! Clients authenticate with the gateway's shared secret or a paired device's token as a Bearer.
 //!
 //! An upstream 401/403 may mean the key was rotated before the watcher fired: the gateway then
 //! re-resolves once and retries once if the key's fingerprint changed; otherwise the client gets a
@@ -22,6 +23,7 @@ use driftless_core::{Config, SecretValue};
 use serde_json::{Value, json};
 
 use crate::State;
+use crate::devices::TokenCheck;
 use crate::metrics::OutcomeLabels;
 use crate::secrets::Check;
 
@@ -67,6 +69,7 @@ fn error(status: StatusCode, kind: &str, message: &str) -> Response {
 enum Refusal {
     Unauthorized,
     RateLimited { retry_after_ms: u64 },
+    StoreUnavailable,
 }
 
 impl IntoResponse for Refusal {
@@ -75,7 +78,13 @@ impl IntoResponse for Refusal {
             Refusal::Unauthorized => error(
                 StatusCode::UNAUTHORIZED,
                 "invalid_api_key",
-                "missing or wrong bearer token; send `Authorization: Bearer <gateway token>`",
+                "missing or wrong bearer token; send `Authorization: Bearer <gateway token>`, or a \
+                 device token with `X-Driftless-Device-Id: <device id>`",
+            ),
+            Refusal::StoreUnavailable => error(
+                StatusCode::SERVICE_UNAVAILABLE,
+                "server_error",
+                "the device store cannot be read; see the gateway log",
             ),
             Refusal::RateLimited { retry_after_ms } => {
                 let secs = retry_after_ms.div_ceil(1000).max(1);
@@ -92,15 +101,24 @@ impl IntoResponse for Refusal {
     }
 }
 
-/// `Authorization: Bearer <gateway token>`, through the same brute-force limiter as the
-/// WebSocket handshake (in mode `none`, loopback only, nothing is needed).
+/// Names the paired device whose token the bearer is (a token is only valid for its device).
+const DEVICE_ID_HEADER: &str = "x-driftless-device-id";
+/// The role the device token was issued for; `operator` when absent.
+const DEVICE_ROLE_HEADER: &str = "x-driftless-device-role";
+
+/// `Authorization: Bearer <gateway token>`, or `Bearer <device token>` with the device named in
+/// `X-Driftless-Device-Id`; one limiter attempt per request, as in the WebSocket handshake (in
+/// mode `none`, loopback only, nothing is needed).
 fn authorize(state: &State, peer: IpAddr, headers: &HeaderMap) -> Result<(), Refusal> {
     if state.secrets.mode == AuthMode::None {
         return Ok(());
     }
-    let presented = headers
-        .get(header::AUTHORIZATION)
-        .and_then(|v| v.to_str().ok())
+    let header_str = |name| {
+        headers
+            .get(name)
+            .and_then(|v: &HeaderValue| v.to_str().ok())
+    };
+    let presented = header_str(header::AUTHORIZATION.as_str())
         .and_then(|v| v.strip_prefix("Bearer "))
         .filter(|p| !p.is_empty())
         .ok_or(Refusal::Unauthorized)?;
@@ -108,19 +126,37 @@ fn authorize(state: &State, peer: IpAddr, headers: &HeaderMap) -> Result<(), Ref
         state.metrics.limiter_rejections.inc();
         Refusal::RateLimited { retry_after_ms }
     })?;
-    let outcome = match state.secrets.check(presented) {
-        Check::Ok(_) => {
-            state.limiter.success(peer);
-            "ok"
+    let ok = match (state.secrets.check(presented), header_str(DEVICE_ID_HEADER)) {
+        (Check::Ok(_), _) => true,
+        (Check::Mismatch, None) => false,
+        (Check::Mismatch, Some(device_id)) => {
+            let role = header_str(DEVICE_ROLE_HEADER).unwrap_or("operator");
+            match state.devices.verify_token(
+                device_id,
+                role,
+                presented,
+                &[],
+                crate::secrets::now_ms(),
+            ) {
+                Ok(TokenCheck::Ok) => true,
+                Ok(TokenCheck::Rejected(_)) => false,
+                Err(e) => {
+                    tracing::error!(error = %e, "device store unavailable for a /v1 request");
+                    return Err(Refusal::StoreUnavailable);
+                }
+            }
         }
-        Check::Mismatch => "mismatch",
     };
+    if ok {
+        state.limiter.success(peer);
+    }
+    let outcome = if ok { "ok" } else { "mismatch" };
     state
         .metrics
         .auth_checks
         .get_or_create(&OutcomeLabels { outcome })
         .inc();
-    if outcome == "ok" {
+    if ok {
         Ok(())
     } else {
         Err(Refusal::Unauthorized)
