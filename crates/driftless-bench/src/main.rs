@@ -1,0 +1,300 @@
+//! `driftless-bench`: handshake, idle, start-up and rotation benchmarks of the driftless gateway,
+//! side by side with OpenClaw's gateway (issue 8). Loopback only, bounded in count and time.
+//!
+//! With the peer enabled the bench re-executes itself inside a private network namespace
+//! (`unshare -n`, then `ip link set lo up`): OpenClaw tries to reach the internet even with every
+//! documented switch off, and both gateways and all clients then share the same loopback-only
+//! network.
+
+mod report;
+mod scenarios;
+mod server;
+mod wire;
+
+use std::path::{Path, PathBuf};
+use std::process::{Command, ExitCode};
+use std::time::Duration;
+
+use anyhow::{Context, Result, bail};
+use clap::Parser;
+use driftless_core::Env;
+
+use crate::report::{Report, TargetReport};
+use crate::server::{Kind, OpenClawInstall, Server, Workdir};
+
+#[derive(Debug, Clone, Parser)]
+#[command(name = "driftless-bench", version, about)]
+struct Args {
+    /// Tiny counts, driftless only (CI): proves the tool still works, measures nothing.
+    #[arg(long)]
+    smoke: bool,
+    /// The `driftless` binary to benchmark [default: `driftless` next to this binary].
+    #[arg(long, value_name = "PATH")]
+    driftless_bin: Option<PathBuf>,
+    /// Skip OpenClaw's gateway (the peer).
+    #[arg(long)]
+    no_peer: bool,
+    /// Where scripts/install-openclaw-peer.sh installed Node 24 and OpenClaw
+    /// [default: ${XDG_CACHE_HOME:-~/.cache}/driftless-bench].
+    #[arg(long, value_name = "DIR")]
+    openclaw_home: Option<PathBuf>,
+    /// Write the results as JSON here.
+    #[arg(long, value_name = "PATH", default_value = "driftless-bench.json")]
+    json: PathBuf,
+    /// Idle connection counts to hold.
+    #[arg(long, value_delimiter = ',', default_value = "1000,10000")]
+    idle: Vec<usize>,
+    /// Seconds each handshake run lasts.
+    #[arg(long, default_value_t = 10)]
+    handshake_secs: u64,
+    /// Seconds the rotation scenario lasts (one rotation every 2 s).
+    #[arg(long, default_value_t = 60)]
+    rotation_secs: u64,
+    /// Set by the bench itself once it runs inside its private network namespace.
+    #[arg(long, hide = true)]
+    in_netns: bool,
+}
+
+/// Counts and times for one run.
+struct Plan {
+    handshake: Vec<(usize, Duration, u64)>,
+    idle: Vec<usize>,
+    idle_settle: Duration,
+    rotation_clients: usize,
+    rotation_every: Duration,
+    rotation_total: Duration,
+}
+
+impl Plan {
+    fn from_args(args: &Args) -> Plan {
+        if args.smoke {
+            return Plan {
+                handshake: vec![(1, Duration::from_secs(1), 20), (8, Duration::from_secs(1), 80)],
+                idle: vec![20],
+                idle_settle: Duration::from_millis(500),
+                rotation_clients: 4,
+                rotation_every: Duration::from_millis(500),
+                rotation_total: Duration::from_millis(2600),
+            };
+        }
+        let secs = Duration::from_secs(args.handshake_secs);
+        Plan {
+            handshake: vec![(1, secs, 1_000_000), (64, secs, 1_000_000)],
+            idle: args.idle.clone(),
+            idle_settle: Duration::from_secs(3),
+            rotation_clients: 64,
+            rotation_every: Duration::from_secs(2),
+            rotation_total: Duration::from_secs(args.rotation_secs),
+        }
+    }
+}
+
+fn main() -> ExitCode {
+    match run() {
+        Ok(code) => code,
+        Err(e) => {
+            eprintln!("driftless-bench: {e:#}");
+            ExitCode::from(2)
+        }
+    }
+}
+
+fn run() -> Result<ExitCode> {
+    let args = Args::parse();
+    let env = Env::from_process();
+    let plan = Plan::from_args(&args);
+    raise_fd_limit(&plan)?;
+
+    let mut peer_unavailable = None;
+    let mut install = None;
+    if args.smoke || args.no_peer {
+        peer_unavailable = Some("not requested (--smoke or --no-peer)".to_string());
+    } else {
+        let cache = args
+            .openclaw_home
+            .clone()
+            .unwrap_or_else(|| default_cache(&env));
+        match OpenClawInstall::locate(&cache) {
+            Ok(found) if args.in_netns => install = Some(found),
+            Ok(_) => match reexec_in_netns() {
+                Ok(code) => return Ok(code),
+                Err(why) => peer_unavailable = Some(why),
+            },
+            Err(why) => peer_unavailable = Some(format!("OpenClaw is not installed: {why}")),
+        }
+    }
+
+    let driftless_bin = match &args.driftless_bin {
+        Some(path) => path.clone(),
+        None => std::env::current_exe()
+            .context("locating this binary")?
+            .with_file_name("driftless"),
+    };
+    if !driftless_bin.is_file() {
+        bail!(
+            "{} does not exist; build it (cargo build --release -p driftless) or pass --driftless-bin",
+            driftless_bin.display()
+        );
+    }
+
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+        .context("starting the async runtime")?;
+    let driftless = runtime.block_on(bench_target(Kind::Driftless, &plan, |work| {
+        server::start_driftless(&driftless_bin, work, Duration::from_secs(30))
+    }));
+    let openclaw = match &install {
+        Some(install) => runtime.block_on(bench_target(Kind::OpenClaw, &plan, |work| {
+            server::start_openclaw(install, work)
+        })),
+        None => TargetReport::unavailable(
+            peer_unavailable
+                .clone()
+                .unwrap_or_else(|| "not started".into()),
+        ),
+    };
+    let failed = !driftless.failures.is_empty() || driftless.unavailable.is_some();
+
+    let report = Report::new(args.smoke, driftless, openclaw);
+    println!("{}", report.table());
+    let json = serde_json::to_string_pretty(&report).context("serialising the results")?;
+    std::fs::write(&args.json, json)
+        .with_context(|| format!("writing {}", args.json.display()))?;
+    println!("results: {}", args.json.display());
+    Ok(if failed {
+        ExitCode::FAILURE
+    } else {
+        ExitCode::SUCCESS
+    })
+}
+
+/// Runs every scenario against one gateway, started fresh. A scenario that fails is recorded and
+/// the next one still runs; a server that cannot start makes the whole target unavailable.
+async fn bench_target(
+    kind: Kind,
+    plan: &Plan,
+    start: impl FnOnce(&Workdir) -> Result<Server>,
+) -> TargetReport {
+    let dir = match tempfile::Builder::new()
+        .prefix(&format!("driftless-bench-{}-", kind.name()))
+        .tempdir()
+    {
+        Ok(dir) => dir,
+        Err(e) => return TargetReport::unavailable(format!("creating a work directory: {e}")),
+    };
+    let work = Workdir {
+        dir: dir.path().to_path_buf(),
+    };
+    let mut report = TargetReport::default();
+    let mut server = match start(&work) {
+        Ok(server) => server,
+        Err(e) => return TargetReport::unavailable(format!("{e:#}")),
+    };
+    eprintln!("{}: started (pid {}) on {}", kind.name(), server.pid, server.addr);
+    // Start-up doubles as the warm-up: OpenClaw refuses sessions (UNAVAILABLE/1013) for ~15 s.
+    match scenarios::startup(&mut server, Duration::from_secs(120)).await {
+        Ok(startup) => report.startup = Some(startup),
+        Err(e) => {
+            let log = work.dir.join(format!("{}.log", kind.name()));
+            let why = format!("{e:#}; last lines of its log:\n{}", tail(&log, 15));
+            return TargetReport::unavailable(why);
+        }
+    }
+    eprintln!("{}: ready", kind.name());
+    for &(concurrency, duration, max) in &plan.handshake {
+        match scenarios::handshake(&server, concurrency, duration, max).await {
+            Ok(h) => report.handshake.push(h),
+            Err(e) => report.fail(format!("handshake c={concurrency}"), e),
+        }
+    }
+    for &count in &plan.idle {
+        match scenarios::idle(&server, count, plan.idle_settle).await {
+            Ok(i) => report.idle.push(i),
+            Err(e) => report.fail(format!("idle {count}"), e),
+        }
+    }
+    match scenarios::rotation(
+        &server,
+        plan.rotation_clients,
+        plan.rotation_every,
+        plan.rotation_total,
+    )
+    .await
+    {
+        Ok(r) => report.rotation = Some(r),
+        Err(e) => report.fail("rotation".into(), e),
+    }
+    server.stop();
+    eprintln!("{}: done", kind.name());
+    report
+}
+
+/// Re-runs this command inside a private network namespace with loopback up; returns its exit code,
+/// or why that is impossible (then the peer is skipped and driftless still measured).
+fn reexec_in_netns() -> Result<ExitCode, String> {
+    let probe = Command::new("unshare").args(["-n", "true"]).status();
+    match probe {
+        Ok(status) if status.success() => {}
+        Ok(status) => {
+            return Err(format!(
+                "`unshare -n` failed ({status}); OpenClaw must run in a private network namespace, which needs root or CAP_SYS_ADMIN"
+            ));
+        }
+        Err(e) => return Err(format!("cannot run `unshare` ({e}); install util-linux")),
+    }
+    let exe = std::env::current_exe().map_err(|e| format!("locating this binary: {e}"))?;
+    let status = Command::new("unshare")
+        .args(["-n", "--", "sh", "-c", "ip link set lo up && exec \"$@\"", "sh"])
+        .arg(exe)
+        .args(std::env::args_os().skip(1))
+        .arg("--in-netns")
+        .status()
+        .map_err(|e| format!("running unshare: {e}"))?;
+    Ok(ExitCode::from(status.code().unwrap_or(2) as u8))
+}
+
+/// 10,000 idle connections need 10,000 client and 10,000 server descriptors; the servers inherit
+/// the raised limit.
+fn raise_fd_limit(plan: &Plan) -> Result<()> {
+    use rustix::process::{Resource, Rlimit, getrlimit, setrlimit};
+    let want = 2 * plan.idle.iter().copied().max().unwrap_or(0) as u64 + 4096;
+    let current = getrlimit(Resource::Nofile);
+    let hard = current.maximum.unwrap_or(u64::MAX);
+    let raised = Rlimit {
+        current: Some(want.max(current.current.unwrap_or(0))),
+        maximum: Some(hard.max(want)),
+    };
+    if setrlimit(Resource::Nofile, raised).is_err() {
+        // Not allowed to raise the hard limit: take what it allows.
+        setrlimit(
+            Resource::Nofile,
+            Rlimit {
+                current: Some(hard),
+                maximum: Some(hard),
+            },
+        )
+        .context("raising RLIMIT_NOFILE")?;
+        if hard < want {
+            bail!(
+                "the open-file limit is {hard}, below the {want} the idle scenario needs; lower --idle or raise `ulimit -Hn`"
+            );
+        }
+    }
+    Ok(())
+}
+
+fn default_cache(env: &Env) -> PathBuf {
+    let base = env
+        .non_empty("XDG_CACHE_HOME")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| Path::new(env.get("HOME").unwrap_or("/root")).join(".cache"));
+    base.join("driftless-bench")
+}
+
+/// The last `n` lines of a log, to say why a gateway did not start.
+fn tail(path: &Path, n: usize) -> String {
+    let text = std::fs::read_to_string(path).unwrap_or_default();
+    let lines: Vec<&str> = text.lines().collect();
+    lines[lines.len().saturating_sub(n)..].join("\n")
+}

@@ -1,0 +1,191 @@
+//! Results: the JSON document and the side-by-side table.
+
+use comfy_table::Table;
+use serde::Serialize;
+
+use crate::scenarios::{Handshake, Idle, Rotation, Startup};
+
+/// Scenarios of issue 8 this build cannot run yet, and why.
+const NOT_AVAILABLE: [(&str, &str); 2] = [
+    (
+        "handshake with a signed device identity",
+        "not available: driftless has no device-identity verification yet",
+    ),
+    (
+        "proxy (OpenAI-compatible endpoint)",
+        "not available: driftless has no OpenAI-compatible endpoint yet",
+    ),
+];
+
+#[derive(Debug, Default, Serialize)]
+pub struct TargetReport {
+    /// Set when the gateway could not be started or never became ready: exactly why.
+    pub unavailable: Option<String>,
+    pub startup: Option<Startup>,
+    pub handshake: Vec<Handshake>,
+    pub idle: Vec<Idle>,
+    pub rotation: Option<Rotation>,
+    /// Scenarios that failed to run, with the reason.
+    pub failures: Vec<String>,
+}
+
+impl TargetReport {
+    pub fn unavailable(why: String) -> TargetReport {
+        TargetReport {
+            unavailable: Some(why),
+            ..TargetReport::default()
+        }
+    }
+
+    pub fn fail(&mut self, scenario: String, e: anyhow::Error) {
+        eprintln!("{scenario} failed: {e:#}");
+        self.failures.push(format!("{scenario}: {e:#}"));
+    }
+}
+
+#[derive(Debug, Serialize)]
+pub struct Machine {
+    pub cpu: String,
+    pub cores: usize,
+    pub memory_mib: u64,
+    pub kernel: String,
+}
+
+impl Machine {
+    fn describe() -> Machine {
+        let cpuinfo = std::fs::read_to_string("/proc/cpuinfo").unwrap_or_default();
+        let cpu = cpuinfo
+            .lines()
+            .find_map(|l| l.strip_prefix("model name"))
+            .map(|l| l.trim_start_matches([' ', '\t', ':']).to_string())
+            .unwrap_or_default();
+        let meminfo = std::fs::read_to_string("/proc/meminfo").unwrap_or_default();
+        let memory_kib: u64 = meminfo
+            .lines()
+            .find_map(|l| l.strip_prefix("MemTotal:"))
+            .and_then(|l| l.split_whitespace().next()?.parse().ok())
+            .unwrap_or(0);
+        Machine {
+            cpu,
+            cores: std::thread::available_parallelism().map_or(0, usize::from),
+            memory_mib: memory_kib / 1024,
+            kernel: std::fs::read_to_string("/proc/sys/kernel/osrelease")
+                .unwrap_or_default()
+                .trim()
+                .to_string(),
+        }
+    }
+}
+
+#[derive(Debug, Serialize)]
+pub struct Report {
+    pub smoke: bool,
+    pub machine: Machine,
+    pub driftless: TargetReport,
+    pub openclaw: TargetReport,
+    pub not_available: Vec<String>,
+}
+
+impl Report {
+    pub fn new(smoke: bool, driftless: TargetReport, openclaw: TargetReport) -> Report {
+        Report {
+            smoke,
+            machine: Machine::describe(),
+            driftless,
+            openclaw,
+            not_available: NOT_AVAILABLE
+                .iter()
+                .map(|(what, why)| format!("{what}: {why}"))
+                .collect(),
+        }
+    }
+
+    /// metric | driftless | openclaw | ratio (openclaw ÷ driftless).
+    pub fn table(&self) -> Table {
+        let mut table = Table::new();
+        table.load_preset(comfy_table::presets::ASCII_MARKDOWN);
+        table.set_header(["metric", "driftless", "openclaw", "openclaw ÷ driftless"]);
+        let (d, o) = (&self.driftless, &self.openclaw);
+        let mut row = |name: String, a: Option<f64>, b: Option<f64>, digits: usize| {
+            let fmt = |v: Option<f64>| v.map_or("–".to_string(), |v| format!("{v:.digits$}"));
+            let ratio = match (a, b) {
+                (Some(a), Some(b)) if a != 0.0 => format!("{:.2}", b / a),
+                _ => "–".to_string(),
+            };
+            table.add_row([name, fmt(a), fmt(b), ratio]);
+        };
+        let su = |t: &TargetReport| t.startup.clone();
+        row(
+            "start-up: /readyz 200 (ms)".into(),
+            su(d).map(|s| s.readyz_ms),
+            su(o).map(|s| s.readyz_ms),
+            1,
+        );
+        row(
+            "start-up: first connect+health (ms)".into(),
+            su(d).map(|s| s.first_session_ms),
+            su(o).map(|s| s.first_session_ms),
+            1,
+        );
+        row(
+            "start-up: base RSS (MiB)".into(),
+            su(d).map(|s| s.base_rss_kib as f64 / 1024.0),
+            su(o).map(|s| s.base_rss_kib as f64 / 1024.0),
+            1,
+        );
+        for i in 0..d.handshake.len().max(o.handshake.len()) {
+            let (mine, other) = (d.handshake.get(i), o.handshake.get(i));
+            let Some(c) = mine.or(other).map(|h| h.concurrency) else {
+                continue;
+            };
+            let metrics: [(&str, fn(&Handshake) -> f64, usize); 6] = [
+                ("sessions/s", |h| h.sessions_per_sec, 0),
+                ("p50 (ms)", |h| h.latency.p50_ms, 2),
+                ("p99 (ms)", |h| h.latency.p99_ms, 2),
+                ("max (ms)", |h| h.latency.max_ms, 2),
+                ("errors", |h| h.errors.values().sum::<u64>() as f64, 0),
+                ("server CPU per session (ms)", |h| h.server_cpu_ms_per_session, 3),
+            ];
+            for (name, f, digits) in metrics {
+                row(
+                    format!("handshake c={c}: {name}"),
+                    mine.map(f),
+                    other.map(f),
+                    digits,
+                );
+            }
+        }
+        for i in 0..d.idle.len().max(o.idle.len()) {
+            let (mine, other) = (d.idle.get(i), o.idle.get(i));
+            let Some(n) = mine.or(other).map(|x| x.target) else {
+                continue;
+            };
+            let metrics: [(&str, fn(&Idle) -> f64, usize); 3] = [
+                ("connections held", |x| x.held as f64, 0),
+                ("RSS after (MiB)", |x| x.rss_after_kib as f64 / 1024.0, 1),
+                ("KiB per connection", |x| x.kib_per_connection, 1),
+            ];
+            for (name, f, digits) in metrics {
+                row(format!("idle {n}: {name}"), mine.map(f), other.map(f), digits);
+            }
+        }
+        let rot = |t: &TargetReport| t.rotation.clone();
+        let metrics: [(&str, fn(&Rotation) -> f64, usize); 6] = [
+            ("sessions ok", |r| r.sessions_ok as f64, 0),
+            ("failed sessions", |r| r.failed_total as f64, 0),
+            ("dropped after auth", |r| r.dropped_after_auth as f64, 0),
+            ("propagation p50 (ms)", |r| r.propagation.p50_ms, 1),
+            ("propagation p99 (ms)", |r| r.propagation.p99_ms, 1),
+            ("rotations never accepted", |r| r.not_propagated as f64, 0),
+        ];
+        for (name, f, digits) in metrics {
+            row(
+                format!("rotation: {name}"),
+                rot(d).as_ref().map(f),
+                rot(o).as_ref().map(f),
+                digits,
+            );
+        }
+        table
+    }
+}

@@ -1,0 +1,432 @@
+//! The scenarios of issue 8, each bounded in count and time, each run against one [`Server`].
+
+use std::collections::BTreeMap;
+use std::net::{IpAddr, Ipv4Addr, SocketAddr};
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use anyhow::{Context, Result, bail};
+use driftless_core::Fingerprint;
+use serde::Serialize;
+use tokio::task::JoinSet;
+
+use crate::server::{Kind, Server, write_token};
+use crate::wire::{self, SessionError};
+
+/// Client `i`'s source address: 127.0.0.2 ... 127.0.0.201. OpenClaw admits at most 32
+/// unauthenticated sockets per source IP, and penalises wrong tokens per IP, so clients spread out.
+pub fn source(i: usize) -> IpAddr {
+    IpAddr::V4(Ipv4Addr::new(127, 0, 0, 2 + (i % 200) as u8))
+}
+
+/// The token currently in the gateway's token file (one trailing newline trimmed, as the gateways
+/// read it).
+pub fn read_token(path: &Path) -> Result<String> {
+    let value = driftless_core::source::resolve_file(path)
+        .with_context(|| format!("reading the token from {}", path.display()))?;
+    Ok(value.expose().to_string())
+}
+
+/// Latency percentiles in milliseconds.
+#[derive(Debug, Clone, Copy, Default, Serialize)]
+pub struct Percentiles {
+    pub p50_ms: f64,
+    pub p99_ms: f64,
+    pub max_ms: f64,
+}
+
+impl Percentiles {
+    pub fn of(mut samples: Vec<Duration>) -> Percentiles {
+        if samples.is_empty() {
+            return Percentiles::default();
+        }
+        samples.sort();
+        let at = |p: f64| {
+            let i = ((p * samples.len() as f64).ceil() as usize).clamp(1, samples.len()) - 1;
+            samples[i].as_secs_f64() * 1000.0
+        };
+        Percentiles {
+            p50_ms: at(0.50),
+            p99_ms: at(0.99),
+            max_ms: at(1.0),
+        }
+    }
+}
+
+fn count_error(errors: &mut BTreeMap<String, u64>, e: &SessionError) {
+    *errors.entry(e.kind()).or_default() += 1;
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct Handshake {
+    pub concurrency: usize,
+    pub sessions: u64,
+    pub errors: BTreeMap<String, u64>,
+    pub seconds: f64,
+    pub sessions_per_sec: f64,
+    /// open → challenge → connect → hello-ok → health answered (the close is not timed).
+    pub latency: Percentiles,
+    pub server_cpu_ms_per_session: f64,
+}
+
+/// `concurrency` clients each loop full sessions until `duration` passes or `max_sessions`
+/// sessions were started in total.
+pub async fn handshake(
+    server: &Server,
+    concurrency: usize,
+    duration: Duration,
+    max_sessions: u64,
+) -> Result<Handshake> {
+    let token = Arc::new(read_token(&server.token_file)?);
+    let started = Arc::new(AtomicU64::new(0));
+    let cpu_before = server.cpu_ms();
+    let t0 = Instant::now();
+    let deadline = t0 + duration;
+    let mut tasks = JoinSet::new();
+    for i in 0..concurrency {
+        let (token, started, addr) = (token.clone(), started.clone(), server.addr);
+        tasks.spawn(async move {
+            let mut latencies = Vec::new();
+            let mut errors = BTreeMap::new();
+            while Instant::now() < deadline && started.fetch_add(1, Ordering::Relaxed) < max_sessions
+            {
+                let begin = Instant::now();
+                match wire::session(addr, source(i), &token).await {
+                    Ok(()) => latencies.push(begin.elapsed()),
+                    Err(e) => {
+                        count_error(&mut errors, &e);
+                        // Do not spin on a failing server.
+                        tokio::time::sleep(Duration::from_millis(10)).await;
+                    }
+                }
+            }
+            (latencies, errors)
+        });
+    }
+    let mut latencies = Vec::new();
+    let mut errors = BTreeMap::new();
+    while let Some(joined) = tasks.join_next().await {
+        let (l, e) = joined.context("a handshake client panicked")?;
+        latencies.extend(l);
+        for (k, v) in e {
+            *errors.entry(k).or_default() += v;
+        }
+    }
+    let seconds = t0.elapsed().as_secs_f64();
+    let cpu = server.cpu_ms() - cpu_before;
+    let sessions = latencies.len() as u64;
+    Ok(Handshake {
+        concurrency,
+        sessions,
+        errors,
+        seconds,
+        sessions_per_sec: sessions as f64 / seconds,
+        latency: Percentiles::of(latencies),
+        server_cpu_ms_per_session: if sessions > 0 {
+            cpu / sessions as f64
+        } else {
+            0.0
+        },
+    })
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct Idle {
+    pub target: usize,
+    pub held: usize,
+    pub errors: BTreeMap<String, u64>,
+    pub open_seconds: f64,
+    pub rss_before_kib: u64,
+    pub rss_after_kib: u64,
+    pub kib_per_connection: f64,
+    /// Connections the server closed while they were held (should be 0).
+    pub closed_by_server: u64,
+}
+
+/// Opens `count` authenticated connections (64 handshakes in flight at a time), lets them sit for
+/// `settle`, and compares the server's RSS before and after. Closes them all before returning.
+pub async fn idle(server: &Server, count: usize, settle: Duration) -> Result<Idle> {
+    const IN_FLIGHT: usize = 64;
+    let token = Arc::new(read_token(&server.token_file)?);
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    let rss_before_kib = server.rss_kib();
+    let gate = Arc::new(tokio::sync::Semaphore::new(IN_FLIGHT));
+    let closed = Arc::new(AtomicU64::new(0));
+    let (opened_tx, mut opened_rx) = tokio::sync::mpsc::unbounded_channel();
+    let t0 = Instant::now();
+    let mut held = JoinSet::new();
+    for i in 0..count {
+        let (token, gate, closed, opened_tx, addr) = (
+            token.clone(),
+            gate.clone(),
+            closed.clone(),
+            opened_tx.clone(),
+            server.addr,
+        );
+        held.spawn(async move {
+            let permit = gate.acquire_owned().await;
+            let opened = wire::open_authenticated(addr, source(i), &token, &["operator.read"]).await;
+            drop(permit);
+            match opened {
+                Ok(ws) => {
+                    let _ = opened_tx.send(Ok(()));
+                    wire::hold(ws).await;
+                    closed.fetch_add(1, Ordering::Relaxed);
+                }
+                Err(e) => {
+                    let _ = opened_tx.send(Err(e));
+                }
+            }
+        });
+    }
+    drop(opened_tx);
+    let mut errors = BTreeMap::new();
+    let mut ok = 0;
+    for _ in 0..count {
+        match opened_rx.recv().await {
+            Some(Ok(())) => ok += 1,
+            Some(Err(e)) => count_error(&mut errors, &e),
+            None => break,
+        }
+    }
+    let open_seconds = t0.elapsed().as_secs_f64();
+    tokio::time::sleep(settle).await;
+    let rss_after_kib = server.rss_kib();
+    let closed_by_server = closed.load(Ordering::Relaxed);
+    // Dropping the tasks drops their sockets; give the server a moment to reap them.
+    held.shutdown().await;
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    Ok(Idle {
+        target: count,
+        held: ok,
+        errors,
+        open_seconds,
+        rss_before_kib,
+        rss_after_kib,
+        kib_per_connection: if ok > 0 {
+            (rss_after_kib as f64 - rss_before_kib as f64) / ok as f64
+        } else {
+            0.0
+        },
+        closed_by_server,
+    })
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct Startup {
+    pub readyz_ms: f64,
+    pub first_session_ms: f64,
+    pub base_rss_kib: u64,
+    /// Sessions refused (mostly `UNAVAILABLE`/1013 while starting) before the first success.
+    pub refused_before_ready: u64,
+}
+
+/// From spawn: `/readyz` answers 200, then the first full session succeeds. Bounded by `limit`.
+pub async fn startup(server: &mut Server, limit: Duration) -> Result<Startup> {
+    let deadline = server.spawned + limit;
+    let token = read_token(&server.token_file)?;
+    let readyz = loop {
+        if let Ok(200) = wire::http_status(server.addr, "/readyz").await {
+            break server.spawned.elapsed();
+        }
+        check_alive(server, deadline, "/readyz to answer 200")?;
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    };
+    let mut refused = 0;
+    let first = loop {
+        match wire::session(server.addr, source(0), &token).await {
+            Ok(()) => break server.spawned.elapsed(),
+            Err(SessionError::Rejected(code)) if code != "UNAVAILABLE" => {
+                bail!(
+                    "{} rejected the bench's token ({code}); see its log",
+                    server.kind.name()
+                )
+            }
+            Err(_) => refused += 1,
+        }
+        check_alive(server, deadline, "a first successful session")?;
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    };
+    Ok(Startup {
+        readyz_ms: readyz.as_secs_f64() * 1000.0,
+        first_session_ms: first.as_secs_f64() * 1000.0,
+        base_rss_kib: server.rss_kib(),
+        refused_before_ready: refused,
+    })
+}
+
+fn check_alive(server: &mut Server, deadline: Instant, waiting_for: &str) -> Result<()> {
+    if let Some(status) = server.exited() {
+        bail!(
+            "{} exited ({status}) while waiting for {waiting_for}",
+            server.kind.name()
+        );
+    }
+    if Instant::now() > deadline {
+        bail!("{} gave no {waiting_for} in time", server.kind.name());
+    }
+    Ok(())
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct Rotation {
+    pub clients: usize,
+    pub rotations: u32,
+    pub seconds: f64,
+    pub sessions_ok: u64,
+    /// Every session that did not complete, by cause (target: none).
+    pub failed: BTreeMap<String, u64>,
+    pub failed_total: u64,
+    /// Sessions closed by the server after `hello-ok` (e.g. 4001 on a token change; target 0).
+    pub dropped_after_auth: u64,
+    /// From the rename of the token file to the first session accepted with the new token.
+    pub propagation: Percentiles,
+    /// Rotations whose new token was never accepted before the next rotation or the end.
+    pub not_propagated: usize,
+    /// How the peer was told about the new token (OpenClaw does not watch its secret files).
+    pub reload: &'static str,
+}
+
+struct Generation {
+    fingerprint: Fingerprint,
+    renamed: Instant,
+    first_accept: Option<Instant>,
+}
+
+/// `clients` clients reconnect continuously, each reading the token from the gateway's token file
+/// before every session, while the file is replaced by atomic rename every `every` for `total`.
+/// driftless watches the file; OpenClaw only re-reads secret files on `secrets.reload`, which the
+/// rotator sends (authenticated with the previous token) right after each rename.
+pub async fn rotation(
+    server: &Server,
+    clients: usize,
+    every: Duration,
+    total: Duration,
+) -> Result<Rotation> {
+    let token_file: Arc<PathBuf> = Arc::new(server.token_file.clone());
+    let initial = read_token(&token_file)?;
+    let generations = Arc::new(Mutex::new(vec![Generation {
+        fingerprint: Fingerprint::of(initial.as_bytes()),
+        renamed: Instant::now(),
+        first_accept: None,
+    }]));
+    let stop = Arc::new(AtomicBool::new(false));
+    let t0 = Instant::now();
+    let mut tasks = JoinSet::new();
+    for i in 0..clients {
+        let (token_file, generations, stop, addr) = (
+            token_file.clone(),
+            generations.clone(),
+            stop.clone(),
+            server.addr,
+        );
+        tasks.spawn(async move {
+            let mut ok = 0u64;
+            let mut failed = BTreeMap::new();
+            let mut dropped = 0u64;
+            while !stop.load(Ordering::Relaxed) {
+                let Ok(token) = read_token(&token_file) else {
+                    *failed.entry("token-file-unreadable".to_string()).or_default() += 1;
+                    continue;
+                };
+                let fingerprint = Fingerprint::of(token.as_bytes());
+                let opened =
+                    wire::open_authenticated(addr, source(i), &token, &["operator.read"]).await;
+                let mut ws = match opened {
+                    Ok(ws) => ws,
+                    Err(e) => {
+                        count_error(&mut failed, &e);
+                        tokio::time::sleep(Duration::from_millis(10)).await;
+                        continue;
+                    }
+                };
+                let accepted = Instant::now();
+                for generation in generations.lock().expect("no panics under lock").iter_mut() {
+                    if generation.fingerprint.as_str() == fingerprint.as_str() {
+                        generation.first_accept.get_or_insert(accepted);
+                    }
+                }
+                match wire::call(&mut ws, "2", "health").await {
+                    Ok(_) => ok += 1,
+                    Err(e) => {
+                        dropped += 1;
+                        count_error(&mut failed, &e);
+                    }
+                }
+                wire::close(ws).await;
+            }
+            (ok, failed, dropped)
+        });
+    }
+
+    let mut reload = "none (the gateway watches its token file)";
+    let rotations = (total.as_millis() / every.as_millis().max(1)) as u32;
+    let mut previous = initial;
+    for k in 1..=rotations {
+        // On schedule from the start, whatever the reload took.
+        tokio::time::sleep_until((t0 + every * k).into()).await;
+        let token = write_token(&token_file)?;
+        let renamed = Instant::now();
+        generations
+            .lock()
+            .expect("no panics under lock")
+            .push(Generation {
+                fingerprint: Fingerprint::of(token.as_bytes()),
+                renamed,
+                first_accept: None,
+            });
+        if server.kind == Kind::OpenClaw {
+            reload = "secrets.reload RPC after each rename";
+            secrets_reload(server.addr, &previous).await?;
+        }
+        previous = token;
+    }
+    // Let the last token be picked up before stopping the clients.
+    tokio::time::sleep(every.min(Duration::from_secs(2))).await;
+    stop.store(true, Ordering::Relaxed);
+
+    let mut sessions_ok = 0;
+    let mut failed = BTreeMap::new();
+    let mut dropped_after_auth = 0;
+    while let Some(joined) = tasks.join_next().await {
+        let (ok, f, d) = joined.context("a rotation client panicked")?;
+        sessions_ok += ok;
+        dropped_after_auth += d;
+        for (k, v) in f {
+            *failed.entry(k).or_default() += v;
+        }
+    }
+    let generations = generations.lock().expect("no panics under lock");
+    let delays: Vec<Duration> = generations[1..]
+        .iter()
+        .filter_map(|g| Some(g.first_accept?.saturating_duration_since(g.renamed)))
+        .collect();
+    Ok(Rotation {
+        clients,
+        rotations,
+        seconds: t0.elapsed().as_secs_f64(),
+        sessions_ok,
+        failed_total: failed.values().sum(),
+        failed,
+        dropped_after_auth,
+        not_propagated: rotations as usize - delays.len(),
+        propagation: Percentiles::of(delays),
+        reload,
+    })
+}
+
+/// Tells OpenClaw to re-read its secret files, as an admin authenticated with the token it still
+/// holds. OpenClaw then closes every shared-token session, this one included (4001).
+async fn secrets_reload(addr: SocketAddr, current: &str) -> Result<()> {
+    let mut ws = wire::open_authenticated(addr, IpAddr::V4(Ipv4Addr::new(127, 0, 0, 250)), current, &["operator.admin"])
+        .await
+        .map_err(|e| anyhow::anyhow!("secrets.reload: connect failed: {e:?}"))?;
+    match wire::call(&mut ws, "2", "secrets.reload").await {
+        Ok(_) | Err(SessionError::Dropped(4001)) => {}
+        Err(e) => bail!("secrets.reload failed: {e:?}"),
+    }
+    wire::close(ws).await;
+    Ok(())
+}
