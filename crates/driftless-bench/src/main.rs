@@ -69,7 +69,10 @@ impl Plan {
     fn from_args(args: &Args) -> Plan {
         if args.smoke {
             return Plan {
-                handshake: vec![(1, Duration::from_secs(1), 20), (8, Duration::from_secs(1), 80)],
+                handshake: vec![
+                    (1, Duration::from_secs(1), 20),
+                    (8, Duration::from_secs(1), 80),
+                ],
                 idle: vec![20],
                 idle_settle: Duration::from_millis(500),
                 rotation_clients: 4,
@@ -148,19 +151,18 @@ fn run() -> Result<ExitCode> {
         Some(install) => runtime.block_on(bench_target(Kind::OpenClaw, &plan, |work| {
             server::start_openclaw(install, work)
         })),
-        None => TargetReport::unavailable(
-            peer_unavailable
-                .clone()
-                .unwrap_or_else(|| "not started".into()),
-        ),
+        None => {
+            let why = peer_unavailable.unwrap_or_else(|| "not started".into());
+            eprintln!("openclaw: unavailable: {why}");
+            TargetReport::unavailable(why)
+        }
     };
     let failed = !driftless.failures.is_empty() || driftless.unavailable.is_some();
 
     let report = Report::new(args.smoke, driftless, openclaw);
     println!("{}", report.table());
     let json = serde_json::to_string_pretty(&report).context("serialising the results")?;
-    std::fs::write(&args.json, json)
-        .with_context(|| format!("writing {}", args.json.display()))?;
+    std::fs::write(&args.json, json).with_context(|| format!("writing {}", args.json.display()))?;
     println!("results: {}", args.json.display());
     Ok(if failed {
         ExitCode::FAILURE
@@ -186,20 +188,27 @@ async fn bench_target(
     let work = Workdir {
         dir: dir.path().to_path_buf(),
     };
+    let log = work.dir.join(format!("{}.log", kind.name()));
+    let unavailable = |e: anyhow::Error| {
+        let why = format!("{e:#}; last lines of its log:\n{}", tail(&log, 15));
+        eprintln!("{}: unavailable: {why}", kind.name());
+        TargetReport::unavailable(why)
+    };
     let mut report = TargetReport::default();
     let mut server = match start(&work) {
         Ok(server) => server,
-        Err(e) => return TargetReport::unavailable(format!("{e:#}")),
+        Err(e) => return unavailable(e),
     };
-    eprintln!("{}: started (pid {}) on {}", kind.name(), server.pid, server.addr);
+    eprintln!(
+        "{}: started (pid {}) on {}",
+        kind.name(),
+        server.pid,
+        server.addr
+    );
     // Start-up doubles as the warm-up: OpenClaw refuses sessions (UNAVAILABLE/1013) for ~15 s.
     match scenarios::startup(&mut server, Duration::from_secs(120)).await {
         Ok(startup) => report.startup = Some(startup),
-        Err(e) => {
-            let log = work.dir.join(format!("{}.log", kind.name()));
-            let why = format!("{e:#}; last lines of its log:\n{}", tail(&log, 15));
-            return TargetReport::unavailable(why);
-        }
+        Err(e) => return unavailable(e),
     }
     eprintln!("{}: ready", kind.name());
     for &(concurrency, duration, max) in &plan.handshake {
@@ -245,7 +254,14 @@ fn reexec_in_netns() -> Result<ExitCode, String> {
     }
     let exe = std::env::current_exe().map_err(|e| format!("locating this binary: {e}"))?;
     let status = Command::new("unshare")
-        .args(["-n", "--", "sh", "-c", "ip link set lo up && exec \"$@\"", "sh"])
+        .args([
+            "-n",
+            "--",
+            "sh",
+            "-c",
+            "ip link set lo up && exec \"$@\"",
+            "sh",
+        ])
         .arg(exe)
         .args(std::env::args_os().skip(1))
         .arg("--in-netns")
@@ -288,7 +304,7 @@ fn default_cache(env: &Env) -> PathBuf {
     let base = env
         .non_empty("XDG_CACHE_HOME")
         .map(PathBuf::from)
-        .unwrap_or_else(|| Path::new(env.get("HOME").unwrap_or("/root")).join(".cache"));
+        .unwrap_or_else(|| Path::new(env.get("HOME").unwrap_or(".")).join(".cache"));
     base.join("driftless-bench")
 }
 

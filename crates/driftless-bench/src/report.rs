@@ -17,6 +17,9 @@ const NOT_AVAILABLE: [(&str, &str); 2] = [
     ),
 ];
 
+/// A table row drawn from one scenario result: name, value, decimals.
+type Metric<T> = (&'static str, fn(&T) -> f64, usize);
+
 #[derive(Debug, Default, Serialize)]
 pub struct TargetReport {
     /// Set when the gateway could not be started or never became ready: exactly why.
@@ -138,13 +141,17 @@ impl Report {
             let Some(c) = mine.or(other).map(|h| h.concurrency) else {
                 continue;
             };
-            let metrics: [(&str, fn(&Handshake) -> f64, usize); 6] = [
+            let metrics: [Metric<Handshake>; 6] = [
                 ("sessions/s", |h| h.sessions_per_sec, 0),
                 ("p50 (ms)", |h| h.latency.p50_ms, 2),
                 ("p99 (ms)", |h| h.latency.p99_ms, 2),
                 ("max (ms)", |h| h.latency.max_ms, 2),
                 ("errors", |h| h.errors.values().sum::<u64>() as f64, 0),
-                ("server CPU per session (ms)", |h| h.server_cpu_ms_per_session, 3),
+                (
+                    "server CPU per session (ms)",
+                    |h| h.server_cpu_ms_per_session,
+                    3,
+                ),
             ];
             for (name, f, digits) in metrics {
                 row(
@@ -160,17 +167,22 @@ impl Report {
             let Some(n) = mine.or(other).map(|x| x.target) else {
                 continue;
             };
-            let metrics: [(&str, fn(&Idle) -> f64, usize); 3] = [
+            let metrics: [Metric<Idle>; 3] = [
                 ("connections held", |x| x.held as f64, 0),
                 ("RSS after (MiB)", |x| x.rss_after_kib as f64 / 1024.0, 1),
                 ("KiB per connection", |x| x.kib_per_connection, 1),
             ];
             for (name, f, digits) in metrics {
-                row(format!("idle {n}: {name}"), mine.map(f), other.map(f), digits);
+                row(
+                    format!("idle {n}: {name}"),
+                    mine.map(f),
+                    other.map(f),
+                    digits,
+                );
             }
         }
         let rot = |t: &TargetReport| t.rotation.clone();
-        let metrics: [(&str, fn(&Rotation) -> f64, usize); 6] = [
+        let metrics: [Metric<Rotation>; 6] = [
             ("sessions ok", |r| r.sessions_ok as f64, 0),
             ("failed sessions", |r| r.failed_total as f64, 0),
             ("dropped after auth", |r| r.dropped_after_auth as f64, 0),

@@ -90,7 +90,8 @@ pub async fn handshake(
         tasks.spawn(async move {
             let mut latencies = Vec::new();
             let mut errors = BTreeMap::new();
-            while Instant::now() < deadline && started.fetch_add(1, Ordering::Relaxed) < max_sessions
+            while Instant::now() < deadline
+                && started.fetch_add(1, Ordering::Relaxed) < max_sessions
             {
                 let begin = Instant::now();
                 match wire::session(addr, source(i), &token).await {
@@ -167,7 +168,8 @@ pub async fn idle(server: &Server, count: usize, settle: Duration) -> Result<Idl
         );
         held.spawn(async move {
             let permit = gate.acquire_owned().await;
-            let opened = wire::open_authenticated(addr, source(i), &token, &["operator.read"]).await;
+            let opened =
+                wire::open_authenticated(addr, source(i), &token, &["operator.read"]).await;
             drop(permit);
             match opened {
                 Ok(ws) => {
@@ -328,7 +330,9 @@ pub async fn rotation(
             let mut dropped = 0u64;
             while !stop.load(Ordering::Relaxed) {
                 let Ok(token) = read_token(&token_file) else {
-                    *failed.entry("token-file-unreadable".to_string()).or_default() += 1;
+                    *failed
+                        .entry("token-file-unreadable".to_string())
+                        .or_default() += 1;
                     continue;
                 };
                 let fingerprint = Fingerprint::of(token.as_bytes());
@@ -420,9 +424,14 @@ pub async fn rotation(
 /// Tells OpenClaw to re-read its secret files, as an admin authenticated with the token it still
 /// holds. OpenClaw then closes every shared-token session, this one included (4001).
 async fn secrets_reload(addr: SocketAddr, current: &str) -> Result<()> {
-    let mut ws = wire::open_authenticated(addr, IpAddr::V4(Ipv4Addr::new(127, 0, 0, 250)), current, &["operator.admin"])
-        .await
-        .map_err(|e| anyhow::anyhow!("secrets.reload: connect failed: {e:?}"))?;
+    let mut ws = wire::open_authenticated(
+        addr,
+        IpAddr::V4(Ipv4Addr::new(127, 0, 0, 250)),
+        current,
+        &["operator.admin"],
+    )
+    .await
+    .map_err(|e| anyhow::anyhow!("secrets.reload: connect failed: {e:?}"))?;
     match wire::call(&mut ws, "2", "secrets.reload").await {
         Ok(_) | Err(SessionError::Dropped(4001)) => {}
         Err(e) => bail!("secrets.reload failed: {e:?}"),

@@ -142,8 +142,7 @@ pub fn start_driftless(bin: &Path, work: &Workdir, timeout: Duration) -> Result<
         Err(_) => {
             let status = server.child.try_wait().ok().flatten();
             bail!(
-                "driftless printed no `listening on ws://` line within {timeout:?} (exit status: {status:?}); see {}",
-                work.dir.join("driftless.log").display()
+                "driftless printed no `listening on ws://` line within {timeout:?} (exit status: {status:?})"
             );
         }
     };
@@ -178,7 +177,9 @@ pub fn start_openclaw(install: &OpenClawInstall, work: &Workdir) -> Result<Serve
     let spawned = Instant::now();
     let child = Command::new(&install.node)
         .arg(&install.entry)
-        .args(["gateway", "run", "--bind", "loopback", "--auth", "token", "--port"])
+        .args([
+            "gateway", "run", "--bind", "loopback", "--auth", "token", "--port",
+        ])
         .arg(port.to_string())
         .env("HOME", &work.dir)
         .env("OPENCLAW_STATE_DIR", &state)

@@ -1,0 +1,123 @@
+//! `driftless-bench --smoke` against the real `driftless` binary, so the bench cannot rot.
+//!
+//! The `driftless` binary belongs to another package, so Cargo gives this test no
+//! `CARGO_BIN_EXE_driftless`: the test builds it with the same cargo and profile into the same
+//! target directory (a no-op when it is fresh). `DRIFTLESS_BIN` overrides the binary.
+
+use std::path::{Path, PathBuf};
+use std::process::Command;
+
+use driftless_core::Env;
+use serde_json::Value;
+
+fn driftless_bin(env: &Env) -> PathBuf {
+    if let Some(bin) = env.non_empty("DRIFTLESS_BIN") {
+        return PathBuf::from(bin);
+    }
+    // This test runs from <target>/<profile>/deps/.
+    let exe = std::env::current_exe().expect("test binary path");
+    let profile_dir = exe
+        .parent()
+        .and_then(Path::parent)
+        .expect("test binary lives in <target>/<profile>/deps");
+    let mut build = Command::new(env!("CARGO"));
+    build
+        .args(["build", "--quiet", "-p", "driftless", "--manifest-path"])
+        .arg(Path::new(env!("CARGO_MANIFEST_DIR")).join("../../Cargo.toml"))
+        .arg("--target-dir")
+        .arg(profile_dir.parent().expect("target directory"));
+    if profile_dir
+        .file_name()
+        .is_some_and(|name| name == "release")
+    {
+        build.arg("--release");
+    }
+    let status = build.status().expect("running cargo build -p driftless");
+    assert!(
+        status.success(),
+        "cargo build -p driftless failed: {status}"
+    );
+    profile_dir.join("driftless")
+}
+
+#[test]
+fn smoke_mode_measures_every_scenario_against_the_real_gateway() {
+    let env = Env::from_process();
+    let bin = driftless_bin(&env);
+    assert!(bin.is_file(), "{} was not built", bin.display());
+    let dir = tempfile::tempdir().expect("temp dir");
+    let json_path = dir.path().join("results.json");
+
+    let out = Command::new(env!("CARGO_BIN_EXE_driftless-bench"))
+        .arg("--smoke")
+        .arg("--driftless-bin")
+        .arg(&bin)
+        .arg("--json")
+        .arg(&json_path)
+        .current_dir(dir.path())
+        .output()
+        .expect("running driftless-bench");
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        out.status.success(),
+        "driftless-bench --smoke failed ({}):\n{stdout}\n{stderr}",
+        out.status
+    );
+    assert!(
+        stdout.contains("| metric") && stdout.contains("handshake c=1: sessions/s"),
+        "no results table on stdout:\n{stdout}"
+    );
+
+    let report: Value =
+        serde_json::from_slice(&std::fs::read(&json_path).expect("results JSON written"))
+            .expect("results are JSON");
+    assert_eq!(report["smoke"], true);
+    let d = &report["driftless"];
+    assert_eq!(
+        d["unavailable"],
+        Value::Null,
+        "driftless did not start: {d}"
+    );
+    assert_eq!(
+        d["failures"],
+        serde_json::json!([]),
+        "scenarios failed: {d}"
+    );
+    // The peer is never started in smoke mode, and the report says why.
+    assert!(
+        report["openclaw"]["unavailable"]
+            .as_str()
+            .is_some_and(|why| why.contains("not requested")),
+        "{}",
+        report["openclaw"]
+    );
+
+    let startup = &d["startup"];
+    assert!(
+        startup["first_session_ms"].as_f64().unwrap() >= startup["readyz_ms"].as_f64().unwrap()
+    );
+    assert!(startup["base_rss_kib"].as_u64().unwrap() > 0);
+
+    let handshakes = d["handshake"].as_array().expect("handshake runs");
+    assert_eq!(handshakes.len(), 2);
+    for h in handshakes {
+        assert!(h["sessions"].as_u64().unwrap() > 0, "{h}");
+        assert_eq!(h["errors"], serde_json::json!({}), "{h}");
+        assert!(h["server_cpu_ms_per_session"].as_f64().unwrap() >= 0.0);
+        let latency = &h["latency"];
+        assert!(latency["p50_ms"].as_f64().unwrap() <= latency["max_ms"].as_f64().unwrap());
+    }
+
+    let idle = &d["idle"][0];
+    assert_eq!(idle["held"], idle["target"], "{idle}");
+    assert_eq!(idle["closed_by_server"], 0, "{idle}");
+    assert!(idle["rss_after_kib"].as_u64().unwrap() > 0);
+
+    let rotation = &d["rotation"];
+    assert!(rotation["rotations"].as_u64().unwrap() >= 4, "{rotation}");
+    assert!(rotation["sessions_ok"].as_u64().unwrap() > 0, "{rotation}");
+    // Every rotated token was accepted, and no authenticated session was cut by a rotation.
+    assert_eq!(rotation["not_propagated"], 0, "{rotation}");
+    assert_eq!(rotation["dropped_after_auth"], 0, "{rotation}");
+}
