@@ -333,6 +333,7 @@ pub async fn rotation(
                     *failed
                         .entry("token-file-unreadable".to_string())
                         .or_default() += 1;
+                    tokio::time::sleep(Duration::from_millis(10)).await;
                     continue;
                 };
                 let fingerprint = Fingerprint::of(token.as_bytes());
