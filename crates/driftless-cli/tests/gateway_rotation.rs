@@ -244,3 +244,21 @@ async fn token_rotate_literal_in_config_edits_the_config() {
     assert!(accepted(&gw.url, CANARY).await);
     gw.finish();
 }
+
+/// A client that reads the rotated file at once (before the debounced watcher fires) must be
+/// accepted on its first attempt: the gateway re-reads the file on a mismatch. Without that, this
+/// fails on the first round (the watcher waits 100 ms before reloading).
+#[tokio::test]
+async fn a_token_read_right_after_the_rename_is_accepted_first_time() {
+    let home = Home::new();
+    let tok = home.token_config(CANARY, "rotation_grace_seconds = 60\n");
+    let gw = Gateway::start(&home, &[], &[]);
+    for round in 0..10 {
+        let fresh = format!("canary-gw-fresh-{round}-8d2e");
+        replace_by_rename(&tok, &format!("{fresh}\n"));
+        assert!(accepted(&gw.url, &fresh).await, "round {round}: new token refused");
+        assert!(!accepted(&gw.url, "canary-gw-never-valid-0000").await);
+    }
+    let log = gw.finish();
+    assert!(log.contains("auth-miss"), "the re-read path was not taken: {log}");
+}

@@ -528,7 +528,7 @@ fn authenticate(
         state.metrics.limiter_rejections.inc();
         return Err(AuthFailure::RateLimited { retry_after_ms });
     }
-    match state.secrets.check(&candidate) {
+    match crate::reload::check_shared(state, &candidate) {
         Check::Ok(generation) => {
             state.limiter.success(ip);
             state

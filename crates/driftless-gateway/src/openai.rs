@@ -109,7 +109,7 @@ const DEVICE_ROLE_HEADER: &str = "x-driftless-device-role";
 /// `Authorization: Bearer <gateway token>`, or `Bearer <device token>` with the device named in
 /// `X-Driftless-Device-Id`; one limiter attempt per request, as in the WebSocket handshake (in
 /// mode `none`, loopback only, nothing is needed).
-fn authorize(state: &State, peer: IpAddr, headers: &HeaderMap) -> Result<(), Refusal> {
+fn authorize(state: &Arc<State>, peer: IpAddr, headers: &HeaderMap) -> Result<(), Refusal> {
     if state.secrets.mode == AuthMode::None {
         return Ok(());
     }
@@ -126,7 +126,10 @@ fn authorize(state: &State, peer: IpAddr, headers: &HeaderMap) -> Result<(), Ref
         state.metrics.limiter_rejections.inc();
         Refusal::RateLimited { retry_after_ms }
     })?;
-    let ok = match (state.secrets.check(presented), header_str(DEVICE_ID_HEADER)) {
+    let ok = match (
+        crate::reload::check_shared(state, presented),
+        header_str(DEVICE_ID_HEADER),
+    ) {
         (Check::Ok(_), _) => true,
         (Check::Mismatch, None) => false,
         (Check::Mismatch, Some(device_id)) => {

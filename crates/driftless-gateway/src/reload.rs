@@ -8,6 +8,7 @@ use notify::{RecursiveMode, Watcher};
 use tokio::task::JoinHandle;
 
 use crate::State;
+use crate::secrets::Check;
 
 /// Bursts of file events (an editor's save, a Kubernetes swap) are folded into one reload.
 const DEBOUNCE: Duration = Duration::from_millis(100);
@@ -15,17 +16,21 @@ const DEBOUNCE: Duration = Duration::from_millis(100);
 /// Long enough that exec-sourced secrets are not run often.
 const BACKSTOP: Duration = Duration::from_secs(30);
 
-/// Reloads on a blocking thread (resolution may read files or run a command) and schedules the
-/// end of the grace window. Returns the changed secret names, or the redacted error.
+/// Reloads on a blocking thread (resolution may read files or run a command). Returns the changed
+/// secret names, or the redacted error.
 pub(crate) async fn reload_now(
     state: Arc<State>,
     trigger: &'static str,
 ) -> Result<Vec<String>, String> {
-    let st = state.clone();
-    let result = tokio::task::spawn_blocking(move || st.secrets.reload(trigger, &st.metrics))
+    tokio::task::spawn_blocking(move || reload_and_schedule(&state, trigger))
         .await
-        .map_err(|e| format!("reload task failed: {e}"))?;
-    match result {
+        .map_err(|e| format!("reload task failed: {e}"))?
+}
+
+/// Reloads on this thread and schedules the end of any grace window the reload opened. Must run
+/// inside the runtime (a worker or a blocking thread).
+fn reload_and_schedule(state: &Arc<State>, trigger: &'static str) -> Result<Vec<String>, String> {
+    match state.secrets.reload(trigger, &state.metrics) {
         Ok((r, grace)) => {
             if let Some((generation, until_ms)) = grace {
                 let wait = until_ms.saturating_sub(crate::secrets::now_ms());
@@ -38,6 +43,19 @@ pub(crate) async fn reload_now(
             Ok(r.changed.into_iter().map(|c| c.name).collect())
         }
         Err(e) => Err(driftless_core::redact::redact(&e.to_string()).into_owned()),
+    }
+}
+
+/// Checks a presented shared secret. On a mismatch, if the secret's file already holds a new value
+/// (the client read it before the debounced watcher fired), reload first and check again, so a
+/// rotation never refuses the new token. A wrong guess against an unchanged file costs one read.
+pub(crate) fn check_shared(state: &Arc<State>, candidate: &str) -> Check {
+    match state.secrets.check(candidate) {
+        Check::Mismatch if state.secrets.source_changed() => {
+            let _ = reload_and_schedule(state, "auth-miss");
+            state.secrets.check(candidate)
+        }
+        checked => checked,
     }
 }
 

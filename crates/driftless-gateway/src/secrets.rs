@@ -71,8 +71,21 @@ pub struct Secrets {
     state: Mutex<AuthState>,
     // Serializes whole reloads (resolution can run a command) without blocking auth checks.
     reload_lock: Mutex<()>,
+    /// The file the shared secret is read from, if it is a file reference.
+    shared_file: Mutex<Option<PathBuf>>,
     last_reload: Mutex<Option<ReloadStatus>>,
     pub control: watch::Sender<Control>,
+}
+
+/// The expanded path of the gateway's shared secret when it is a file reference.
+fn shared_file(
+    config: &Config,
+    env: &Env,
+    explicit: Option<&SecretInput>,
+    base: &std::path::Path,
+) -> Option<PathBuf> {
+    let (input, _) = precedence::server_secret(config, env, explicit)?;
+    input.file_path(env, base)?.ok()
 }
 
 pub fn now_ms() -> u64 {
@@ -104,6 +117,7 @@ impl Secrets {
             .to_owned();
         let effective = precedence::with_effective_server_secret(config, &env, explicit.as_ref());
         let snapshot = Snapshot::resolve(&effective, &env, &base)?;
+        let shared_file = shared_file(config, &env, explicit.as_ref(), &base);
         Ok(Secrets {
             mode: config.gateway.auth.mode,
             config_path,
@@ -114,6 +128,7 @@ impl Secrets {
                 previous: None,
             }),
             reload_lock: Mutex::new(()),
+            shared_file: Mutex::new(shared_file),
             last_reload: Mutex::new(None),
             control: watch::Sender::new(Control {
                 min_secret_generation: 1,
@@ -192,6 +207,23 @@ impl Secrets {
         }
     }
 
+    /// Whether the shared secret's file now holds a value other than the live one: a client can
+    /// read a rotated file before the debounced watcher has reloaded it. One small file read.
+    pub fn source_changed(&self) -> bool {
+        let path = self
+            .shared_file
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .clone();
+        let Some(path) = path else {
+            return false;
+        };
+        match (driftless_core::source::resolve_file(&path), self.current()) {
+            (Ok(on_disk), Some(live)) => !on_disk.same_as(&live),
+            _ => false,
+        }
+    }
+
     /// Re-reads the config and every secret. Same fingerprints: nothing happens. A failure keeps
     /// the live snapshot. Returns the grace end (ms) to schedule when the shared secret changed.
     pub fn reload(
@@ -259,6 +291,12 @@ impl Secrets {
             self.explicit.as_ref(),
         );
         let next = Snapshot::resolve(&effective, &self.env, loaded.base_dir())?;
+        *self.shared_file.lock().unwrap_or_else(|e| e.into_inner()) = shared_file(
+            &loaded.config,
+            &self.env,
+            self.explicit.as_ref(),
+            loaded.base_dir(),
+        );
         let mut st = self.state.lock().unwrap_or_else(|e| e.into_inner());
         let before = self.current();
         let report = self.holder.install(next);
