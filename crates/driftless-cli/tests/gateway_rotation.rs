@@ -256,9 +256,15 @@ async fn a_token_read_right_after_the_rename_is_accepted_first_time() {
     for round in 0..10 {
         let fresh = format!("canary-gw-fresh-{round}-8d2e");
         replace_by_rename(&tok, &format!("{fresh}\n"));
-        assert!(accepted(&gw.url, &fresh).await, "round {round}: new token refused");
+        assert!(
+            accepted(&gw.url, &fresh).await,
+            "round {round}: new token refused"
+        );
         assert!(!accepted(&gw.url, "canary-gw-never-valid-0000").await);
     }
     let log = gw.finish();
-    assert!(log.contains("auth-miss"), "the re-read path was not taken: {log}");
+    assert!(
+        log.contains("auth-miss"),
+        "the re-read path was not taken: {log}"
+    );
 }
