@@ -130,6 +130,8 @@ impl Drop for PreauthSlot {
 pub struct Gateway {
     listener: tokio::net::TcpListener,
     state: Arc<State>,
+    /// Started by `bind`, so a change made as soon as the gateway reports ready is not missed.
+    background: reload::Background,
 }
 
 impl Gateway {
@@ -204,7 +206,12 @@ impl Gateway {
             openai: openai::Providers::new(cfg)
                 .map_err(|e| GatewayError::HttpClient(e.to_string()))?,
         });
-        Ok(Gateway { listener, state })
+        let background = reload::spawn(state.clone());
+        Ok(Gateway {
+            listener,
+            state,
+            background,
+        })
     }
 
     pub fn local_addr(&self) -> SocketAddr {
@@ -237,7 +244,7 @@ impl Gateway {
         shutdown: impl std::future::Future<Output = ()> + Send + 'static,
     ) -> Result<(), GatewayError> {
         let state = self.state;
-        let background = reload::spawn(state.clone());
+        let background = self.background;
         let ticker = tokio::spawn(tick_loop(state.clone()));
         let app = Router::new()
             .route("/healthz", get(healthz))
@@ -266,9 +273,7 @@ impl Gateway {
         }
         let _ = stop_tx.send(());
         ticker.abort();
-        for h in background {
-            h.abort();
-        }
+        drop(background);
         // Upgraded sockets are not tracked by graceful shutdown; the drain above covered them.
         match tokio::time::timeout(Duration::from_secs(1), server).await {
             Ok(Ok(Err(e))) => Err(GatewayError::Serve(e)),

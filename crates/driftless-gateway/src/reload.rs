@@ -59,8 +59,21 @@ pub(crate) fn check_shared(state: &Arc<State>, candidate: &str) -> Check {
     }
 }
 
-/// Starts the watcher, SIGHUP and backstop tasks.
-pub(crate) fn spawn(state: Arc<State>) -> Vec<JoinHandle<()>> {
+/// The watcher, SIGHUP and backstop tasks; dropping this stops them.
+pub(crate) struct Background(Vec<JoinHandle<()>>);
+
+impl Drop for Background {
+    fn drop(&mut self) {
+        for h in &self.0 {
+            h.abort();
+        }
+    }
+}
+
+/// Starts the watcher, SIGHUP and backstop tasks. The directory watches and the SIGHUP handler
+/// are in place when this returns (not when the tasks first run): a file swapped or a SIGHUP sent
+/// right after the gateway reports ready must not be missed.
+pub(crate) fn spawn(state: Arc<State>) -> Background {
     let (tx, mut rx) = tokio::sync::mpsc::channel::<()>(1);
     let watch_tx = tx.clone();
     let watcher = notify::recommended_watcher(move |res: notify::Result<notify::Event>| {
@@ -100,9 +113,9 @@ pub(crate) fn spawn(state: Arc<State>) -> Vec<JoinHandle<()>> {
     });
 
     let st = state.clone();
+    let sighup = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::hangup());
     let hup = tokio::spawn(async move {
-        let Ok(mut sig) = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::hangup())
-        else {
+        let Ok(mut sig) = sighup else {
             tracing::warn!("cannot listen for SIGHUP");
             return;
         };
@@ -120,5 +133,5 @@ pub(crate) fn spawn(state: Arc<State>) -> Vec<JoinHandle<()>> {
             let _ = reload_now(st.clone(), "periodic").await;
         }
     });
-    vec![debounced, hup, backstop]
+    Background(vec![debounced, hup, backstop])
 }

@@ -339,6 +339,9 @@ fn serve(
     let rt = runtime()?;
     rt.block_on(async {
         let gw = Gateway::bind(&loaded, &ctx.env, explicit).await?;
+        // Installed before the ready line: a SIGTERM sent right after it must stop the gateway
+        // cleanly, not kill it with the default action.
+        let shutdown = shutdown_signal();
         let auth = match gw.secret_fingerprint() {
             Some(fp) => format!("{} {fp}", gw.auth_mode().as_str()),
             None => "auth none".to_owned(),
@@ -346,24 +349,28 @@ fn serve(
         println!("listening on {} {auth}", gw.url());
         // Tests and supervisors read this line as soon as it is printed.
         let _ = std::io::stdout().flush();
-        gw.serve(shutdown_signal()).await?;
+        gw.serve(shutdown).await?;
         tracing::info!("gateway stopped");
         anyhow::Ok(())
     })?;
     Ok(OK)
 }
 
-async fn shutdown_signal() {
+/// Installs the SIGTERM/SIGINT handlers now (not on first poll) and returns the wait for either.
+fn shutdown_signal() -> impl std::future::Future<Output = ()> + Send + 'static {
     use tokio::signal::unix::{SignalKind, signal};
-    let (Ok(mut term), Ok(mut int)) = (
+    let handlers = (
         signal(SignalKind::terminate()),
         signal(SignalKind::interrupt()),
-    ) else {
-        tracing::warn!("cannot listen for SIGTERM/SIGINT; stop the gateway with SIGKILL");
-        return std::future::pending().await;
-    };
-    tokio::select! {
-        _ = term.recv() => {}
-        _ = int.recv() => {}
+    );
+    async move {
+        let (Ok(mut term), Ok(mut int)) = handlers else {
+            tracing::warn!("cannot listen for SIGTERM/SIGINT; stop the gateway with SIGKILL");
+            return std::future::pending().await;
+        };
+        tokio::select! {
+            _ = term.recv() => {}
+            _ = int.recv() => {}
+        }
     }
 }
