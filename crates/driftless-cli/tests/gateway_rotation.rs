@@ -20,8 +20,8 @@ async fn atomic_rename_rotation_with_grace() {
 
     replace_by_rename(&tok, &format!("{NEW}\n"));
     assert!(
-        eventually(Duration::from_secs(1), || accepted(&gw.url, NEW)).await,
-        "new token not accepted within 1 s"
+        eventually(RELOAD_WITHIN, || accepted(&gw.url, NEW)).await,
+        "new token not accepted within {RELOAD_WITHIN:?}"
     );
     // During grace: the old token still works and the old session stays open.
     assert!(accepted(&gw.url, CANARY).await);
@@ -80,8 +80,8 @@ async fn kubernetes_data_symlink_swap_without_grace() {
     k8s_mount(&mount, "2026_11_23_v2", NEW);
     k8s_swap(&mount, "2026_11_23_v2");
     assert!(
-        eventually(Duration::from_secs(1), || accepted(&gw.url, NEW)).await,
-        "new token not accepted within 1 s of the ..data swap"
+        eventually(RELOAD_WITHIN, || accepted(&gw.url, NEW)).await,
+        "new token not accepted within {RELOAD_WITHIN:?} of the ..data swap"
     );
     // Grace 0: the old token and its sessions end at once.
     assert!(!accepted(&gw.url, CANARY).await);
@@ -104,7 +104,7 @@ async fn failed_reloads_and_touches_keep_the_old_token() {
     write_secret(&tok, CANARY);
     replace_by_rename(&tok, &format!("{CANARY}\n"));
     assert!(
-        eventually(Duration::from_secs(2), || async {
+        eventually(RELOAD_WITHIN, || async {
             gw.metric("driftless_gateway_secret_reloads_total{outcome=\"unchanged\"}") >= 1.0
         })
         .await
@@ -121,7 +121,7 @@ async fn failed_reloads_and_touches_keep_the_old_token() {
     // Empty file: the reload fails, the old token keeps working.
     replace_by_rename(&tok, "");
     assert!(
-        eventually(Duration::from_secs(2), || async {
+        eventually(RELOAD_WITHIN, || async {
             gw.metric("driftless_gateway_secret_reloads_total{outcome=\"failed\"}") >= 1.0
         })
         .await
@@ -130,7 +130,7 @@ async fn failed_reloads_and_touches_keep_the_old_token() {
     // Missing file: same.
     std::fs::remove_file(&tok).unwrap();
     assert!(
-        eventually(Duration::from_secs(2), || async {
+        eventually(RELOAD_WITHIN, || async {
             gw.metric("driftless_gateway_secret_reloads_total{outcome=\"failed\"}") >= 2.0
         })
         .await
@@ -150,14 +150,10 @@ async fn token_rotate_cli_file_source_and_no_grace() {
     let home = Home::new();
     home.token_config(CANARY, "");
     // `token rotate` finds the gateway through config: pin a free port there.
-    let port = std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port();
     let cfg = std::fs::read_to_string(home.config_path()).unwrap();
-    home.write_config(&cfg.replace("port = 0", &format!("port = {port}")));
-    let gw = Gateway::start(&home, &[], &[]);
+    let gw = Gateway::start_pinned(&home, |port| {
+        home.write_config(&cfg.replace("port = 0", &format!("port = {port}")))
+    });
     let mut old_session = session(&gw.url, cli_params(Some(CANARY))).await;
 
     let (st, out, err) = home.run(&["token", "rotate", "--json"]);
@@ -224,15 +220,11 @@ async fn token_rotate_refuses_env_and_exec_sources() {
 #[tokio::test]
 async fn token_rotate_literal_in_config_edits_the_config() {
     let home = Home::new();
-    let port = std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port();
-    home.write_config(&format!(
-        "# keep this comment\n[gateway]\nport = {port}\n[gateway.auth]\ntoken = \"{CANARY}\"\n"
-    ));
-    let gw = Gateway::start(&home, &[], &[]);
+    let gw = Gateway::start_pinned(&home, |port| {
+        home.write_config(&format!(
+            "# keep this comment\n[gateway]\nport = {port}\n[gateway.auth]\ntoken = \"{CANARY}\"\n"
+        ))
+    });
     let (st, out, err) = home.run(&["token", "rotate", "--json"]);
     assert!(st.success(), "{out}{err}");
     let v: serde_json::Value = serde_json::from_str(&out).unwrap();

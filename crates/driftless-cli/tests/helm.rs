@@ -993,11 +993,12 @@ async fn rendered_chart_rotates_live_on_a_kubelet_secret_swap() {
     // The kubelet's update: new timestamped dir, atomic rename of `..data`, old dir removed.
     mount.publish(&[(SECRET_KEY, NEW_CANARY.as_bytes())]);
     assert!(
-        support::eventually(Duration::from_secs(1), || support::accepted(
+        support::eventually(support::RELOAD_WITHIN, || support::accepted(
             &gw.url, NEW_CANARY
         ))
         .await,
-        "new token not accepted within 1 s of the ..data swap"
+        "new token not accepted within {:?} of the ..data swap",
+        support::RELOAD_WITHIN
     );
     // During grace: the old token still works and no session was dropped by the swap.
     assert!(support::accepted(&gw.url, support::CANARY).await);

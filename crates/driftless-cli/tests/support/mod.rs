@@ -116,6 +116,18 @@ pub fn replace_by_rename(path: &Path, content: &str) {
     std::fs::rename(&tmp, path).unwrap();
 }
 
+/// How long a gateway may take to exit after SIGTERM (a functional timeout, not a benchmark).
+pub const GATEWAY_EXIT_WITHIN: Duration = Duration::from_secs(15);
+
+/// A loopback port that is free right now (nothing stops another process taking it next).
+pub fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
 /// A running gateway process.
 pub struct Gateway {
     pub child: Child,
@@ -194,16 +206,33 @@ impl Gateway {
         }
     }
 
+    /// Starts a gateway whose config pins its port (commands such as `token rotate` find the
+    /// gateway through config). `write_config(port)` writes that config. A port free when probed
+    /// can be taken by a parallel test before the gateway binds it; then another one is tried.
+    pub fn start_pinned(home: &Home, write_config: impl Fn(u16)) -> Gateway {
+        let mut last = String::new();
+        for _ in 0..5 {
+            write_config(free_port());
+            match Gateway::try_start(home, &[], &[]) {
+                Ok(gw) => return gw,
+                Err(e) if e.contains("cannot listen on") => last = e,
+                Err(e) => panic!("gateway did not start: {e}"),
+            }
+        }
+        panic!("gateway found no free pinned port in 5 tries: {last}")
+    }
+
     pub fn log_text(&self) -> String {
         std::fs::read_to_string(&self.log).unwrap_or_default()
     }
 
-    /// Sends SIGTERM to this gateway (by pid) and waits (bounded) for it to exit.
+    /// Sends SIGTERM to this gateway (by pid) and waits (bounded) for it to exit. The gateway
+    /// itself gives connections at most 4 s; the rest is slack for a loaded machine.
     pub fn terminate(&mut self) -> Option<ExitStatus> {
         let _ = Command::new("kill")
             .args(["-TERM", &self.child.id().to_string()])
             .status();
-        let deadline = Instant::now() + Duration::from_secs(5);
+        let deadline = Instant::now() + GATEWAY_EXIT_WITHIN;
         while Instant::now() < deadline {
             if let Some(s) = self.child.try_wait().unwrap() {
                 return Some(s);
@@ -218,7 +247,7 @@ impl Gateway {
         let status = self.terminate();
         assert!(
             status.is_some(),
-            "gateway did not exit within 5 s of SIGTERM"
+            "gateway did not exit within {GATEWAY_EXIT_WITHIN:?} of SIGTERM"
         );
         let log = self.log_text();
         assert_no_canary(&log, "gateway log");
@@ -423,6 +452,11 @@ pub async fn accepted(url: &str, token: &str) -> bool {
     let (res, _) = c.connect(cli_params(Some(token))).await;
     res["ok"] == true
 }
+
+/// How long a running gateway may take to pick up a secret change (watch event, debounce, reload,
+/// then a fresh handshake). Generous on purpose: a functional timeout on a loaded CI machine, not a
+/// latency check; a missed change would wait for the 30 s backstop and still fail it.
+pub const RELOAD_WITHIN: Duration = Duration::from_secs(10);
 
 /// Polls `f` every 50 ms until it returns true or `within` passes.
 pub async fn eventually<F, Fut>(within: Duration, mut f: F) -> bool
