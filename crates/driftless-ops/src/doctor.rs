@@ -400,16 +400,7 @@ impl Doctor {
             for e in &def.embedded {
                 rows.push(Row::finding(
                     "unit-secret",
-                    format!(
-                        "{}: {} holds a secret ({}){}",
-                        def.path.display(),
-                        e.location,
-                        e.value.fingerprint(),
-                        e.copy_of
-                            .as_deref()
-                            .map(|c| format!(", a copy of {c}"))
-                            .unwrap_or_default()
-                    ),
+                    e.describe(&def.path),
                     self.embedded_fix(e, config),
                 ));
             }

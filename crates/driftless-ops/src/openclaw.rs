@@ -341,16 +341,7 @@ pub fn audit(env: &Env, requested: bool) -> Vec<Row> {
             };
             rows.push(Row::finding(
                 "openclaw-unit-secret",
-                format!(
-                    "{}: {} holds a secret ({}){}",
-                    def.path.display(),
-                    e.location,
-                    e.value.fingerprint(),
-                    e.copy_of
-                        .as_deref()
-                        .map(|c| format!(", a copy of {c}"))
-                        .unwrap_or_default()
-                ),
+                e.describe(&def.path),
                 fix,
             ));
         }

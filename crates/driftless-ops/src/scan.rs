@@ -27,6 +27,22 @@ pub struct Embedded {
     pub env_file: Option<PathBuf>,
 }
 
+impl Embedded {
+    /// The finding line `doctor` and the OpenClaw audit print for it (fingerprint, never the value).
+    pub fn describe(&self, definition: &Path) -> String {
+        format!(
+            "{}: {} holds a secret ({}){}",
+            definition.display(),
+            self.location,
+            self.value.fingerprint(),
+            self.copy_of
+                .as_deref()
+                .map(|c| format!(", a copy of {c}"))
+                .unwrap_or_default()
+        )
+    }
+}
+
 /// A live secret, by name, to compare definitions against.
 pub type Live = Vec<(String, SecretValue)>;
 
