@@ -553,15 +553,18 @@ fn authenticate(
 
 /// After the handshake: hello-ok, then requests, ticks and control changes until close.
 async fn serve(ws: &mut WebSocket, state: &Arc<State>, session: &Session) -> (u16, String) {
+    // Subscribed before hello-ok: a shutdown the client may trigger as soon as it has its hello
+    // must still reach it as a `shutdown` event, not only as a bare close.
+    let mut control = state.secrets.control.subscribe();
+    let mut ticks = state.ticks.subscribe();
+    let mut device_events = state.device_events.subscribe();
     let hello = crate::methods::hello_ok(state, session);
     if !send(ws, &Frame::ok(&session.connect_id, hello)).await {
         return (0, "send failed".into());
     }
-    let mut control = state.secrets.control.subscribe();
-    let mut ticks = state.ticks.subscribe();
-    let mut device_events = state.device_events.subscribe();
-    // A rotation may have ended this secret's grace between the check and now.
-    if let Some(r) = control_close(&control.borrow_and_update(), session) {
+    // A rotation (or a shutdown) may have happened between the auth check and now.
+    let c = *control.borrow_and_update();
+    if let Some(r) = control_event(ws, &c, session).await {
         return r;
     }
     loop {
@@ -571,11 +574,7 @@ async fn serve(ws: &mut WebSocket, state: &Arc<State>, session: &Session) -> (u1
                     return (close::SERVICE_RESTART, close::SERVICE_RESTART_REASON.into());
                 }
                 let c = *control.borrow_and_update();
-                if c.shutdown {
-                    let ev = Frame::event("shutdown", serde_json::json!({"reason": "gateway stopping"}), None);
-                    send(ws, &ev).await;
-                }
-                if let Some(r) = control_close(&c, session) {
+                if let Some(r) = control_event(ws, &c, session).await {
                     return r;
                 }
             }
@@ -624,8 +623,20 @@ async fn serve(ws: &mut WebSocket, state: &Arc<State>, session: &Session) -> (u1
     }
 }
 
-fn control_close(c: &crate::secrets::Control, session: &Session) -> Option<(u16, String)> {
+/// Acts on a control state of an authenticated session: on shutdown sends the `shutdown` event
+/// and closes 1012; a session on a secret whose grace has ended closes 4001.
+async fn control_event(
+    ws: &mut WebSocket,
+    c: &crate::secrets::Control,
+    session: &Session,
+) -> Option<(u16, String)> {
     if c.shutdown {
+        let ev = Frame::event(
+            "shutdown",
+            serde_json::json!({"reason": "gateway stopping"}),
+            None,
+        );
+        send(ws, &ev).await;
         return Some((close::SERVICE_RESTART, close::SERVICE_RESTART_REASON.into()));
     }
     match session.secret_generation {
