@@ -239,12 +239,13 @@ async fn token_rotate_literal_in_config_edits_the_config() {
 
 /// A client that reads the rotated file at once (before the debounced watcher fires) must be
 /// accepted on its first attempt: the gateway re-reads the file on a mismatch. Without that, this
-/// fails on the first round (the watcher waits 100 ms before reloading).
+/// fails on the first round. The watcher's debounce is stretched to 5 s so the re-read path, not the
+/// watcher, must be what accepts the new token.
 #[tokio::test]
 async fn a_token_read_right_after_the_rename_is_accepted_first_time() {
     let home = Home::new();
     let tok = home.token_config(CANARY, "rotation_grace_seconds = 60\n");
-    let gw = Gateway::start(&home, &[], &[]);
+    let gw = Gateway::start(&home, &[], &[("DRIFTLESS_RELOAD_DEBOUNCE_MS", "5000")]);
     for round in 0..10 {
         let fresh = format!("canary-gw-fresh-{round}-8d2e");
         replace_by_rename(&tok, &format!("{fresh}\n"));

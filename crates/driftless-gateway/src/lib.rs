@@ -36,6 +36,9 @@ use crate::secrets::Secrets;
 pub const HANDSHAKE_TIMEOUT_ENV: &str = "DRIFTLESS_HANDSHAKE_TIMEOUT_MS";
 /// The environment variable that overrides the tick interval (milliseconds; tests use it).
 pub const TICK_INTERVAL_ENV: &str = "DRIFTLESS_TICK_INTERVAL_MS";
+/// The environment variable that overrides how long file events are debounced before a reload
+/// (milliseconds; tests use it to prove the re-read on a mismatch).
+pub const RELOAD_DEBOUNCE_ENV: &str = "DRIFTLESS_RELOAD_DEBOUNCE_MS";
 /// How long shutdown waits for connections to take their close frames.
 const SHUTDOWN_DRAIN: Duration = Duration::from_secs(3);
 
@@ -74,6 +77,7 @@ pub(crate) struct State {
     pub ticks: broadcast::Sender<Arc<str>>,
     pub handshake_timeout: Duration,
     pub tick_interval: Duration,
+    pub reload_debounce: Duration,
     pub started: Instant,
     pub instance_id: String,
     pub connections: AtomicU64,
@@ -185,6 +189,7 @@ impl Gateway {
         };
         let handshake_timeout = millis(HANDSHAKE_TIMEOUT_ENV, proto::HANDSHAKE_TIMEOUT_MS);
         let tick_interval = millis(TICK_INTERVAL_ENV, proto::TICK_INTERVAL_MS);
+        let reload_debounce = millis(RELOAD_DEBOUNCE_ENV, reload::DEBOUNCE_MS);
         let metrics = Metrics::new();
         secrets.init_metrics(&metrics);
         let device_store = devices::SqliteStore::open_in(&driftless_core::paths::state_dir(env))?;
@@ -195,6 +200,7 @@ impl Gateway {
             ticks: broadcast::Sender::new(4),
             handshake_timeout,
             tick_interval,
+            reload_debounce,
             started: Instant::now(),
             instance_id: uuid::Uuid::new_v4().to_string(),
             connections: AtomicU64::new(0),

@@ -11,7 +11,7 @@ use crate::State;
 use crate::secrets::Check;
 
 /// Bursts of file events (an editor's save, a Kubernetes swap) are folded into one reload.
-const DEBOUNCE: Duration = Duration::from_millis(100);
+pub(crate) const DEBOUNCE_MS: u64 = 100;
 /// Re-read even without events (network filesystems, a watch that died with its directory).
 /// Long enough that exec-sourced secrets are not run often.
 const BACKSTOP: Duration = Duration::from_secs(30);
@@ -106,7 +106,7 @@ pub(crate) fn spawn(state: Arc<State>) -> Background {
         // The watcher lives as long as this task.
         let _watcher = watcher;
         while rx.recv().await.is_some() {
-            tokio::time::sleep(DEBOUNCE).await;
+            tokio::time::sleep(st.reload_debounce).await;
             while rx.try_recv().is_ok() {}
             let _ = reload_now(st.clone(), "file-change").await;
         }
