@@ -6,6 +6,7 @@
 //! documented switch off, and both gateways and all clients then share the same loopback-only
 //! network.
 
+mod proxy;
 mod report;
 mod scenarios;
 mod server;
@@ -57,12 +58,15 @@ struct Args {
 
 /// Counts and times for one run.
 struct Plan {
-    handshake: Vec<(usize, Duration, u64)>,
+    /// (concurrency, duration, max sessions, signed device identity)
+    handshake: Vec<(usize, Duration, u64, bool)>,
     idle: Vec<usize>,
     idle_settle: Duration,
     rotation_clients: usize,
     rotation_every: Duration,
     rotation_total: Duration,
+    /// (concurrency, duration) of each proxy run (driftless only).
+    proxy: Vec<(usize, Duration)>,
 }
 
 impl Plan {
@@ -70,24 +74,32 @@ impl Plan {
         if args.smoke {
             return Plan {
                 handshake: vec![
-                    (1, Duration::from_secs(1), 20),
-                    (8, Duration::from_secs(1), 80),
+                    (1, Duration::from_secs(1), 20, false),
+                    (8, Duration::from_secs(1), 80, false),
+                    (8, Duration::from_secs(1), 80, true),
                 ],
                 idle: vec![20],
                 idle_settle: Duration::from_millis(500),
                 rotation_clients: 4,
                 rotation_every: Duration::from_millis(500),
                 rotation_total: Duration::from_millis(2600),
+                proxy: vec![(2, Duration::from_millis(500))],
             };
         }
         let secs = Duration::from_secs(args.handshake_secs);
         Plan {
-            handshake: vec![(1, secs, 1_000_000), (64, secs, 1_000_000)],
+            handshake: vec![
+                (1, secs, 1_000_000, false),
+                (64, secs, 1_000_000, false),
+                (1, secs, 1_000_000, true),
+                (64, secs, 1_000_000, true),
+            ],
             idle: args.idle.clone(),
             idle_settle: Duration::from_secs(3),
             rotation_clients: 64,
             rotation_every: Duration::from_secs(2),
             rotation_total: Duration::from_secs(args.rotation_secs),
+            proxy: vec![(1, secs), (16, secs)],
         }
     }
 }
@@ -144,11 +156,13 @@ fn run() -> Result<ExitCode> {
         .enable_all()
         .build()
         .context("starting the async runtime")?;
-    let driftless = runtime.block_on(bench_target(Kind::Driftless, &plan, |work| {
-        server::start_driftless(&driftless_bin, work, Duration::from_secs(30))
+    let upstream = runtime.block_on(proxy::start_upstream())?;
+    let driftless = runtime.block_on(bench_target(Kind::Driftless, &plan, Some(&upstream), |work| {
+        server::start_driftless(&driftless_bin, work, Duration::from_secs(30), &upstream)
     }));
+    // OpenClaw has no OpenAI-compatible proxy set up here: no proxy scenario for the peer.
     let openclaw = match &install {
-        Some(install) => runtime.block_on(bench_target(Kind::OpenClaw, &plan, |work| {
+        Some(install) => runtime.block_on(bench_target(Kind::OpenClaw, &plan, None, |work| {
             server::start_openclaw(install, work)
         })),
         None => {
@@ -176,6 +190,7 @@ fn run() -> Result<ExitCode> {
 async fn bench_target(
     kind: Kind,
     plan: &Plan,
+    upstream: Option<&proxy::Upstream>,
     start: impl FnOnce(&Workdir) -> Result<Server>,
 ) -> TargetReport {
     let dir = match tempfile::Builder::new()
@@ -211,8 +226,8 @@ async fn bench_target(
         Err(e) => return unavailable(e),
     }
     eprintln!("{}: ready", kind.name());
-    for &(concurrency, duration, max) in &plan.handshake {
-        match scenarios::handshake(&server, concurrency, duration, max).await {
+    for &(concurrency, duration, max, signed) in &plan.handshake {
+        match scenarios::handshake(&server, concurrency, duration, max, signed).await {
             Ok(h) => report.handshake.push(h),
             Err(e) => report.fail(format!("handshake c={concurrency}"), e),
         }
@@ -221,6 +236,14 @@ async fn bench_target(
         match scenarios::idle(&server, count, plan.idle_settle).await {
             Ok(i) => report.idle.push(i),
             Err(e) => report.fail(format!("idle {count}"), e),
+        }
+    }
+    if let Some(upstream) = upstream {
+        for &(concurrency, duration) in &plan.proxy {
+            match proxy::proxy(&server, upstream, concurrency, duration).await {
+                Ok(p) => report.proxy.push(p),
+                Err(e) => report.fail(format!("proxy c={concurrency}"), e),
+            }
         }
     }
     match scenarios::rotation(

@@ -3,19 +3,14 @@
 use comfy_table::Table;
 use serde::Serialize;
 
+use crate::proxy::Proxy;
 use crate::scenarios::{Handshake, Idle, Rotation, Startup};
 
-/// Scenarios of issue 8 this build cannot run yet, and why.
-const NOT_AVAILABLE: [(&str, &str); 2] = [
-    (
-        "handshake with a signed device identity",
-        "not available: driftless has no device-identity verification yet",
-    ),
-    (
-        "proxy (OpenAI-compatible endpoint)",
-        "not available: driftless has no OpenAI-compatible endpoint yet",
-    ),
-];
+/// Scenarios of issue 8 this build cannot run for a target, and why.
+const NOT_AVAILABLE: [(&str, &str); 1] = [(
+    "proxy (OpenAI-compatible endpoint) on openclaw",
+    "not measured: OpenClaw has no comparable OpenAI-compatible proxy set up here",
+)];
 
 /// A table row drawn from one scenario result: name, value, decimals.
 type Metric<T> = (&'static str, fn(&T) -> f64, usize);
@@ -28,6 +23,7 @@ pub struct TargetReport {
     pub handshake: Vec<Handshake>,
     pub idle: Vec<Idle>,
     pub rotation: Option<Rotation>,
+    pub proxy: Vec<Proxy>,
     /// Scenarios that failed to run, with the reason.
     pub failures: Vec<String>,
 }
@@ -138,9 +134,11 @@ impl Report {
         );
         for i in 0..d.handshake.len().max(o.handshake.len()) {
             let (mine, other) = (d.handshake.get(i), o.handshake.get(i));
-            let Some(c) = mine.or(other).map(|h| h.concurrency) else {
+            let Some((c, signed)) = mine.or(other).map(|h| (h.concurrency, h.signed_device))
+            else {
                 continue;
             };
+            let variant = if signed { " signed device" } else { "" };
             let metrics: [Metric<Handshake>; 6] = [
                 ("sessions/s", |h| h.sessions_per_sec, 0),
                 ("p50 (ms)", |h| h.latency.p50_ms, 2),
@@ -155,7 +153,7 @@ impl Report {
             ];
             for (name, f, digits) in metrics {
                 row(
-                    format!("handshake c={c}: {name}"),
+                    format!("handshake c={c}{variant}: {name}"),
                     mine.map(f),
                     other.map(f),
                     digits,
@@ -179,6 +177,25 @@ impl Report {
                     other.map(f),
                     digits,
                 );
+            }
+        }
+        for p in &d.proxy {
+            let c = p.concurrency;
+            let metrics: [Metric<Proxy>; 7] = [
+                ("direct completions/s", |p| p.direct.per_sec, 0),
+                ("via gateway completions/s", |p| p.gateway.per_sec, 0),
+                ("throughput ratio (gateway ÷ direct)", |p| p.throughput_ratio, 2),
+                ("added latency p50 (ms)", |p| p.added_p50_ms, 2),
+                ("added latency p99 (ms)", |p| p.added_p99_ms, 2),
+                ("errors", |p| (p.direct.errors + p.gateway.errors) as f64, 0),
+                (
+                    "server CPU per completion (ms)",
+                    |p| p.server_cpu_ms_per_completion,
+                    3,
+                ),
+            ];
+            for (name, f, digits) in metrics {
+                row(format!("proxy c={c}: {name}"), Some(f(p)), None, digits);
             }
         }
         let rot = |t: &TargetReport| t.rotation.clone();

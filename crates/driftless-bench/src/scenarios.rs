@@ -9,6 +9,7 @@ use std::time::{Duration, Instant};
 
 use anyhow::{Context, Result, bail};
 use driftless_core::Fingerprint;
+use ed25519_dalek::SigningKey;
 use serde::Serialize;
 use tokio::task::JoinSet;
 
@@ -62,6 +63,8 @@ fn count_error(errors: &mut BTreeMap<String, u64>, e: &SessionError) {
 #[derive(Debug, Clone, Serialize)]
 pub struct Handshake {
     pub concurrency: usize,
+    /// Each session also sent a signed device identity (Ed25519, verified by the server).
+    pub signed_device: bool,
     pub sessions: u64,
     pub errors: BTreeMap<String, u64>,
     pub seconds: f64,
@@ -72,12 +75,14 @@ pub struct Handshake {
 }
 
 /// `concurrency` clients each loop full sessions until `duration` passes or `max_sessions`
-/// sessions were started in total.
+/// sessions were started in total. With `signed_device`, each client has its own Ed25519 key and
+/// signs every connect.
 pub async fn handshake(
     server: &Server,
     concurrency: usize,
     duration: Duration,
     max_sessions: u64,
+    signed_device: bool,
 ) -> Result<Handshake> {
     let token = Arc::new(read_token(&server.token_file)?);
     let started = Arc::new(AtomicU64::new(0));
@@ -87,6 +92,12 @@ pub async fn handshake(
     let mut tasks = JoinSet::new();
     for i in 0..concurrency {
         let (token, started, addr) = (token.clone(), started.clone(), server.addr);
+        // A fixed seed per client: the bench needs distinct, valid keys, not secret ones.
+        let key = signed_device.then(|| {
+            let mut seed = [7u8; 32];
+            seed[..8].copy_from_slice(&(i as u64).to_le_bytes());
+            SigningKey::from_bytes(&seed)
+        });
         tasks.spawn(async move {
             let mut latencies = Vec::new();
             let mut errors = BTreeMap::new();
@@ -94,7 +105,7 @@ pub async fn handshake(
                 && started.fetch_add(1, Ordering::Relaxed) < max_sessions
             {
                 let begin = Instant::now();
-                match wire::session(addr, source(i), &token).await {
+                match wire::session(addr, source(i), &token, key.as_ref()).await {
                     Ok(()) => latencies.push(begin.elapsed()),
                     Err(e) => {
                         count_error(&mut errors, &e);
@@ -120,6 +131,7 @@ pub async fn handshake(
     let sessions = latencies.len() as u64;
     Ok(Handshake {
         concurrency,
+        signed_device,
         sessions,
         errors,
         seconds,
@@ -169,7 +181,7 @@ pub async fn idle(server: &Server, count: usize, settle: Duration) -> Result<Idl
         held.spawn(async move {
             let permit = gate.acquire_owned().await;
             let opened =
-                wire::open_authenticated(addr, source(i), &token, &["operator.read"]).await;
+                wire::open_authenticated(addr, source(i), &token, &["operator.read"], None).await;
             drop(permit);
             match opened {
                 Ok(ws) => {
@@ -238,7 +250,7 @@ pub async fn startup(server: &mut Server, limit: Duration) -> Result<Startup> {
     };
     let mut refused = 0;
     let first = loop {
-        match wire::session(server.addr, source(0), &token).await {
+        match wire::session(server.addr, source(0), &token, None).await {
             Ok(()) => break server.spawned.elapsed(),
             Err(SessionError::Rejected(code)) if code != "UNAVAILABLE" => {
                 bail!(
@@ -338,7 +350,7 @@ pub async fn rotation(
                 };
                 let fingerprint = Fingerprint::of(token.as_bytes());
                 let opened =
-                    wire::open_authenticated(addr, source(i), &token, &["operator.read"]).await;
+                    wire::open_authenticated(addr, source(i), &token, &["operator.read"], None).await;
                 let mut ws = match opened {
                     Ok(ws) => ws,
                     Err(e) => {
@@ -430,6 +442,7 @@ async fn secrets_reload(addr: SocketAddr, current: &str) -> Result<()> {
         IpAddr::V4(Ipv4Addr::new(127, 0, 0, 250)),
         current,
         &["operator.admin"],
+        None,
     )
     .await
     .map_err(|e| anyhow::anyhow!("secrets.reload: connect failed: {e:?}"))?;

@@ -11,7 +11,10 @@ use std::time::{Duration, Instant};
 
 use anyhow::{Context, Result, bail};
 use driftless_core::source::{SecretInput, SecretRef};
+use driftless_core::config::ProviderConfig;
 use driftless_core::{Config, atomic};
+
+use crate::proxy::{self, Upstream};
 
 /// Which gateway a server is.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -89,9 +92,15 @@ pub fn write_token(path: &Path) -> Result<String> {
     Ok(token.expose().to_string())
 }
 
-/// Starts `driftless gateway run` on a free loopback port with its token in a file, and waits for
-/// its `listening on ws://...` line (within `timeout`).
-pub fn start_driftless(bin: &Path, work: &Workdir, timeout: Duration) -> Result<Server> {
+/// Starts `driftless gateway run` on a free loopback port with its token in a file, and the
+/// upstream test server as provider [`proxy::PROVIDER`], and waits for its `listening on ws://...`
+/// line (within `timeout`).
+pub fn start_driftless(
+    bin: &Path,
+    work: &Workdir,
+    timeout: Duration,
+    upstream: &Upstream,
+) -> Result<Server> {
     let token_file = work.token_file();
     write_token(&token_file)?;
     let mut config = Config::default();
@@ -99,6 +108,20 @@ pub fn start_driftless(bin: &Path, work: &Workdir, timeout: Duration) -> Result<
     config.gateway.auth.token = Some(SecretInput::Ref(SecretRef::File {
         path: token_file.display().to_string(),
     }));
+    let key_file = work.dir.join("provider-key");
+    atomic::write_private(&key_file, upstream.key.as_bytes())
+        .with_context(|| format!("writing {}", key_file.display()))?;
+    config.providers.insert(
+        proxy::PROVIDER.to_string(),
+        ProviderConfig {
+            base_url: upstream.base_url.clone(),
+            api_key: Some(SecretInput::Ref(SecretRef::File {
+                path: key_file.display().to_string(),
+            })),
+            default_model: None,
+            timeout_seconds: Some(30),
+        },
+    );
     let config_path = work.dir.join("config.toml");
     let text = toml::to_string(&config).context("serialising the driftless config")?;
     atomic::write_private(&config_path, text.as_bytes())

@@ -4,6 +4,8 @@
 use std::net::{IpAddr, SocketAddr};
 use std::time::Duration;
 
+use driftless_protocol::device_auth::{self, SignedFields};
+use ed25519_dalek::SigningKey;
 use futures_util::{SinkExt, StreamExt};
 use serde_json::{Value, json};
 use tokio::net::{TcpSocket, TcpStream};
@@ -53,12 +55,14 @@ fn ws_config() -> WebSocketConfig {
 }
 
 /// Opens a WebSocket from `source` (a 127.0.0.x address, to spread over the per-IP pre-auth cap)
-/// and authenticates as an operator with `token`. Returns the open socket after `hello-ok`.
+/// and authenticates as an operator with `token`, and with a signed v3 `device` block over the
+/// challenge nonce when `device` is given. Returns the open socket after `hello-ok`.
 pub async fn open_authenticated(
     server: SocketAddr,
     source: IpAddr,
     token: &str,
     scopes: &[&str],
+    device: Option<&SigningKey>,
 ) -> Result<Ws, SessionError> {
     let mut ws = step(open(server, source)).await??;
     // The challenge comes first, unsolicited; the nonce only matters to signed devices.
@@ -69,7 +73,7 @@ pub async fn open_authenticated(
             summary(&first)
         )));
     }
-    let connect = json!({
+    let mut connect = json!({
         "type": "req", "id": "1", "method": "connect",
         "params": {
             "minProtocol": 4, "maxProtocol": 4,
@@ -79,6 +83,29 @@ pub async fn open_authenticated(
             "auth": {"token": token},
         }
     });
+    if let Some(key) = device {
+        let nonce = first
+            .pointer("/payload/nonce")
+            .and_then(Value::as_str)
+            .ok_or_else(|| SessionError::Io("connect.challenge without a nonce".into()))?;
+        let scopes: Vec<String> = scopes.iter().map(|s| s.to_string()).collect();
+        // The same builder and signature the real client uses (driftless-protocol).
+        let proof = device_auth::prove(
+            key,
+            &SignedFields {
+                client_id: "cli",
+                client_mode: "cli",
+                role: "operator",
+                scopes: &scopes,
+                signed_at_ms: now_ms(),
+                token: Some(token),
+                nonce,
+                platform: Some("linux"),
+                device_family: Some("Linux"),
+            },
+        );
+        connect["params"]["device"] = serde_json::to_value(proof).expect("a proof serializes");
+    }
     step(ws.send(Message::text(connect.to_string())))
         .await?
         .map_err(ws_err)?;
@@ -130,11 +157,23 @@ pub async fn hold(mut ws: Ws) -> Option<u16> {
 }
 
 /// One full session: open → challenge → connect → health → close. Returns when `health` answered.
-pub async fn session(server: SocketAddr, source: IpAddr, token: &str) -> Result<(), SessionError> {
-    let mut ws = open_authenticated(server, source, token, &["operator.read"]).await?;
+pub async fn session(
+    server: SocketAddr,
+    source: IpAddr,
+    token: &str,
+    device: Option<&SigningKey>,
+) -> Result<(), SessionError> {
+    let mut ws = open_authenticated(server, source, token, &["operator.read"], device).await?;
     let result = call(&mut ws, "2", "health").await.map(drop);
     close(ws).await;
     result
+}
+
+fn now_ms() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_millis() as u64)
+        .unwrap_or(0)
 }
 
 async fn step<T>(fut: impl Future<Output = T>) -> Result<T, SessionError> {

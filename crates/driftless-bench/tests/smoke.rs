@@ -100,7 +100,8 @@ fn smoke_mode_measures_every_scenario_against_the_real_gateway() {
     assert!(startup["base_rss_kib"].as_u64().unwrap() > 0);
 
     let handshakes = d["handshake"].as_array().expect("handshake runs");
-    assert_eq!(handshakes.len(), 2);
+    assert_eq!(handshakes.len(), 3);
+    assert_eq!(handshakes[2]["signed_device"], true);
     for h in handshakes {
         assert!(h["sessions"].as_u64().unwrap() > 0, "{h}");
         assert_eq!(h["errors"], serde_json::json!({}), "{h}");
@@ -114,10 +115,24 @@ fn smoke_mode_measures_every_scenario_against_the_real_gateway() {
     assert_eq!(idle["closed_by_server"], 0, "{idle}");
     assert!(idle["rss_after_kib"].as_u64().unwrap() > 0);
 
+    // Streamed completions through the OpenAI-compatible endpoint and directly, all complete.
+    let proxy = &d["proxy"][0];
+    for side in ["direct", "gateway"] {
+        assert!(proxy[side]["completions"].as_u64().unwrap() > 0, "{proxy}");
+        assert_eq!(proxy[side]["errors"], 0, "{proxy}");
+    }
+    assert!(proxy["throughput_ratio"].as_f64().unwrap() > 0.0, "{proxy}");
+    assert!(
+        stdout.contains("proxy c=2: added latency p50 (ms)"),
+        "no proxy rows in the table:\n{stdout}"
+    );
+
     let rotation = &d["rotation"];
     assert!(rotation["rotations"].as_u64().unwrap() >= 4, "{rotation}");
     assert!(rotation["sessions_ok"].as_u64().unwrap() > 0, "{rotation}");
-    // Every rotated token was accepted, and no authenticated session was cut by a rotation.
+    // Every rotated token was accepted, no session failed (the gateway re-reads a rotated token
+    // file on a mismatch) and no authenticated session was cut by a rotation: the targets.
     assert_eq!(rotation["not_propagated"], 0, "{rotation}");
+    assert_eq!(rotation["failed_total"], 0, "{rotation}");
     assert_eq!(rotation["dropped_after_auth"], 0, "{rotation}");
 }
