@@ -157,9 +157,12 @@ fn run() -> Result<ExitCode> {
         .build()
         .context("starting the async runtime")?;
     let upstream = runtime.block_on(proxy::start_upstream())?;
-    let driftless = runtime.block_on(bench_target(Kind::Driftless, &plan, Some(&upstream), |work| {
-        server::start_driftless(&driftless_bin, work, Duration::from_secs(30), &upstream)
-    }));
+    let driftless = runtime.block_on(bench_target(
+        Kind::Driftless,
+        &plan,
+        Some(&upstream),
+        |work| server::start_driftless(&driftless_bin, work, Duration::from_secs(30), &upstream),
+    ));
     // OpenClaw has no OpenAI-compatible proxy set up here: no proxy scenario for the peer.
     let openclaw = match &install {
         Some(install) => runtime.block_on(bench_target(Kind::OpenClaw, &plan, None, |work| {

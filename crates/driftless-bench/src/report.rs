@@ -134,8 +134,7 @@ impl Report {
         );
         for i in 0..d.handshake.len().max(o.handshake.len()) {
             let (mine, other) = (d.handshake.get(i), o.handshake.get(i));
-            let Some((c, signed)) = mine.or(other).map(|h| (h.concurrency, h.signed_device))
-            else {
+            let Some((c, signed)) = mine.or(other).map(|h| (h.concurrency, h.signed_device)) else {
                 continue;
             };
             let variant = if signed { " signed device" } else { "" };
@@ -184,7 +183,11 @@ impl Report {
             let metrics: [Metric<Proxy>; 7] = [
                 ("direct completions/s", |p| p.direct.per_sec, 0),
                 ("via gateway completions/s", |p| p.gateway.per_sec, 0),
-                ("throughput ratio (gateway ÷ direct)", |p| p.throughput_ratio, 2),
+                (
+                    "throughput ratio (gateway ÷ direct)",
+                    |p| p.throughput_ratio,
+                    2,
+                ),
                 ("added latency p50 (ms)", |p| p.added_p50_ms, 2),
                 ("added latency p99 (ms)", |p| p.added_p99_ms, 2),
                 ("errors", |p| (p.direct.errors + p.gateway.errors) as f64, 0),

@@ -350,7 +350,8 @@ pub async fn rotation(
                 };
                 let fingerprint = Fingerprint::of(token.as_bytes());
                 let opened =
-                    wire::open_authenticated(addr, source(i), &token, &["operator.read"], None).await;
+                    wire::open_authenticated(addr, source(i), &token, &["operator.read"], None)
+                        .await;
                 let mut ws = match opened {
                     Ok(ws) => ws,
                     Err(e) => {

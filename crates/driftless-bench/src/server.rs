@@ -10,8 +10,8 @@ use std::sync::mpsc;
 use std::time::{Duration, Instant};
 
 use anyhow::{Context, Result, bail};
-use driftless_core::source::{SecretInput, SecretRef};
 use driftless_core::config::ProviderConfig;
+use driftless_core::source::{SecretInput, SecretRef};
 use driftless_core::{Config, atomic};
 
 use crate::proxy::{self, Upstream};
