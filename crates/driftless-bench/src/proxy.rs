@@ -11,6 +11,7 @@ use std::time::{Duration, Instant};
 use anyhow::{Context, Result, bail};
 use axum::body::{Body, Bytes};
 use axum::response::Response;
+use axum::serve::ListenerExt;
 use futures_util::StreamExt;
 use serde::Serialize;
 use serde_json::json;
@@ -45,6 +46,10 @@ pub async fn start_upstream() -> Result<Upstream> {
         .await
         .context("binding the upstream test server")?;
     let addr: SocketAddr = listener.local_addr()?;
+    // No Nagle delay on the upstream's side: a slow path through the gateway must be the gateway's.
+    let listener = listener.tap_io(|tcp| {
+        let _ = tcp.set_nodelay(true);
+    });
     tokio::spawn(async move {
         if let Err(e) = axum::serve(listener, app).await {
             eprintln!("upstream test server stopped: {e}");
