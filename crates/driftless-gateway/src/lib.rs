@@ -23,6 +23,7 @@ use axum::extract::{ConnectInfo, State as AxState, WebSocketUpgrade};
 use axum::http::{StatusCode, header};
 use axum::response::IntoResponse;
 use axum::routing::get;
+use axum::serve::ListenerExt;
 use driftless_core::config::{AuthMode, LoadedConfig};
 use driftless_core::{Env, Fingerprint, SecretInput};
 use driftless_protocol as proto;
@@ -262,7 +263,10 @@ impl Gateway {
         let (stop_tx, stop_rx) = tokio::sync::oneshot::channel::<()>();
         let server = tokio::spawn(
             axum::serve(
-                self.listener,
+                // Small frames (handshake replies, SSE chunks) must not wait for Nagle + delayed ACK.
+                self.listener.tap_io(|tcp| {
+                    let _ = tcp.set_nodelay(true);
+                }),
                 app.into_make_service_with_connect_info::<SocketAddr>(),
             )
             .with_graceful_shutdown(async move {

@@ -47,12 +47,15 @@ fn reload_and_schedule(state: &Arc<State>, trigger: &'static str) -> Result<Vec<
 }
 
 /// Checks a presented shared secret. On a mismatch, if the secret's file already holds a new value
-/// (the client read it before the debounced watcher fired), reload first and check again, so a
-/// rotation never refuses the new token. A wrong guess against an unchanged file costs one read.
+/// (the client read it before the debounced watcher fired), reload first; then check again either
+/// way, since a concurrent reload may have swapped the secret since the first check. A rotation
+/// thus never refuses the new token; a wrong guess against an unchanged file costs one read.
 pub(crate) fn check_shared(state: &Arc<State>, candidate: &str) -> Check {
     match state.secrets.check(candidate) {
-        Check::Mismatch if state.secrets.source_changed() => {
-            let _ = reload_and_schedule(state, "auth-miss");
+        Check::Mismatch => {
+            if state.secrets.source_changed() {
+                let _ = reload_and_schedule(state, "auth-miss");
+            }
             state.secrets.check(candidate)
         }
         checked => checked,
