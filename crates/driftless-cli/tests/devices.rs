@@ -462,3 +462,132 @@ async fn sigkill_during_approvals_leaves_each_device_pending_or_paired() {
         .unwrap();
     assert_eq!(ok, "ok");
 }
+
+/// `doctor --json` on `home`: (exit code, the report).
+fn doctor(home: &Home, args: &[&str]) -> (i32, Value, String) {
+    let mut a = vec!["doctor", "--json"];
+    a.extend_from_slice(args);
+    let (st, out, err) = home.run(&a);
+    assert_no_canary(&format!("{out}{err}"), "doctor output");
+    let v: Value = serde_json::from_str(&out)
+        .unwrap_or_else(|e| panic!("doctor --json printed no JSON ({e}):\n{out}{err}"));
+    (st.code().unwrap(), v, format!("{out}{err}"))
+}
+
+fn device_token_rows(report: &Value) -> Vec<Value> {
+    report["checks"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|r| r["check"] == "device-token")
+        .cloned()
+        .collect()
+}
+
+/// D3 seeded: the gateway rotates this client's device token while the client's store keeps the
+/// old one. `doctor` reports it and changes nothing; `doctor --fix` deletes that entry (after a
+/// 0600 backup that names the token only by fingerprint); a second `--fix` changes nothing; with
+/// the gateway gone the token is not judged and is kept.
+#[tokio::test]
+async fn doctor_finds_and_deletes_a_stored_device_token_the_gateway_refuses() {
+    let gw_home = Home::new();
+    gw_home.token_config(CANARY, "");
+    let gw = Gateway::start(&gw_home, &[], &[]);
+    let client = Home::new();
+    let (st, out, err) = client.run(&["init"]);
+    assert!(st.success(), "{out}{err}");
+    assert!(health(&client, &gw.url, &["--token", CANARY]).0.success());
+    let old = stored(&client, &gw.url).expect("the client stored its device token");
+    let path = store_path(&state(&client));
+
+    let (code, report, text) = doctor(&client, &[]);
+    assert_eq!(code, 0, "{text}");
+    let rows = device_token_rows(&report);
+    assert_eq!(rows.len(), 1, "{report}");
+    assert_eq!(rows[0]["status"], "ok", "{report}");
+    assert!(
+        rows[0]["finding"]
+            .as_str()
+            .unwrap()
+            .contains("the gateway accepts it")
+    );
+
+    // The gateway's operator rotates the client's token; the client's store still holds the old.
+    let device_id = DeviceIdentity::load_existing(&state(&client))
+        .unwrap()
+        .device_id()
+        .to_owned();
+    let (st, out, err) = gw_home.run(&["devices", "rotate", &device_id, "--url", &gw.url]);
+    assert!(st.success(), "{out}{err}");
+    assert!(stored(&client, &gw.url).unwrap().same_as(&old));
+    let before = std::fs::read(&path).unwrap();
+
+    let (code, report, text) = doctor(&client, &[]);
+    assert_eq!(code, 1, "{text}");
+    let rows = device_token_rows(&report);
+    assert_eq!(rows.len(), 1, "{report}");
+    assert_eq!(rows[0]["status"], "finding", "{report}");
+    let finding = rows[0]["finding"].as_str().unwrap();
+    assert!(finding.contains(old.fingerprint().as_str()), "{finding}");
+    assert!(finding.contains(&gw.url), "{finding}");
+    assert!(finding.contains("no longer accepts"), "{finding}");
+    assert!(rows[0]["fix"].as_str().unwrap().contains("delete"));
+    assert_eq!(report["findings"], 1, "only this finding: {report}");
+    assert!(!text.contains(old.expose()));
+    assert_eq!(
+        std::fs::read(&path).unwrap(),
+        before,
+        "the audit changed the store"
+    );
+
+    let (st, out, err) = client.run(&["doctor", "--fix"]);
+    assert_no_canary(&format!("{out}{err}"), "doctor --fix output");
+    assert!(!out.contains(old.expose()) && !err.contains(old.expose()));
+    assert_eq!(st.code(), Some(0), "{out}{err}");
+    assert!(out.contains("deleted stored device token"), "{out}");
+    assert!(out.contains("Clean: no findings."), "{out}");
+    assert!(
+        stored(&client, &gw.url).is_none(),
+        "the refused token is gone"
+    );
+    let backup: PathBuf = out
+        .split("(backup: ")
+        .nth(1)
+        .and_then(|s| s.split(')').next())
+        .map(PathBuf::from)
+        .unwrap_or_else(|| panic!("no backup named: {out}"));
+    let mode = std::os::unix::fs::MetadataExt::mode(&std::fs::metadata(&backup).unwrap());
+    assert_eq!(mode & 0o777, 0o600);
+    let kept = std::fs::read_to_string(&backup).unwrap();
+    assert!(!kept.contains(old.expose()), "the backup is a second copy");
+    assert!(kept.contains(old.fingerprint().as_str()), "{kept}");
+
+    let after_fix = std::fs::read(&path).unwrap();
+    let (st, out, err) = client.run(&["doctor", "--fix"]);
+    assert_eq!(st.code(), Some(0), "{out}{err}");
+    assert!(out.contains("No changes"), "{out}");
+    assert_eq!(std::fs::read(&path).unwrap(), after_fix);
+
+    // The client recovers with the shared token and stores the gateway's current device token.
+    assert!(health(&client, &gw.url, &["--token", CANARY]).0.success());
+    let fresh = stored(&client, &gw.url).expect("a device token was stored again");
+    assert!(!fresh.same_as(&old));
+
+    // Without a gateway to ask, nothing is judged and nothing is deleted.
+    let log = gw.finish();
+    assert!(!log.contains(old.expose()) && !log.contains(fresh.expose()));
+    let before = std::fs::read(&path).unwrap();
+    let (code, report, text) = doctor(&client, &["--fix"]);
+    assert_eq!(code, 0, "{text}");
+    let rows = device_token_rows(&report);
+    assert_eq!(rows.len(), 1, "{report}");
+    assert_eq!(rows[0]["status"], "skipped", "{report}");
+    assert!(
+        rows[0]["finding"]
+            .as_str()
+            .unwrap()
+            .contains("the token is kept")
+    );
+    assert!(report["actions"].as_array().unwrap().is_empty(), "{report}");
+    assert_eq!(std::fs::read(&path).unwrap(), before);
+}

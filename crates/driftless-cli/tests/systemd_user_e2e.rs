@@ -6,6 +6,8 @@
 //!
 //! 1. `driftless daemon install` starts the gateway; `driftless token rotate` writes a new token to
 //!    its file; the running service accepts it with no unit rewrite and no restart (same PID).
+//!    `daemon logs`, run inside the harness's mount namespace, reads the service's lines from the
+//!    private journald.
 //! 2. D1: a unit carrying `Environment=DRIFTLESS_GATEWAY_TOKEN=<canary>` and a config without a
 //!    token; `doctor --fix` persists the token, rewrites the unit, reloads and restarts the service,
 //!    which then serves the same token from its file.
@@ -83,6 +85,24 @@ impl Harness {
 
     fn driftless(&self, args: &[&str]) -> (i32, String) {
         let out = self.cmd(BIN).args(args).output().unwrap();
+        let all = format!(
+            "{}\n{}",
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        );
+        (out.status.code().unwrap_or(-1), all)
+    }
+
+    /// Runs `driftless` inside the harness's mount namespace, where `/run/log/journal` is the
+    /// private journald's (what `journalctl` on a real machine would read).
+    fn driftless_in_namespace(&self, args: &[&str]) -> (i32, String) {
+        let out = self
+            .cmd("nsenter")
+            .args(["-t", &self.child.id().to_string(), "-m", "--"])
+            .arg(BIN)
+            .args(args)
+            .output()
+            .unwrap();
         let all = format!(
             "{}\n{}",
             String::from_utf8_lossy(&out.stdout),
@@ -251,7 +271,7 @@ fn installed_service_accepts_a_rotated_token_without_restart_or_unit_rewrite() {
     let Some(script) = harness_script() else {
         return;
     };
-    let h = Harness::start(&script, false);
+    let h = Harness::start(&script, true);
     h.init();
     let (code, out) = h.driftless(&["daemon", "install"]);
     assert_eq!(code, 0, "{out}");
@@ -261,6 +281,20 @@ fn installed_service_accepts_a_rotated_token_without_restart_or_unit_rewrite() {
         Duration::from_secs(15),
         || h.healthy(&[]),
     );
+    // `daemon logs` shows the service's own lines from the journal.
+    let listening = format!("listening on ws://127.0.0.1:{}", h.port);
+    let mut logs = String::new();
+    h.wait_for(
+        "the journal to hold the start-up line",
+        Duration::from_secs(10),
+        || {
+            let (code, out) = h.driftless_in_namespace(&["daemon", "logs", "-n", "50"]);
+            assert_eq!(code, 0, "{out}");
+            logs = out;
+            logs.contains(&listening)
+        },
+    );
+    assert!(logs.contains("driftless-gateway["), "{logs}");
     let pid = h.main_pid();
     assert_ne!(pid, 0);
     let unit_before = std::fs::read(h.unit()).unwrap();
@@ -272,6 +306,10 @@ fn installed_service_accepts_a_rotated_token_without_restart_or_unit_rewrite() {
     assert_ne!(old, new);
     assert!(out.contains("\"gatewayAccepted\": true"), "{out}");
     assert!(!out.contains(new.trim()) && !out.contains(old.trim()));
+    assert!(
+        !logs.contains(old.trim()),
+        "the token reached the service log"
+    );
 
     // The new token works, the old one no longer does (no grace), from the same process.
     assert!(h.healthy(&["--token", new.trim()]));

@@ -43,6 +43,8 @@ impl Credential {
 pub struct ConnectOptions {
     pub url: String,
     pub credential: Credential,
+    /// The role to connect as ([`ROLE`] unless probing a token stored for another role).
+    pub role: String,
     pub scopes: Vec<String>,
     /// `client.mode` (`cli`, `probe`, ...).
     pub mode: String,
@@ -61,6 +63,7 @@ impl ConnectOptions {
         ConnectOptions {
             url: url.into(),
             credential,
+            role: ROLE.to_owned(),
             scopes: vec![proto::scopes::READ.to_owned()],
             mode: "cli".into(),
             min_protocol: proto::MIN_PROTOCOL,
@@ -262,14 +265,14 @@ pub async fn connect(opts: &ConnectOptions) -> Result<Connection, ClientError> {
         "client": {"id": "cli", "version": env!("CARGO_PKG_VERSION"), "platform": platform, "mode": opts.mode},
         "caps": [],
         "auth": auth,
-        "role": ROLE,
+        "role": opts.role,
         "scopes": opts.scopes,
     });
     if let Some(identity) = &opts.device {
         let proof = identity.prove_now(&SignedFields {
             client_id: "cli",
             client_mode: &opts.mode,
-            role: ROLE,
+            role: &opts.role,
             scopes: &opts.scopes,
             signed_at_ms: 0,
             token: opts.credential.signature_token(),

@@ -16,7 +16,7 @@ use driftless_core::{Config, ConfigError, Env, SecretInput, atomic, precedence};
 use crate::migrate::{self, MigrateError, Target};
 use crate::scan::{self, Embedded, Live};
 use crate::service::{Manager, Scope, ServiceError, ServiceSpec};
-use crate::{backup, openclaw};
+use crate::{backup, openclaw, stored_tokens};
 
 /// How one check came out.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize)]
@@ -108,6 +108,8 @@ pub enum DoctorError {
     Backup(#[from] backup::BackupError),
     #[error(transparent)]
     OpenClaw(#[from] openclaw::OpenClawError),
+    #[error(transparent)]
+    TokenStore(#[from] driftless_client::store::StoreError),
     #[error("cannot chmod {path}: {source}")]
     Chmod {
         path: PathBuf,
@@ -308,6 +310,7 @@ impl Doctor {
                 }
             }
         }
+        rows.extend(stored_tokens::audit(&self.state_dir));
         rows.extend(openclaw::audit(&self.env, self.openclaw));
         Audit {
             rows,
@@ -513,6 +516,7 @@ impl Doctor {
             Err((_, true)) => return Ok(()),
             Err((_, false)) => {}
         }
+        stored_tokens::fix(&self.state_dir, actions)?;
         if self.openclaw {
             openclaw::fix(&self.env, actions)?;
         }

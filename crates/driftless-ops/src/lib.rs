@@ -1,5 +1,5 @@
 //! Operations on an installation: first-run setup (`init`), the service installer (`service`),
-//! `doctor`, the OpenClaw import (`openclaw`) and secret migration (`migrate`). Each CLI command
+//! `doctor` (whose stored-device-token check probes gateways with the real client), the OpenClaw import (`openclaw`) and secret migration (`migrate`). Each CLI command
 //! is a thin wrapper around a function here.
 
 pub mod backup;
@@ -9,3 +9,4 @@ pub mod migrate;
 pub mod openclaw;
 pub mod scan;
 pub mod service;
+mod stored_tokens;

@@ -20,6 +20,10 @@ pub const LAUNCHD_LABEL: &str = "dev.driftless.gateway";
 pub const SERVICE_KIND_ENV: &str = "DRIFTLESS_SERVICE_KIND";
 /// The systemd credential id used with `LoadCredential=`.
 pub const CREDENTIAL_ID: &str = "gateway-token";
+/// The journal's `SYSLOG_IDENTIFIER` of the service's output. `daemon logs` selects by it: a user
+/// unit run by root or a system user gets no `_SYSTEMD_USER_UNIT` in a per-user journal file, so
+/// `journalctl --user -u` finds nothing there.
+pub const SYSLOG_IDENTIFIER: &str = "driftless-gateway";
 
 /// Which service manager instance owns the unit.
 #[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
@@ -180,6 +184,7 @@ impl ServiceSpec {
         }
         u.push_str(&format!("ExecStart={}\n", exec.join(" ")));
         u.push_str(&format!("Environment={SERVICE_KIND_ENV}=gateway\n"));
+        u.push_str(&format!("SyslogIdentifier={SYSLOG_IDENTIFIER}\n"));
         if let Some(c) = &self.credential {
             u.push_str(&format!(
                 "LoadCredential={CREDENTIAL_ID}:{}\n",
@@ -484,10 +489,16 @@ impl Manager {
         match self {
             Manager::Systemd(scope) => {
                 let mut c = Command::new("journalctl");
-                if *scope == Scope::User {
-                    c.arg("--user");
-                }
-                c.args(["-u", UNIT_NAME, "-n", &lines.to_string(), "--no-pager"]);
+                match scope {
+                    // This user's lines of the service, whichever journal file holds them.
+                    Scope::User => c.args([
+                        "-t".to_owned(),
+                        SYSLOG_IDENTIFIER.to_owned(),
+                        format!("_UID={}", rustix::process::geteuid().as_raw()),
+                    ]),
+                    Scope::System { .. } => c.args(["-u", UNIT_NAME]),
+                };
+                c.args(["-n", &lines.to_string(), "--no-pager"]);
                 if follow {
                     c.arg("-f");
                 }
