@@ -7,7 +7,7 @@
 //! 1. `driftless daemon install` starts the gateway; `driftless token rotate` writes a new token to
 //!    its file; the running service accepts it with no unit rewrite and no restart (same PID).
 //!    `daemon logs`, run inside the harness's mount namespace, reads the service's lines from the
-//!    private journald.
+//!    private journald; `daemon restart` replaces the process, which serves the rotated token.
 //! 2. D1: a unit carrying `Environment=DRIFTLESS_GATEWAY_TOKEN=<canary>` and a config without a
 //!    token; `doctor --fix` persists the token, rewrites the unit, reloads and restarts the service,
 //!    which then serves the same token from its file.
@@ -325,6 +325,14 @@ fn installed_service_accepts_a_rotated_token_without_restart_or_unit_rewrite() {
     assert!(
         out.contains("\"matches_install\": true") && out.contains("\"active_state\": \"active\""),
         "{out}"
+    );
+    // `daemon restart` replaces the process; the token still comes from its file.
+    let (code, out) = h.driftless(&["daemon", "restart"]);
+    assert_eq!(code, 0, "{out}");
+    h.wait_for(
+        "the restarted gateway to answer with the rotated token",
+        Duration::from_secs(15),
+        || h.main_pid() != pid && h.healthy(&["--token", new.trim()]),
     );
     // Uninstall stops the service and removes the unit.
     let (code, out) = h.driftless(&["daemon", "uninstall"]);
