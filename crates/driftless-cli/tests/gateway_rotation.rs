@@ -261,3 +261,74 @@ async fn a_token_read_right_after_the_rename_is_accepted_first_time() {
         "the re-read path was not taken: {log}"
     );
 }
+
+/// An edit to a setting only a restart applies is not silently ignored: the gateway warns once,
+/// names the settings (never values) in `status`, keeps serving, and clears them when the edit is
+/// undone. A secret reference in the same file keeps applying live.
+#[tokio::test]
+async fn start_only_config_edits_are_reported_not_ignored() {
+    let home = Home::new();
+    let tok = home.token_config(CANARY, "");
+    let original = std::fs::read_to_string(home.config_path()).unwrap();
+    let gw = Gateway::start(&home, &[], &[]);
+    let mut s = session(&gw.url, cli_params(Some(CANARY))).await;
+    let restart_for =
+        |st: &serde_json::Value| st["payload"]["lastReload"]["restartRequiredFor"].clone();
+
+    let edited = original.replace("port = 0", "port = 1").replace(
+        "mode = \"token\"",
+        "mode = \"token\"\nrotation_grace_seconds = 7",
+    );
+    assert_ne!(edited, original);
+    replace_by_rename(&home.config_path(), &edited);
+    let st = status_until(&mut s, |st| restart_for(st).is_array()).await;
+    assert_eq!(
+        restart_for(&st),
+        serde_json::json!(["gateway.auth.rotation_grace_seconds", "gateway.port"]),
+        "{st}"
+    );
+    let (st, out, err) = home.run(&["gateway", "status", "--url", &gw.url, "--token", CANARY]);
+    assert!(st.success(), "{out}{err}");
+    assert!(
+        out.contains("needed to apply gateway.auth.rotation_grace_seconds, gateway.port"),
+        "{out}"
+    );
+    // Still serving where it started, and a rotation in the meantime applies live.
+    replace_by_rename(&tok, &format!("{NEW}\n"));
+    assert!(eventually(RELOAD_WITHIN, || accepted(&gw.url, NEW)).await);
+    let st = s.call("s", "status", None).await;
+    assert_eq!(restart_for(&st).as_array().map(Vec::len), Some(2), "{st}");
+
+    // Undoing the edit clears the notice.
+    replace_by_rename(&home.config_path(), &original);
+    status_until(&mut s, |st| {
+        restart_for(st).is_null() && st["payload"]["lastReload"]["outcome"] == "unchanged"
+    })
+    .await;
+    let log = gw.finish();
+    let warnings = log.matches("apply only after a restart").count();
+    assert_eq!(
+        warnings, 1,
+        "warned once per distinct set of settings:\n{log}"
+    );
+    assert!(log.contains("gateway.port"), "{log}");
+}
+
+/// Polls `status` on `s` until `done` holds (bounded by [`RELOAD_WITHIN`]).
+async fn status_until(
+    s: &mut Client,
+    done: impl Fn(&serde_json::Value) -> bool,
+) -> serde_json::Value {
+    let deadline = std::time::Instant::now() + RELOAD_WITHIN;
+    loop {
+        let st = s.call("s", "status", None).await;
+        if done(&st) {
+            return st;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "status never got there: {st}"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}

@@ -283,6 +283,64 @@ impl Config {
         out
     }
 
+    /// The settings a running gateway reads only at start, by dotted path. Secrets and their
+    /// references are left out (a reload applies them live), and so is `gateway.remote`, which
+    /// only clients read. Values are for comparison only: never print them.
+    pub fn start_only_settings(&self) -> BTreeMap<String, serde_json::Value> {
+        fn flatten(
+            prefix: &str,
+            v: serde_json::Value,
+            out: &mut BTreeMap<String, serde_json::Value>,
+        ) {
+            match v {
+                serde_json::Value::Object(map) => {
+                    for (k, v) in map {
+                        let path = if prefix.is_empty() {
+                            k
+                        } else {
+                            format!("{prefix}.{k}")
+                        };
+                        flatten(&path, v, out);
+                    }
+                }
+                leaf => {
+                    out.insert(prefix.to_owned(), leaf);
+                }
+            }
+        }
+        let mut out = BTreeMap::new();
+        flatten(
+            "",
+            serde_json::to_value(self).expect("a config serializes"),
+            &mut out,
+        );
+        out.retain(|path, _| {
+            let secret = matches!(
+                path.as_str(),
+                "gateway.auth.token" | "gateway.auth.password"
+            ) || (path.starts_with("gateway.auth.token.")
+                || path.starts_with("gateway.auth.password."))
+                || path.starts_with("gateway.remote.")
+                || (path.starts_with("providers.")
+                    && (path.ends_with(".api_key") || path.contains(".api_key.")));
+            !secret
+        });
+        out
+    }
+
+    /// The start-only settings (see [`Config::start_only_settings`]) that differ in `other`.
+    pub fn start_only_changes(&self, other: &Config) -> Vec<String> {
+        let (a, b) = (self.start_only_settings(), other.start_only_settings());
+        let mut changed: Vec<String> = a
+            .iter()
+            .filter(|(k, v)| b.get(*k) != Some(v))
+            .map(|(k, _)| k.clone())
+            .chain(b.keys().filter(|k| !a.contains_key(*k)).cloned())
+            .collect();
+        changed.sort();
+        changed
+    }
+
     /// The JSON Schema of the config, for editors (`driftless config schema`).
     pub fn json_schema() -> serde_json::Value {
         serde_json::to_value(schemars::schema_for!(Config)).expect("schema serializes")
@@ -336,6 +394,50 @@ mod tests {
         assert_eq!(c.gateway.auth.mode, AuthMode::Token);
         assert_eq!(c.gateway.auth.rotation_grace_seconds, 300);
         assert!(c.secret_inputs().is_empty());
+    }
+
+    #[test]
+    fn start_only_changes_name_settings_and_never_secrets() {
+        let before = parse(
+            r#"
+[gateway]
+port = 1000
+[gateway.auth]
+token = "literal-one"
+[gateway.remote]
+url = "ws://10.0.0.1:18789"
+[providers.openai]
+base_url = "https://api.example.test/v1"
+api_key = { source = "env", id = "A" }
+"#,
+        )
+        .unwrap();
+        let after = parse(
+            r#"
+[gateway]
+port = 2000
+[gateway.auth]
+token = { source = "file", path = "/run/token" }
+rotation_grace_seconds = 10
+[gateway.remote]
+url = "ws://10.0.0.2:18789"
+[providers.openai]
+base_url = "https://other.example.test/v1"
+api_key = { source = "env", id = "B" }
+"#,
+        )
+        .unwrap();
+        assert_eq!(
+            before.start_only_changes(&after),
+            [
+                "gateway.auth.rotation_grace_seconds",
+                "gateway.port",
+                "providers.openai.base_url"
+            ]
+        );
+        assert!(before.start_only_changes(&before).is_empty());
+        let settings = format!("{:?}", before.start_only_settings());
+        assert!(!settings.contains("literal-one"), "{settings}");
     }
 
     #[test]

@@ -44,6 +44,9 @@ pub struct ReloadStatus {
     pub outcome: &'static str,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub error: Option<String>,
+    /// Settings changed in the config since start that only a restart applies (names only).
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub restart_required_for: Vec<String>,
 }
 
 /// What one reload did.
@@ -74,6 +77,10 @@ pub struct Secrets {
     /// The file the shared secret is read from, if it is a file reference.
     shared_file: Mutex<Option<PathBuf>>,
     last_reload: Mutex<Option<ReloadStatus>>,
+    /// The config as the gateway started with it: what start-only settings are compared against.
+    started: Config,
+    /// Start-only settings changed since start, as of the last reload that parsed the config.
+    restart_required_for: Mutex<Vec<String>>,
     pub control: watch::Sender<Control>,
 }
 
@@ -118,6 +125,11 @@ impl Secrets {
         let effective = precedence::with_effective_server_secret(config, &env, explicit.as_ref());
         let snapshot = Snapshot::resolve(&effective, &env, &base)?;
         let shared_file = shared_file(config, &env, explicit.as_ref(), &base);
+        // The file as it was at start, not `config`, which may carry `--port`: a flag is not a
+        // change a restart would apply.
+        let started = Config::load(&config_path)
+            .map(|l| l.config)
+            .unwrap_or_else(|_| config.clone());
         Ok(Secrets {
             mode: config.gateway.auth.mode,
             config_path,
@@ -130,6 +142,8 @@ impl Secrets {
             reload_lock: Mutex::new(()),
             shared_file: Mutex::new(shared_file),
             last_reload: Mutex::new(None),
+            started,
+            restart_required_for: Mutex::new(Vec::new()),
             control: watch::Sender::new(Control {
                 min_secret_generation: 1,
                 shutdown: false,
@@ -276,6 +290,11 @@ impl Secrets {
             trigger,
             outcome,
             error,
+            restart_required_for: self
+                .restart_required_for
+                .lock()
+                .unwrap_or_else(|e| e.into_inner())
+                .clone(),
         });
         result
     }
@@ -285,6 +304,7 @@ impl Secrets {
             path: self.config_path.clone(),
             message: e.to_string(),
         })?;
+        self.note_start_only_changes(&loaded.config);
         let effective = precedence::with_effective_server_secret(
             &loaded.config,
             &self.env,
@@ -328,6 +348,26 @@ impl Secrets {
             },
             grace,
         ))
+    }
+
+    /// Warns (once per distinct set) when the config now differs from the one the gateway started
+    /// with in settings only a restart applies: without it such an edit would be silently ignored.
+    fn note_start_only_changes(&self, config: &Config) {
+        let changed = self.started.start_only_changes(config);
+        let mut pending = self
+            .restart_required_for
+            .lock()
+            .unwrap_or_else(|e| e.into_inner());
+        if *pending != changed {
+            if !changed.is_empty() {
+                tracing::warn!(
+                    settings = %changed.join(", "),
+                    "the config changed in settings that apply only after a restart \
+                     (`driftless daemon restart`); secrets and their references apply live"
+                );
+            }
+            *pending = changed;
+        }
     }
 
     /// Ends the grace of `generation` (if it is still the predecessor), or of any predecessor

@@ -159,6 +159,13 @@ fn print_status(p: &Value) {
                 .map(|e| format!(": {}", s(e)))
                 .unwrap_or_default()
         );
+        if let Some(settings) = r.get("restartRequiredFor").and_then(Value::as_array) {
+            let names: Vec<&str> = settings.iter().filter_map(Value::as_str).collect();
+            println!(
+                "restart      needed to apply {} (`driftless daemon restart`)",
+                names.join(", ")
+            );
+        }
     }
     println!("connections  {}", p["connections"]);
 }
