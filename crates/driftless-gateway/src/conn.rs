@@ -362,8 +362,21 @@ fn connect(
             local,
             now_ms(),
         ) {
-            Ok(devices::PairingOutcome::Paired { issued: i }) => issued = i,
-            Ok(devices::PairingOutcome::Required { request_id, reason }) => {
+            Ok(devices::PairingOutcome::Paired { issued: i, event }) => {
+                issued = i;
+                if let Some(event) = event {
+                    state.announce(event);
+                }
+            }
+            Ok(devices::PairingOutcome::Required {
+                request_id,
+                reason,
+                event,
+            }) => {
+                // Announced before the device hears back, so an operator sees the request first.
+                if let Some(event) = event {
+                    state.announce(event);
+                }
                 tracing::info!(%peer, device_id = %dev.device_id, request_id, reason, "pairing required");
                 return Err(Reject::with_error(
                     "pairing_required",
@@ -551,12 +564,13 @@ fn authenticate(
     }
 }
 
-/// After the handshake: hello-ok, then requests, ticks and control changes until close.
+/// After the handshake: hello-ok, then requests, events and control changes until close.
 async fn serve(ws: &mut WebSocket, state: &Arc<State>, session: &Session) -> (u16, String) {
     // Subscribed before hello-ok: a shutdown the client may trigger as soon as it has its hello
-    // must still reach it as a `shutdown` event, not only as a bare close.
+    // must still reach it as a `shutdown` event, not only as a bare close; likewise an event
+    // published once the client holds its hello reaches it.
     let mut control = state.secrets.control.subscribe();
-    let mut ticks = state.ticks.subscribe();
+    let mut events = state.events.subscribe();
     let mut device_events = state.device_events.subscribe();
     let hello = crate::methods::hello_ok(state, session);
     if !send(ws, &Frame::ok(&session.connect_id, hello)).await {
@@ -569,6 +583,8 @@ async fn serve(ws: &mut WebSocket, state: &Arc<State>, session: &Session) -> (u1
     }
     loop {
         tokio::select! {
+            // In order: an event published before a request arrives goes out before its answer.
+            biased;
             changed = control.changed() => {
                 if changed.is_err() {
                     return (close::SERVICE_RESTART, close::SERVICE_RESTART_REASON.into());
@@ -586,14 +602,14 @@ async fn serve(ws: &mut WebSocket, state: &Arc<State>, session: &Session) -> (u1
                     return (close::AUTH_CHANGED, d.reason.into());
                 }
             }
-            tick = ticks.recv() => {
-                match tick {
-                    Ok(text) => {
-                        if ws.send(Message::Text(text.as_ref().into())).await.is_err() {
+            event = events.recv() => {
+                match event {
+                    Ok(b) if crate::methods::may_receive(session, b.scope) => {
+                        if ws.send(Message::Text(b.text.as_ref().into())).await.is_err() {
                             return (0, "send failed".into());
                         }
                     }
-                    Err(tokio::sync::broadcast::error::RecvError::Lagged(_)) => {}
+                    Ok(_) | Err(tokio::sync::broadcast::error::RecvError::Lagged(_)) => {}
                     Err(tokio::sync::broadcast::error::RecvError::Closed) => {
                         return (close::SERVICE_RESTART, close::SERVICE_RESTART_REASON.into());
                     }

@@ -2,7 +2,8 @@
 //! through the live snapshot, reloaded without a restart and overlapped for a grace window.
 //!
 //! One task per connection (no extra per-connection tasks); global events reach connections
-//! through a `watch` (auth generation, shutdown: never lost) and a `broadcast` (ticks: droppable).
+//! through a `watch` (auth generation, shutdown: never lost) and a `broadcast` (ticks and pairing
+//! events: droppable, each filtered by the scope its event needs).
 
 mod conn;
 pub mod devices;
@@ -75,7 +76,10 @@ pub(crate) struct State {
     pub secrets: Secrets,
     pub limiter: Limiter,
     pub metrics: Metrics,
-    pub ticks: broadcast::Sender<Arc<str>>,
+    /// Broadcast events (`tick`, `device.pair.*`), sent through [`State::broadcast`].
+    pub events: broadcast::Sender<Broadcast>,
+    /// The last `seq` given to a broadcast event (one counter for all of them, as OpenClaw).
+    pub event_seq: std::sync::Mutex<u64>,
     pub handshake_timeout: Duration,
     pub tick_interval: Duration,
     pub reload_debounce: Duration,
@@ -93,6 +97,37 @@ pub(crate) struct State {
     pub local_addresses: Vec<IpAddr>,
     /// `[providers.*]` and the HTTP client for the OpenAI-compatible endpoints.
     pub openai: openai::Providers,
+}
+
+/// An event frame for every session allowed to see it. A session that lags skips it (OpenClaw's
+/// `dropIfSlow`).
+#[derive(Clone)]
+pub(crate) struct Broadcast {
+    pub text: Arc<str>,
+    /// The scope the event needs (`None`: every session).
+    pub scope: Option<&'static str>,
+}
+
+impl State {
+    /// Numbers and sends a broadcast event. The lock spans numbering and sending, so every
+    /// session receives events in `seq` order.
+    pub(crate) fn broadcast(&self, event: &str, payload: serde_json::Value) {
+        let scope = methods::event_scope(event);
+        let mut seq = self.event_seq.lock().unwrap_or_else(|e| e.into_inner());
+        *seq += 1;
+        let text = proto::Frame::event(event, payload, Some(*seq)).to_text();
+        // No receivers is fine: nobody is connected.
+        let _ = self.events.send(Broadcast {
+            text: Arc::from(text),
+            scope,
+        });
+    }
+
+    /// Tells pairing operators about a pairing change.
+    pub(crate) fn announce(&self, event: devices::PairingEvent) {
+        let (name, payload) = event.to_wire();
+        self.broadcast(name, payload);
+    }
 }
 
 /// Unauthenticated sockets one address may hold (OpenClaw's default); more get HTTP 503.
@@ -198,7 +233,9 @@ impl Gateway {
             limiter: Limiter::new(&cfg.gateway.auth.rate_limit),
             secrets,
             metrics,
-            ticks: broadcast::Sender::new(4),
+            // Room for a burst of pairing events between two polls of a busy session.
+            events: broadcast::Sender::new(16),
+            event_seq: std::sync::Mutex::new(0),
             handshake_timeout,
             tick_interval,
             reload_debounce,
@@ -295,17 +332,9 @@ impl Gateway {
 async fn tick_loop(state: Arc<State>) {
     let period = state.tick_interval;
     let mut interval = tokio::time::interval_at(tokio::time::Instant::now() + period, period);
-    let mut seq = 0u64;
     loop {
         interval.tick().await;
-        seq += 1;
-        let frame = proto::Frame::event(
-            "tick",
-            serde_json::json!({"ts": secrets::now_ms()}),
-            Some(seq),
-        );
-        // No receivers is fine: nobody is connected.
-        let _ = state.ticks.send(Arc::from(frame.to_text()));
+        state.broadcast("tick", serde_json::json!({"ts": secrets::now_ms()}));
     }
 }
 

@@ -27,7 +27,29 @@ const METHODS: &[(&str, Option<&str>)] = &[
     ("device.token.revoke", Some(devices::PAIRING_SCOPE)),
 ];
 
-const EVENTS: &[&str] = &["connect.challenge", "tick", "shutdown"];
+/// Events sent, with the scope a session needs to receive each (OpenClaw's `EVENT_SCOPE_GUARDS`;
+/// `None`: every session).
+const EVENTS: &[(&str, Option<&str>)] = &[
+    ("connect.challenge", None),
+    ("tick", None),
+    ("shutdown", None),
+    ("device.pair.requested", Some(devices::PAIRING_SCOPE)),
+    ("device.pair.resolved", Some(devices::PAIRING_SCOPE)),
+];
+
+/// The scope a session needs to receive `event`.
+pub(crate) fn event_scope(event: &str) -> Option<&'static str> {
+    EVENTS
+        .iter()
+        .find(|(e, _)| *e == event)
+        .and_then(|(_, s)| *s)
+}
+
+/// Whether `session` may receive an event that needs `scope`: guarded events go only to operators
+/// holding the scope (or admin), never to another role.
+pub(crate) fn may_receive(session: &Session, scope: Option<&str>) -> bool {
+    scope.is_none_or(|s| session.role == "operator" && has_scope(&session.scopes, s))
+}
 
 /// Whether `granted` covers `needed` (admin covers everything, write covers read).
 fn has_scope(granted: &[String], needed: &str) -> bool {
@@ -122,7 +144,7 @@ pub(crate) fn hello_ok(state: &State, session: &Session) -> Value {
         "server": {"version": VERSION, "connId": session.conn_id},
         "features": {
             "methods": METHODS.iter().map(|(m, _)| *m).collect::<Vec<_>>(),
-            "events": EVENTS,
+            "events": EVENTS.iter().map(|(e, _)| *e).collect::<Vec<_>>(),
         },
         "snapshot": {
             "presence": presence(state),
@@ -209,10 +231,13 @@ pub(crate) async fn dispatch(state: &Arc<State>, session: &Session, req: Request
             })
             .await;
             match result {
-                Ok(Ok((payload, disconnects))) => {
+                Ok(Ok((payload, disconnects, event))) => {
                     for d in disconnects {
                         // No receivers simply means the device has no open session.
                         let _ = state.device_events.send(d);
+                    }
+                    if let Some(event) = event {
+                        state.announce(event);
                     }
                     Frame::ok(&req.id, payload)
                 }

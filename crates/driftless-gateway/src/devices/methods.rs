@@ -2,7 +2,7 @@
 
 use serde_json::{Value, json};
 
-use super::{DeviceStore, StoreError, normalize_scopes, scopes_allow};
+use super::{DeviceStore, PairingEvent, StoreError, normalize_scopes, scopes_allow};
 
 /// The scope every device method needs.
 pub const PAIRING_SCOPE: &str = "operator.pairing";
@@ -112,14 +112,15 @@ fn scopes_param(params: &Value) -> Result<Option<Vec<String>>, MethodError> {
     }
 }
 
-/// Runs a device method. Returns the result payload and the sessions to close.
+/// Runs a device method. Returns the result payload, the sessions to close and the pairing event
+/// to announce.
 pub fn handle(
     store: &dyn DeviceStore,
     method: &str,
     params: &Value,
     caller: &Caller,
     now_ms: u64,
-) -> Result<(Value, Vec<Disconnect>), MethodError> {
+) -> Result<(Value, Vec<Disconnect>, Option<PairingEvent>), MethodError> {
     if !scopes_allow(&caller.scopes, &[PAIRING_SCOPE.to_owned()]) {
         return Err(MethodError::missing_scope(PAIRING_SCOPE));
     }
@@ -127,7 +128,11 @@ pub fn handle(
     match method {
         "device.pair.list" => {
             let (pending, paired) = store.list(now_ms).map_err(s)?;
-            Ok((json!({ "pending": pending, "paired": paired }), vec![]))
+            Ok((
+                json!({ "pending": pending, "paired": paired }),
+                vec![],
+                None,
+            ))
         }
         "device.pair.approve" => {
             let id = str_param(params, "requestId")?;
@@ -142,7 +147,17 @@ pub fn handle(
                 }
             }
             let (device, _) = store.approve(id, &caller.label, false, now_ms).map_err(s)?;
-            Ok((json!({ "requestId": id, "device": device }), vec![]))
+            let event = PairingEvent::Resolved {
+                request_id: id.to_owned(),
+                device_id: device.device_id.clone(),
+                approved: true,
+                ts: now_ms,
+            };
+            Ok((
+                json!({ "requestId": id, "device": device }),
+                vec![],
+                Some(event),
+            ))
         }
         "device.pair.reject" => {
             let id = str_param(params, "requestId")?;
@@ -150,6 +165,12 @@ pub fn handle(
             Ok((
                 json!({ "requestId": id, "deviceId": req.device_id }),
                 vec![],
+                Some(PairingEvent::Resolved {
+                    request_id: id.to_owned(),
+                    device_id: req.device_id,
+                    approved: false,
+                    ts: now_ms,
+                }),
             ))
         }
         "device.pair.remove" => {
@@ -167,6 +188,7 @@ pub fn handle(
                     role: None,
                     reason: "device removed",
                 }],
+                None,
             ))
         }
         "device.token.rotate" => {
@@ -217,6 +239,7 @@ pub fn handle(
                     role: Some(role.to_owned()),
                     reason: "device token rotated",
                 }],
+                None,
             ))
         }
         "device.token.revoke" => {
@@ -235,6 +258,7 @@ pub fn handle(
                     role: Some(role.to_owned()),
                     reason: "device token revoked",
                 }],
+                None,
             ))
         }
         other => Err(MethodError::invalid(format!("unknown method: {other}"))),

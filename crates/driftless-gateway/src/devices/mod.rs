@@ -106,6 +106,73 @@ pub struct PendingRequest {
     pub ts: u64,
 }
 
+/// A pairing change announced to operators holding `operator.pairing` (OpenClaw's
+/// `device.pair.requested` / `device.pair.resolved`, shared design §3.7).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum PairingEvent {
+    /// A request that needs a person: new, or replacing the device's older ones. A retry that
+    /// refreshes the same request in place is not announced again.
+    Requested(PendingRequest),
+    /// Approved (manually or by silent pairing) or rejected.
+    Resolved {
+        request_id: String,
+        device_id: String,
+        approved: bool,
+        ts: u64,
+    },
+}
+
+impl PairingEvent {
+    /// The event name and payload in OpenClaw's shape. Nothing secret: a pending request carries
+    /// the device's public key and metadata, and no event carries a token.
+    pub fn to_wire(&self) -> (&'static str, serde_json::Value) {
+        use serde_json::json;
+        match self {
+            PairingEvent::Requested(r) => {
+                let mut v = json!({
+                    "requestId": r.request_id,
+                    "deviceId": r.device_id,
+                    "publicKey": r.public_key,
+                    "role": r.role,
+                    "roles": [r.role],
+                    "scopes": r.scopes,
+                    "silent": r.silent,
+                    "isRepair": r.is_repair,
+                    "ts": r.ts,
+                });
+                // OpenClaw leaves absent optional fields out rather than sending null.
+                for (key, value) in [
+                    ("displayName", &r.display_name),
+                    ("platform", &r.platform),
+                    ("deviceFamily", &r.device_family),
+                    ("clientId", &r.client_id),
+                    ("clientMode", &r.client_mode),
+                    ("remoteIp", &r.remote_ip),
+                ] {
+                    if let Some(value) = value {
+                        v[key] = json!(value);
+                    }
+                }
+                ("device.pair.requested", v)
+            }
+            PairingEvent::Resolved {
+                request_id,
+                device_id,
+                approved,
+                ts,
+            } => (
+                "device.pair.resolved",
+                json!({
+                    "requestId": request_id,
+                    "deviceId": device_id,
+                    "decision": if *approved { "approved" } else { "rejected" },
+                    "ts": ts,
+                }),
+            ),
+        }
+    }
+}
+
 /// A freshly minted device token: the only time its value exists outside the client.
 #[derive(Debug, Clone)]
 pub struct IssuedToken {
@@ -181,7 +248,8 @@ pub trait DeviceStore: Send + Sync {
     fn list(&self, now_ms: u64) -> Result<(Vec<PendingRequest>, Vec<PairedDevice>), StoreError>;
     fn pending(&self, request_id: &str, now_ms: u64) -> Result<Option<PendingRequest>, StoreError>;
     /// Creates or refreshes the pending request for `req.device_id`: the same device, key, role and
-    /// scopes keep their `requestId`; anything else replaces the device's older requests.
+    /// scopes keep their `requestId`; anything else replaces the device's older requests. The
+    /// result keeps `req.request_id` exactly when a new request was stored (callers announce it).
     fn request(&self, req: PendingRequest, now_ms: u64) -> Result<PendingRequest, StoreError>;
     /// Approves a request: records the device and deletes the request; with `mint`, also issues a
     /// token for its role (a silent pairing hands it out at once; after a manual approval the

@@ -5,8 +5,8 @@ use std::net::IpAddr;
 use driftless_protocol::device_auth::normalize_metadata;
 
 use super::{
-    DeviceStore, IssuedToken, PendingRequest, StoreError, TokenCheck, normalize_scopes,
-    scopes_allow,
+    DeviceStore, IssuedToken, PairingEvent, PendingRequest, StoreError, TokenCheck,
+    normalize_scopes, scopes_allow,
 };
 
 /// Who performs a silent pairing, in the audit trail.
@@ -28,17 +28,22 @@ pub struct ConnectingDevice<'a> {
     pub remote_ip: IpAddr,
 }
 
-/// The pairing decision for a connection.
+/// The pairing decision for a connection. `event` is what to announce to pairing operators: the
+/// resolution of a silent pairing, or a new pending request.
 #[derive(Debug)]
 pub enum PairingOutcome {
     /// The device is paired for this role and scopes. `issued` is a new token, to be returned
     /// once in `hello-ok.auth.deviceToken`; `None` when the device already authenticated with a
     /// valid token of its own (it keeps that one: tokens are stable across reconnects).
-    Paired { issued: Option<IssuedToken> },
+    Paired {
+        issued: Option<IssuedToken>,
+        event: Option<PairingEvent>,
+    },
     /// `NOT_PAIRED` / `PAIRING_REQUIRED` with this request id and reason.
     Required {
         request_id: String,
         reason: &'static str,
+        event: Option<PairingEvent>,
     },
 }
 
@@ -83,9 +88,10 @@ pub fn on_connect(
     if let Some(reason) = reason {
         // Scope and metadata upgrades always need a person; so does anything not local.
         let silent = local && shared_auth_ok && matches!(reason, "not-paired" | "role-upgrade");
+        let proposed_id = uuid::Uuid::new_v4().to_string();
         let req = store.request(
             PendingRequest {
-                request_id: uuid::Uuid::new_v4().to_string(),
+                request_id: proposed_id.clone(),
                 device_id: device.device_id.to_owned(),
                 public_key: device.public_key.to_owned(),
                 display_name: device.display_name.map(str::to_owned),
@@ -104,13 +110,25 @@ pub fn on_connect(
             now_ms,
         )?;
         if !silent {
+            // A refresh in place keeps the older id and was announced when it was created.
+            let created = req.request_id == proposed_id;
             return Ok(PairingOutcome::Required {
-                request_id: req.request_id,
+                request_id: req.request_id.clone(),
                 reason,
+                event: created.then(|| PairingEvent::Requested(req)),
             });
         }
-        let (_, issued) = store.approve(&req.request_id, SILENT_ACTOR, true, now_ms)?;
-        return Ok(PairingOutcome::Paired { issued });
+        // As OpenClaw: a silent pairing announces only its resolution, never a request.
+        let (device, issued) = store.approve(&req.request_id, SILENT_ACTOR, true, now_ms)?;
+        return Ok(PairingOutcome::Paired {
+            issued,
+            event: Some(PairingEvent::Resolved {
+                request_id: req.request_id,
+                device_id: device.device_id,
+                approved: true,
+                ts: now_ms,
+            }),
+        });
     }
     let mut p = paired.expect("no reason means paired");
     p.display_name = device.display_name.map(str::to_owned);
@@ -119,7 +137,10 @@ pub fn on_connect(
     p.remote_ip = Some(device.remote_ip.to_string());
     store.touch(&p)?;
     if device_token_ok {
-        return Ok(PairingOutcome::Paired { issued: None });
+        return Ok(PairingOutcome::Paired {
+            issued: None,
+            event: None,
+        });
     }
     // Only hashes are stored, so a device that did not present its token (lost it, or chose the
     // shared secret) gets a fresh one, which replaces the old.
@@ -133,5 +154,6 @@ pub fn on_connect(
     )?;
     Ok(PairingOutcome::Paired {
         issued: Some(issued),
+        event: None,
     })
 }

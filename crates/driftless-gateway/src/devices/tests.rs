@@ -57,12 +57,23 @@ fn silent_loopback_pairing_then_stable_token() {
     let (dir, store) = open();
     let sc = scopes(&["operator.read"]);
     let d = device("dev-1", &sc, LOOPBACK);
-    let PairingOutcome::Paired { issued: Some(tok) } =
-        on_connect(&store, &d, true, false, true, T0).unwrap()
+    let PairingOutcome::Paired {
+        issued: Some(tok),
+        event: Some(event),
+    } = on_connect(&store, &d, true, false, true, T0).unwrap()
     else {
-        panic!("expected silent pairing with a token")
+        panic!("expected silent pairing with a token and an event")
     };
     assert_eq!(tok.token.expose().len(), 43);
+    // A silent pairing announces its resolution only.
+    let request_id = store.audit().unwrap()[0].request_id.clone().unwrap();
+    assert_eq!(
+        event.to_wire(),
+        (
+            "device.pair.resolved",
+            json!({"requestId": request_id, "deviceId": "dev-1", "decision": "approved", "ts": T0})
+        )
+    );
     assert_eq!(tok.scopes, sc);
     // Reconnect with the device token: verified, and no new token (stable).
     assert_eq!(
@@ -71,7 +82,10 @@ fn silent_loopback_pairing_then_stable_token() {
     );
     assert!(matches!(
         on_connect(&store, &d, false, true, true, T0 + 1).unwrap(),
-        PairingOutcome::Paired { issued: None }
+        PairingOutcome::Paired {
+            issued: None,
+            event: None
+        }
     ));
     assert_eq!(
         verify_device_token(&store, &d, "wrong-token", T0 + 2).unwrap(),
@@ -112,18 +126,36 @@ fn remote_device_needs_approval_and_requests_expire() {
     let (_dir, store) = open();
     let sc = scopes(&["operator.read"]);
     let d = device("dev-2", &sc, LAN);
-    let PairingOutcome::Required { request_id, reason } =
-        on_connect(&store, &d, true, false, false, T0).unwrap()
+    let PairingOutcome::Required {
+        request_id,
+        reason,
+        event: Some(event),
+    } = on_connect(&store, &d, true, false, false, T0).unwrap()
     else {
-        panic!("expected pairing required")
+        panic!("expected pairing required, announced")
     };
     assert_eq!(reason, "not-paired");
-    // Retrying refreshes the same request.
+    // OpenClaw's pending-request shape: absent optional fields left out, no token, no `reason`.
+    assert_eq!(
+        event.to_wire(),
+        (
+            "device.pair.requested",
+            json!({
+                "requestId": request_id, "deviceId": "dev-2", "publicKey": "pk-a",
+                "platform": "linux", "clientId": "cli", "clientMode": "cli",
+                "role": "operator", "roles": ["operator"], "scopes": ["operator.read"],
+                "remoteIp": "192.168.1.20", "silent": false, "isRepair": false, "ts": T0,
+            })
+        )
+    );
+    // Retrying refreshes the same request, which is not announced again.
     let PairingOutcome::Required {
-        request_id: again, ..
+        request_id: again,
+        event: None,
+        ..
     } = on_connect(&store, &d, true, false, false, T0 + 1000).unwrap()
     else {
-        panic!()
+        panic!("expected the same request, not announced")
     };
     assert_eq!(again, request_id);
     // Expired after 5 minutes.
@@ -135,13 +167,16 @@ fn remote_device_needs_approval_and_requests_expire() {
     );
     assert!(events(&store).contains(&"pair.expired".to_string()));
     // A fresh request, approved by an operator: no token yet; the next connect gets one.
-    let PairingOutcome::Required { request_id, .. } =
-        on_connect(&store, &d, true, false, false, T0 + PENDING_TTL_MS + 2).unwrap()
+    let PairingOutcome::Required {
+        request_id,
+        event: Some(PairingEvent::Requested(_)),
+        ..
+    } = on_connect(&store, &d, true, false, false, T0 + PENDING_TTL_MS + 2).unwrap()
     else {
         panic!()
     };
     let now = T0 + PENDING_TTL_MS + 3;
-    let (out, disc) = handle_method(
+    let (out, disc, event) = handle_method(
         &store,
         "device.pair.approve",
         &json!({"requestId": request_id}),
@@ -150,10 +185,21 @@ fn remote_device_needs_approval_and_requests_expire() {
     )
     .unwrap();
     assert!(disc.is_empty());
+    assert_eq!(
+        event,
+        Some(PairingEvent::Resolved {
+            request_id: request_id.clone(),
+            device_id: "dev-2".into(),
+            approved: true,
+            ts: now
+        })
+    );
     assert_eq!(out["device"]["deviceId"], "dev-2");
     assert!(!out.to_string().contains("\"token\""));
-    let PairingOutcome::Paired { issued: Some(_) } =
-        on_connect(&store, &d, true, false, false, now).unwrap()
+    let PairingOutcome::Paired {
+        issued: Some(_),
+        event: None,
+    } = on_connect(&store, &d, true, false, false, now).unwrap()
     else {
         panic!("expected a token after approval")
     };
@@ -188,8 +234,9 @@ fn methods_scopes_rotate_revoke_remove() {
     let (_dir, store) = open();
     let sc = scopes(&["operator.read"]);
     let d = device("dev-4", &sc, LOOPBACK);
-    let PairingOutcome::Paired { issued: Some(old) } =
-        on_connect(&store, &d, true, false, true, T0).unwrap()
+    let PairingOutcome::Paired {
+        issued: Some(old), ..
+    } = on_connect(&store, &d, true, false, true, T0).unwrap()
     else {
         panic!()
     };
@@ -201,7 +248,7 @@ fn methods_scopes_rotate_revoke_remove() {
     let err = handle_method(&store, "device.pair.list", &json!({}), &reader, T0).unwrap_err();
     assert_eq!(err.message, "missing scope: operator.pairing");
 
-    let (list, _) = handle_method(&store, "device.pair.list", &json!({}), &admin(), T0).unwrap();
+    let (list, _, _) = handle_method(&store, "device.pair.list", &json!({}), &admin(), T0).unwrap();
     assert_eq!(list["paired"][0]["deviceId"], "dev-4");
     assert_eq!(
         list["paired"][0]["tokens"][0]["fingerprint"],
@@ -211,9 +258,10 @@ fn methods_scopes_rotate_revoke_remove() {
 
     // Rotation by an operator: token not echoed, device's operator sessions closed.
     let params = json!({"deviceId": "dev-4", "role": "operator"});
-    let (out, disc) =
+    let (out, disc, event) =
         handle_method(&store, "device.token.rotate", &params, &admin(), T0 + 1).unwrap();
     assert!(out.get("token").is_none());
+    assert_eq!(event, None);
     assert_eq!(
         disc,
         [Disconnect {
@@ -232,7 +280,7 @@ fn methods_scopes_rotate_revoke_remove() {
         device_id: Some("dev-4".into()),
         label: "device:dev-4".into(),
     };
-    let (out, _) = handle_method(&store, "device.token.rotate", &params, &own, T0 + 3).unwrap();
+    let (out, _, _) = handle_method(&store, "device.token.rotate", &params, &own, T0 + 3).unwrap();
     let fresh = out["token"].as_str().unwrap().to_owned();
     assert_eq!(
         verify_device_token(&store, &d, &fresh, T0 + 4).unwrap(),
@@ -257,7 +305,7 @@ fn methods_scopes_rotate_revoke_remove() {
         "device token rotation denied"
     );
 
-    let (_, disc) =
+    let (_, disc, _) =
         handle_method(&store, "device.token.revoke", &params, &admin(), T0 + 5).unwrap();
     assert_eq!(disc[0].reason, "device token revoked");
     assert_eq!(
@@ -274,7 +322,7 @@ fn methods_scopes_rotate_revoke_remove() {
     ));
 
     let rm = json!({"deviceId": "dev-4"});
-    let (_, disc) = handle_method(&store, "device.pair.remove", &rm, &admin(), T0 + 8).unwrap();
+    let (_, disc, _) = handle_method(&store, "device.pair.remove", &rm, &admin(), T0 + 8).unwrap();
     assert_eq!(
         disc[0],
         Disconnect {
@@ -326,16 +374,55 @@ fn approver_cannot_grant_scopes_it_lacks() {
     )
     .unwrap_err();
     assert_eq!(err.message, "missing scope: operator.admin");
-    let (out, _) = handle_method(
+    let (out, _, event) = handle_method(
         &store,
         "device.pair.reject",
         &json!({"requestId": request_id}),
         &pairer,
-        T0,
+        T0 + 1,
     )
     .unwrap();
     assert_eq!(out["deviceId"], "dev-5");
+    assert_eq!(
+        event.unwrap().to_wire(),
+        (
+            "device.pair.resolved",
+            json!({"requestId": request_id, "deviceId": "dev-5", "decision": "rejected", "ts": T0 + 1})
+        )
+    );
     assert!(store.pending(&request_id, T0).unwrap().is_none());
+}
+
+#[test]
+fn a_superseding_request_is_announced_with_merged_scopes() {
+    let (_dir, store) = open();
+    let read = scopes(&["operator.read"]);
+    let PairingOutcome::Required {
+        request_id: first, ..
+    } = on_connect(&store, &device("dev-6", &read, LAN), true, false, false, T0).unwrap()
+    else {
+        panic!()
+    };
+    let write = scopes(&["operator.approvals"]);
+    let d = ConnectingDevice {
+        display_name: Some("laptop"),
+        ..device("dev-6", &write, LAN)
+    };
+    let PairingOutcome::Required {
+        request_id: second,
+        event: Some(PairingEvent::Requested(req)),
+        ..
+    } = on_connect(&store, &d, true, false, false, T0 + 10).unwrap()
+    else {
+        panic!("expected a new, announced request")
+    };
+    assert_ne!(second, first);
+    assert_eq!(req.request_id, second);
+    assert_eq!(req.scopes, ["operator.approvals", "operator.read"]);
+    assert_eq!(req.ts, T0 + 10);
+    assert_eq!(req.display_name.as_deref(), Some("laptop"));
+    let (_, wire) = PairingEvent::Requested(req).to_wire();
+    assert_eq!(wire["displayName"], "laptop");
 }
 
 #[test]
