@@ -141,6 +141,211 @@ async fn other_host_needs_approval_then_connects() {
     gw.finish();
 }
 
+/// A session on the gateway host holding the shared secret, as `role` with `scopes`.
+async fn watcher(url: &str, role: &str, scopes: &[&str]) -> Client {
+    let mut p = cli_params(Some(CANARY));
+    p["role"] = serde_json::json!(role);
+    p["scopes"] = serde_json::json!(scopes);
+    if role == "node" {
+        p["client"]["id"] = "node-host".into();
+        p["client"]["mode"] = "node".into();
+    }
+    session(url, p).await
+}
+
+/// The next frame that is not a tick (a tick may come at any time).
+async fn next_non_tick(c: &mut Client) -> Value {
+    loop {
+        match c.next().await {
+            Got::Frame(f) if f["event"] == "tick" => continue,
+            Got::Frame(f) => return f,
+            Got::Closed(code, reason) => panic!("closed {code} {reason}"),
+        }
+    }
+}
+
+/// The next non-tick frame, which must be the broadcast event `name`.
+async fn expect_event(c: &mut Client, name: &str) -> Value {
+    let f = next_non_tick(c).await;
+    assert_eq!(f["type"], "event", "expected {name}, got {f}");
+    assert_eq!(f["event"], name, "{f}");
+    assert!(f["seq"].is_u64(), "a broadcast event carries seq: {f}");
+    f
+}
+
+/// A request whose answer must be the next non-tick frame. The gateway sends every event
+/// published before a request ahead of its answer, so this proves no such event was due.
+async fn answered_with_nothing_before(c: &mut Client, id: &str, method: &str) -> Value {
+    c.send_json(serde_json::json!({"type": "req", "id": id, "method": method}))
+        .await;
+    let f = next_non_tick(c).await;
+    assert_eq!(
+        f["type"], "res",
+        "an event came before the answer to {id}: {f}"
+    );
+    assert_eq!(f["id"], id);
+    assert_eq!(f["ok"], true, "{f}");
+    f
+}
+
+/// A device on "another host" (127.0.0.2) presents the shared secret and is told to pair;
+/// returns the requestId it was given.
+async fn ask_to_pair(url: &str, id: &std::sync::Arc<DeviceIdentity>, scopes: &[&str]) -> String {
+    use driftless_client::connection::{ClientError, ConnectOptions, Credential, connect};
+    let mut opts = ConnectOptions::new(url, Credential::Token(SecretValue::new(CANARY.into())));
+    opts.device = Some(id.clone());
+    opts.bind_addr = Some("127.0.0.2".parse().unwrap());
+    opts.scopes = scopes.iter().map(|s| s.to_string()).collect();
+    match connect(&opts).await {
+        Err(ClientError::Rejected { error, .. }) => {
+            assert_eq!(error.detail_code(), Some("PAIRING_REQUIRED"), "{error:?}");
+            error.details.unwrap()["requestId"]
+                .as_str()
+                .unwrap()
+                .to_owned()
+        }
+        Err(e) => panic!("expected pairing required, got {e}"),
+        Ok(_) => panic!("expected pairing required, got a session"),
+    }
+}
+
+/// `device.pair.requested` as OpenClaw sends it for a library client on 127.0.0.2.
+fn requested_payload(request_id: &str, id: &DeviceIdentity, scopes: &[&str], ts: &Value) -> Value {
+    serde_json::json!({
+        "requestId": request_id,
+        "deviceId": id.device_id(),
+        "publicKey": id.public_key(),
+        "platform": std::env::consts::OS,
+        "clientId": "cli",
+        "clientMode": "cli",
+        "role": "operator",
+        "roles": ["operator"],
+        "scopes": scopes,
+        "remoteIp": "127.0.0.2",
+        "silent": false,
+        "isRepair": false,
+        "ts": ts,
+    })
+}
+
+/// OpenClaw's pairing events reach operators holding `operator.pairing` (and admins), in order:
+/// the silent loopback pairing of the operator's own CLI resolves; a remote request is announced
+/// once (not again when the device retries), a superseding one again; `devices approve` and
+/// `devices reject` resolve them. A read-only operator and a node hear none of it.
+#[tokio::test]
+async fn pairing_events_reach_only_pairing_operators() {
+    let gw_home = Home::new();
+    gw_home.token_config(
+        CANARY,
+        "[gateway.devices]\nlocal_addresses = [\"127.0.0.1\"]",
+    );
+    let gw = Gateway::start(&gw_home, &[], &[]);
+    let url = gw.url.clone();
+    let mut pairer = watcher(&url, "operator", &["operator.pairing"]).await;
+    let mut admin = watcher(&url, "operator", &["operator.admin"]).await;
+    let mut reader = watcher(&url, "operator", &["operator.read"]).await;
+    let mut node = watcher(&url, "node", &["operator.pairing"]).await;
+
+    // Both advertised in hello-ok, as OpenClaw's GATEWAY_EVENTS.
+    let mut c = Client::open(&url).await;
+    let (hello, _) = c.connect(cli_params(Some(CANARY))).await;
+    let advertised = hello["payload"]["features"]["events"].as_array().unwrap();
+    for e in ["tick", "device.pair.requested", "device.pair.resolved"] {
+        assert!(
+            advertised.contains(&Value::from(e)),
+            "{e} missing: {advertised:?}"
+        );
+    }
+
+    // The operator's own CLI pairs silently from loopback: only its resolution is announced.
+    let (st, out, err) = gw_home.run(&["devices", "list", "--url", &url, "--json"]);
+    assert!(st.success(), "{out}{err}");
+    let cli = DeviceIdentity::load_existing(&state(&gw_home)).unwrap();
+    let cli_token = stored(&gw_home, &url).unwrap();
+    let silent = events(&audit(&gw_home), "pair.approved")[0]
+        .request_id
+        .clone()
+        .unwrap();
+    let f = expect_event(&mut pairer, "device.pair.resolved").await;
+    let ts = f["payload"]["ts"].clone();
+    assert!(ts.as_u64().unwrap() > 0);
+    assert_eq!(
+        f["payload"],
+        serde_json::json!({"requestId": silent, "deviceId": cli.device_id(), "decision": "approved", "ts": ts})
+    );
+    assert!(
+        !f.to_string().contains(cli_token.expose()),
+        "a token in an event: {f}"
+    );
+    assert_eq!(expect_event(&mut admin, "device.pair.resolved").await, f);
+
+    // A device on another host asks: announced with the pending request, as `devices list` has it.
+    let remote = std::sync::Arc::new(
+        DeviceIdentity::load_or_create(&gw_home.path().join("remote-1")).unwrap(),
+    );
+    let rid = ask_to_pair(&url, &remote, &["operator.read"]).await;
+    let f = expect_event(&mut pairer, "device.pair.requested").await;
+    let ts = f["payload"]["ts"].clone();
+    assert_eq!(
+        f["payload"],
+        requested_payload(&rid, &remote, &["operator.read"], &ts)
+    );
+    assert_eq!(expect_event(&mut admin, "device.pair.requested").await, f);
+    let list = answered_with_nothing_before(&mut pairer, "list-1", "device.pair.list").await;
+    assert_eq!(list["payload"]["pending"][0]["requestId"], rid.as_str());
+    assert_eq!(list["payload"]["pending"][0]["ts"], ts);
+    // Its retry refreshes the same request in place: not announced again.
+    assert_eq!(ask_to_pair(&url, &remote, &["operator.read"]).await, rid);
+    answered_with_nothing_before(&mut pairer, "list-2", "device.pair.list").await;
+
+    let (st, out, err) = gw_home.run(&["devices", "approve", &rid, "--url", &url]);
+    assert!(st.success(), "{out}{err}");
+    let f = expect_event(&mut pairer, "device.pair.resolved").await;
+    let ts = f["payload"]["ts"].clone();
+    assert_eq!(
+        f["payload"],
+        serde_json::json!({"requestId": rid, "deviceId": remote.device_id(), "decision": "approved", "ts": ts})
+    );
+    assert_eq!(expect_event(&mut admin, "device.pair.resolved").await, f);
+
+    // Another device asks, then asks for other scopes: a new request, announced with both.
+    let other = std::sync::Arc::new(
+        DeviceIdentity::load_or_create(&gw_home.path().join("remote-2")).unwrap(),
+    );
+    let first = ask_to_pair(&url, &other, &["operator.read"]).await;
+    let f = expect_event(&mut pairer, "device.pair.requested").await;
+    assert_eq!(f["payload"]["requestId"], first.as_str());
+    assert_eq!(expect_event(&mut admin, "device.pair.requested").await, f);
+    let second = ask_to_pair(&url, &other, &["operator.approvals"]).await;
+    assert_ne!(second, first);
+    let f = expect_event(&mut pairer, "device.pair.requested").await;
+    let ts = f["payload"]["ts"].clone();
+    assert_eq!(
+        f["payload"],
+        requested_payload(
+            &second,
+            &other,
+            &["operator.approvals", "operator.read"],
+            &ts
+        )
+    );
+    assert_eq!(expect_event(&mut admin, "device.pair.requested").await, f);
+    let (st, out, err) = gw_home.run(&["devices", "reject", &second, "--url", &url]);
+    assert!(st.success(), "{out}{err}");
+    let f = expect_event(&mut pairer, "device.pair.resolved").await;
+    let ts = f["payload"]["ts"].clone();
+    assert_eq!(
+        f["payload"],
+        serde_json::json!({"requestId": second, "deviceId": other.device_id(), "decision": "rejected", "ts": ts})
+    );
+    assert_eq!(expect_event(&mut admin, "device.pair.resolved").await, f);
+
+    // Every event above was published before these requests, so none was due to these sessions.
+    answered_with_nothing_before(&mut reader, "r1", "health").await;
+    answered_with_nothing_before(&mut node, "n1", "health").await;
+    gw.finish();
+}
+
 /// A library client holding this home's identity and stored token, kept open to watch closes.
 async fn device_session(home: &Home, url: &str) -> driftless_client::connection::Connection {
     use driftless_client::connection::{ConnectOptions, Credential, connect};
