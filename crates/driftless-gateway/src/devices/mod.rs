@@ -112,7 +112,7 @@ pub struct PendingRequest {
 pub enum PairingEvent {
     /// A request that needs a person: new, or replacing the device's older ones. A retry that
     /// refreshes the same request in place is not announced again.
-    Requested(PendingRequest),
+    Requested(Box<PendingRequest>),
     /// Approved (manually or by silent pairing) or rejected.
     Resolved {
         request_id: String,

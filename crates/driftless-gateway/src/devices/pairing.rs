@@ -115,7 +115,7 @@ pub fn on_connect(
             return Ok(PairingOutcome::Required {
                 request_id: req.request_id.clone(),
                 reason,
-                event: created.then(|| PairingEvent::Requested(req)),
+                event: created.then(|| PairingEvent::Requested(Box::new(req))),
             });
         }
         // As OpenClaw: a silent pairing announces only its resolution, never a request.
