@@ -537,3 +537,52 @@ async fn preauth_socket_budget_per_address() {
     assert_eq!(gw.metric("driftless_gateway_preauth_rejections_total"), 1.0);
     gw.finish();
 }
+
+/// A frame announced far over the pre-auth cap is not buffered: the gateway stops reading after
+/// a handshake's worth of bytes and closes, so the sender cannot deliver the frame. Without the
+/// read budget the library would accept all 24 MiB first (its cap is the post-handshake 25 MiB).
+#[tokio::test]
+async fn a_huge_preauth_frame_is_cut_off_not_buffered() {
+    use tokio::io::AsyncWriteExt;
+    let home = Home::new();
+    home.token_config(CANARY, "");
+    let gw = Gateway::start(&home, &[], &[]);
+    let tcp = tokio::net::TcpStream::connect(gw.url.trim_start_matches("ws://"))
+        .await
+        .unwrap();
+    let (ws, _) = tokio_tungstenite::client_async(&gw.url, tcp).await.unwrap();
+    let mut tcp = ws.into_inner();
+    // A masked text frame header (mask key 0) announcing 24 MiB, then the payload in chunks.
+    const ANNOUNCED: u64 = 24 << 20;
+    let mut header = vec![0x81, 0x80 | 127];
+    header.extend_from_slice(&ANNOUNCED.to_be_bytes());
+    header.extend_from_slice(&[0, 0, 0, 0]);
+    tcp.write_all(&header).await.unwrap();
+    let chunk = vec![b'x'; 64 * 1024];
+    let mut sent = 0u64;
+    let mut refused = false;
+    while sent < ANNOUNCED {
+        match tokio::time::timeout(Duration::from_secs(5), tcp.write_all(&chunk)).await {
+            Ok(Ok(())) => sent += chunk.len() as u64,
+            // Reset or broken pipe (the gateway closed), or a full window it no longer reads.
+            Ok(Err(_)) | Err(_) => {
+                refused = true;
+                break;
+            }
+        }
+    }
+    assert!(
+        refused,
+        "the gateway read all {sent} bytes of an unauthenticated frame"
+    );
+    assert!(
+        eventually(Duration::from_secs(10), || async {
+            gw.metric("driftless_gateway_handshakes_total{outcome=\"too_large\",method=\"token\"}")
+                >= 1.0
+        })
+        .await,
+        "the handshake did not end as too_large"
+    );
+    // The gateway is unharmed.
+    assert!(accepted(&gw.url, CANARY).await);
+}

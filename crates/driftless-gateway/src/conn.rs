@@ -80,7 +80,7 @@ pub(crate) async fn run(
     let method = auth_method(state.secrets.mode);
     tracing::debug!(%peer, conn_id, "connection opened");
 
-    let outcome = handshake(&mut ws, peer, &state, &conn_id).await;
+    let outcome = handshake(&mut ws, peer, &state, &conn_id, &preauth).await;
     drop(preauth);
     let (code, reason) = match outcome {
         Err(r) => {
@@ -149,6 +149,7 @@ async fn handshake(
     peer: SocketAddr,
     state: &Arc<State>,
     conn_id: &str,
+    preauth: &crate::PreauthSlot,
 ) -> Result<Session, Reject> {
     let closed = |outcome| Reject {
         outcome,
@@ -180,6 +181,8 @@ async fn handshake(
             msg = ws.recv() => msg,
         };
         let text = match msg {
+            // The socket stopped reading mid-frame: a frame far over the pre-auth cap.
+            Some(Err(_)) if preauth.over_budget() => return Err(too_large()),
             None | Some(Err(_)) | Some(Ok(Message::Close(_))) => return Err(closed("closed")),
             Some(Ok(Message::Ping(_) | Message::Pong(_))) => continue,
             Some(Ok(Message::Text(t))) => t.to_string(),

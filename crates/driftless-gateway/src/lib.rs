@@ -5,6 +5,7 @@
 //! through a `watch` (auth generation, shutdown: never lost) and a `broadcast` (ticks and pairing
 //! events: droppable, each filtered by the scope its event needs).
 
+mod budget;
 mod conn;
 pub mod devices;
 pub mod limiter;
@@ -24,7 +25,6 @@ use axum::extract::{ConnectInfo, State as AxState, WebSocketUpgrade};
 use axum::http::{StatusCode, header};
 use axum::response::IntoResponse;
 use axum::routing::get;
-use axum::serve::ListenerExt;
 use driftless_core::config::{AuthMode, LoadedConfig};
 use driftless_core::{Env, Fingerprint, SecretInput};
 use driftless_protocol as proto;
@@ -133,29 +133,40 @@ impl State {
 /// Unauthenticated sockets one address may hold (OpenClaw's default); more get HTTP 503.
 const MAX_PREAUTH_PER_IP: u32 = 32;
 
-/// A reserved pre-auth slot; released when the handshake ends either way.
+/// A reserved pre-auth slot and the socket's read budget; both are released when the handshake
+/// ends either way.
 pub(crate) struct PreauthSlot {
     state: Arc<State>,
     ip: IpAddr,
+    budget: budget::ReadBudget,
 }
 
 impl PreauthSlot {
-    fn take(state: &Arc<State>, ip: IpAddr) -> Option<PreauthSlot> {
+    fn take(state: &Arc<State>, peer: &budget::Peer) -> Option<PreauthSlot> {
+        let ip = peer.addr.ip().to_canonical();
         let mut map = state.preauth.lock().unwrap_or_else(|e| e.into_inner());
         let n = map.entry(ip).or_insert(0);
         if *n >= MAX_PREAUTH_PER_IP {
             return None;
         }
         *n += 1;
+        peer.budget.limit(budget::PREAUTH_READ_BUDGET);
         Some(PreauthSlot {
             state: state.clone(),
             ip,
+            budget: peer.budget.clone(),
         })
+    }
+
+    /// The socket read more than a handshake may: the client sent an oversized pre-auth frame.
+    pub(crate) fn over_budget(&self) -> bool {
+        self.budget.exhausted()
     }
 }
 
 impl Drop for PreauthSlot {
     fn drop(&mut self) {
+        self.budget.lift();
         let mut map = self.state.preauth.lock().unwrap_or_else(|e| e.into_inner());
         if let Some(n) = map.get_mut(&self.ip) {
             *n -= 1;
@@ -300,11 +311,8 @@ impl Gateway {
         let (stop_tx, stop_rx) = tokio::sync::oneshot::channel::<()>();
         let server = tokio::spawn(
             axum::serve(
-                // Small frames (handshake replies, SSE chunks) must not wait for Nagle + delayed ACK.
-                self.listener.tap_io(|tcp| {
-                    let _ = tcp.set_nodelay(true);
-                }),
-                app.into_make_service_with_connect_info::<SocketAddr>(),
+                budget::BudgetListener(self.listener),
+                app.into_make_service_with_connect_info::<budget::Peer>(),
             )
             .with_graceful_shutdown(async move {
                 let _ = stop_rx.await;
@@ -368,10 +376,10 @@ async fn metrics_handler(AxState(state): AxState<Arc<State>>) -> impl IntoRespon
 
 async fn ws_upgrade(
     AxState(state): AxState<Arc<State>>,
-    ConnectInfo(peer): ConnectInfo<SocketAddr>,
+    ConnectInfo(peer): ConnectInfo<budget::Peer>,
     ws: WebSocketUpgrade,
 ) -> axum::response::Response {
-    let Some(slot) = PreauthSlot::take(&state, peer.ip().to_canonical()) else {
+    let Some(slot) = PreauthSlot::take(&state, &peer) else {
         state.metrics.preauth_rejections.inc();
         return (
             StatusCode::SERVICE_UNAVAILABLE,
@@ -380,11 +388,12 @@ async fn ws_upgrade(
             .into_response();
     };
     // Small buffers keep an idle connection at a few KB; the message cap is the post-handshake
-    // one (the pre-handshake 64 KiB cap is checked per frame in `conn`).
+    // one (before it, the socket's read budget bounds what a frame can make us buffer, and the
+    // 64 KiB cap is checked per frame in `conn`).
     ws.read_buffer_size(4096)
         .write_buffer_size(0)
         .max_write_buffer_size(proto::MAX_BUFFERED_BYTES)
         .max_message_size(proto::MAX_PAYLOAD_BYTES)
         .max_frame_size(proto::MAX_PAYLOAD_BYTES)
-        .on_upgrade(move |socket| conn::run(socket, peer, state, slot))
+        .on_upgrade(move |socket| conn::run(socket, peer.addr, state, slot))
 }

@@ -8,7 +8,7 @@
 //! 502 naming the provider and the key's fingerprint, never the key. Bodies are never logged.
 
 use std::collections::BTreeMap;
-use std::net::{IpAddr, SocketAddr};
+use std::net::IpAddr;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -229,7 +229,7 @@ fn endpoint(p: &ProviderConfig, path: &str) -> String {
 
 async fn chat_completions(
     AxState(state): AxState<Arc<State>>,
-    ConnectInfo(peer): ConnectInfo<SocketAddr>,
+    ConnectInfo(crate::budget::Peer { addr: peer, .. }): ConnectInfo<crate::budget::Peer>,
     headers: HeaderMap,
     body: Bytes,
 ) -> Response {
@@ -376,7 +376,7 @@ fn without_url(e: &reqwest::Error) -> String {
 /// list them contributes its default model.
 async fn models(
     AxState(state): AxState<Arc<State>>,
-    ConnectInfo(peer): ConnectInfo<SocketAddr>,
+    ConnectInfo(crate::budget::Peer { addr: peer, .. }): ConnectInfo<crate::budget::Peer>,
     headers: HeaderMap,
 ) -> Response {
     if let Err(r) = authorize(&state, peer.ip(), &headers) {
