@@ -21,6 +21,7 @@ use clap::Parser;
 use driftless_core::Env;
 
 use crate::report::{Report, TargetReport};
+use crate::scenarios::HandshakeAuth;
 use crate::server::{Kind, OpenClawInstall, Server, Workdir};
 
 #[derive(Debug, Clone, Parser)]
@@ -58,8 +59,8 @@ struct Args {
 
 /// Counts and times for one run.
 struct Plan {
-    /// (concurrency, duration, max sessions, signed device identity)
-    handshake: Vec<(usize, Duration, u64, bool)>,
+    /// (concurrency, duration, max sessions, how sessions authenticate)
+    handshake: Vec<(usize, Duration, u64, HandshakeAuth)>,
     idle: Vec<usize>,
     idle_settle: Duration,
     rotation_clients: usize,
@@ -74,9 +75,15 @@ impl Plan {
         if args.smoke {
             return Plan {
                 handshake: vec![
-                    (1, Duration::from_secs(1), 20, false),
-                    (8, Duration::from_secs(1), 80, false),
-                    (8, Duration::from_secs(1), 80, true),
+                    (1, Duration::from_secs(1), 20, HandshakeAuth::Shared),
+                    (8, Duration::from_secs(1), 80, HandshakeAuth::Shared),
+                    (8, Duration::from_secs(1), 80, HandshakeAuth::SignedShared),
+                    (
+                        8,
+                        Duration::from_secs(1),
+                        80,
+                        HandshakeAuth::SignedDeviceToken,
+                    ),
                 ],
                 idle: vec![20],
                 idle_settle: Duration::from_millis(500),
@@ -89,10 +96,12 @@ impl Plan {
         let secs = Duration::from_secs(args.handshake_secs);
         Plan {
             handshake: vec![
-                (1, secs, 1_000_000, false),
-                (64, secs, 1_000_000, false),
-                (1, secs, 1_000_000, true),
-                (64, secs, 1_000_000, true),
+                (1, secs, 1_000_000, HandshakeAuth::Shared),
+                (64, secs, 1_000_000, HandshakeAuth::Shared),
+                (1, secs, 1_000_000, HandshakeAuth::SignedShared),
+                (64, secs, 1_000_000, HandshakeAuth::SignedShared),
+                (1, secs, 1_000_000, HandshakeAuth::SignedDeviceToken),
+                (64, secs, 1_000_000, HandshakeAuth::SignedDeviceToken),
             ],
             idle: args.idle.clone(),
             idle_settle: Duration::from_secs(3),
@@ -229,8 +238,8 @@ async fn bench_target(
         Err(e) => return unavailable(e),
     }
     eprintln!("{}: ready", kind.name());
-    for &(concurrency, duration, max, signed) in &plan.handshake {
-        match scenarios::handshake(&server, concurrency, duration, max, signed).await {
+    for &(concurrency, duration, max, auth) in &plan.handshake {
+        match scenarios::handshake(&server, concurrency, duration, max, auth).await {
             Ok(h) => report.handshake.push(h),
             Err(e) => report.fail(format!("handshake c={concurrency}"), e),
         }

@@ -134,10 +134,15 @@ impl Report {
         );
         for i in 0..d.handshake.len().max(o.handshake.len()) {
             let (mine, other) = (d.handshake.get(i), o.handshake.get(i));
-            let Some((c, signed)) = mine.or(other).map(|h| (h.concurrency, h.signed_device)) else {
+            let Some(h) = mine.or(other) else {
                 continue;
             };
-            let variant = if signed { " signed device" } else { "" };
+            let c = h.concurrency;
+            let variant = match (h.signed_device, h.device_token) {
+                (true, true) => " signed device token",
+                (true, false) => " signed device",
+                (false, _) => "",
+            };
             let metrics: [Metric<Handshake>; 6] = [
                 ("sessions/s", |h| h.sessions_per_sec, 0),
                 ("p50 (ms)", |h| h.latency.p50_ms, 2),

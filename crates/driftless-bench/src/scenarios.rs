@@ -14,7 +14,7 @@ use serde::Serialize;
 use tokio::task::JoinSet;
 
 use crate::server::{Kind, Server, write_token};
-use crate::wire::{self, SessionError};
+use crate::wire::{self, Credential, SessionError};
 
 /// Client `i`'s source address: 127.0.0.2 ... 127.0.0.201. OpenClaw admits at most 32
 /// unauthenticated sockets per source IP, and penalises wrong tokens per IP, so clients spread out.
@@ -60,11 +60,26 @@ fn count_error(errors: &mut BTreeMap<String, u64>, e: &SessionError) {
     *errors.entry(e.kind()).or_default() += 1;
 }
 
+/// How the sessions of a handshake run authenticate.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum HandshakeAuth {
+    /// The shared token.
+    Shared,
+    /// The shared token and a signed device identity (one Ed25519 key per client).
+    SignedShared,
+    /// A signed device identity and the device token the gateway issued to it, as a paired client
+    /// reconnects: each client first fetches its token in one untimed session with the shared
+    /// token (before the server CPU is sampled), then every timed session presents only that.
+    SignedDeviceToken,
+}
+
 #[derive(Debug, Clone, Serialize)]
 pub struct Handshake {
     pub concurrency: usize,
     /// Each session also sent a signed device identity (Ed25519, verified by the server).
     pub signed_device: bool,
+    /// Each session authenticated with the device's own token instead of the shared token.
+    pub device_token: bool,
     pub sessions: u64,
     pub errors: BTreeMap<String, u64>,
     pub seconds: f64,
@@ -75,37 +90,56 @@ pub struct Handshake {
 }
 
 /// `concurrency` clients each loop full sessions until `duration` passes or `max_sessions`
-/// sessions were started in total. With `signed_device`, each client has its own Ed25519 key and
-/// signs every connect.
+/// sessions were started in total, authenticating as `auth` says. Signed clients each have their
+/// own Ed25519 key and sign every connect.
 pub async fn handshake(
     server: &Server,
     concurrency: usize,
     duration: Duration,
     max_sessions: u64,
-    signed_device: bool,
+    auth: HandshakeAuth,
 ) -> Result<Handshake> {
     let token = Arc::new(read_token(&server.token_file)?);
+    let signed_device = auth != HandshakeAuth::Shared;
+    // A fixed seed per client: the bench needs distinct, valid keys, not secret ones.
+    let keys: Vec<Option<SigningKey>> = (0..concurrency)
+        .map(|i| {
+            signed_device.then(|| {
+                let mut seed = [7u8; 32];
+                seed[..8].copy_from_slice(&(i as u64).to_le_bytes());
+                SigningKey::from_bytes(&seed)
+            })
+        })
+        .collect();
+    let mut device_tokens = vec![None; concurrency];
+    if auth == HandshakeAuth::SignedDeviceToken {
+        for (i, key) in keys.iter().enumerate() {
+            let key = key.as_ref().expect("signed clients have keys");
+            let t = wire::device_token(server.addr, source(i), &token, key)
+                .await
+                .map_err(|e| anyhow::anyhow!("client {i} got no device token: {e:?}"))?;
+            device_tokens[i] = Some(t);
+        }
+    }
     let started = Arc::new(AtomicU64::new(0));
     let cpu_before = server.cpu_ms();
     let t0 = Instant::now();
     let deadline = t0 + duration;
     let mut tasks = JoinSet::new();
-    for i in 0..concurrency {
+    for (i, (key, device_token)) in keys.into_iter().zip(device_tokens).enumerate() {
         let (token, started, addr) = (token.clone(), started.clone(), server.addr);
-        // A fixed seed per client: the bench needs distinct, valid keys, not secret ones.
-        let key = signed_device.then(|| {
-            let mut seed = [7u8; 32];
-            seed[..8].copy_from_slice(&(i as u64).to_le_bytes());
-            SigningKey::from_bytes(&seed)
-        });
         tasks.spawn(async move {
+            let credential = match &device_token {
+                Some(t) => Credential::DeviceToken(t),
+                None => Credential::Shared(&token),
+            };
             let mut latencies = Vec::new();
             let mut errors = BTreeMap::new();
             while Instant::now() < deadline
                 && started.fetch_add(1, Ordering::Relaxed) < max_sessions
             {
                 let begin = Instant::now();
-                match wire::session(addr, source(i), &token, key.as_ref()).await {
+                match wire::session(addr, source(i), credential, key.as_ref()).await {
                     Ok(()) => latencies.push(begin.elapsed()),
                     Err(e) => {
                         count_error(&mut errors, &e);
@@ -132,6 +166,7 @@ pub async fn handshake(
     Ok(Handshake {
         concurrency,
         signed_device,
+        device_token: auth == HandshakeAuth::SignedDeviceToken,
         sessions,
         errors,
         seconds,
@@ -250,7 +285,7 @@ pub async fn startup(server: &mut Server, limit: Duration) -> Result<Startup> {
     };
     let mut refused = 0;
     let first = loop {
-        match wire::session(server.addr, source(0), &token, None).await {
+        match wire::session(server.addr, source(0), Credential::Shared(&token), None).await {
             Ok(()) => break server.spawned.elapsed(),
             Err(SessionError::Rejected(code)) if code != "UNAVAILABLE" => {
                 bail!(

@@ -54,6 +54,16 @@ fn ws_config() -> WebSocketConfig {
         .write_buffer_size(0)
 }
 
+/// What a session presents in `connect.auth`.
+#[derive(Debug, Clone, Copy)]
+pub enum Credential<'a> {
+    /// The gateway's shared token (`auth.token`).
+    Shared(&'a str),
+    /// The device token the gateway issued to the signing device (`auth.deviceToken`), as a
+    /// paired client reconnects.
+    DeviceToken(&'a str),
+}
+
 /// Opens a WebSocket from `source` (a 127.0.0.x address, to spread over the per-IP pre-auth cap)
 /// and authenticates as an operator with `token`, and with a signed v3 `device` block over the
 /// challenge nonce when `device` is given. Returns the open socket after `hello-ok`.
@@ -64,6 +74,18 @@ pub async fn open_authenticated(
     scopes: &[&str],
     device: Option<&SigningKey>,
 ) -> Result<Ws, SessionError> {
+    let (ws, _) = connect(server, source, Credential::Shared(token), scopes, device).await?;
+    Ok(ws)
+}
+
+/// [`open_authenticated`] with any credential; also returns the `hello-ok` payload.
+async fn connect(
+    server: SocketAddr,
+    source: IpAddr,
+    credential: Credential<'_>,
+    scopes: &[&str],
+    device: Option<&SigningKey>,
+) -> Result<(Ws, Value), SessionError> {
     let mut ws = step(open(server, source)).await??;
     // The challenge comes first, unsolicited; the nonce only matters to signed devices.
     let first = step(next_json(&mut ws)).await??;
@@ -73,6 +95,10 @@ pub async fn open_authenticated(
             summary(&first)
         )));
     }
+    let (auth, token) = match credential {
+        Credential::Shared(t) => (json!({"token": t}), t),
+        Credential::DeviceToken(t) => (json!({"deviceToken": t}), t),
+    };
     let mut connect = json!({
         "type": "req", "id": "1", "method": "connect",
         "params": {
@@ -80,7 +106,7 @@ pub async fn open_authenticated(
             "client": {"id": "cli", "version": "driftless-bench", "platform": "linux",
                        "deviceFamily": "Linux", "mode": "cli"},
             "caps": [], "role": "operator", "scopes": scopes,
-            "auth": {"token": token},
+            "auth": auth,
         }
     });
     if let Some(key) = device {
@@ -111,10 +137,35 @@ pub async fn open_authenticated(
         .map_err(ws_err)?;
     let res = step(response(&mut ws, "1")).await??;
     if res.get("ok").and_then(Value::as_bool) == Some(true) {
-        Ok(ws)
+        let payload = res.get("payload").cloned().unwrap_or(Value::Null);
+        Ok((ws, payload))
     } else {
         Err(rejection(&res))
     }
+}
+
+/// Connects once with the shared token and the signed `device` and returns the device token the
+/// gateway hands out in `hello-ok` (pairing the device first if needed, silently on loopback).
+pub async fn device_token(
+    server: SocketAddr,
+    source: IpAddr,
+    token: &str,
+    device: &SigningKey,
+) -> Result<String, SessionError> {
+    let (ws, hello) = connect(
+        server,
+        source,
+        Credential::Shared(token),
+        &["operator.read"],
+        Some(device),
+    )
+    .await?;
+    close(ws).await;
+    hello
+        .pointer("/auth/deviceToken")
+        .and_then(Value::as_str)
+        .map(str::to_owned)
+        .ok_or_else(|| SessionError::Io("hello-ok without auth.deviceToken".into()))
 }
 
 /// Sends one request and waits for its response, skipping events. `Ok(payload)` on `ok: true`.
@@ -160,10 +211,10 @@ pub async fn hold(mut ws: Ws) -> Option<u16> {
 pub async fn session(
     server: SocketAddr,
     source: IpAddr,
-    token: &str,
+    credential: Credential<'_>,
     device: Option<&SigningKey>,
 ) -> Result<(), SessionError> {
-    let mut ws = open_authenticated(server, source, token, &["operator.read"], device).await?;
+    let (mut ws, _) = connect(server, source, credential, &["operator.read"], device).await?;
     let result = call(&mut ws, "2", "health").await.map(drop);
     close(ws).await;
     result

@@ -100,8 +100,11 @@ fn smoke_mode_measures_every_scenario_against_the_real_gateway() {
     assert!(startup["base_rss_kib"].as_u64().unwrap() > 0);
 
     let handshakes = d["handshake"].as_array().expect("handshake runs");
-    assert_eq!(handshakes.len(), 3);
+    assert_eq!(handshakes.len(), 4);
     assert_eq!(handshakes[2]["signed_device"], true);
+    assert_eq!(handshakes[2]["device_token"], false);
+    assert_eq!(handshakes[3]["signed_device"], true);
+    assert_eq!(handshakes[3]["device_token"], true);
     for h in handshakes {
         assert!(h["sessions"].as_u64().unwrap() > 0, "{h}");
         assert_eq!(h["errors"], serde_json::json!({}), "{h}");

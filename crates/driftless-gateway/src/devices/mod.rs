@@ -1,9 +1,11 @@
 //! Device pairing and device tokens (shared design `openclaw-protocol.md` §3.6–3.9).
 //!
 //! [`DeviceStore`] is the small interface the gateway needs; [`SqliteStore`] implements it in the
-//! state directory (WAL, one transaction per operation, so a crash leaves a device paired or
-//! pending, never half). Only SHA-256 hashes of device tokens are stored; a token is shown once,
-//! when it is issued. Every pairing, token and revocation event is appended to an audit trail.
+//! state directory (WAL, one durable transaction per state change, so a crash leaves a device paired
+//! or pending, never half; a reconnect with a valid token only reads). Only SHA-256 hashes of device
+//! tokens are stored; a token is shown once, when it is issued. Every pairing, token and revocation
+//! event is appended to a bounded audit trail (the newest `AUDIT_KEEP_ROWS`); token uses are
+//! recorded at most once per `LAST_USED_COALESCE_MS`, rejections always.
 
 mod methods;
 mod pairing;
@@ -15,7 +17,7 @@ pub use methods::{
 };
 pub use pairing::{ConnectingDevice, PairingOutcome, on_connect, verify_device_token};
 pub use scopes::{normalize_scopes, scopes_allow};
-pub use sqlite::SqliteStore;
+pub use sqlite::{AUDIT_KEEP_ROWS, AUDIT_TRIM_EVERY, LAST_USED_COALESCE_MS, SqliteStore};
 
 use driftless_core::{Fingerprint, SecretValue};
 
@@ -64,6 +66,7 @@ pub struct TokenSummary {
     pub rotated_at_ms: Option<u64>,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub revoked_at_ms: Option<u64>,
+    /// Recorded at most once per [`LAST_USED_COALESCE_MS`], so it may lag by up to that much.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub last_used_at_ms: Option<u64>,
 }
@@ -241,7 +244,8 @@ pub enum StoreError {
 }
 
 /// Storage of paired devices, pending requests, token hashes and the audit trail. Each method is
-/// one atomic transaction, so replicas sharing a server database can implement it too.
+/// one atomic transaction (a state change is durable when it returns), so replicas sharing a server
+/// database can implement it too.
 pub trait DeviceStore: Send + Sync {
     fn paired(&self, device_id: &str) -> Result<Option<PairedDevice>, StoreError>;
     /// Pending requests (expired ones pruned) and paired devices.
@@ -269,6 +273,9 @@ pub trait DeviceStore: Send + Sync {
     ) -> Result<PendingRequest, StoreError>;
     fn remove(&self, device_id: &str, actor: &str, now_ms: u64) -> Result<bool, StoreError>;
     /// Checks `token` for `device_id` and `role` against the stored hash and the approved scopes.
+    /// Records a rejection (`token.used`, `rejected`) every time; an accepted use updates
+    /// `last_used_at_ms` and appends `token.used` `ok` only when the recorded last use is missing
+    /// or at least [`LAST_USED_COALESCE_MS`] old, so a frequent reconnect does not write.
     fn verify_token(
         &self,
         device_id: &str,
@@ -294,7 +301,8 @@ pub trait DeviceStore: Send + Sync {
         actor: &str,
         now_ms: u64,
     ) -> Result<u64, StoreError>;
-    /// Updates the descriptive fields of a paired device after a successful connect.
+    /// Updates the descriptive fields of a paired device after a successful connect (called only
+    /// when one of them changed).
     fn touch(&self, device: &PairedDevice) -> Result<(), StoreError>;
     fn append_audit(&self, event: NewAuditEvent, now_ms: u64) -> Result<(), StoreError>;
     fn audit(&self) -> Result<Vec<AuditEvent>, StoreError>;

@@ -5,7 +5,7 @@ use std::net::IpAddr;
 use driftless_protocol::device_auth::normalize_metadata;
 
 use super::{
-    DeviceStore, IssuedToken, PairingEvent, PendingRequest, StoreError, TokenCheck,
+    DeviceStore, IssuedToken, PairedDevice, PairingEvent, PendingRequest, StoreError, TokenCheck,
     normalize_scopes, scopes_allow,
 };
 
@@ -130,12 +130,18 @@ pub fn on_connect(
             }),
         });
     }
-    let mut p = paired.expect("no reason means paired");
-    p.display_name = device.display_name.map(str::to_owned);
-    p.client_id = Some(device.client_id.to_owned());
-    p.client_mode = Some(device.client_mode.to_owned());
-    p.remote_ip = Some(device.remote_ip.to_string());
-    store.touch(&p)?;
+    let p = paired.expect("no reason means paired");
+    let seen = PairedDevice {
+        display_name: device.display_name.map(str::to_owned),
+        client_id: Some(device.client_id.to_owned()),
+        client_mode: Some(device.client_mode.to_owned()),
+        remote_ip: Some(device.remote_ip.to_string()),
+        ..p.clone()
+    };
+    // A reconnect that changes none of these writes nothing (a write is a durable commit).
+    if seen != p {
+        store.touch(&seen)?;
+    }
     if device_token_ok {
         return Ok(PairingOutcome::Paired {
             issued: None,

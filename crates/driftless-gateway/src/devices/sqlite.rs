@@ -1,8 +1,15 @@
-//! [`DeviceStore`] in an SQLite file in the state directory (WAL mode).
+//! [`DeviceStore`] in an SQLite file in the state directory (WAL mode, `synchronous=FULL`).
 //!
-//! Every operation runs in one transaction; an approval deletes the request, writes the device and
+//! Every state change (request, approve, reject, mint, rotate, revoke, remove, touch) runs in one
+//! IMMEDIATE transaction, committed durably; an approval deletes the request, writes the device and
 //! its token hash and appends the audit line together, so a crash leaves either the pending request
-//! or the paired device, never a mix. The audit table refuses updates and deletes (triggers).
+//! or the paired device, never a mix.
+//!
+//! The connect path is kept off the disk: [`DeviceStore::verify_token`] checks in a read-only
+//! (DEFERRED) transaction and writes only for a rejection, a token's first use, or a use more than
+//! [`LAST_USED_COALESCE_MS`] after the recorded one; a reconnect within that window leaves the file
+//! untouched. The audit trail is append-only for its newest [`AUDIT_KEEP_ROWS`] rows (triggers
+//! refuse updates, and deletes of those rows); the transaction that appends trims older rows.
 
 use std::path::{Path, PathBuf};
 use std::sync::Mutex;
@@ -39,9 +46,33 @@ CREATE TABLE IF NOT EXISTS audit (
   token_fingerprint TEXT, outcome TEXT NOT NULL, detail TEXT);
 CREATE TRIGGER IF NOT EXISTS audit_append_only_u BEFORE UPDATE ON audit
   BEGIN SELECT RAISE(ABORT, 'the audit trail is append-only'); END;
-CREATE TRIGGER IF NOT EXISTS audit_append_only_d BEFORE DELETE ON audit
-  BEGIN SELECT RAISE(ABORT, 'the audit trail is append-only'); END;
 ";
+
+/// How far apart two recorded uses of a device token are at least. A reconnect within this window
+/// of the recorded last use writes nothing: recording every use cost one WAL fsync per handshake
+/// (serialising concurrent device handshakes) and one audit row per connection. So
+/// `last_used_at_ms` is accurate to this window, and the audit trail shows a token's first use and
+/// then at most one `ok` use per window; rejections are always recorded.
+pub const LAST_USED_COALESCE_MS: u64 = 60 * 1000;
+
+/// How many audit rows are kept: the newest ones. Bounds the file on a long-lived gateway.
+pub const AUDIT_KEEP_ROWS: i64 = 10_000;
+
+/// The trim runs when an appended row's `seq` is a multiple of this, so the trail holds at most
+/// [`AUDIT_KEEP_ROWS`] + `AUDIT_TRIM_EVERY` - 1 rows and an append rarely deletes anything.
+pub const AUDIT_TRIM_EVERY: i64 = 256;
+
+/// Deletes are refused for the newest [`AUDIT_KEEP_ROWS`] rows, so only the trim (or a manual
+/// cleanup of the same old rows) can delete. Replaces the older trigger that refused every delete.
+/// The number is part of the trigger: changing [`AUDIT_KEEP_ROWS`] needs a new trigger name.
+fn audit_delete_trigger() -> String {
+    format!(
+        "DROP TRIGGER IF EXISTS audit_append_only_d;
+CREATE TRIGGER IF NOT EXISTS audit_keep_newest BEFORE DELETE ON audit
+  WHEN OLD.seq > (SELECT max(seq) FROM audit) - {AUDIT_KEEP_ROWS}
+  BEGIN SELECT RAISE(ABORT, 'the audit trail is append-only (only rows older than the newest {AUDIT_KEEP_ROWS} are trimmed)'); END;"
+    )
+}
 
 /// The SQLite-backed device store.
 pub struct SqliteStore {
@@ -108,6 +139,7 @@ impl SqliteStore {
         conn.busy_timeout(std::time::Duration::from_secs(5))
             .map_err(err)?;
         conn.execute_batch(SCHEMA).map_err(err)?;
+        conn.execute_batch(&audit_delete_trigger()).map_err(err)?;
         Ok(SqliteStore {
             path: path.to_owned(),
             conn: Mutex::new(conn),
@@ -121,6 +153,21 @@ impl SqliteStore {
             path: self.path.display().to_string(),
             source,
         }
+    }
+
+    /// Runs `f` in one DEFERRED transaction, for reads that must see one consistent state; it
+    /// takes no write lock and, as long as `f` does not write, commits without touching the disk.
+    fn read<T>(
+        &self,
+        f: impl FnOnce(&Transaction<'_>) -> Result<T, StoreError>,
+    ) -> Result<T, StoreError> {
+        let mut conn = self.conn.lock().unwrap_or_else(|p| p.into_inner());
+        let tx = conn
+            .transaction_with_behavior(rusqlite::TransactionBehavior::Deferred)
+            .map_err(|e| self.err(e))?;
+        let out = f(&tx)?;
+        tx.commit().map_err(|e| self.err(e))?;
+        Ok(out)
     }
 
     /// Runs `f` in one IMMEDIATE transaction (commit on Ok, rollback on Err).
@@ -138,6 +185,8 @@ impl SqliteStore {
     }
 }
 
+/// Appends `e`, and every [`AUDIT_TRIM_EVERY`] rows deletes those older than the newest
+/// [`AUDIT_KEEP_ROWS`], in the caller's transaction.
 fn audit_in(tx: &Transaction<'_>, e: &NewAuditEvent, now_ms: u64) -> rusqlite::Result<()> {
     tx.execute(
         "INSERT INTO audit (at_ms, event, actor, device_id, request_id, role, key_fingerprint,
@@ -155,6 +204,10 @@ fn audit_in(tx: &Transaction<'_>, e: &NewAuditEvent, now_ms: u64) -> rusqlite::R
             e.detail
         ],
     )?;
+    let seq = tx.last_insert_rowid();
+    if seq % AUDIT_TRIM_EVERY == 0 {
+        tx.execute("DELETE FROM audit WHERE seq <= ?1", [seq - AUDIT_KEEP_ROWS])?;
+    }
     Ok(())
 }
 
@@ -299,6 +352,88 @@ fn mint_in(
         token,
         scopes,
         issued_at_ms: now_ms,
+    })
+}
+
+/// A presented device token checked against the store, before anything is recorded.
+struct Checked {
+    check: TokenCheck,
+    /// The paired device and its token row; `None` when the device is not paired or lacks the role
+    /// (nothing to record the attempt against).
+    known: Option<KnownToken>,
+}
+
+struct KnownToken {
+    public_key: String,
+    token_fingerprint: String,
+    last_used_at_ms: Option<u64>,
+}
+
+impl Checked {
+    /// Whether this use goes into the store: every rejection, and an accepted use only when the
+    /// recorded last use is missing or older than [`LAST_USED_COALESCE_MS`] (a clock that stepped
+    /// back counts as within the window).
+    fn to_record(&self, now_ms: u64) -> bool {
+        let Some(known) = &self.known else {
+            return false;
+        };
+        match self.check {
+            TokenCheck::Rejected(_) => true,
+            TokenCheck::Ok => known
+                .last_used_at_ms
+                .is_none_or(|t| now_ms.saturating_sub(t) >= LAST_USED_COALESCE_MS),
+        }
+    }
+}
+
+/// Checks `token` for `device_id`/`role` and the requested `scopes`; reads only.
+fn check_token(
+    tx: &Connection,
+    device_id: &str,
+    role: &str,
+    token: &str,
+    scopes: &[String],
+) -> rusqlite::Result<Checked> {
+    let rejected = |r| Checked {
+        check: TokenCheck::Rejected(r),
+        known: None,
+    };
+    let Some(dev) = read_paired(tx, device_id)? else {
+        return Ok(rejected("device-not-paired"));
+    };
+    if !dev.roles.iter().any(|r| r == role) {
+        return Ok(rejected("role-missing"));
+    }
+    let row: Option<(Vec<u8>, String, Option<i64>, String, Option<i64>)> = tx
+        .query_row(
+            "SELECT token_hash, scopes, revoked_at_ms, fingerprint, last_used_at_ms FROM tokens
+             WHERE device_id = ?1 AND role = ?2",
+            params![device_id, role],
+            |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?, r.get(3)?, r.get(4)?)),
+        )
+        .optional()?;
+    let Some((stored, token_scopes, revoked, fp, last_used)) = row else {
+        return Ok(rejected("token-missing"));
+    };
+    let token_scopes = unjson(token_scopes);
+    let check = if revoked.is_some() {
+        TokenCheck::Rejected("token-revoked")
+    } else if token.trim().is_empty() || !bool::from(stored.ct_eq(&hash(token)[..])) {
+        TokenCheck::Rejected("token-mismatch")
+    } else if !scopes_allow(&dev.approved_scopes, &token_scopes)
+        || !scopes_allow(&token_scopes, &normalize_scopes(scopes))
+    {
+        TokenCheck::Rejected("scope-mismatch")
+    } else {
+        TokenCheck::Ok
+    };
+    Ok(Checked {
+        check,
+        known: Some(KnownToken {
+            public_key: dev.public_key,
+            token_fingerprint: fp,
+            last_used_at_ms: last_used.map(|v| v as u64),
+        }),
     })
 }
 
@@ -615,38 +750,22 @@ impl DeviceStore for SqliteStore {
         scopes: &[String],
         now_ms: u64,
     ) -> Result<TokenCheck, StoreError> {
+        // The common case, a device reconnecting with its valid token, ends here: no write lock,
+        // no write, no fsync.
+        let read = self
+            .read(|tx| check_token(tx, device_id, role, token, scopes).map_err(|e| self.err(e)))?;
+        if !read.to_record(now_ms) {
+            return Ok(read.check);
+        }
+        // Checked again under the write lock, so what is recorded is what is on disk now (a
+        // rotation, or another connection's use of the same token, may have landed meanwhile).
         self.tx(|tx| {
             let run = || -> rusqlite::Result<TokenCheck> {
-                let Some(dev) = read_paired(tx, device_id)? else {
-                    return Ok(TokenCheck::Rejected("device-not-paired"));
+                let c = check_token(tx, device_id, role, token, scopes)?;
+                let Some(known) = c.known.as_ref().filter(|_| c.to_record(now_ms)) else {
+                    return Ok(c.check);
                 };
-                if !dev.roles.iter().any(|r| r == role) {
-                    return Ok(TokenCheck::Rejected("role-missing"));
-                }
-                let row: Option<(Vec<u8>, String, Option<i64>, String)> = tx
-                    .query_row(
-                        "SELECT token_hash, scopes, revoked_at_ms, fingerprint FROM tokens
-                         WHERE device_id = ?1 AND role = ?2",
-                        params![device_id, role],
-                        |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?, r.get(3)?)),
-                    )
-                    .optional()?;
-                let Some((stored, token_scopes, revoked, fp)) = row else {
-                    return Ok(TokenCheck::Rejected("token-missing"));
-                };
-                let token_scopes = unjson(token_scopes);
-                let check = if revoked.is_some() {
-                    TokenCheck::Rejected("token-revoked")
-                } else if token.trim().is_empty() || !bool::from(stored.ct_eq(&hash(token)[..])) {
-                    TokenCheck::Rejected("token-mismatch")
-                } else if !scopes_allow(&dev.approved_scopes, &token_scopes)
-                    || !scopes_allow(&token_scopes, &normalize_scopes(scopes))
-                {
-                    TokenCheck::Rejected("scope-mismatch")
-                } else {
-                    TokenCheck::Ok
-                };
-                let (outcome, detail) = match check {
+                let (outcome, detail) = match c.check {
                     TokenCheck::Ok => {
                         tx.execute(
                             "UPDATE tokens SET last_used_at_ms = ?3 WHERE device_id = ?1 AND role = ?2",
@@ -663,16 +782,17 @@ impl DeviceStore for SqliteStore {
                         actor: format!("device:{}", &device_id[..device_id.len().min(12)]),
                         device_id: Some(device_id.to_owned()),
                         role: Some(role.to_owned()),
-                        key_fingerprint: Some(key_fingerprint(&dev.public_key)),
+                        key_fingerprint: Some(key_fingerprint(&known.public_key)),
                         // The fingerprint of what was presented, when it is the stored one.
-                        token_fingerprint: (check == TokenCheck::Ok).then_some(fp),
+                        token_fingerprint: (c.check == TokenCheck::Ok)
+                            .then(|| known.token_fingerprint.clone()),
                         outcome,
                         detail,
                         ..Default::default()
                     },
                     now_ms,
                 )?;
-                Ok(check)
+                Ok(c.check)
             };
             run().map_err(|e| self.err(e))
         })

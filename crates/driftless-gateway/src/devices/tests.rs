@@ -534,3 +534,203 @@ fn sigkill_mid_approval_leaves_pending_or_paired() {
     assert_eq!(dev.device_id, "dev-crash");
     assert!(tok.is_some());
 }
+
+/// `PRAGMA data_version` as seen by another connection: it changes exactly when the store commits
+/// a change to the file, so an unchanged value proves an operation wrote nothing.
+fn data_version(conn: &rusqlite::Connection) -> i64 {
+    conn.query_row("PRAGMA data_version", [], |r| r.get(0))
+        .unwrap()
+}
+
+fn used(store: &SqliteStore, outcome: &str) -> usize {
+    store
+        .audit()
+        .unwrap()
+        .iter()
+        .filter(|e| e.event == "token.used" && e.outcome == outcome)
+        .count()
+}
+
+fn last_used(store: &SqliteStore, device_id: &str) -> Option<u64> {
+    store.paired(device_id).unwrap().unwrap().tokens[0].last_used_at_ms
+}
+
+#[test]
+fn reconnects_within_the_window_write_nothing() {
+    let (dir, store) = open();
+    let sc = scopes(&["operator.read"]);
+    let d = device("dev-w", &sc, LOOPBACK);
+    let PairingOutcome::Paired { issued: Some(tok) } =
+        on_connect(&store, &d, true, false, true, T0).unwrap()
+    else {
+        panic!("expected silent pairing with a token")
+    };
+    let tok = tok.token.expose().to_owned();
+    // The first use has no recorded last use: recorded.
+    let first = T0 + 10;
+    assert_eq!(
+        verify_device_token(&store, &d, &tok, first).unwrap(),
+        TokenCheck::Ok
+    );
+    assert!(matches!(
+        on_connect(&store, &d, false, true, true, first).unwrap(),
+        PairingOutcome::Paired { issued: None }
+    ));
+    assert_eq!(used(&store, "ok"), 1);
+    assert_eq!(last_used(&store, "dev-w"), Some(first));
+
+    // Reconnects up to the end of the window, and one with a clock that stepped back: nothing
+    // is committed (no audit row, no last-use update, no touch of unchanged metadata).
+    let watcher = rusqlite::Connection::open(dir.path().join("devices/devices.sqlite3")).unwrap();
+    let before = data_version(&watcher);
+    for now in [first + 1, first + LAST_USED_COALESCE_MS - 1, first - 5] {
+        assert_eq!(
+            verify_device_token(&store, &d, &tok, now).unwrap(),
+            TokenCheck::Ok
+        );
+        assert!(matches!(
+            on_connect(&store, &d, false, true, true, now).unwrap(),
+            PairingOutcome::Paired { issued: None }
+        ));
+    }
+    assert_eq!(
+        data_version(&watcher),
+        before,
+        "a reconnect wrote to the store"
+    );
+    assert_eq!(used(&store, "ok"), 1);
+    assert_eq!(last_used(&store, "dev-w"), Some(first));
+
+    // Changed metadata is still recorded.
+    let moved = device("dev-w", &sc, LAN);
+    assert!(matches!(
+        on_connect(&store, &moved, false, true, true, first + 2).unwrap(),
+        PairingOutcome::Paired { issued: None }
+    ));
+    assert_ne!(data_version(&watcher), before);
+    let dev = store.paired("dev-w").unwrap().unwrap();
+    assert_eq!(dev.remote_ip.as_deref(), Some("192.168.1.20"));
+
+    // A use once the window has passed is recorded again.
+    let later = first + LAST_USED_COALESCE_MS;
+    assert_eq!(
+        verify_device_token(&store, &d, &tok, later).unwrap(),
+        TokenCheck::Ok
+    );
+    assert_eq!(used(&store, "ok"), 2);
+    assert_eq!(last_used(&store, "dev-w"), Some(later));
+    let audit = store.audit().unwrap();
+    let last = audit.last().unwrap();
+    assert_eq!((last.event.as_str(), last.at_ms), ("token.used", later));
+}
+
+#[test]
+fn every_rejection_is_recorded() {
+    let (_dir, store) = open();
+    let sc = scopes(&["operator.read"]);
+    let d = device("dev-r", &sc, LOOPBACK);
+    let PairingOutcome::Paired { issued: Some(tok) } =
+        on_connect(&store, &d, true, false, true, T0).unwrap()
+    else {
+        panic!("expected silent pairing with a token")
+    };
+    assert_eq!(
+        verify_device_token(&store, &d, tok.token.expose(), T0 + 1).unwrap(),
+        TokenCheck::Ok
+    );
+    for now in [T0 + 2, T0 + 2, T0 + 3] {
+        assert_eq!(
+            verify_device_token(&store, &d, "wrong-token", now).unwrap(),
+            TokenCheck::Rejected("token-mismatch")
+        );
+    }
+    let wider = scopes(&["operator.admin"]);
+    let greedy = device("dev-r", &wider, LOOPBACK);
+    assert_eq!(
+        verify_device_token(&store, &greedy, tok.token.expose(), T0 + 4).unwrap(),
+        TokenCheck::Rejected("scope-mismatch")
+    );
+    let rejected: Vec<_> = store
+        .audit()
+        .unwrap()
+        .into_iter()
+        .filter(|e| e.event == "token.used" && e.outcome == "rejected")
+        .map(|e| (e.at_ms, e.detail.unwrap(), e.token_fingerprint))
+        .collect();
+    assert_eq!(
+        rejected,
+        [
+            (T0 + 2, "token-mismatch".to_owned(), None),
+            (T0 + 2, "token-mismatch".to_owned(), None),
+            (T0 + 3, "token-mismatch".to_owned(), None),
+            (T0 + 4, "scope-mismatch".to_owned(), None),
+        ]
+    );
+    // The rejections did not move the last accepted use.
+    assert_eq!(last_used(&store, "dev-r"), Some(T0 + 1));
+}
+
+#[test]
+fn audit_trail_keeps_the_newest_rows() {
+    let (dir, store) = open();
+    drop(store);
+    let path = dir.path().join("devices/devices.sqlite3");
+    // A database from before the cap: its trigger refused every delete.
+    let conn = rusqlite::Connection::open(&path).unwrap();
+    conn.execute_batch(
+        "DROP TRIGGER audit_keep_newest;
+         CREATE TRIGGER audit_append_only_d BEFORE DELETE ON audit
+           BEGIN SELECT RAISE(ABORT, 'the audit trail is append-only'); END;",
+    )
+    .unwrap();
+    // Seeded so that the next append has a seq that triggers the trim.
+    let seeded = (AUDIT_KEEP_ROWS / AUDIT_TRIM_EVERY + 2) * AUDIT_TRIM_EVERY - 1;
+    conn.execute(
+        "WITH RECURSIVE n(i) AS (SELECT 1 UNION ALL SELECT i + 1 FROM n WHERE i < ?1)
+         INSERT INTO audit (at_ms, event, actor, outcome) SELECT i, 'seed', 't', 'ok' FROM n",
+        [seeded],
+    )
+    .unwrap();
+    drop(conn);
+    let store = SqliteStore::open_in(dir.path()).unwrap();
+    let append = |at| {
+        store
+            .append_audit(
+                NewAuditEvent {
+                    event: "test",
+                    actor: "t".into(),
+                    outcome: "ok",
+                    ..Default::default()
+                },
+                at,
+            )
+            .unwrap()
+    };
+    append(T0);
+    let a = store.audit().unwrap();
+    assert_eq!(a.len() as i64, AUDIT_KEEP_ROWS);
+    assert_eq!(a.last().unwrap().seq, seeded + 1);
+    assert_eq!(a[0].seq, seeded + 2 - AUDIT_KEEP_ROWS);
+    // Between trims the trail grows by less than AUDIT_TRIM_EVERY rows.
+    for i in 0..3 {
+        append(T0 + 1 + i);
+    }
+    assert_eq!(store.audit().unwrap().len() as i64, AUDIT_KEEP_ROWS + 3);
+    // The newest rows cannot be deleted or changed by hand (a DELETE that reaches one of them
+    // aborts as a whole).
+    drop(store);
+    let conn = rusqlite::Connection::open(&path).unwrap();
+    assert!(conn.execute("DELETE FROM audit", []).is_err());
+    assert!(
+        conn.execute(
+            "DELETE FROM audit WHERE seq = (SELECT max(seq) FROM audit)",
+            []
+        )
+        .is_err()
+    );
+    assert!(conn.execute("UPDATE audit SET outcome = 'x'", []).is_err());
+    let n: i64 = conn
+        .query_row("SELECT count(*) FROM audit", [], |r| r.get(0))
+        .unwrap();
+    assert_eq!(n, AUDIT_KEEP_ROWS + 3);
+}
