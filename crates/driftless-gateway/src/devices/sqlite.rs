@@ -386,6 +386,9 @@ impl Checked {
     }
 }
 
+/// A `tokens` row: hash, scopes (JSON), revoked at, fingerprint, last used at.
+type TokenRow = (Vec<u8>, String, Option<i64>, String, Option<i64>);
+
 /// Checks `token` for `device_id`/`role` and the requested `scopes`; reads only.
 fn check_token(
     tx: &Connection,
@@ -404,7 +407,7 @@ fn check_token(
     if !dev.roles.iter().any(|r| r == role) {
         return Ok(rejected("role-missing"));
     }
-    let row: Option<(Vec<u8>, String, Option<i64>, String, Option<i64>)> = tx
+    let row: Option<TokenRow> = tx
         .query_row(
             "SELECT token_hash, scopes, revoked_at_ms, fingerprint, last_used_at_ms FROM tokens
              WHERE device_id = ?1 AND role = ?2",
