@@ -211,34 +211,35 @@ fn audit_in(tx: &Transaction<'_>, e: &NewAuditEvent, now_ms: u64) -> rusqlite::R
     Ok(())
 }
 
+/// Reads a paired device and its tokens. Runs on every signed connect, so its statements are
+/// cached rather than parsed again each time.
 fn read_paired(tx: &Connection, device_id: &str) -> rusqlite::Result<Option<PairedDevice>> {
     let dev = tx
-        .query_row(
+        .prepare_cached(
             "SELECT device_id, public_key, display_name, platform, device_family, client_id,
                client_mode, roles, approved_scopes, remote_ip, created_at_ms, approved_at_ms
              FROM paired WHERE device_id = ?1",
-            [device_id],
-            |r| {
-                Ok(PairedDevice {
-                    device_id: r.get(0)?,
-                    public_key: r.get(1)?,
-                    display_name: r.get(2)?,
-                    platform: r.get(3)?,
-                    device_family: r.get(4)?,
-                    client_id: r.get(5)?,
-                    client_mode: r.get(6)?,
-                    roles: unjson(r.get(7)?),
-                    approved_scopes: unjson(r.get(8)?),
-                    remote_ip: r.get(9)?,
-                    created_at_ms: r.get::<_, i64>(10)? as u64,
-                    approved_at_ms: r.get::<_, i64>(11)? as u64,
-                    tokens: Vec::new(),
-                })
-            },
-        )
+        )?
+        .query_row([device_id], |r| {
+            Ok(PairedDevice {
+                device_id: r.get(0)?,
+                public_key: r.get(1)?,
+                display_name: r.get(2)?,
+                platform: r.get(3)?,
+                device_family: r.get(4)?,
+                client_id: r.get(5)?,
+                client_mode: r.get(6)?,
+                roles: unjson(r.get(7)?),
+                approved_scopes: unjson(r.get(8)?),
+                remote_ip: r.get(9)?,
+                created_at_ms: r.get::<_, i64>(10)? as u64,
+                approved_at_ms: r.get::<_, i64>(11)? as u64,
+                tokens: Vec::new(),
+            })
+        })
         .optional()?;
     let Some(mut dev) = dev else { return Ok(None) };
-    let mut stmt = tx.prepare(
+    let mut stmt = tx.prepare_cached(
         "SELECT role, scopes, fingerprint, created_at_ms, rotated_at_ms, revoked_at_ms,
            last_used_at_ms FROM tokens WHERE device_id = ?1 ORDER BY role",
     )?;
@@ -408,12 +409,13 @@ fn check_token(
         return Ok(rejected("role-missing"));
     }
     let row: Option<TokenRow> = tx
-        .query_row(
+        .prepare_cached(
             "SELECT token_hash, scopes, revoked_at_ms, fingerprint, last_used_at_ms FROM tokens
              WHERE device_id = ?1 AND role = ?2",
-            params![device_id, role],
-            |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?, r.get(3)?, r.get(4)?)),
-        )
+        )?
+        .query_row(params![device_id, role], |r| {
+            Ok((r.get(0)?, r.get(1)?, r.get(2)?, r.get(3)?, r.get(4)?))
+        })
         .optional()?;
     let Some((stored, token_scopes, revoked, fp, last_used)) = row else {
         return Ok(rejected("token-missing"));
