@@ -560,8 +560,9 @@ fn reconnects_within_the_window_write_nothing() {
     let (dir, store) = open();
     let sc = scopes(&["operator.read"]);
     let d = device("dev-w", &sc, LOOPBACK);
-    let PairingOutcome::Paired { issued: Some(tok) } =
-        on_connect(&store, &d, true, false, true, T0).unwrap()
+    let PairingOutcome::Paired {
+        issued: Some(tok), ..
+    } = on_connect(&store, &d, true, false, true, T0).unwrap()
     else {
         panic!("expected silent pairing with a token")
     };
@@ -574,7 +575,7 @@ fn reconnects_within_the_window_write_nothing() {
     );
     assert!(matches!(
         on_connect(&store, &d, false, true, true, first).unwrap(),
-        PairingOutcome::Paired { issued: None }
+        PairingOutcome::Paired { issued: None, .. }
     ));
     assert_eq!(used(&store, "ok"), 1);
     assert_eq!(last_used(&store, "dev-w"), Some(first));
@@ -590,7 +591,7 @@ fn reconnects_within_the_window_write_nothing() {
         );
         assert!(matches!(
             on_connect(&store, &d, false, true, true, now).unwrap(),
-            PairingOutcome::Paired { issued: None }
+            PairingOutcome::Paired { issued: None, .. }
         ));
     }
     assert_eq!(
@@ -605,7 +606,7 @@ fn reconnects_within_the_window_write_nothing() {
     let moved = device("dev-w", &sc, LAN);
     assert!(matches!(
         on_connect(&store, &moved, false, true, true, first + 2).unwrap(),
-        PairingOutcome::Paired { issued: None }
+        PairingOutcome::Paired { issued: None, .. }
     ));
     assert_ne!(data_version(&watcher), before);
     let dev = store.paired("dev-w").unwrap().unwrap();
@@ -629,8 +630,9 @@ fn every_rejection_is_recorded() {
     let (_dir, store) = open();
     let sc = scopes(&["operator.read"]);
     let d = device("dev-r", &sc, LOOPBACK);
-    let PairingOutcome::Paired { issued: Some(tok) } =
-        on_connect(&store, &d, true, false, true, T0).unwrap()
+    let PairingOutcome::Paired {
+        issued: Some(tok), ..
+    } = on_connect(&store, &d, true, false, true, T0).unwrap()
     else {
         panic!("expected silent pairing with a token")
     };
