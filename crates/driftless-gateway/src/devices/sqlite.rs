@@ -1,7 +1,8 @@
 //! [`DeviceStore`] in an SQLite file in the state directory (WAL mode, `synchronous=FULL`).
 //!
-//! Every state change (request, approve, reject, mint, rotate, revoke, remove, touch) runs in one
-//! IMMEDIATE transaction, committed durably; an approval deletes the request, writes the device and
+//! Every state change (request, approve, reject, mint, rotate, revoke, remove, touch, and `list` /
+//! `pending`, which prune expired requests) runs in one IMMEDIATE transaction, committed durably;
+//! `paired` and `audit` only read. An approval deletes the request, writes the device and
 //! its token hash and appends the audit line together, so a crash leaves either the pending request
 //! or the paired device, never a mix.
 //!
