@@ -83,7 +83,7 @@ impl MethodError {
             StoreError::UnknownRequest | StoreError::UnknownDevice => {
                 MethodError::invalid(e.to_string())
             }
-            StoreError::Sqlite { .. } => {
+            StoreError::Sqlite { .. } | StoreError::TokenKey(_) => {
                 tracing::error!(error = %e, "device store failed");
                 MethodError {
                     code: "UNAVAILABLE",

@@ -2,8 +2,11 @@
 //!
 //! [`DeviceStore`] is the small interface the gateway needs; [`SqliteStore`] implements it in the
 //! state directory (WAL, one durable transaction per state change, so a crash leaves a device paired
-//! or pending, never half; a reconnect with a valid token only reads). Only SHA-256 hashes of device
-//! tokens are stored; a token is shown once, when it is issued. Every pairing, token and revocation
+//! or pending, never half; a reconnect with a valid token only reads). Device tokens are derived from
+//! a per-gateway key and a per-token nonce (`token_key`); the database holds only their SHA-256
+//! hashes and nonces, so it alone leaks no token, yet a device that connects with the shared secret
+//! gets its current token back (stable across reconnects, as OpenClaw's `ensureDeviceToken`) rather
+//! than a new one that would break its other copies. Every pairing, token and revocation
 //! event is appended to a bounded audit trail (the newest `AUDIT_KEEP_ROWS`); token uses are
 //! recorded at most once per `LAST_USED_COALESCE_MS`, rejections always.
 
@@ -11,6 +14,7 @@ mod methods;
 mod pairing;
 mod scopes;
 mod sqlite;
+mod token_key;
 
 pub use methods::{
     Caller, Disconnect, MethodError, PAIRING_SCOPE, handle as handle_method, is_device_method,
@@ -18,6 +22,7 @@ pub use methods::{
 pub use pairing::{ConnectingDevice, PairingOutcome, on_connect, verify_device_token};
 pub use scopes::{normalize_scopes, scopes_allow};
 pub use sqlite::{AUDIT_KEEP_ROWS, AUDIT_TRIM_EVERY, LAST_USED_COALESCE_MS, SqliteStore};
+pub use token_key::{KeyError, TOKEN_KEY_FILE};
 
 use driftless_core::{Fingerprint, SecretValue};
 
@@ -176,13 +181,15 @@ impl PairingEvent {
     }
 }
 
-/// A freshly minted device token: the only time its value exists outside the client.
+/// A device token on its way to its device: newly minted, or its current one recomputed. The value
+/// exists only here and at the client; the store keeps its hash and nonce.
 #[derive(Debug, Clone)]
 pub struct IssuedToken {
     pub device_id: String,
     pub role: String,
     pub token: SecretValue,
     pub scopes: Vec<String>,
+    /// When this token was minted (its rotation time, or creation time if never rotated).
     pub issued_at_ms: u64,
 }
 
@@ -241,6 +248,8 @@ pub enum StoreError {
     UnknownRequest,
     #[error("unknown deviceId/role")]
     UnknownDevice,
+    #[error(transparent)]
+    TokenKey(#[from] KeyError),
 }
 
 /// Storage of paired devices, pending requests, token hashes and the audit trail. Each method is
@@ -257,7 +266,7 @@ pub trait DeviceStore: Send + Sync {
     fn request(&self, req: PendingRequest, now_ms: u64) -> Result<PendingRequest, StoreError>;
     /// Approves a request: records the device and deletes the request; with `mint`, also issues a
     /// token for its role (a silent pairing hands it out at once; after a manual approval the
-    /// device's next connect gets one, since only hashes are kept).
+    /// device's next connect gets one from [`DeviceStore::ensure_token`]).
     fn approve(
         &self,
         request_id: &str,
@@ -284,6 +293,18 @@ pub trait DeviceStore: Send + Sync {
         scopes: &[String],
         now_ms: u64,
     ) -> Result<TokenCheck, StoreError>;
+    /// The token for a paired device that proved the shared secret (OpenClaw's `ensureDeviceToken`):
+    /// its active token for `role`, unchanged and with nothing written, when that covers `scopes`;
+    /// otherwise (none, revoked, narrower, or stored before tokens were derived) a new one with
+    /// `scopes`, recorded as `token.issued` by `actor`.
+    fn ensure_token(
+        &self,
+        device_id: &str,
+        role: &str,
+        scopes: &[String],
+        actor: &str,
+        now_ms: u64,
+    ) -> Result<IssuedToken, StoreError>;
     /// Mints a new token for a paired device's role (replacing any existing one).
     fn mint(
         &self,

@@ -32,9 +32,9 @@ pub struct ConnectingDevice<'a> {
 /// resolution of a silent pairing, or a new pending request.
 #[derive(Debug)]
 pub enum PairingOutcome {
-    /// The device is paired for this role and scopes. `issued` is a new token, to be returned
-    /// once in `hello-ok.auth.deviceToken`; `None` when the device already authenticated with a
-    /// valid token of its own (it keeps that one: tokens are stable across reconnects).
+    /// The device is paired for this role and scopes. `issued` is the token to return in
+    /// `hello-ok.auth.deviceToken` (its current one, or a new one); `None` when the device already
+    /// authenticated with a valid token of its own (it keeps that one).
     Paired {
         issued: Option<IssuedToken>,
         event: Option<PairingEvent>,
@@ -148,14 +148,14 @@ pub fn on_connect(
             event: None,
         });
     }
-    // Only hashes are stored, so a device that did not present its token (lost it, or chose the
-    // shared secret) gets a fresh one, which replaces the old.
-    let issued = store.mint(
+    // A device that proved the shared secret instead (lost its token, or another process sharing
+    // its identity chose the shared secret) gets its current token back, so every copy stays
+    // valid; a new one only when it has none that covers these scopes.
+    let issued = store.ensure_token(
         device.device_id,
         device.role,
         device.scopes,
         "gateway (connect)",
-        "token.issued",
         now_ms,
     )?;
     Ok(PairingOutcome::Paired {

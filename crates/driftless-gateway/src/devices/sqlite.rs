@@ -11,6 +11,10 @@
 //! [`LAST_USED_COALESCE_MS`] after the recorded one; a reconnect within that window leaves the file
 //! untouched. The audit trail is append-only for its newest [`AUDIT_KEEP_ROWS`] rows (triggers
 //! refuse updates, and deletes of those rows); the transaction that appends trims older rows.
+//!
+//! Tokens are derived (`token_key`): a row holds the token's SHA-256 hash and the nonce it was
+//! derived from, so [`DeviceStore::ensure_token`] can return a device's current token again, in a
+//! read-only transaction, instead of minting (and writing) a new one on every shared-secret connect.
 
 use std::path::{Path, PathBuf};
 use std::sync::Mutex;
@@ -20,6 +24,7 @@ use rusqlite::{Connection, OptionalExtension, Transaction, params};
 use sha2::{Digest, Sha256};
 use subtle::ConstantTimeEq;
 
+use super::token_key::{self, TOKEN_KEY_FILE, TokenKey};
 use super::{
     AuditEvent, DeviceStore, IssuedToken, NewAuditEvent, PENDING_TTL_MS, PairedDevice,
     PendingRequest, StoreError, TokenCheck, TokenSummary, normalize_scopes, scopes_allow,
@@ -35,7 +40,7 @@ CREATE TABLE IF NOT EXISTS tokens (
   device_id TEXT NOT NULL REFERENCES paired(device_id) ON DELETE CASCADE, role TEXT NOT NULL,
   token_hash BLOB NOT NULL, fingerprint TEXT NOT NULL, scopes TEXT NOT NULL,
   created_at_ms INTEGER NOT NULL, rotated_at_ms INTEGER, revoked_at_ms INTEGER,
-  last_used_at_ms INTEGER, PRIMARY KEY (device_id, role));
+  last_used_at_ms INTEGER, token_nonce BLOB, PRIMARY KEY (device_id, role));
 CREATE TABLE IF NOT EXISTS pending (
   request_id TEXT PRIMARY KEY, device_id TEXT NOT NULL, public_key TEXT NOT NULL,
   display_name TEXT, platform TEXT, device_family TEXT, client_id TEXT, client_mode TEXT,
@@ -48,6 +53,10 @@ CREATE TABLE IF NOT EXISTS audit (
 CREATE TRIGGER IF NOT EXISTS audit_append_only_u BEFORE UPDATE ON audit
   BEGIN SELECT RAISE(ABORT, 'the audit trail is append-only'); END;
 ";
+
+/// Databases from before derived tokens lack `tokens.token_nonce`; their rows stay valid (checked by
+/// hash) and get a nonce the next time their device's token is minted.
+const ADD_NONCE: &str = "ALTER TABLE tokens ADD COLUMN token_nonce BLOB";
 
 /// How far apart two recorded uses of a device token are at least. A reconnect within this window
 /// of the recorded last use writes nothing: recording every use cost one WAL fsync per handshake
@@ -79,6 +88,8 @@ CREATE TRIGGER IF NOT EXISTS audit_keep_newest BEFORE DELETE ON audit
 pub struct SqliteStore {
     path: PathBuf,
     conn: Mutex<Connection>,
+    /// Derives tokens; never printed (`SqliteStore`'s `Debug` leaves it out, its own prints nothing).
+    key: TokenKey,
     /// Test hook run inside the approval transaction (after the request is deleted, before the
     /// device is written), so a test can SIGKILL the process mid-approval.
     #[cfg(test)]
@@ -121,13 +132,13 @@ impl SqliteStore {
         Self::open(&dir.join("devices.sqlite3"))
     }
 
-    /// Opens (creating) the store at `path`.
+    /// Opens (creating) the store at `path`, and its token key beside it ([`TOKEN_KEY_FILE`]).
     pub fn open(path: &Path) -> Result<SqliteStore, StoreError> {
         let err = |source| StoreError::Sqlite {
             path: path.display().to_string(),
             source,
         };
-        let conn = Connection::open(path).map_err(err)?;
+        let mut conn = Connection::open(path).map_err(err)?;
         // The database holds token hashes and device keys: owner-only, like every state file.
         std::fs::set_permissions(path, std::os::unix::fs::PermissionsExt::from_mode(0o600))
             .map_err(|e| err(rusqlite::Error::ToSqlConversionFailure(Box::new(e))))?;
@@ -141,9 +152,28 @@ impl SqliteStore {
             .map_err(err)?;
         conn.execute_batch(SCHEMA).map_err(err)?;
         conn.execute_batch(&audit_delete_trigger()).map_err(err)?;
+        // Under the database's write lock, so two gateways opening one state directory at once
+        // neither both add the column nor create two different keys.
+        let key_path = path.with_file_name(TOKEN_KEY_FILE);
+        let key = {
+            let tx = conn
+                .transaction_with_behavior(rusqlite::TransactionBehavior::Immediate)
+                .map_err(err)?;
+            let has_nonce = tx
+                .prepare("SELECT 1 FROM pragma_table_info('tokens') WHERE name = 'token_nonce'")
+                .and_then(|mut st| st.exists([]))
+                .map_err(err)?;
+            if !has_nonce {
+                tx.execute_batch(ADD_NONCE).map_err(err)?;
+            }
+            let key = TokenKey::load_or_create(&key_path)?;
+            tx.commit().map_err(err)?;
+            key
+        };
         Ok(SqliteStore {
             path: path.to_owned(),
             conn: Mutex::new(conn),
+            key,
             #[cfg(test)]
             approval_hook: None,
         })
@@ -183,6 +213,45 @@ impl SqliteStore {
         let out = f(&tx)?;
         tx.commit().map_err(|e| self.err(e))?;
         Ok(out)
+    }
+}
+
+impl SqliteStore {
+    /// Mints a token for a paired device's role and records `event`, in the caller's transaction.
+    #[allow(clippy::too_many_arguments)]
+    fn mint_audited(
+        &self,
+        tx: &Transaction<'_>,
+        device_id: &str,
+        role: &str,
+        scopes: &[String],
+        actor: &str,
+        event: &'static str,
+        now_ms: u64,
+    ) -> Result<IssuedToken, StoreError> {
+        let dev = read_paired(tx, device_id)
+            .map_err(|e| self.err(e))?
+            .filter(|d| d.roles.iter().any(|r| r == role))
+            .ok_or(StoreError::UnknownDevice)?;
+        let run = || -> rusqlite::Result<IssuedToken> {
+            let issued = mint_in(tx, &self.key, device_id, role, scopes, now_ms)?;
+            audit_in(
+                tx,
+                &NewAuditEvent {
+                    event,
+                    actor: actor.to_owned(),
+                    device_id: Some(device_id.to_owned()),
+                    role: Some(role.to_owned()),
+                    key_fingerprint: Some(key_fingerprint(&dev.public_key)),
+                    token_fingerprint: Some(issued.token.fingerprint().to_string()),
+                    outcome: "ok",
+                    ..Default::default()
+                },
+                now_ms,
+            )?;
+            Ok(issued)
+        };
+        run().map_err(|e| self.err(e))
     }
 }
 
@@ -316,12 +385,15 @@ fn prune(tx: &Transaction<'_>, now_ms: u64) -> rusqlite::Result<()> {
 
 fn mint_in(
     tx: &Transaction<'_>,
+    key: &TokenKey,
     device_id: &str,
     role: &str,
     scopes: &[String],
     now_ms: u64,
 ) -> rusqlite::Result<IssuedToken> {
-    let token = driftless_core::secret::random_token();
+    // A new nonce is a new token: the old one no longer matches the stored hash.
+    let nonce = token_key::random_bytes();
+    let token = key.derive(device_id, role, &nonce);
     let scopes = normalize_scopes(scopes);
     let existed: bool = tx
         .query_row(
@@ -333,11 +405,12 @@ fn mint_in(
         .unwrap_or(false);
     tx.execute(
         "INSERT INTO tokens (device_id, role, token_hash, fingerprint, scopes, created_at_ms,
-           rotated_at_ms, revoked_at_ms, last_used_at_ms)
-         VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, NULL, NULL)
+           rotated_at_ms, revoked_at_ms, last_used_at_ms, token_nonce)
+         VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, NULL, NULL, ?8)
          ON CONFLICT (device_id, role) DO UPDATE SET token_hash = excluded.token_hash,
            fingerprint = excluded.fingerprint, scopes = excluded.scopes,
-           rotated_at_ms = excluded.created_at_ms, revoked_at_ms = NULL, last_used_at_ms = NULL",
+           rotated_at_ms = excluded.created_at_ms, revoked_at_ms = NULL, last_used_at_ms = NULL,
+           token_nonce = excluded.token_nonce",
         params![
             device_id,
             role,
@@ -346,6 +419,7 @@ fn mint_in(
             json(&scopes),
             now_ms as i64,
             existed.then_some(now_ms as i64),
+            &nonce[..],
         ],
     )?;
     Ok(IssuedToken {
@@ -355,6 +429,72 @@ fn mint_in(
         scopes,
         issued_at_ms: now_ms,
     })
+}
+
+/// A `tokens` row as [`current_token`] reads it: hash, scopes (JSON), revoked at, nonce, created
+/// at, rotated at.
+type CurrentRow = (
+    Vec<u8>,
+    String,
+    Option<i64>,
+    Option<Vec<u8>>,
+    i64,
+    Option<i64>,
+);
+
+/// The device's active token for `role` recomputed from its nonce, when it covers `scopes` (within
+/// the approved scopes too, as [`check_token`] requires); `None` when there is none to return: no
+/// row, revoked, scopes not covered, a row from before derived tokens (no nonce), or a nonce whose
+/// token no longer matches the stored hash (the key file was replaced). Reads only.
+fn current_token(
+    tx: &Connection,
+    key: &TokenKey,
+    device_id: &str,
+    role: &str,
+    scopes: &[String],
+) -> rusqlite::Result<Option<IssuedToken>> {
+    let Some(dev) = read_paired(tx, device_id)? else {
+        return Ok(None);
+    };
+    if !dev.roles.iter().any(|r| r == role) {
+        return Ok(None);
+    }
+    let row: Option<CurrentRow> = tx
+        .prepare_cached(
+            "SELECT token_hash, scopes, revoked_at_ms, token_nonce, created_at_ms, rotated_at_ms
+             FROM tokens WHERE device_id = ?1 AND role = ?2",
+        )?
+        .query_row(params![device_id, role], |r| {
+            Ok((
+                r.get(0)?,
+                r.get(1)?,
+                r.get(2)?,
+                r.get(3)?,
+                r.get(4)?,
+                r.get(5)?,
+            ))
+        })
+        .optional()?;
+    let Some((stored, token_scopes, None, Some(nonce), created, rotated)) = row else {
+        return Ok(None);
+    };
+    let token_scopes = unjson(token_scopes);
+    if !scopes_allow(&dev.approved_scopes, &token_scopes)
+        || !scopes_allow(&token_scopes, &normalize_scopes(scopes))
+    {
+        return Ok(None);
+    }
+    let token = key.derive(device_id, role, &nonce);
+    if !bool::from(stored.ct_eq(&hash(token.expose())[..])) {
+        return Ok(None);
+    }
+    Ok(Some(IssuedToken {
+        device_id: device_id.to_owned(),
+        role: role.to_owned(),
+        token,
+        scopes: token_scopes,
+        issued_at_ms: rotated.unwrap_or(created) as u64,
+    }))
 }
 
 /// A presented device token checked against the store, before anything is recorded.
@@ -658,7 +798,8 @@ impl DeviceStore for SqliteStore {
                 if !mint {
                     return Ok(None);
                 }
-                let issued = mint_in(tx, &req.device_id, &req.role, &req.scopes, now_ms)?;
+                let issued =
+                    mint_in(tx, &self.key, &req.device_id, &req.role, &req.scopes, now_ms)?;
                 audit_in(
                     tx,
                     &NewAuditEvent {
@@ -813,30 +954,34 @@ impl DeviceStore for SqliteStore {
         event: &'static str,
         now_ms: u64,
     ) -> Result<IssuedToken, StoreError> {
+        self.tx(|tx| self.mint_audited(tx, device_id, role, scopes, actor, event, now_ms))
+    }
+
+    fn ensure_token(
+        &self,
+        device_id: &str,
+        role: &str,
+        scopes: &[String],
+        actor: &str,
+        now_ms: u64,
+    ) -> Result<IssuedToken, StoreError> {
+        // The common case, a paired device connecting with the shared secret again, ends here:
+        // its current token, recomputed, and nothing written.
+        let current = self.read(|tx| {
+            current_token(tx, &self.key, device_id, role, scopes).map_err(|e| self.err(e))
+        })?;
+        if let Some(current) = current {
+            return Ok(current);
+        }
         self.tx(|tx| {
-            let dev = read_paired(tx, device_id)
-                .map_err(|e| self.err(e))?
-                .filter(|d| d.roles.iter().any(|r| r == role))
-                .ok_or(StoreError::UnknownDevice)?;
-            let run = || -> rusqlite::Result<IssuedToken> {
-                let issued = mint_in(tx, device_id, role, scopes, now_ms)?;
-                audit_in(
-                    tx,
-                    &NewAuditEvent {
-                        event,
-                        actor: actor.to_owned(),
-                        device_id: Some(device_id.to_owned()),
-                        role: Some(role.to_owned()),
-                        key_fingerprint: Some(key_fingerprint(&dev.public_key)),
-                        token_fingerprint: Some(issued.token.fingerprint().to_string()),
-                        outcome: "ok",
-                        ..Default::default()
-                    },
-                    now_ms,
-                )?;
-                Ok(issued)
-            };
-            run().map_err(|e| self.err(e))
+            // Checked again under the write lock: a concurrent connect of the same device may have
+            // just minted one, which this connect then shares rather than replaces.
+            if let Some(current) =
+                current_token(tx, &self.key, device_id, role, scopes).map_err(|e| self.err(e))?
+            {
+                return Ok(current);
+            }
+            self.mint_audited(tx, device_id, role, scopes, actor, "token.issued", now_ms)
         })
     }
 

@@ -736,3 +736,228 @@ fn audit_trail_keeps_the_newest_rows() {
         .unwrap();
     assert_eq!(n, AUDIT_KEEP_ROWS + 3);
 }
+
+/// A shared-secret connect of the paired device `d` that must hand out a token (no event).
+fn shared_connect(store: &SqliteStore, d: &ConnectingDevice<'_>, now: u64) -> IssuedToken {
+    match on_connect(store, d, true, false, true, now).unwrap() {
+        PairingOutcome::Paired {
+            issued: Some(t),
+            event: None,
+        } => t,
+        other => panic!("expected a token for a paired device, got {other:?}"),
+    }
+}
+
+fn issued_count(store: &SqliteStore) -> usize {
+    events(store)
+        .iter()
+        .filter(|e| *e == "token.issued")
+        .count()
+}
+
+#[test]
+fn shared_secret_connects_get_the_same_token_across_restarts() {
+    let (dir, store) = open();
+    let sc = scopes(&["operator.read", "operator.write"]);
+    let d = device("dev-s", &sc, LOOPBACK);
+    let PairingOutcome::Paired {
+        issued: Some(first),
+        ..
+    } = on_connect(&store, &d, true, false, true, T0).unwrap()
+    else {
+        panic!("expected silent pairing with a token")
+    };
+    assert_eq!(issued_count(&store), 1);
+
+    // Again with the shared secret (another process sharing this identity, or a client that did
+    // not keep the token): the same token, and nothing committed to the store.
+    let watcher = rusqlite::Connection::open(dir.path().join("devices/devices.sqlite3")).unwrap();
+    let before = data_version(&watcher);
+    for now in [T0 + 1, T0 + 2] {
+        let again = shared_connect(&store, &d, now);
+        assert!(again.token.same_as(&first.token), "a new token was minted");
+        assert_eq!(again.issued_at_ms, T0);
+        assert_eq!(again.scopes, sc);
+    }
+    // Narrower scopes are covered by the same token.
+    let read = scopes(&["operator.read"]);
+    let narrow = device("dev-s", &read, LOOPBACK);
+    assert!(
+        shared_connect(&store, &narrow, T0 + 3)
+            .token
+            .same_as(&first.token)
+    );
+    assert_eq!(data_version(&watcher), before, "a shared connect wrote");
+    assert_eq!(issued_count(&store), 1);
+
+    // A gateway restart (the store reopened) derives the same token from the same key.
+    drop(watcher);
+    drop(store);
+    let store = SqliteStore::open_in(dir.path()).unwrap();
+    assert!(
+        shared_connect(&store, &d, T0 + 4)
+            .token
+            .same_as(&first.token)
+    );
+    assert_eq!(
+        verify_device_token(&store, &d, first.token.expose(), T0 + 5).unwrap(),
+        TokenCheck::Ok
+    );
+
+    // The device rotates its own token: a new nonce, so a new token, and the old one is refused.
+    let own = Caller {
+        scopes: scopes(&["operator.pairing", "operator.read", "operator.write"]),
+        device_id: Some("dev-s".into()),
+        label: "device:dev-s".into(),
+    };
+    let params = json!({"deviceId": "dev-s", "role": "operator"});
+    let (out, _, _) = handle_method(&store, "device.token.rotate", &params, &own, T0 + 6).unwrap();
+    let rotated = out["token"].as_str().unwrap().to_owned();
+    assert_ne!(rotated, first.token.expose());
+    assert_eq!(
+        verify_device_token(&store, &d, first.token.expose(), T0 + 7).unwrap(),
+        TokenCheck::Rejected("token-mismatch")
+    );
+    // The shared secret now hands out the rotated token, not the old one and not a third.
+    let after = shared_connect(&store, &d, T0 + 8);
+    assert!(after.token.matches(&rotated));
+    assert_eq!(after.issued_at_ms, T0 + 6);
+    assert_eq!(issued_count(&store), 1);
+
+    // A token narrower than the request (rotated down by an operator) is replaced once, with the
+    // requested scopes, and that one is then stable.
+    let down = json!({"deviceId": "dev-s", "role": "operator", "scopes": ["operator.read"]});
+    handle_method(&store, "device.token.rotate", &down, &admin(), T0 + 9).unwrap();
+    let wide = shared_connect(&store, &d, T0 + 10);
+    assert!(!wide.token.matches(&rotated));
+    assert_eq!(wide.scopes, sc);
+    assert_eq!(issued_count(&store), 2);
+    assert!(
+        shared_connect(&store, &d, T0 + 11)
+            .token
+            .same_as(&wide.token)
+    );
+    assert_eq!(issued_count(&store), 2);
+
+    // A revoked token is never handed out again: the role needs approval again.
+    handle_method(&store, "device.token.revoke", &params, &admin(), T0 + 12).unwrap();
+    let remote = device("dev-s", &sc, LAN);
+    assert!(matches!(
+        on_connect(&store, &remote, true, false, false, T0 + 13).unwrap(),
+        PairingOutcome::Required {
+            reason: "role-upgrade",
+            ..
+        }
+    ));
+}
+
+#[test]
+fn a_row_from_before_derived_tokens_is_replaced_once_then_stable() {
+    let (dir, store) = open();
+    let sc = scopes(&["operator.read"]);
+    let d = device("dev-l", &sc, LOOPBACK);
+    let PairingOutcome::Paired {
+        issued: Some(legacy),
+        ..
+    } = on_connect(&store, &d, true, false, true, T0).unwrap()
+    else {
+        panic!("expected silent pairing with a token")
+    };
+    drop(store);
+    // A database from before: no nonce column at all (its rows hold only hashes).
+    let path = dir.path().join("devices/devices.sqlite3");
+    let conn = rusqlite::Connection::open(&path).unwrap();
+    conn.execute_batch("ALTER TABLE tokens DROP COLUMN token_nonce")
+        .unwrap();
+    drop(conn);
+
+    // Opening migrates it; the old token still verifies by its hash.
+    let store = SqliteStore::open_in(dir.path()).unwrap();
+    assert_eq!(
+        verify_device_token(&store, &d, legacy.token.expose(), T0 + 1).unwrap(),
+        TokenCheck::Ok
+    );
+    // Its token cannot be recomputed, so the first shared connect mints one; then it is stable.
+    let minted = shared_connect(&store, &d, T0 + 2);
+    assert!(!minted.token.same_as(&legacy.token));
+    assert_eq!(issued_count(&store), 2);
+    for now in [T0 + 3, T0 + 4] {
+        assert!(shared_connect(&store, &d, now).token.same_as(&minted.token));
+    }
+    assert_eq!(issued_count(&store), 2);
+    assert_eq!(
+        verify_device_token(&store, &d, legacy.token.expose(), T0 + 5).unwrap(),
+        TokenCheck::Rejected("token-mismatch")
+    );
+
+    // A replaced key file cannot recompute the stored token (its hash no longer matches): the
+    // device's token still verifies, and the next shared connect mints a new one, never a wrong one.
+    drop(store);
+    std::fs::remove_file(dir.path().join("devices").join(TOKEN_KEY_FILE)).unwrap();
+    let store = SqliteStore::open_in(dir.path()).unwrap();
+    assert_eq!(
+        verify_device_token(&store, &d, minted.token.expose(), T0 + 6).unwrap(),
+        TokenCheck::Ok
+    );
+    let fresh = shared_connect(&store, &d, T0 + 7);
+    assert!(!fresh.token.same_as(&minted.token));
+    assert_eq!(
+        verify_device_token(&store, &d, fresh.token.expose(), T0 + 8).unwrap(),
+        TokenCheck::Ok
+    );
+    assert!(
+        shared_connect(&store, &d, T0 + 9)
+            .token
+            .same_as(&fresh.token)
+    );
+    assert_eq!(issued_count(&store), 3);
+}
+
+#[test]
+fn the_token_key_is_private_and_never_printed() {
+    let (dir, store) = open();
+    let sc = scopes(&["operator.read"]);
+    let d = device("dev-k", &sc, LOOPBACK);
+    let PairingOutcome::Paired {
+        issued: Some(tok), ..
+    } = on_connect(&store, &d, true, false, true, T0).unwrap()
+    else {
+        panic!("expected silent pairing with a token")
+    };
+    let key_path = dir.path().join("devices").join(TOKEN_KEY_FILE);
+    let meta = std::fs::metadata(&key_path).unwrap();
+    assert_eq!(std::os::unix::fs::MetadataExt::mode(&meta) & 0o777, 0o600);
+    let key = std::fs::read_to_string(&key_path).unwrap();
+    let key = key.trim();
+    assert_eq!(key.len(), 43, "32 bytes, base64url");
+    // Neither the key nor the token is in the audit trail or any Debug output.
+    let audit = serde_json::to_string(&store.audit().unwrap()).unwrap();
+    let printed = format!(
+        "{audit}{store:?}{tok:?}{:?}{:?}",
+        store.audit().unwrap(),
+        store.paired("dev-k").unwrap()
+    );
+    for secret in [key, tok.token.expose()] {
+        assert!(!printed.contains(secret), "a secret was printed: {printed}");
+    }
+    // Opening again reuses the key (the file is not rewritten).
+    drop(store);
+    let store = SqliteStore::open_in(dir.path()).unwrap();
+    assert_eq!(std::fs::read_to_string(&key_path).unwrap().trim(), key);
+    drop(store);
+
+    // A key that is not one fails the open, naming the file but not its content.
+    let garbage = "not-a-key-canary-d41d8cd98f00b204";
+    std::fs::write(&key_path, garbage).unwrap();
+    let e = SqliteStore::open_in(dir.path()).unwrap_err();
+    let shown = format!("{e} {e:?} {:?}", std::error::Error::source(&e));
+    assert!(shown.contains(TOKEN_KEY_FILE), "{shown}");
+    assert!(!shown.contains(garbage), "{shown}");
+    assert!(matches!(e, StoreError::TokenKey(_)), "{e:?}");
+    // So does an unreadable one (a directory in its place), and nothing replaces it.
+    std::fs::remove_file(&key_path).unwrap();
+    std::fs::create_dir(&key_path).unwrap();
+    let e = SqliteStore::open_in(dir.path()).unwrap_err();
+    assert!(e.to_string().contains(TOKEN_KEY_FILE), "{e}");
+    assert!(key_path.is_dir());
+}
