@@ -476,7 +476,9 @@ async fn stale_stored_token_self_heals_in_one_retry() {
     home.token_config(CANARY, "");
     let gw = Gateway::start(&home, &[], &[]);
     assert!(health(&home, &gw.url, &[]).0.success());
-    // The gateway forgot this token (e.g. restored from a backup): plant a stale one.
+    let current = stored(&home, &gw.url).unwrap();
+    // The client holds a token the gateway does not know (e.g. the client restored from a
+    // backup): plant a stale one.
     let id = DeviceIdentity::load_existing(&state(&home)).unwrap();
     let mut store = TokenStore::load(&state(&home), id.device_id()).unwrap();
     let stale = SecretValue::new("stale-device-token-not-known-to-the-gateway".into());
@@ -490,6 +492,9 @@ async fn stale_stored_token_self_heals_in_one_retry() {
     assert!(err.contains("retrying once"), "{err}");
     let now = stored(&home, &gw.url).unwrap();
     assert!(!now.same_as(&stale), "the stale token is gone");
+    // Healed with the shared secret, the client gets the gateway's current token back: nothing is
+    // minted, so any other holder of that token keeps working.
+    assert!(now.same_as(&current));
     let a = audit(&home);
     let new_events: Vec<&AuditEvent> = a[before..].iter().collect();
     let rejected: Vec<_> = new_events
@@ -501,16 +506,69 @@ async fn stale_stored_token_self_heals_in_one_retry() {
         1,
         "exactly one failed attempt: {new_events:?}"
     );
-    let issued: Vec<_> = new_events
-        .iter()
-        .filter(|e| e.event == "token.issued")
-        .collect();
-    assert_eq!(issued.len(), 1);
-    assert_eq!(
-        issued[0].token_fingerprint.as_deref(),
-        Some(now.fingerprint().as_str())
+    assert!(
+        !new_events.iter().any(|e| e.event == "token.issued"),
+        "{new_events:?}"
     );
     gw.finish();
+}
+
+/// A client that always passes the shared token explicitly (a script, or a second process sharing
+/// this device identity) gets the same device token on every connect, as from OpenClaw's
+/// `ensureDeviceToken`: the copy another process stored stays valid, and the gateway writes nothing.
+#[tokio::test]
+async fn explicit_shared_token_connects_keep_the_same_device_token() {
+    let gw_home = Home::new();
+    gw_home.token_config(CANARY, "");
+    let gw = Gateway::start(&gw_home, &[], &[]);
+    // This client has no shared credential of its own: only `--token`, or its device token.
+    let client = Home::new();
+    let shared = ["--token", CANARY];
+    let (st, out, err) = health(&client, &gw.url, &shared);
+    assert!(st.success(), "{out}{err}");
+    let first = stored(&client, &gw.url).expect("a device token was stored after pairing");
+    let (st, out, err) = health(&client, &gw.url, &shared);
+    assert!(st.success(), "{out}{err}");
+    let second = stored(&client, &gw.url).unwrap();
+    assert!(
+        second.same_as(&first),
+        "the second shared-token connect replaced the device token ({} -> {})",
+        first.fingerprint(),
+        second.fingerprint()
+    );
+    let a = audit(&gw_home);
+    let issued = events(&a, "token.issued");
+    assert_eq!(issued.len(), 1, "{a:?}");
+    assert_eq!(
+        issued[0].token_fingerprint.as_deref(),
+        Some(first.fingerprint().as_str())
+    );
+
+    // With its device token only, it still connects.
+    let (st, out, err) = health(&client, &gw.url, &[]);
+    assert!(st.success(), "{out}{err}");
+    let a = audit(&gw_home);
+    let used = events(&a, "token.used");
+    assert_eq!(used.len(), 1, "{a:?}");
+    assert_eq!(used[0].outcome, "ok");
+    assert_eq!(
+        used[0].token_fingerprint.as_deref(),
+        Some(first.fingerprint().as_str())
+    );
+    assert_eq!(events(&a, "token.issued").len(), 1);
+    assert!(stored(&client, &gw.url).unwrap().same_as(&first));
+
+    // The key the tokens are derived from is private and, like the token, never logged.
+    let key_path = state(&gw_home).join("devices/token-key");
+    let mode = std::os::unix::fs::MetadataExt::mode(&std::fs::metadata(&key_path).unwrap());
+    assert_eq!(mode & 0o777, 0o600);
+    let key = std::fs::read_to_string(&key_path).unwrap();
+    let log = gw.finish();
+    assert!(
+        !log.contains(first.expose()),
+        "a device token reached the log"
+    );
+    assert!(!log.contains(key.trim()), "the token key reached the log");
 }
 
 #[tokio::test]
