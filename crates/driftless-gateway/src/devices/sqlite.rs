@@ -214,19 +214,16 @@ impl SqliteStore {
         tx.commit().map_err(|e| self.err(e))?;
         Ok(out)
     }
-}
 
-impl SqliteStore {
-    /// Mints a token for a paired device's role and records `event`, in the caller's transaction.
-    #[allow(clippy::too_many_arguments)]
+    /// Mints a token for a paired device's role and appends `record` (its event and actor; the
+    /// device, role and fingerprints are filled in), in the caller's transaction.
     fn mint_audited(
         &self,
         tx: &Transaction<'_>,
         device_id: &str,
         role: &str,
         scopes: &[String],
-        actor: &str,
-        event: &'static str,
+        record: NewAuditEvent,
         now_ms: u64,
     ) -> Result<IssuedToken, StoreError> {
         let dev = read_paired(tx, device_id)
@@ -238,20 +235,27 @@ impl SqliteStore {
             audit_in(
                 tx,
                 &NewAuditEvent {
-                    event,
-                    actor: actor.to_owned(),
                     device_id: Some(device_id.to_owned()),
                     role: Some(role.to_owned()),
                     key_fingerprint: Some(key_fingerprint(&dev.public_key)),
                     token_fingerprint: Some(issued.token.fingerprint().to_string()),
                     outcome: "ok",
-                    ..Default::default()
+                    ..record
                 },
                 now_ms,
             )?;
             Ok(issued)
         };
         run().map_err(|e| self.err(e))
+    }
+}
+
+/// The event and actor of a token issuance, for [`SqliteStore::mint_audited`].
+fn issued_by(actor: &str, event: &'static str) -> NewAuditEvent {
+    NewAuditEvent {
+        event,
+        actor: actor.to_owned(),
+        ..Default::default()
     }
 }
 
@@ -954,7 +958,9 @@ impl DeviceStore for SqliteStore {
         event: &'static str,
         now_ms: u64,
     ) -> Result<IssuedToken, StoreError> {
-        self.tx(|tx| self.mint_audited(tx, device_id, role, scopes, actor, event, now_ms))
+        self.tx(|tx| {
+            self.mint_audited(tx, device_id, role, scopes, issued_by(actor, event), now_ms)
+        })
     }
 
     fn ensure_token(
@@ -981,7 +987,14 @@ impl DeviceStore for SqliteStore {
             {
                 return Ok(current);
             }
-            self.mint_audited(tx, device_id, role, scopes, actor, "token.issued", now_ms)
+            self.mint_audited(
+                tx,
+                device_id,
+                role,
+                scopes,
+                issued_by(actor, "token.issued"),
+                now_ms,
+            )
         })
     }
 
