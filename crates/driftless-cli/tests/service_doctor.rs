@@ -603,9 +603,12 @@ fn open_permissions_are_tightened() {
     std::fs::set_permissions(h.token_file(), std::fs::Permissions::from_mode(0o640)).unwrap();
     let store = h.state().join("identity/device-tokens.json");
     h.write(&store, "{}", 0o604);
+    // The gateway's device-token key (its content does not matter to doctor).
+    let key = h.state().join("devices/token-key");
+    h.write(&key, "not-a-real-key", 0o640);
     let (code, v) = doctor_json(&h, &[]);
     assert_eq!(code, 1);
-    assert_eq!(findings(&v, "permissions").len(), 3, "{v:#}");
+    assert_eq!(findings(&v, "permissions").len(), 4, "{v:#}");
     let r = h.run(&["doctor", "--fix"]);
     assert_eq!(r.code, 0, "{}", r.all());
     assert!(
@@ -615,6 +618,7 @@ fn open_permissions_are_tightened() {
     assert_eq!(mode(&h.config()), 0o600);
     assert_eq!(mode(&h.token_file()), 0o600);
     assert_eq!(mode(&store), 0o600);
+    assert_eq!(mode(&key), 0o600);
     assert!(h.run(&["doctor", "--fix"]).stdout.contains("No changes"));
 }
 

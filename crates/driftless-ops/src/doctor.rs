@@ -458,21 +458,26 @@ impl Doctor {
         base + &envfile
     }
 
-    /// Files that hold secrets: every file reference, plus the client's device identity and
-    /// device-token store when present.
+    /// Files that hold secrets: every file reference, the client's device identity and
+    /// device-token store, and the gateway's device-token key and device database, when present.
     fn secret_files(&self, config: &Config, base: &Path) -> Vec<PathBuf> {
         let mut files: Vec<PathBuf> = config
             .secret_inputs()
             .into_iter()
             .filter_map(|(_, i)| i.file_path(&self.env, base).and_then(Result::ok))
             .collect();
-        let identity = self.state_dir.join("identity");
-        for name in ["device.json", "device-tokens.json"] {
-            let p = identity.join(name);
-            if p.exists() {
-                files.push(p);
-            }
-        }
+        let state_files = [
+            "identity/device.json",
+            "identity/device-tokens.json",
+            "devices/token-key",
+            "devices/devices.sqlite3",
+        ];
+        files.extend(
+            state_files
+                .iter()
+                .map(|name| self.state_dir.join(name))
+                .filter(|p| p.exists()),
+        );
         files
     }
 
