@@ -586,3 +586,56 @@ async fn a_huge_preauth_frame_is_cut_off_not_buffered() {
     // The gateway is unharmed.
     assert!(accepted(&gw.url, CANARY).await);
 }
+
+/// A non-operator role may call `health` only; every other method is refused with OpenClaw's
+/// `unauthorized role: <role>`, and more than 10 such refusals in a row close the session 1008
+/// `repeated unauthorized calls` (OpenClaw's unauthorized-flood guard). Any other answer resets
+/// the count.
+#[tokio::test]
+async fn a_node_role_gets_role_refusals_and_a_flood_closes_it() {
+    let home = Home::new();
+    home.token_config(CANARY, "");
+    let gw = Gateway::start(&home, &[], &[]);
+    let mut p = cli_params(Some(CANARY));
+    p["role"] = json!("node");
+    p["scopes"] = json!(["operator.admin"]);
+    p["client"]["id"] = "node-host".into();
+    p["client"]["mode"] = "node".into();
+    let mut node = session(&gw.url, p).await;
+
+    assert_eq!(node.call("h", "health", None).await["ok"], true);
+    let refused = node.call("s", "status", None).await;
+    assert_eq!(refused["ok"], false, "{refused}");
+    assert_eq!(refused["error"]["code"], "INVALID_REQUEST");
+    assert_eq!(refused["error"]["message"], "unauthorized role: node");
+    // 10 in a row are tolerated; a good call resets the count.
+    for i in 1..10 {
+        let r = node.call(&format!("s{i}"), "status", None).await;
+        assert_eq!(r["error"]["message"], "unauthorized role: node");
+    }
+    assert_eq!(node.call("h2", "health", None).await["ok"], true);
+    for i in 0..10 {
+        let r = node.call(&format!("t{i}"), "system-presence", None).await;
+        assert_eq!(r["error"]["message"], "unauthorized role: node");
+    }
+    // The 11th in a row: answered, then closed.
+    node.send_json(json!({"type": "req", "id": "t10", "method": "status"}))
+        .await;
+    let mut closed = None;
+    for _ in 0..3 {
+        match node.next().await {
+            Got::Frame(f) => assert!(f["id"] == "t10" || f["event"] == "tick", "{f}"),
+            Got::Closed(code, reason) => {
+                closed = Some((code, reason));
+                break;
+            }
+        }
+    }
+    assert_eq!(
+        closed,
+        Some((1008, "repeated unauthorized calls".to_owned()))
+    );
+    // An operator is unaffected.
+    let mut op = session(&gw.url, cli_params(Some(CANARY))).await;
+    assert_eq!(op.call("s", "status", None).await["ok"], true);
+}

@@ -568,6 +568,10 @@ fn authenticate(
 }
 
 /// After the handshake: hello-ok, then requests, events and control changes until close.
+/// Consecutive role refusals a session may collect; the next one closes it 1008.
+const MAX_ROLE_REFUSALS: u32 = 10;
+const REPEATED_UNAUTHORIZED_REASON: &str = "repeated unauthorized calls";
+
 async fn serve(ws: &mut WebSocket, state: &Arc<State>, session: &Session) -> (u16, String) {
     // Subscribed before hello-ok: a shutdown the client may trigger as soon as it has its hello
     // must still reach it as a `shutdown` event, not only as a bare close; likewise an event
@@ -584,6 +588,7 @@ async fn serve(ws: &mut WebSocket, state: &Arc<State>, session: &Session) -> (u1
     if let Some(r) = control_event(ws, &c, session).await {
         return r;
     }
+    let mut role_refusals = 0u32;
     loop {
         tokio::select! {
             // In order: an event published before a request arrives goes out before its answer.
@@ -636,6 +641,12 @@ async fn serve(ws: &mut WebSocket, state: &Arc<State>, session: &Session) -> (u1
                 let frame = crate::methods::dispatch(state, session, req).await;
                 if !send(ws, &frame).await {
                     return (0, "send failed".into());
+                }
+                // OpenClaw's unauthorized-flood guard: a client that keeps calling what its role
+                // may not is misbehaving, not retrying.
+                role_refusals = if crate::methods::is_role_refusal(&frame) { role_refusals + 1 } else { 0 };
+                if role_refusals > MAX_ROLE_REFUSALS {
+                    return (close::POLICY, REPEATED_UNAUTHORIZED_REASON.into());
                 }
             }
         }

@@ -161,6 +161,14 @@ pub(crate) fn hello_ok(state: &State, session: &Session) -> Value {
     })
 }
 
+const UNAUTHORIZED_ROLE: &str = "unauthorized role: ";
+
+/// Whether `frame` refuses a request because of the session's role (what OpenClaw's flood guard
+/// counts).
+pub(crate) fn is_role_refusal(frame: &Frame) -> bool {
+    matches!(frame, Frame::Res(r) if r.error.as_ref().is_some_and(|e| e.message.starts_with(UNAUTHORIZED_ROLE)))
+}
+
 pub(crate) async fn dispatch(state: &Arc<State>, session: &Session, req: RequestFrame) -> Frame {
     let Some((_, scope)) = METHODS.iter().find(|(m, _)| *m == req.method) else {
         let message = if req.method == "connect" {
@@ -170,6 +178,16 @@ pub(crate) async fn dispatch(state: &Arc<State>, session: &Session, req: Request
         };
         return Frame::err(&req.id, ErrorShape::new(codes::INVALID_REQUEST, message));
     };
+    // Every method but `health` is an operator method (OpenClaw's `authorizeGatewayMethod`).
+    if scope.is_some() && session.role != "operator" {
+        return Frame::err(
+            &req.id,
+            ErrorShape::new(
+                codes::INVALID_REQUEST,
+                format!("{UNAUTHORIZED_ROLE}{}", session.role),
+            ),
+        );
+    }
     if let Some(scope) = scope
         && !has_scope(&session.scopes, scope)
     {
