@@ -84,6 +84,17 @@ fn call(
     serde_json::from_str(&out).map_err(|e| format!("not JSON ({e}): {out}{err}"))
 }
 
+/// `openclaw devices list --json`, authenticated with the shared token.
+fn device_list(cli: &(PathBuf, PathBuf), home: &Path, url: &str) -> Value {
+    let (code, out, err) = oc(
+        cli,
+        home,
+        &["devices", "list", "--json", "--url", url, "--token", CANARY],
+    );
+    assert_eq!(code, 0, "{out}{err}");
+    serde_json::from_str(&out).unwrap_or_else(|e| panic!("not JSON ({e}): {out}{err}"))
+}
+
 #[tokio::test]
 async fn openclaw_cli_calls_rotates_and_is_refused_like_against_openclaw() {
     let Some(cli) = openclaw() else {
@@ -165,15 +176,7 @@ async fn openclaw_cli_lists_and_approves_a_pairing_request() {
     assert_eq!(st.code(), Some(77), "{out}{err}");
     let device = DeviceIdentity::load_existing(&remote.path().join("state/driftless")).unwrap();
 
-    let (code, out, err) = oc(
-        &cli,
-        &oc_home,
-        &[
-            "devices", "list", "--json", "--url", &gw.url, "--token", CANARY,
-        ],
-    );
-    assert_eq!(code, 0, "{out}{err}");
-    let list: Value = serde_json::from_str(&out).unwrap();
+    let list = device_list(&cli, &oc_home, &gw.url);
     let pending = list["pending"].as_array().unwrap();
     assert_eq!(pending.len(), 1, "{list}");
     assert_eq!(pending[0]["deviceId"], device.device_id());
@@ -191,15 +194,7 @@ async fn openclaw_cli_lists_and_approves_a_pairing_request() {
 
     let (st, out, err) = remote.run(&from_lan);
     assert!(st.success(), "approved device still refused: {out}{err}");
-    let (code, out, err) = oc(
-        &cli,
-        &oc_home,
-        &[
-            "devices", "list", "--json", "--url", &gw.url, "--token", CANARY,
-        ],
-    );
-    assert_eq!(code, 0, "{out}{err}");
-    let list: Value = serde_json::from_str(&out).unwrap();
+    let list = device_list(&cli, &oc_home, &gw.url);
     assert!(list["pending"].as_array().unwrap().is_empty(), "{list}");
     assert!(
         list["paired"]

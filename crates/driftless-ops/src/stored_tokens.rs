@@ -18,7 +18,7 @@ use std::time::Duration;
 use driftless_client::connection::{ClientError, ConnectOptions, Credential, connect};
 use driftless_client::identity::DeviceIdentity;
 use driftless_client::store::{self, StoreError, TokenStore};
-use driftless_core::{Fingerprint, SecretValue};
+use driftless_core::SecretValue;
 
 use crate::backup;
 use crate::doctor::{Action, DoctorError, Row};
@@ -40,7 +40,7 @@ enum Verdict {
 struct Probe {
     url: String,
     role: String,
-    fingerprint: Fingerprint,
+    token: SecretValue,
     verdict: Verdict,
 }
 
@@ -86,7 +86,7 @@ fn probe_all(state_dir: &Path) -> Result<Option<Probed>, StoreError> {
                 .map(|(url, role, token, _)| Probe {
                     url,
                     role,
-                    fingerprint: token.fingerprint().clone(),
+                    token,
                     verdict: Verdict::Inconclusive(why.clone()),
                 })
                 .collect();
@@ -96,8 +96,7 @@ fn probe_all(state_dir: &Path) -> Result<Option<Probed>, StoreError> {
     let probes = runtime.block_on(async {
         let mut probes = Vec::new();
         for (url, role, token, scopes) in entries {
-            let fingerprint = token.fingerprint().clone();
-            let mut opts = ConnectOptions::new(url.clone(), Credential::DeviceToken(token));
+            let mut opts = ConnectOptions::new(url.clone(), Credential::DeviceToken(token.clone()));
             opts.role = role.clone();
             opts.mode = "probe".into();
             opts.device = Some(identity.clone());
@@ -120,7 +119,7 @@ fn probe_all(state_dir: &Path) -> Result<Option<Probed>, StoreError> {
             probes.push(Probe {
                 url,
                 role,
-                fingerprint,
+                token,
                 verdict,
             });
         }
@@ -156,7 +155,9 @@ pub(crate) fn audit(state_dir: &Path) -> Vec<Row> {
         .map(|p| {
             let what = format!(
                 "stored device token {} for {} (role {})",
-                p.fingerprint, p.url, p.role
+                p.token.fingerprint(),
+                p.url,
+                p.role
             );
             match p.verdict {
                 Verdict::Accepted => Row::ok(CHECK, format!("{what}: the gateway accepts it")),
@@ -189,18 +190,17 @@ pub(crate) fn fix(state_dir: &Path, actions: &mut Vec<Action>) -> Result<(), Doc
         return Ok(());
     }
     let path = store::store_path(state_dir);
-    let values: Vec<SecretValue> = store
-        .list()
-        .iter()
-        .filter_map(|s| store.get(&s.url, &s.role).map(|t| t.token.clone()))
-        .collect();
-    let bak = backup::backup(&path, &values.iter().collect::<Vec<_>>())?;
+    // There is a probe for every stored token: the backup names each by fingerprint only.
+    let values: Vec<&SecretValue> = probes.iter().map(|p| &p.token).collect();
+    let bak = backup::backup(&path, &values)?;
     for p in refused {
         store.remove(&p.url, &p.role)?;
         actions.push(Action {
             did: format!(
                 "deleted stored device token {} for {} (role {}): the gateway refused it",
-                p.fingerprint, p.url, p.role
+                p.token.fingerprint(),
+                p.url,
+                p.role
             ),
             path: Some(path.clone()),
             backup: Some(bak.clone()),

@@ -35,6 +35,18 @@ fn device<'a>(id: &'a str, sc: &'a [String], ip: IpAddr) -> ConnectingDevice<'a>
     }
 }
 
+/// Pairs `d` silently (loopback, shared secret proven) at `T0` and returns its issued token.
+fn paired_silently(store: &SqliteStore, d: &ConnectingDevice<'_>) -> IssuedToken {
+    let PairingOutcome::Paired {
+        issued: Some(token),
+        ..
+    } = on_connect(store, d, true, false, true, T0).unwrap()
+    else {
+        panic!("expected silent pairing with a token")
+    };
+    token
+}
+
 fn admin() -> Caller {
     Caller {
         scopes: scopes(&["operator.admin"]),
@@ -234,12 +246,7 @@ fn methods_scopes_rotate_revoke_remove() {
     let (_dir, store) = open();
     let sc = scopes(&["operator.read"]);
     let d = device("dev-4", &sc, LOOPBACK);
-    let PairingOutcome::Paired {
-        issued: Some(old), ..
-    } = on_connect(&store, &d, true, false, true, T0).unwrap()
-    else {
-        panic!()
-    };
+    let old = paired_silently(&store, &d);
     let reader = Caller {
         scopes: scopes(&["operator.read"]),
         device_id: None,
@@ -560,12 +567,7 @@ fn reconnects_within_the_window_write_nothing() {
     let (dir, store) = open();
     let sc = scopes(&["operator.read"]);
     let d = device("dev-w", &sc, LOOPBACK);
-    let PairingOutcome::Paired {
-        issued: Some(tok), ..
-    } = on_connect(&store, &d, true, false, true, T0).unwrap()
-    else {
-        panic!("expected silent pairing with a token")
-    };
+    let tok = paired_silently(&store, &d);
     let tok = tok.token.expose().to_owned();
     // The first use has no recorded last use: recorded.
     let first = T0 + 10;
@@ -630,12 +632,7 @@ fn every_rejection_is_recorded() {
     let (_dir, store) = open();
     let sc = scopes(&["operator.read"]);
     let d = device("dev-r", &sc, LOOPBACK);
-    let PairingOutcome::Paired {
-        issued: Some(tok), ..
-    } = on_connect(&store, &d, true, false, true, T0).unwrap()
-    else {
-        panic!("expected silent pairing with a token")
-    };
+    let tok = paired_silently(&store, &d);
     assert_eq!(
         verify_device_token(&store, &d, tok.token.expose(), T0 + 1).unwrap(),
         TokenCheck::Ok
@@ -760,13 +757,7 @@ fn shared_secret_connects_get_the_same_token_across_restarts() {
     let (dir, store) = open();
     let sc = scopes(&["operator.read", "operator.write"]);
     let d = device("dev-s", &sc, LOOPBACK);
-    let PairingOutcome::Paired {
-        issued: Some(first),
-        ..
-    } = on_connect(&store, &d, true, false, true, T0).unwrap()
-    else {
-        panic!("expected silent pairing with a token")
-    };
+    let first = paired_silently(&store, &d);
     assert_eq!(issued_count(&store), 1);
 
     // Again with the shared secret (another process sharing this identity, or a client that did
@@ -856,13 +847,7 @@ fn a_row_from_before_derived_tokens_is_replaced_once_then_stable() {
     let (dir, store) = open();
     let sc = scopes(&["operator.read"]);
     let d = device("dev-l", &sc, LOOPBACK);
-    let PairingOutcome::Paired {
-        issued: Some(legacy),
-        ..
-    } = on_connect(&store, &d, true, false, true, T0).unwrap()
-    else {
-        panic!("expected silent pairing with a token")
-    };
+    let legacy = paired_silently(&store, &d);
     drop(store);
     // A database from before: no nonce column at all (its rows hold only hashes).
     let path = dir.path().join("devices/devices.sqlite3");
@@ -918,12 +903,7 @@ fn the_token_key_is_private_and_never_printed() {
     let (dir, store) = open();
     let sc = scopes(&["operator.read"]);
     let d = device("dev-k", &sc, LOOPBACK);
-    let PairingOutcome::Paired {
-        issued: Some(tok), ..
-    } = on_connect(&store, &d, true, false, true, T0).unwrap()
-    else {
-        panic!("expected silent pairing with a token")
-    };
+    let tok = paired_silently(&store, &d);
     let key_path = dir.path().join("devices").join(TOKEN_KEY_FILE);
     let meta = std::fs::metadata(&key_path).unwrap();
     assert_eq!(std::os::unix::fs::MetadataExt::mode(&meta) & 0o777, 0o600);
