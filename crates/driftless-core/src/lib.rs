@@ -20,5 +20,5 @@ pub mod source;
 pub use config::{Config, ConfigError};
 pub use env::Env;
 pub use secret::{Fingerprint, SecretValue};
-pub use snapshot::{SecretName, Snapshot, SnapshotHolder};
+pub use snapshot::{Previous, SecretName, SecretView, Snapshot, SnapshotHolder};
 pub use source::{ResolveError, SecretInput, SecretRef};

@@ -8,7 +8,7 @@ use std::path::Path;
 use std::sync::{Arc, Mutex};
 use std::time::SystemTime;
 
-use arc_swap::{ArcSwap, ArcSwapOption};
+use arc_swap::ArcSwap;
 
 use crate::{Config, Env, Fingerprint, ResolveError, SecretInput, SecretValue, redact};
 
@@ -151,23 +151,57 @@ pub struct ReloadReport {
     pub generation: u64,
 }
 
-/// Holds the live snapshot (and its predecessor) and swaps it atomically.
+/// A secret's value before its last change. The one record of a predecessor: the redactor keeps
+/// scrubbing it, and the gateway accepts it as its shared secret while a grace window lasts.
+#[derive(Debug, Clone)]
+pub struct Previous {
+    pub value: SecretValue,
+    /// The secret's generation while this value was current.
+    pub generation: u64,
+}
+
+/// One secret at one moment: its value, its generation (1, +1 per change) and its predecessor.
+#[derive(Debug, Clone)]
+pub struct SecretView {
+    pub current: Option<SecretValue>,
+    pub generation: u64,
+    pub previous: Option<Previous>,
+}
+
+/// Generations and predecessors, changed together under one lock.
+#[derive(Default)]
+struct History {
+    /// Installed snapshots that changed something, starting at 1.
+    overall: u64,
+    /// Per secret that ever changed: its generation (absent = 1).
+    generations: BTreeMap<SecretName, u64>,
+    /// Per secret that ever changed: its value before the last change.
+    previous: BTreeMap<SecretName, Previous>,
+}
+
+/// Holds the live snapshot (and each secret's predecessor) and swaps it atomically.
 pub struct SnapshotHolder {
     current: ArcSwap<Snapshot>,
-    previous: ArcSwapOption<Snapshot>,
-    // Serializes installs so two racing reloads cannot interleave their diff and swap.
-    install_lock: Mutex<u64>,
+    // Serializes installs so two racing reloads cannot interleave their diff and swap, and gives
+    // readers of [`SnapshotHolder::view`] a consistent value, generation and predecessor.
+    history: Mutex<History>,
 }
 
 impl SnapshotHolder {
     pub fn new(initial: Snapshot) -> SnapshotHolder {
         let holder = SnapshotHolder {
             current: ArcSwap::from_pointee(initial),
-            previous: ArcSwapOption::empty(),
-            install_lock: Mutex::new(1),
+            history: Mutex::new(History {
+                overall: 1,
+                ..History::default()
+            }),
         };
-        holder.register_with_redactor();
+        holder.register_with_redactor(&holder.lock());
         holder
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, History> {
+        self.history.lock().unwrap_or_else(|e| e.into_inner())
     }
 
     /// The live snapshot. Cheap; callers keep the `Arc` only as long as one check takes.
@@ -175,30 +209,56 @@ impl SnapshotHolder {
         self.current.load_full()
     }
 
-    /// The snapshot before the last change, if any.
-    pub fn previous(&self) -> Option<Arc<Snapshot>> {
-        self.previous.load_full()
+    /// The value `name` had before its last change, if it changed.
+    pub fn previous(&self, name: &str) -> Option<Previous> {
+        self.lock().previous.get(name).cloned()
+    }
+
+    /// `name`'s current value, generation and predecessor, read together.
+    pub fn view(&self, name: &str) -> SecretView {
+        let history = self.lock();
+        SecretView {
+            current: self.current.load().get(name).cloned(),
+            generation: history.generations.get(name).copied().unwrap_or(1),
+            previous: history.previous.get(name).cloned(),
+        }
     }
 
     /// The number of installed snapshots that changed something (starts at 1).
     pub fn generation(&self) -> u64 {
-        *self.install_lock.lock().unwrap_or_else(|e| e.into_inner())
+        self.lock().overall
     }
 
-    /// Publishes `next` if it differs from the live snapshot by fingerprint.
+    /// Publishes `next` if it differs from the live snapshot by fingerprint. Each changed secret
+    /// gets a new generation and keeps its old value as its predecessor.
     pub fn install(&self, next: Snapshot) -> ReloadReport {
-        let mut generation = self.install_lock.lock().unwrap_or_else(|e| e.into_inner());
+        let mut history = self.lock();
         let current = self.current.load_full();
         let changed = current.diff(&next);
         if !changed.is_empty() {
-            *generation += 1;
-            self.previous.store(Some(current));
+            history.overall += 1;
+            for c in &changed {
+                let generation = history.generations.get(&c.name).copied().unwrap_or(1);
+                history.generations.insert(c.name.clone(), generation + 1);
+                match current.get(&c.name) {
+                    Some(old) => {
+                        let old = Previous {
+                            value: old.clone(),
+                            generation,
+                        };
+                        history.previous.insert(c.name.clone(), old);
+                    }
+                    None => {
+                        history.previous.remove(&c.name);
+                    }
+                }
+            }
             self.current.store(Arc::new(next));
-            self.register_with_redactor();
+            self.register_with_redactor(&history);
         }
         ReloadReport {
             changed,
-            generation: *generation,
+            generation: history.overall,
         }
     }
 
@@ -213,11 +273,9 @@ impl SnapshotHolder {
         Ok(self.install(next))
     }
 
-    fn register_with_redactor(&self) {
+    fn register_with_redactor(&self, history: &History) {
         let mut values: Vec<SecretValue> = self.current.load().values().cloned().collect();
-        if let Some(prev) = self.previous.load().as_ref() {
-            values.extend(prev.values().cloned());
-        }
+        values.extend(history.previous.values().map(|p| p.value.clone()));
         redact::set_snapshot_values(values);
     }
 }
@@ -326,10 +384,9 @@ mod tests {
         assert_eq!(r.generation, 2);
         assert!(
             holder
-                .previous()
+                .previous("gateway.auth.token")
                 .unwrap()
-                .get("gateway.auth.token")
-                .unwrap()
+                .value
                 .matches("value-one")
         );
     }

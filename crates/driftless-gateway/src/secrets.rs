@@ -24,17 +24,12 @@ pub struct Control {
     pub shutdown: bool,
 }
 
-/// The predecessor of the current shared secret while its grace window lasts.
-struct Previous {
-    value: SecretValue,
+/// The grace window of the shared secret's predecessor (the value itself is the snapshot
+/// holder's [`driftless_core::Previous`]): accepted while it has this generation and until then.
+#[derive(Debug, Clone, Copy)]
+struct Grace {
     generation: u64,
     until_ms: u64,
-}
-
-struct AuthState {
-    /// Generation of the current shared secret (starts at 1, +1 per change).
-    generation: u64,
-    previous: Option<Previous>,
 }
 
 /// What one reload did.
@@ -57,9 +52,11 @@ pub struct Secrets {
     env: Env,
     /// `--token`/`--password` given to `gateway run` (highest in the server precedence table).
     explicit: Option<SecretInput>,
-    grace: Duration,
+    grace_period: Duration,
     holder: SnapshotHolder,
-    state: Mutex<AuthState>,
+    /// Held across an install and across a check, so a check never sees a new secret without
+    /// the grace of the old one.
+    grace: Mutex<Option<Grace>>,
     // Serializes whole reloads (resolution can run a command) without blocking auth checks.
     reload_lock: Mutex<()>,
     /// The file the shared secret is read from, if it is a file reference.
@@ -81,6 +78,15 @@ fn shared_file(
 ) -> Option<PathBuf> {
     let (input, _) = precedence::server_secret(config, env, explicit)?;
     input.file_path(env, base)?.ok()
+}
+
+/// The predecessor while its grace lasts: the one the window was opened for, before its end.
+fn in_grace(
+    previous: Option<&driftless_core::Previous>,
+    grace: Option<Grace>,
+) -> Option<&driftless_core::Previous> {
+    previous
+        .filter(|p| grace.is_some_and(|g| g.generation == p.generation && g.until_ms > now_ms()))
 }
 
 pub fn now_ms() -> u64 {
@@ -121,12 +127,9 @@ impl Secrets {
         Ok(Secrets {
             mode: config.gateway.auth.mode,
             config_path,
-            grace: Duration::from_secs(config.gateway.auth.rotation_grace_seconds),
+            grace_period: Duration::from_secs(config.gateway.auth.rotation_grace_seconds),
             holder: SnapshotHolder::new(snapshot),
-            state: Mutex::new(AuthState {
-                generation: 1,
-                previous: None,
-            }),
+            grace: Mutex::new(None),
             reload_lock: Mutex::new(()),
             shared_file: Mutex::new(shared_file),
             last_reload: Mutex::new(None),
@@ -157,31 +160,39 @@ impl Secrets {
     /// Compares `candidate` with the current and, in grace, the previous secret. Both comparisons
     /// always run (constant time, no early exit).
     pub fn check(&self, candidate: &str) -> Check {
-        let (current, generation, previous) = {
-            let st = self.state.lock().unwrap_or_else(|e| e.into_inner());
-            let prev = st
+        let Some(name) = self.secret_name() else {
+            return Check::Mismatch;
+        };
+        let (view, previous) = {
+            let grace = self.grace.lock().unwrap_or_else(|e| e.into_inner());
+            let view = self.holder.view(name);
+            let previous = in_grace(view.previous.as_ref(), *grace).map(|p| p.generation);
+            (view, previous)
+        };
+        let cur_ok = view.current.as_ref().is_some_and(|c| c.matches(candidate));
+        let prev_ok = previous.is_some()
+            && view
                 .previous
                 .as_ref()
-                .filter(|p| p.until_ms > now_ms())
-                .map(|p| (p.value.clone(), p.generation));
-            (self.current(), st.generation, prev)
-        };
-        let cur_ok = current.as_ref().is_some_and(|c| c.matches(candidate));
-        let prev_ok = previous.as_ref().is_some_and(|(p, _)| p.matches(candidate));
+                .is_some_and(|p| p.value.matches(candidate));
         match (cur_ok, prev_ok, previous) {
-            (true, _, _) => Check::Ok(generation),
-            (false, true, Some((_, g))) => Check::Ok(g),
+            (true, _, _) => Check::Ok(view.generation),
+            (false, true, Some(g)) => Check::Ok(g),
             _ => Check::Mismatch,
         }
     }
 
     /// Fingerprint of the previous secret and the end of its grace, while it lasts.
     pub fn grace(&self) -> Option<(Fingerprint, u64)> {
-        let st = self.state.lock().unwrap_or_else(|e| e.into_inner());
-        st.previous
-            .as_ref()
-            .filter(|p| p.until_ms > now_ms())
-            .map(|p| (p.value.fingerprint().clone(), p.until_ms))
+        let name = self.secret_name()?;
+        let grace = *self.grace.lock().unwrap_or_else(|e| e.into_inner());
+        let previous = self.holder.previous(name);
+        in_grace(previous.as_ref(), grace).map(|p| {
+            (
+                p.value.fingerprint().clone(),
+                grace.map_or(0, |g| g.until_ms),
+            )
+        })
     }
 
     pub fn last_reload(&self) -> Option<ReloadStatus> {
@@ -313,29 +324,28 @@ impl Secrets {
             self.explicit.as_ref(),
             loaded.base_dir(),
         );
-        let mut st = self.state.lock().unwrap_or_else(|e| e.into_inner());
-        let before = self.current();
+        let mut st = self.grace.lock().unwrap_or_else(|e| e.into_inner());
         let report = self.holder.install(next);
-        let name = self.secret_name();
         let mut grace = None;
-        if let (Some(name), Some(old)) = (name, before)
+        if let Some(name) = self.secret_name()
             && report.changed.iter().any(|c| c.name == name)
         {
-            let old_generation = st.generation;
-            st.generation += 1;
-            let until_ms = now_ms() + self.grace.as_millis() as u64;
-            if self.grace.is_zero() {
-                st.previous = None;
-                self.raise_min_generation(st.generation);
-            } else {
-                st.previous = Some(Previous {
-                    value: old,
-                    generation: old_generation,
-                    until_ms,
-                });
-                // Only the immediate predecessor survives: anything older goes now.
-                self.raise_min_generation(old_generation);
-                grace = Some((old_generation, until_ms));
+            let view = self.holder.view(name);
+            match view.previous {
+                Some(old) if !self.grace_period.is_zero() => {
+                    let until_ms = now_ms() + self.grace_period.as_millis() as u64;
+                    *st = Some(Grace {
+                        generation: old.generation,
+                        until_ms,
+                    });
+                    // Only the immediate predecessor survives: anything older goes now.
+                    self.raise_min_generation(old.generation);
+                    grace = Some((old.generation, until_ms));
+                }
+                _ => {
+                    *st = None;
+                    self.raise_min_generation(view.generation);
+                }
             }
         }
         Ok((
@@ -369,19 +379,22 @@ impl Secrets {
     /// Ends the grace of `generation` (if it is still the predecessor), or of any predecessor
     /// when `None`. Sessions on the ended secret are then closed 4001.
     pub fn end_grace(&self, generation: Option<u64>) {
-        let mut st = self.state.lock().unwrap_or_else(|e| e.into_inner());
-        let matches = st
-            .previous
-            .as_ref()
-            .is_some_and(|p| generation.is_none_or(|g| g == p.generation));
-        if matches && let Some(p) = st.previous.take() {
-            tracing::info!(
-                previous = %p.value.fingerprint(),
-                "rotation grace ended; closing sessions on the previous secret"
-            );
+        let Some(name) = self.secret_name() else {
+            return;
+        };
+        let mut st = self.grace.lock().unwrap_or_else(|e| e.into_inner());
+        let matches = st.is_some_and(|g| generation.is_none_or(|x| x == g.generation));
+        if matches {
+            *st = None;
+            if let Some(p) = self.holder.previous(name) {
+                tracing::info!(
+                    previous = %p.value.fingerprint(),
+                    "rotation grace ended; closing sessions on the previous secret"
+                );
+            }
         }
         if matches || generation.is_none() {
-            self.raise_min_generation(st.generation);
+            self.raise_min_generation(self.holder.view(name).generation);
         }
     }
 
