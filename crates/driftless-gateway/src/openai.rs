@@ -32,19 +32,43 @@ const DEFAULT_TIMEOUT: Duration = Duration::from_secs(60);
 
 /// The providers (as configured at start) and one shared HTTP client.
 pub(crate) struct Providers {
-    client: reqwest::Client,
+    /// Built only when a provider is configured: building it loads the system's CA certificates,
+    /// which a gateway without providers (e.g. a minimal container image) need not have.
+    client: Option<reqwest::Client>,
     providers: BTreeMap<String, ProviderConfig>,
 }
 
 impl Providers {
-    pub(crate) fn new(config: &Config) -> Result<Providers, reqwest::Error> {
-        // rustls with ring (no aws-lc): install the process-wide provider once; a second call
-        // (another gateway in the same process, tests) finds it installed, which is fine.
-        let _ = rustls::crypto::ring::default_provider().install_default();
+    /// Fails with the whole cause chain: reqwest's own text is only "builder error".
+    pub(crate) fn new(config: &Config) -> Result<Providers, String> {
+        let client = if config.providers.is_empty() {
+            None
+        } else {
+            // rustls with ring (no aws-lc): install the process-wide provider once; a second call
+            // (another gateway in the same process, tests) finds it installed, which is fine.
+            let _ = rustls::crypto::ring::default_provider().install_default();
+            let built = reqwest::Client::builder().build().map_err(|e| {
+                let mut text = e.to_string();
+                let mut cause = std::error::Error::source(&e);
+                while let Some(c) = cause {
+                    text = format!("{text}: {c}");
+                    cause = c.source();
+                }
+                text
+            })?;
+            Some(built)
+        };
         Ok(Providers {
-            client: reqwest::Client::builder().build()?,
+            client,
             providers: config.providers.clone(),
         })
+    }
+
+    /// The HTTP client; only called on behalf of a configured provider, so it exists.
+    fn client(&self) -> &reqwest::Client {
+        self.client
+            .as_ref()
+            .expect("the HTTP client is built whenever a provider is configured")
     }
 }
 
@@ -276,7 +300,7 @@ async fn chat_completions(
     loop {
         let mut req = state
             .openai
-            .client
+            .client()
             .post(&url)
             .header(header::CONTENT_TYPE, "application/json")
             .body(upstream_body.clone());
@@ -384,7 +408,7 @@ async fn models(
     }
     let mut data = Vec::new();
     for (id, p) in &state.openai.providers {
-        let mut req = state.openai.client.get(endpoint(p, "models"));
+        let mut req = state.openai.client().get(endpoint(p, "models"));
         if let Some(k) = current_key(&state, id) {
             req = req.bearer_auth(k.expose());
         }
