@@ -54,25 +54,22 @@ pub fn expand(raw: &str, env: &Env) -> Result<PathBuf, String> {
     } else {
         raw
     };
-    let mut chars = rest.char_indices().peekable();
-    while let Some((i, c)) = chars.next() {
-        if c == '$' && rest[i + 1..].starts_with('{') {
-            let Some(end) = rest[i + 2..].find('}') else {
-                return Err(format!("unterminated ${{ in path {raw:?}"));
-            };
-            let name = &rest[i + 2..i + 2 + end];
-            match env.get(name) {
-                Some(v) => out.push_str(v),
-                None => return Err(format!("path {raw:?} uses ${{{name}}}, which is not set")),
-            }
-            // Skip the variable name and the closing brace.
-            for _ in 0..end + 2 {
-                chars.next();
-            }
-        } else {
-            out.push(c);
+    // Byte offsets throughout, so a name of any script is skipped exactly.
+    let mut tail = rest;
+    while let Some(start) = tail.find("${") {
+        out.push_str(&tail[..start]);
+        let after = &tail[start + 2..];
+        let Some(end) = after.find('}') else {
+            return Err(format!("unterminated ${{ in path {raw:?}"));
+        };
+        let name = &after[..end];
+        match env.get(name) {
+            Some(v) => out.push_str(v),
+            None => return Err(format!("path {raw:?} uses ${{{name}}}, which is not set")),
         }
+        tail = &after[end + 1..];
     }
+    out.push_str(tail);
     Ok(PathBuf::from(out))
 }
 
@@ -117,5 +114,18 @@ mod tests {
         );
         assert!(expand("${NOPE}/x", &env).unwrap_err().contains("NOPE"));
         assert!(expand("${OPEN", &env).is_err());
+    }
+
+    /// Found by the `path_expand` fuzz target (fuzz/corpus/path_expand/regression-multibyte-name):
+    /// the text after a variable whose name is not ASCII was cut, because the name was skipped by
+    /// its length in bytes counted as characters.
+    #[test]
+    fn text_after_a_non_ascii_variable_name_is_kept() {
+        let env = Env::from_pairs([("\u{70e}", "v"), ("é", "/run/é")]);
+        assert_eq!(expand("${\u{70e}}x", &env).unwrap(), PathBuf::from("vx"));
+        assert_eq!(
+            expand("${é}/tail/${é}", &env).unwrap(),
+            PathBuf::from("/run/é/tail//run/é")
+        );
     }
 }
