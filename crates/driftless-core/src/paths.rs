@@ -121,4 +121,17 @@ mod tests {
         );
         assert!(expand("${OPEN", &env).is_err());
     }
+
+    /// Found by the `path_expand` fuzz target (fuzz/corpus/path_expand/regression-multibyte-name):
+    /// the text after a variable whose name is not ASCII was cut, because the name was skipped by
+    /// its length in bytes counted as characters.
+    #[test]
+    fn text_after_a_non_ascii_variable_name_is_kept() {
+        let env = Env::from_pairs([("\u{70e}", "v"), ("é", "/run/é")]);
+        assert_eq!(expand("${\u{70e}}x", &env).unwrap(), PathBuf::from("vx"));
+        assert_eq!(
+            expand("${é}/tail/${é}", &env).unwrap(),
+            PathBuf::from("/run/é/tail//run/é")
+        );
+    }
 }
