@@ -336,11 +336,7 @@ fn raise_fd_limit(plan: &Plan) -> Result<()> {
 }
 
 fn default_cache(env: &Env) -> PathBuf {
-    let base = env
-        .non_empty("XDG_CACHE_HOME")
-        .map(PathBuf::from)
-        .unwrap_or_else(|| Path::new(env.get("HOME").unwrap_or(".")).join(".cache"));
-    base.join("driftless-bench")
+    driftless_core::paths::cache_home(env).join("driftless-bench")
 }
 
 /// The last `n` lines of a log, to say why a gateway did not start.
