@@ -18,14 +18,12 @@ use axum::extract::{ConnectInfo, State as AxState};
 use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
-use driftless_core::config::{AuthMode, ProviderConfig};
+use driftless_core::config::ProviderConfig;
 use driftless_core::{Config, SecretValue};
 use serde_json::{Value, json};
 
 use crate::State;
-use crate::devices::TokenCheck;
-use crate::metrics::OutcomeLabels;
-use crate::secrets::Check;
+use crate::auth::HttpRefusal;
 
 /// Time to the upstream's response headers when the provider sets no `timeout_seconds`.
 const DEFAULT_TIMEOUT: Duration = Duration::from_secs(60);
@@ -132,62 +130,23 @@ const DEVICE_ROLE_HEADER: &str = "x-driftless-device-role";
 
 /// `Authorization: Bearer <gateway token>`, or `Bearer <device token>` with the device named in
 /// `X-Driftless-Device-Id`; one limiter attempt per request, as in the WebSocket handshake (in
-/// mode `none`, loopback only, nothing is needed).
-fn authorize(state: &Arc<State>, peer: IpAddr, headers: &HeaderMap) -> Result<(), Refusal> {
-    if state.secrets.mode == AuthMode::None {
-        return Ok(());
-    }
+/// mode `none`, loopback only, nothing is needed). The checks themselves are `crate::auth`'s.
+async fn authorize(state: &Arc<State>, peer: IpAddr, headers: &HeaderMap) -> Result<(), Refusal> {
     let header_str = |name| {
         headers
             .get(name)
             .and_then(|v: &HeaderValue| v.to_str().ok())
     };
-    let presented = header_str(header::AUTHORIZATION.as_str())
-        .and_then(|v| v.strip_prefix("Bearer "))
-        .filter(|p| !p.is_empty())
-        .ok_or(Refusal::Unauthorized)?;
-    state.limiter.attempt(peer).map_err(|retry_after_ms| {
-        state.metrics.limiter_rejections.inc();
-        Refusal::RateLimited { retry_after_ms }
-    })?;
-    let ok = match (
-        crate::reload::check_shared(state, presented),
-        header_str(DEVICE_ID_HEADER),
-    ) {
-        (Check::Ok(_), _) => true,
-        (Check::Mismatch, None) => false,
-        (Check::Mismatch, Some(device_id)) => {
-            let role = header_str(DEVICE_ROLE_HEADER).unwrap_or("operator");
-            match state.devices.verify_token(
-                device_id,
-                role,
-                presented,
-                &[],
-                crate::secrets::now_ms(),
-            ) {
-                Ok(TokenCheck::Ok) => true,
-                Ok(TokenCheck::Rejected(_)) => false,
-                Err(e) => {
-                    tracing::error!(error = %e, "device store unavailable for a /v1 request");
-                    return Err(Refusal::StoreUnavailable);
-                }
-            }
-        }
-    };
-    if ok {
-        state.limiter.success(peer);
-    }
-    let outcome = if ok { "ok" } else { "mismatch" };
-    state
-        .metrics
-        .auth_checks
-        .get_or_create(&OutcomeLabels { outcome })
-        .inc();
-    if ok {
-        Ok(())
-    } else {
-        Err(Refusal::Unauthorized)
-    }
+    let presented = header_str(header::AUTHORIZATION.as_str()).and_then(crate::auth::bearer);
+    let device = header_str(DEVICE_ID_HEADER)
+        .map(|id| (id, header_str(DEVICE_ROLE_HEADER).unwrap_or("operator")));
+    crate::auth::http(state, peer, presented, device)
+        .await
+        .map_err(|r| match r {
+            HttpRefusal::Unauthorized => Refusal::Unauthorized,
+            HttpRefusal::RateLimited(retry_after_ms) => Refusal::RateLimited { retry_after_ms },
+            HttpRefusal::StoreUnavailable => Refusal::StoreUnavailable,
+        })
 }
 
 /// The provider key as of now, from the live snapshot.
@@ -257,7 +216,7 @@ async fn chat_completions(
     headers: HeaderMap,
     body: Bytes,
 ) -> Response {
-    if let Err(r) = authorize(&state, peer.ip(), &headers) {
+    if let Err(r) = authorize(&state, peer.ip(), &headers).await {
         return r.into_response();
     }
     let mut request: Value = match serde_json::from_slice(&body) {
@@ -403,7 +362,7 @@ async fn models(
     ConnectInfo(crate::budget::Peer { addr: peer, .. }): ConnectInfo<crate::budget::Peer>,
     headers: HeaderMap,
 ) -> Response {
-    if let Err(r) = authorize(&state, peer.ip(), &headers) {
+    if let Err(r) = authorize(&state, peer.ip(), &headers).await {
         return r.into_response();
     }
     let mut data = Vec::new();
