@@ -18,33 +18,55 @@ use axum::extract::{ConnectInfo, State as AxState};
 use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
-use driftless_core::config::{AuthMode, ProviderConfig};
+use driftless_core::config::ProviderConfig;
 use driftless_core::{Config, SecretValue};
 use serde_json::{Value, json};
 
 use crate::State;
-use crate::devices::TokenCheck;
-use crate::metrics::OutcomeLabels;
-use crate::secrets::Check;
+use crate::auth::HttpRefusal;
 
 /// Time to the upstream's response headers when the provider sets no `timeout_seconds`.
 const DEFAULT_TIMEOUT: Duration = Duration::from_secs(60);
 
 /// The providers (as configured at start) and one shared HTTP client.
 pub(crate) struct Providers {
-    client: reqwest::Client,
+    /// Built only when a provider is configured: building it loads the system's CA certificates,
+    /// which a gateway without providers (e.g. a minimal container image) need not have.
+    client: Option<reqwest::Client>,
     providers: BTreeMap<String, ProviderConfig>,
 }
 
 impl Providers {
-    pub(crate) fn new(config: &Config) -> Result<Providers, reqwest::Error> {
-        // rustls with ring (no aws-lc): install the process-wide provider once; a second call
-        // (another gateway in the same process, tests) finds it installed, which is fine.
-        let _ = rustls::crypto::ring::default_provider().install_default();
+    /// Fails with the whole cause chain: reqwest's own text is only "builder error".
+    pub(crate) fn new(config: &Config) -> Result<Providers, String> {
+        let client = if config.providers.is_empty() {
+            None
+        } else {
+            // rustls with ring (no aws-lc): install the process-wide provider once; a second call
+            // (another gateway in the same process, tests) finds it installed, which is fine.
+            let _ = rustls::crypto::ring::default_provider().install_default();
+            let built = reqwest::Client::builder().build().map_err(|e| {
+                let mut text = e.to_string();
+                let mut cause = std::error::Error::source(&e);
+                while let Some(c) = cause {
+                    text = format!("{text}: {c}");
+                    cause = c.source();
+                }
+                text
+            })?;
+            Some(built)
+        };
         Ok(Providers {
-            client: reqwest::Client::builder().build()?,
+            client,
             providers: config.providers.clone(),
         })
+    }
+
+    /// The HTTP client; only called on behalf of a configured provider, so it exists.
+    fn client(&self) -> &reqwest::Client {
+        self.client
+            .as_ref()
+            .expect("the HTTP client is built whenever a provider is configured")
     }
 }
 
@@ -108,62 +130,23 @@ const DEVICE_ROLE_HEADER: &str = "x-driftless-device-role";
 
 /// `Authorization: Bearer <gateway token>`, or `Bearer <device token>` with the device named in
 /// `X-Driftless-Device-Id`; one limiter attempt per request, as in the WebSocket handshake (in
-/// mode `none`, loopback only, nothing is needed).
-fn authorize(state: &Arc<State>, peer: IpAddr, headers: &HeaderMap) -> Result<(), Refusal> {
-    if state.secrets.mode == AuthMode::None {
-        return Ok(());
-    }
+/// mode `none`, loopback only, nothing is needed). The checks themselves are `crate::auth`'s.
+async fn authorize(state: &Arc<State>, peer: IpAddr, headers: &HeaderMap) -> Result<(), Refusal> {
     let header_str = |name| {
         headers
             .get(name)
             .and_then(|v: &HeaderValue| v.to_str().ok())
     };
-    let presented = header_str(header::AUTHORIZATION.as_str())
-        .and_then(|v| v.strip_prefix("Bearer "))
-        .filter(|p| !p.is_empty())
-        .ok_or(Refusal::Unauthorized)?;
-    state.limiter.attempt(peer).map_err(|retry_after_ms| {
-        state.metrics.limiter_rejections.inc();
-        Refusal::RateLimited { retry_after_ms }
-    })?;
-    let ok = match (
-        crate::reload::check_shared(state, presented),
-        header_str(DEVICE_ID_HEADER),
-    ) {
-        (Check::Ok(_), _) => true,
-        (Check::Mismatch, None) => false,
-        (Check::Mismatch, Some(device_id)) => {
-            let role = header_str(DEVICE_ROLE_HEADER).unwrap_or("operator");
-            match state.devices.verify_token(
-                device_id,
-                role,
-                presented,
-                &[],
-                crate::secrets::now_ms(),
-            ) {
-                Ok(TokenCheck::Ok) => true,
-                Ok(TokenCheck::Rejected(_)) => false,
-                Err(e) => {
-                    tracing::error!(error = %e, "device store unavailable for a /v1 request");
-                    return Err(Refusal::StoreUnavailable);
-                }
-            }
-        }
-    };
-    if ok {
-        state.limiter.success(peer);
-    }
-    let outcome = if ok { "ok" } else { "mismatch" };
-    state
-        .metrics
-        .auth_checks
-        .get_or_create(&OutcomeLabels { outcome })
-        .inc();
-    if ok {
-        Ok(())
-    } else {
-        Err(Refusal::Unauthorized)
-    }
+    let presented = header_str(header::AUTHORIZATION.as_str()).and_then(crate::auth::bearer);
+    let device = header_str(DEVICE_ID_HEADER)
+        .map(|id| (id, header_str(DEVICE_ROLE_HEADER).unwrap_or("operator")));
+    crate::auth::http(state, peer, presented, device)
+        .await
+        .map_err(|r| match r {
+            HttpRefusal::Unauthorized => Refusal::Unauthorized,
+            HttpRefusal::RateLimited(retry_after_ms) => Refusal::RateLimited { retry_after_ms },
+            HttpRefusal::StoreUnavailable => Refusal::StoreUnavailable,
+        })
 }
 
 /// The provider key as of now, from the live snapshot.
@@ -233,7 +216,7 @@ async fn chat_completions(
     headers: HeaderMap,
     body: Bytes,
 ) -> Response {
-    if let Err(r) = authorize(&state, peer.ip(), &headers) {
+    if let Err(r) = authorize(&state, peer.ip(), &headers).await {
         return r.into_response();
     }
     let mut request: Value = match serde_json::from_slice(&body) {
@@ -276,7 +259,7 @@ async fn chat_completions(
     loop {
         let mut req = state
             .openai
-            .client
+            .client()
             .post(&url)
             .header(header::CONTENT_TYPE, "application/json")
             .body(upstream_body.clone());
@@ -379,12 +362,12 @@ async fn models(
     ConnectInfo(crate::budget::Peer { addr: peer, .. }): ConnectInfo<crate::budget::Peer>,
     headers: HeaderMap,
 ) -> Response {
-    if let Err(r) = authorize(&state, peer.ip(), &headers) {
+    if let Err(r) = authorize(&state, peer.ip(), &headers).await {
         return r.into_response();
     }
     let mut data = Vec::new();
     for (id, p) in &state.openai.providers {
-        let mut req = state.openai.client.get(endpoint(p, "models"));
+        let mut req = state.openai.client().get(endpoint(p, "models"));
         if let Some(k) = current_key(&state, id) {
             req = req.bearer_auth(k.expose());
         }
