@@ -17,7 +17,7 @@ use support::*;
 
 /// The client's view of one home: its identity and stored device tokens.
 fn state(home: &Home) -> PathBuf {
-    home.path().join("state/driftless")
+    home.state()
 }
 
 fn audit(home: &Home) -> Vec<AuditEvent> {
