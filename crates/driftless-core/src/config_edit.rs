@@ -30,20 +30,7 @@ pub enum EditError {
 impl ConfigDocument {
     /// Opens `path`, refusing a file that does not parse as a valid config.
     pub fn open(path: &Path) -> Result<ConfigDocument, EditError> {
-        let text = match std::fs::read_to_string(path) {
-            Ok(t) => t,
-            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
-                return Err(EditError::Unparsable(ConfigError::NotFound(
-                    path.to_owned(),
-                )));
-            }
-            Err(source) => {
-                return Err(EditError::Unparsable(ConfigError::Io {
-                    path: path.to_owned(),
-                    source,
-                }));
-            }
-        };
+        let text = crate::config::read_text(path).map_err(EditError::Unparsable)?;
         Config::parse(&text, path).map_err(EditError::Unparsable)?;
         let doc = text.parse::<DocumentMut>().map_err(|e| {
             let (line, column) = e

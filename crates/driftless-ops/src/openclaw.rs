@@ -74,9 +74,7 @@ pub fn locate(env: &Env) -> Paths {
         .non_empty("OPENCLAW_CONFIG_PATH")
         .map(PathBuf::from)
         .unwrap_or_else(|| state_dir.join("openclaw.json"));
-    let unit_dir = env
-        .non_empty("XDG_CONFIG_HOME")
-        .map(PathBuf::from)
+    let unit_dir = driftless_core::paths::xdg_var(env, "XDG_CONFIG_HOME")
         .unwrap_or_else(|| home.join(".config"))
         .join("systemd/user");
     Paths {

@@ -174,8 +174,8 @@ pub fn service_settings(text: &str) -> Vec<(String, String)> {
 }
 
 fn expand_specifiers(s: &str, env: &Env) -> String {
-    let home = env.non_empty("HOME").unwrap_or("/");
-    s.replace("%h", home).replace("%%", "%")
+    let home = driftless_core::paths::home(env);
+    s.replace("%h", &home.to_string_lossy()).replace("%%", "%")
 }
 
 /// Parses an environment file (`KEY=VALUE` lines, `#` comments, optional `export ` and quotes).

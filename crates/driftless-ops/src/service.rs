@@ -288,17 +288,12 @@ pub fn credential_of(unit: &str) -> Option<PathBuf> {
     })
 }
 
-fn home(env: &Env) -> PathBuf {
-    PathBuf::from(env.non_empty("HOME").unwrap_or("/"))
-}
+use driftless_core::paths::home;
 
 /// Where the unit for `scope` lives.
 pub fn unit_path(env: &Env, scope: &Scope) -> PathBuf {
     match scope {
-        Scope::User => env
-            .non_empty("XDG_CONFIG_HOME")
-            .map(PathBuf::from)
-            .unwrap_or_else(|| home(env).join(".config"))
+        Scope::User => driftless_core::paths::config_home(env)
             .join("systemd/user")
             .join(UNIT_NAME),
         Scope::System { .. } => Path::new("/etc/systemd/system").join(UNIT_NAME),
