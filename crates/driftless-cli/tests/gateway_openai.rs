@@ -452,7 +452,7 @@ fn a_paired_devices_token_is_accepted_as_bearer() {
         // Silent loopback pairing: `gateway health` leaves a device token in this home's store.
         let (st, out, err) = home.run(&["gateway", "health", "--url", &gw.url]);
         assert!(st.success(), "{out}{err}");
-        let state = home.path().join("state/driftless");
+        let state = home.state();
         let id = DeviceIdentity::load_existing(&state).expect("a device identity");
         let token = TokenStore::load(&state, id.device_id())
             .unwrap()

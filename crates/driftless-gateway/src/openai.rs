@@ -26,33 +26,55 @@ use axum::extract::{ConnectInfo, State as AxState};
 use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
-use driftless_core::config::{AuthMode, ProviderConfig};
+use driftless_core::config::ProviderConfig;
 use driftless_core::{Config, SecretValue};
 use serde_json::{Value, json};
 
 use crate::State;
-use crate::devices::TokenCheck;
-use crate::metrics::OutcomeLabels;
-use crate::secrets::Check;
+use crate::auth::HttpRefusal;
 
 /// A provider's deadline (see [`deadline_of`]) when it sets no `timeout_seconds`.
 const DEFAULT_TIMEOUT: Duration = Duration::from_secs(60);
 
 /// The providers (as configured at start) and one shared HTTP client.
 pub(crate) struct Providers {
-    client: reqwest::Client,
+    /// Built only when a provider is configured: building it loads the system's CA certificates,
+    /// which a gateway without providers (e.g. a minimal container image) need not have.
+    client: Option<reqwest::Client>,
     providers: BTreeMap<String, ProviderConfig>,
 }
 
 impl Providers {
-    pub(crate) fn new(config: &Config) -> Result<Providers, reqwest::Error> {
-        // rustls with ring (no aws-lc): install the process-wide provider once; a second call
-        // (another gateway in the same process, tests) finds it installed, which is fine.
-        let _ = rustls::crypto::ring::default_provider().install_default();
+    /// Fails with the whole cause chain: reqwest's own text is only "builder error".
+    pub(crate) fn new(config: &Config) -> Result<Providers, String> {
+        let client = if config.providers.is_empty() {
+            None
+        } else {
+            // rustls with ring (no aws-lc): install the process-wide provider once; a second call
+            // (another gateway in the same process, tests) finds it installed, which is fine.
+            let _ = rustls::crypto::ring::default_provider().install_default();
+            let built = reqwest::Client::builder().build().map_err(|e| {
+                let mut text = e.to_string();
+                let mut cause = std::error::Error::source(&e);
+                while let Some(c) = cause {
+                    text = format!("{text}: {c}");
+                    cause = c.source();
+                }
+                text
+            })?;
+            Some(built)
+        };
         Ok(Providers {
-            client: reqwest::Client::builder().build()?,
+            client,
             providers: config.providers.clone(),
         })
+    }
+
+    /// The HTTP client; only called on behalf of a configured provider, so it exists.
+    fn client(&self) -> &reqwest::Client {
+        self.client
+            .as_ref()
+            .expect("the HTTP client is built whenever a provider is configured")
     }
 }
 
@@ -85,17 +107,11 @@ fn bad_request(status: StatusCode, param: Option<&str>, message: &str) -> Respon
     error(status, "invalid_request_error", None, param, message)
 }
 
-/// Why a request to `/v1/*` was refused before reaching a provider.
-enum Refusal {
-    Unauthorized,
-    RateLimited { retry_after_ms: u64 },
-    StoreUnavailable,
-}
-
-impl IntoResponse for Refusal {
+/// Why a request to `/v1/*` was refused before reaching a provider, in OpenAI's error shape.
+impl IntoResponse for HttpRefusal {
     fn into_response(self) -> Response {
         match self {
-            Refusal::Unauthorized => error(
+            HttpRefusal::Unauthorized => error(
                 StatusCode::UNAUTHORIZED,
                 "invalid_request_error",
                 Some("invalid_api_key"),
@@ -103,14 +119,14 @@ impl IntoResponse for Refusal {
                 "missing or wrong bearer token; send `Authorization: Bearer <gateway token>`, or a \
                  device token with `X-Driftless-Device-Id: <device id>`",
             ),
-            Refusal::StoreUnavailable => error(
+            HttpRefusal::StoreUnavailable => error(
                 StatusCode::SERVICE_UNAVAILABLE,
                 "server_error",
                 None,
                 None,
                 "the device store cannot be read; see the gateway log",
             ),
-            Refusal::RateLimited { retry_after_ms } => {
+            HttpRefusal::RateLimited(retry_after_ms) => {
                 let secs = retry_after_ms.div_ceil(1000).max(1);
                 let mut r = error(
                     StatusCode::TOO_MANY_REQUESTS,
@@ -134,62 +150,21 @@ const DEVICE_ROLE_HEADER: &str = "x-driftless-device-role";
 
 /// `Authorization: Bearer <gateway token>`, or `Bearer <device token>` with the device named in
 /// `X-Driftless-Device-Id`; one limiter attempt per request, as in the WebSocket handshake (in
-/// mode `none`, loopback only, nothing is needed).
-fn authorize(state: &Arc<State>, peer: IpAddr, headers: &HeaderMap) -> Result<(), Refusal> {
-    if state.secrets.mode == AuthMode::None {
-        return Ok(());
-    }
+/// mode `none`, loopback only, nothing is needed). The checks themselves are `crate::auth`'s.
+async fn authorize(
+    state: &Arc<State>,
+    peer: IpAddr,
+    headers: &HeaderMap,
+) -> Result<(), HttpRefusal> {
     let header_str = |name| {
         headers
             .get(name)
             .and_then(|v: &HeaderValue| v.to_str().ok())
     };
-    let presented = header_str(header::AUTHORIZATION.as_str())
-        .and_then(|v| v.strip_prefix("Bearer "))
-        .filter(|p| !p.is_empty())
-        .ok_or(Refusal::Unauthorized)?;
-    state.limiter.attempt(peer).map_err(|retry_after_ms| {
-        state.metrics.limiter_rejections.inc();
-        Refusal::RateLimited { retry_after_ms }
-    })?;
-    let ok = match (
-        crate::reload::check_shared(state, presented),
-        header_str(DEVICE_ID_HEADER),
-    ) {
-        (Check::Ok(_), _) => true,
-        (Check::Mismatch, None) => false,
-        (Check::Mismatch, Some(device_id)) => {
-            let role = header_str(DEVICE_ROLE_HEADER).unwrap_or("operator");
-            match state.devices.verify_token(
-                device_id,
-                role,
-                presented,
-                &[],
-                crate::secrets::now_ms(),
-            ) {
-                Ok(TokenCheck::Ok) => true,
-                Ok(TokenCheck::Rejected(_)) => false,
-                Err(e) => {
-                    tracing::error!(error = %e, "device store unavailable for a /v1 request");
-                    return Err(Refusal::StoreUnavailable);
-                }
-            }
-        }
-    };
-    if ok {
-        state.limiter.success(peer);
-    }
-    let outcome = if ok { "ok" } else { "mismatch" };
-    state
-        .metrics
-        .auth_checks
-        .get_or_create(&OutcomeLabels { outcome })
-        .inc();
-    if ok {
-        Ok(())
-    } else {
-        Err(Refusal::Unauthorized)
-    }
+    let presented = header_str(header::AUTHORIZATION.as_str()).and_then(crate::auth::bearer);
+    let device = header_str(DEVICE_ID_HEADER)
+        .map(|id| (id, header_str(DEVICE_ROLE_HEADER).unwrap_or("operator")));
+    crate::auth::http(state, peer, presented, device).await
 }
 
 /// The provider key as of now, from the live snapshot.
@@ -438,7 +413,7 @@ async fn chat_completions(
     body: Body,
 ) -> Response {
     // From the headers alone: an unauthenticated client's body is never read.
-    if let Err(r) = authorize(&state, peer.ip(), &headers) {
+    if let Err(r) = authorize(&state, peer.ip(), &headers).await {
         return r.into_response();
     }
     let body = match read_request_body(&headers, body).await {
@@ -483,7 +458,7 @@ async fn chat_completions(
     loop {
         let mut req = state
             .openai
-            .client
+            .client()
             .post(&url)
             .header(header::CONTENT_TYPE, "application/json")
             .body(upstream_body.clone());
@@ -603,7 +578,7 @@ async fn list_models(
 ) -> Result<Option<Listed>, UpstreamFailure> {
     let timeout = deadline_of(p);
     let exchange = async {
-        let mut req = state.openai.client.get(endpoint(p, "models"));
+        let mut req = state.openai.client().get(endpoint(p, "models"));
         if let Some(k) = current_key(state, id) {
             req = req.bearer_auth(k.expose());
         }
@@ -640,7 +615,7 @@ async fn models(
     ConnectInfo(crate::budget::Peer { addr: peer, .. }): ConnectInfo<crate::budget::Peer>,
     headers: HeaderMap,
 ) -> Response {
-    if let Err(r) = authorize(&state, peer.ip(), &headers) {
+    if let Err(r) = authorize(&state, peer.ip(), &headers).await {
         return r.into_response();
     }
     let providers = &state.openai.providers;
