@@ -68,7 +68,10 @@ pub enum GatewayError {
     Serve(std::io::Error),
     #[error("cannot open the device store: {0}; check that the state directory is writable")]
     Devices(#[from] devices::StoreError),
-    #[error("cannot set up the HTTP client for [providers]: {0}")]
+    #[error(
+        "cannot set up the HTTP client for [providers]: {0}; install the system's CA certificates \
+         (or set SSL_CERT_FILE to a PEM bundle), or remove [providers] if none is used"
+    )]
     HttpClient(String),
 }
 
@@ -259,8 +262,7 @@ impl Gateway {
             devices: Arc::new(device_store),
             device_events: broadcast::Sender::new(16),
             local_addresses: cfg.gateway.devices.local_addresses.clone(),
-            openai: openai::Providers::new(cfg)
-                .map_err(|e| GatewayError::HttpClient(e.to_string()))?,
+            openai: openai::Providers::new(cfg).map_err(GatewayError::HttpClient)?,
         });
         let background = reload::spawn(state.clone());
         Ok(Gateway {

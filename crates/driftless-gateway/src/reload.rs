@@ -66,7 +66,9 @@ pub(crate) fn spawn(state: Arc<State>) -> Background {
     let (tx, mut rx) = tokio::sync::mpsc::channel::<()>(1);
     let watch_tx = tx.clone();
     let watcher = notify::recommended_watcher(move |res: notify::Result<notify::Event>| {
-        if res.is_ok() {
+        // Only changes: the reload's own reads (and every client reading the token file) would
+        // otherwise trigger the next reload, forever.
+        if res.is_ok_and(|ev| driftless_core::watch::may_change_source(&ev.kind)) {
             // Full channel = a reload is already pending; dropping the signal is right.
             let _ = watch_tx.try_send(());
         }
