@@ -124,6 +124,8 @@ fn generated_units_pass_systemd_analyze_verify() {
         .collect();
     assert_eq!(envs, ["Environment=DRIFTLESS_SERVICE_KIND=gateway"]);
     assert!(!user.contains(token.trim()));
+    // A descriptor budget above the default soft limit of 1,024 (issue 15, finding 1).
+    assert!(user.contains("\nLimitNOFILE=65536\n"), "{user}");
     verify(&h, &user, true, 80);
 
     let cred = h
@@ -146,6 +148,7 @@ fn generated_units_pass_systemd_analyze_verify() {
         ])
         .stdout;
     assert!(system.contains("User=driftless\n") && system.contains("WantedBy=multi-user.target"));
+    assert!(system.contains("\nLimitNOFILE=65536\n"), "{system}");
     verify(&h, &system, false, 35);
 
     // Refused: running the system service as root.
@@ -588,6 +591,26 @@ fn drifted_unit_is_rewritten_with_a_backup() {
     assert_eq!(read(&b[0]), drifted);
 }
 
+/// A unit installed before `LimitNOFILE=` was part of what install writes is drift, on purpose:
+/// doctor reports it and `--fix` brings the limit in.
+#[test]
+fn a_unit_from_before_limit_nofile_is_drift_and_fix_adds_the_limit() {
+    let h = Home::new();
+    h.ok(&["init"]);
+    h.ok(&["daemon", "install", "--no-start"]);
+    let installed = read(&h.unit());
+    let old = installed.replace("LimitNOFILE=65536\n", "");
+    assert_ne!(old, installed);
+    write_file(&h.unit(), &old, 0o644);
+    let (code, v) = doctor_json(&h, &[]);
+    assert_eq!(code, 1, "{v:#}");
+    assert_eq!(findings(&v, "unit-drift").len(), 1, "{v:#}");
+    let r = h.driftless(&["doctor", "--fix"], &[]);
+    assert_eq!(r.code, 0, "{}", r.all());
+    assert_eq!(read(&h.unit()), installed);
+    assert!(read(&h.unit()).contains("\nLimitNOFILE=65536\n"));
+}
+
 #[test]
 fn unknown_embedded_secret_is_reported_and_never_dropped() {
     let h = Home::new();
@@ -898,4 +921,192 @@ fn unparsable_plist_is_reported_and_never_rewritten() {
     assert_eq!(r.code, 1, "{}", r.all());
     assert!(r.stdout.contains("does not parse"), "{}", r.all());
     assert_eq!(read(&h.plist()), broken);
+}
+
+fn is_symlink(p: &Path) -> bool {
+    std::fs::symlink_metadata(p)
+        .unwrap()
+        .file_type()
+        .is_symlink()
+}
+
+/// Moves `path` into `~/dotfiles/<name>` and leaves a symlink to it in its place, as a dotfiles
+/// layout does. Returns the target.
+fn link_into_dotfiles(h: &Home, path: &Path, name: &str) -> PathBuf {
+    let target = h.home().join("dotfiles").join(name);
+    std::fs::create_dir_all(target.parent().unwrap()).unwrap();
+    std::fs::rename(path, &target).unwrap();
+    std::os::unix::fs::symlink(&target, path).unwrap();
+    target
+}
+
+/// Issue 15, finding 6: `secrets migrate` on a symlinked config rewrites the link's target and
+/// keeps the link, so the plaintext token does not stay behind in the target; it says so, and
+/// doctor then reports the link and is clean.
+#[test]
+fn secrets_migrate_through_a_symlinked_config_updates_its_target() {
+    let h = Home::new();
+    let canary = "canary-symlinked-config-5150";
+    write_file(
+        &h.config_path(),
+        &format!("# dotfiles\n[gateway.auth]\ntoken = \"{canary}\"\n"),
+        0o600,
+    );
+    let target = link_into_dotfiles(&h, &h.config_path(), "driftless.toml");
+
+    let r = h.ok(&["secrets", "migrate"]);
+    assert!(!r.all().contains(canary), "{}", r.all());
+    assert!(
+        is_symlink(&h.config_path()),
+        "the link was replaced by a file"
+    );
+    assert!(
+        r.stdout.contains(&format!(
+            "is a symlink; its target {} was updated",
+            target.display()
+        )),
+        "{}",
+        r.all()
+    );
+    let text = read(&target);
+    assert!(
+        text.contains("# dotfiles") && !text.contains(canary),
+        "{text}"
+    );
+    assert!(text.contains("source = \"file\""), "{text}");
+    assert_eq!(h.files_containing(canary), vec![h.token_file()]);
+
+    let (code, v) = doctor_json(&h, &[]);
+    assert_eq!(code, 0, "{v:#}");
+    let links: Vec<&serde_json::Value> = v["checks"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|r| r["check"] == "symlink")
+        .collect();
+    assert_eq!(links.len(), 1, "{v:#}");
+    let finding = links[0]["finding"].as_str().unwrap();
+    assert!(
+        finding.contains(&h.config_path().display().to_string())
+            && finding.contains(&target.display().to_string()),
+        "{finding}"
+    );
+}
+
+/// Issue 15, finding 6: `token rotate` on a symlinked token file writes the new token into the
+/// shared target (the old token does not linger there), keeps the link, and names the target.
+#[test]
+fn token_rotate_through_a_symlinked_token_file_updates_the_shared_target() {
+    let h = Home::new();
+    h.ok(&["init"]);
+    let old = read(&h.token_file());
+    let target = link_into_dotfiles(&h, &h.token_file(), "gateway-token");
+    // No gateway runs: the rotation is written and the command says nobody confirmed it.
+    let r = h.driftless(&["token", "rotate"], &[]);
+    assert!(
+        r.stdout
+            .contains(&format!("its target {} was updated", target.display())),
+        "{}",
+        r.all()
+    );
+    assert!(
+        is_symlink(&h.token_file()),
+        "the link was replaced by a file"
+    );
+    let new = read(&target);
+    assert_ne!(new, old);
+    assert_eq!(new.trim().len(), old.trim().len());
+    assert!(h.files_containing(old.trim()).is_empty());
+    assert_eq!(mode(&target), 0o600);
+}
+
+/// Issue 15, finding 6: a config that is a symlink to a file others can read is reported with its
+/// target, and `--fix` names the target it chmods (it used to name only the link).
+#[test]
+fn doctor_names_the_symlink_target_it_reports_and_chmods() {
+    let h = Home::new();
+    h.ok(&["init"]);
+    let target = link_into_dotfiles(&h, &h.config_path(), "driftless.toml");
+    std::fs::set_permissions(&target, std::fs::Permissions::from_mode(0o644)).unwrap();
+    let (code, v) = doctor_json(&h, &[]);
+    assert_eq!(code, 1, "{v:#}");
+    let f = findings(&v, "permissions");
+    assert_eq!(f.len(), 1, "{v:#}");
+    assert!(
+        f[0]["finding"]
+            .as_str()
+            .unwrap()
+            .contains(&format!("(a symlink to {})", target.display())),
+        "{v:#}"
+    );
+    assert_eq!(f[0]["fix"], format!("chmod 600 {}", target.display()));
+    let r = h.driftless(&["doctor", "--fix"], &[]);
+    assert_eq!(r.code, 0, "{}", r.all());
+    assert!(
+        r.stdout.contains(&format!(
+            "chmod 600 {} (the target of the symlink {})",
+            target.display(),
+            h.config_path().display()
+        )),
+        "{}",
+        r.all()
+    );
+    assert_eq!(mode(&target), 0o600);
+    assert!(is_symlink(&h.config_path()));
+}
+
+/// Issue 15, finding 7: a temp file a killed write left behind (0600, holding a key) is reported
+/// without its contents and deleted by `--fix`; one younger than a minute may belong to a write in
+/// progress and is left alone.
+#[test]
+fn doctor_reports_and_removes_orphaned_temp_files() {
+    let h = Home::new();
+    h.ok(&["init"]);
+    let canary = "canary-orphaned-temp-key-31337";
+    let dir = h.token_file().parent().unwrap().to_owned();
+    let orphan = dir.join(".driftless-Xy12Ab.tmp");
+    write_file(&orphan, &format!("{canary}\n"), 0o600);
+    let an_hour_ago = std::time::SystemTime::now() - std::time::Duration::from_secs(3600);
+    std::fs::File::options()
+        .write(true)
+        .open(&orphan)
+        .unwrap()
+        .set_modified(an_hour_ago)
+        .unwrap();
+    let in_progress = h
+        .config_path()
+        .parent()
+        .unwrap()
+        .join(".driftless-Qq98Zz.tmp");
+    write_file(&in_progress, "being written", 0o600);
+
+    let (code, v) = doctor_json(&h, &[]);
+    assert_eq!(code, 1, "{v:#}");
+    let f = findings(&v, "temp-file");
+    assert_eq!(f.len(), 1, "{v:#}");
+    assert!(
+        f[0]["finding"]
+            .as_str()
+            .unwrap()
+            .contains(&orphan.display().to_string()),
+        "{v:#}"
+    );
+    assert!(!v.to_string().contains(canary));
+
+    let r = h.driftless(&["doctor", "--fix"], &[]);
+    assert_eq!(r.code, 0, "{}", r.all());
+    assert!(!r.all().contains(canary));
+    assert!(
+        r.stdout.contains(&format!("deleted {}", orphan.display())),
+        "{}",
+        r.all()
+    );
+    assert!(!orphan.exists());
+    assert!(in_progress.exists());
+    assert!(h.files_containing(canary).is_empty());
+    assert!(
+        h.driftless(&["doctor", "--fix"], &[])
+            .stdout
+            .contains("No changes")
+    );
 }

@@ -123,12 +123,12 @@ impl ConfigDocument {
         self.doc.to_string()
     }
 
-    /// Validates the edited document and writes it atomically (0600).
-    pub fn save(&self) -> Result<(), EditError> {
+    /// Validates the edited document and writes it atomically (0600); a config that is a symlink
+    /// stays one and its target is rewritten.
+    pub fn save(&self) -> Result<atomic::Written, EditError> {
         let text = self.render();
         Config::parse(&text, &self.path).map_err(EditError::Invalid)?;
-        atomic::write_private(&self.path, text.as_bytes())?;
-        Ok(())
+        Ok(atomic::write_private(&self.path, text.as_bytes())?)
     }
 }
 

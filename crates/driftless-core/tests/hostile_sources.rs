@@ -156,7 +156,7 @@ fn a_background_child_holding_stdout_does_not_outlive_the_deadline() {
     let script = format!("echo tok; sleep 30 & echo $! > '{}'", pid_file.display());
     let input = SecretInput::Ref(SecretRef::Exec {
         command: vec!["sh".into(), "-c".into(), script],
-        timeout_ms: Some(300),
+        timeout_ms: Some(2000),
     });
     let base = dir.path().to_owned();
     let err = within("an exec whose grandchild holds stdout", move || {
@@ -167,7 +167,7 @@ fn a_background_child_holding_stdout_does_not_outlive_the_deadline() {
         matches!(err, ResolveError::ExecOutputHeld { .. }),
         "{err:?}"
     );
-    assert!(err.to_string().contains("300 ms"), "{err}");
+    assert!(err.to_string().contains("2000 ms"), "{err}");
     let bg = read_pid(&pid_file);
     assert!(
         eventually_dead(bg),
@@ -183,7 +183,7 @@ fn a_timeout_kills_the_whole_process_group() {
     let script = format!("sleep 30 & echo $! > '{}'; wait", pid_file.display());
     let input = SecretInput::Ref(SecretRef::Exec {
         command: vec!["sh".into(), "-c".into(), script],
-        timeout_ms: Some(300),
+        timeout_ms: Some(2000),
     });
     let base = dir.path().to_owned();
     let err = within("an exec that times out", move || {
