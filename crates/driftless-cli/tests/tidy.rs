@@ -209,6 +209,10 @@ const EXPOSE_ALLOWED: &[(&str, &str)] = &[
         "writes OpenClaw's own credential",
     ),
     (
+        "crates/driftless-ops/src/doctor/openclaw_checks.rs",
+        "writes OpenClaw's own credential",
+    ),
+    (
         "crates/driftless-ops/src/backup.rs",
         "scrubs backups (a redactor)",
     ),
