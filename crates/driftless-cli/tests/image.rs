@@ -394,6 +394,25 @@ async fn the_charts_image_starts_serves_and_rotates_its_mounted_token() {
         ])
     });
 
+    // The providers' HTTPS endpoints are verified against the image's CA bundle.
+    let bundle = podman.run(&[
+        "run",
+        "--rm",
+        "--network=none",
+        "--entrypoint=/bin/sh",
+        IMAGE,
+        "-c",
+        "grep -c 'BEGIN CERTIFICATE' /etc/ssl/certs/ca-certificates.crt || true",
+    ]);
+    let certificates: u32 = String::from_utf8_lossy(&bundle.stdout)
+        .trim()
+        .parse()
+        .unwrap_or(0);
+    assert!(
+        certificates > 100,
+        "the image has {certificates} CA certificates in /etc/ssl/certs/ca-certificates.crt"
+    );
+
     // The pod's volumes, as the kubelet would lay them out.
     let values = values();
     let sc = &values["securityContext"];
