@@ -100,6 +100,49 @@ pub(crate) struct Install {
     live: Live,
 }
 
+/// Deepest nesting accepted in a JSON5 file. OpenClaw's nest a handful of levels; the JSON5 parser
+/// recurses once per level, so 100,000 nested `[` (200 KB) overflowed the stack.
+const MAX_JSON5_DEPTH: usize = 128;
+
+/// The deepest `[`/`{` nesting of JSON5 text, outside strings and comments.
+fn json5_depth(text: &str) -> usize {
+    let (mut depth, mut max) = (0usize, 0usize);
+    let mut chars = text.chars().peekable();
+    while let Some(c) = chars.next() {
+        match c {
+            '"' | '\'' => {
+                while let Some(s) = chars.next() {
+                    if s == '\\' {
+                        chars.next();
+                    } else if s == c {
+                        break;
+                    }
+                }
+            }
+            '/' if chars.peek() == Some(&'/') => {
+                chars.find(|&s| s == '\n');
+            }
+            '/' if chars.peek() == Some(&'*') => {
+                chars.next();
+                let mut prev = ' ';
+                for s in chars.by_ref() {
+                    if prev == '*' && s == '/' {
+                        break;
+                    }
+                    prev = s;
+                }
+            }
+            '[' | '{' => {
+                depth += 1;
+                max = max.max(depth);
+            }
+            ']' | '}' => depth = depth.saturating_sub(1),
+            _ => {}
+        }
+    }
+    max
+}
+
 /// Parses JSON5; the error names the line and column and never quotes the text.
 pub(crate) fn parse_json5(path: &Path) -> Result<Option<Value>, String> {
     let text = match std::fs::read_to_string(path) {
@@ -107,6 +150,12 @@ pub(crate) fn parse_json5(path: &Path) -> Result<Option<Value>, String> {
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(None),
         Err(e) => return Err(format!("{}: {e}", path.display())),
     };
+    if json5_depth(&text) > MAX_JSON5_DEPTH {
+        return Err(format!(
+            "{}: nests deeper than {MAX_JSON5_DEPTH} levels, which no OpenClaw file does",
+            path.display()
+        ));
+    }
     json5::from_str::<Value>(&text).map(Some).map_err(|e| {
         let pos = e
             .position()
@@ -476,4 +525,30 @@ pub(crate) fn declare_file_provider(
         }
     })?);
     Ok(true)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A file nested deeper than any OpenClaw file is refused before the JSON5 parser, which
+    /// recurses once per level, sees it (`doctor` died with SIGSEGV on 100,000 nested `[`).
+    #[test]
+    fn deeply_nested_json5_is_refused_without_overflowing_the_stack() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("openclaw.json");
+        for open in ["[", "{a:"] {
+            std::fs::write(&path, open.repeat(100_000)).unwrap();
+            let err = parse_json5(&path).unwrap_err();
+            assert!(err.contains("deeper than"), "{err}");
+        }
+        // Brackets inside strings and comments are not nesting.
+        let deep_text = "[{".repeat(200);
+        let text = format!(
+            "// {deep_text}\n{{ a: '{deep_text}', /* {deep_text} */ b: \"{deep_text}\\\"\", c: [[1]] }}"
+        );
+        std::fs::write(&path, &text).unwrap();
+        let v = parse_json5(&path).unwrap().unwrap();
+        assert_eq!(v["c"], json!([[1]]));
+    }
 }

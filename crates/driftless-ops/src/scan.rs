@@ -285,16 +285,63 @@ pub fn scan_definition(
     bytes: &[u8],
     env: &Env,
     live: &Live,
-) -> Result<Vec<Embedded>, plist::Error> {
+) -> Result<Vec<Embedded>, PlistError> {
     match format {
         Format::Systemd => Ok(scan_systemd(&String::from_utf8_lossy(bytes), env, live)),
         Format::Plist => scan_plist(bytes, live),
     }
 }
 
-/// Every secret in a launchd plist. Fails only when the plist does not parse.
-pub fn scan_plist(bytes: &[u8], live: &Live) -> Result<Vec<Embedded>, plist::Error> {
-    let value: plist::Value = plist::from_bytes(bytes)?;
+/// Deepest nesting accepted in a plist. launchd's nest two or three levels; parsing and dropping a
+/// value recurse once per level, so 20,000 nested `<array>`s (300 KB) overflowed the stack in
+/// `plist::from_bytes`.
+const MAX_PLIST_DEPTH: usize = 128;
+
+/// Why a plist was not scanned.
+#[derive(Debug, thiserror::Error)]
+pub enum PlistError {
+    #[error(transparent)]
+    Parse(#[from] plist::Error),
+    #[error("it nests deeper than {MAX_PLIST_DEPTH} levels, which no launchd plist does")]
+    TooDeep,
+}
+
+/// Whether `value` nests deeper than [`MAX_PLIST_DEPTH`], walked without recursion.
+fn too_deep(value: &plist::Value) -> bool {
+    let mut stack = vec![(value, 1usize)];
+    while let Some((v, depth)) = stack.pop() {
+        match v {
+            plist::Value::Array(_) | plist::Value::Dictionary(_) if depth > MAX_PLIST_DEPTH => {
+                return true;
+            }
+            plist::Value::Array(items) => stack.extend(items.iter().map(|i| (i, depth + 1))),
+            plist::Value::Dictionary(d) => stack.extend(d.values().map(|i| (i, depth + 1))),
+            _ => {}
+        }
+    }
+    false
+}
+
+/// Drops a value one level at a time: the recursive drop of a deep one would overflow the stack.
+fn dismantle(value: plist::Value) {
+    let mut stack = vec![value];
+    while let Some(v) = stack.pop() {
+        match v {
+            plist::Value::Array(items) => stack.extend(items),
+            plist::Value::Dictionary(d) => stack.extend(d.into_iter().map(|(_, v)| v)),
+            _ => {}
+        }
+    }
+}
+
+/// Every secret in a launchd plist. Fails only when the plist does not parse or nests too deep.
+pub fn scan_plist(bytes: &[u8], live: &Live) -> Result<Vec<Embedded>, PlistError> {
+    // `from_reader` builds the value without recursing (`plist::from_bytes` recurses per level).
+    let value = plist::Value::from_reader(std::io::Cursor::new(bytes))?;
+    if too_deep(&value) {
+        dismantle(value);
+        return Err(PlistError::TooDeep);
+    }
     let mut out = Vec::new();
     let Some(d) = value.as_dictionary() else {
         return Ok(out);
@@ -421,6 +468,32 @@ mod tests {
             out,
             "[Service]\n# keep\nEnvironment=A=1 B=2\nExecStart=/x\n"
         );
+    }
+
+    /// A plist nested deeper than any launchd plist is refused, not parsed: parsing it overflowed
+    /// the stack (`doctor` died with SIGSEGV on 20,000 nested arrays).
+    #[test]
+    fn deeply_nested_plist_is_refused_without_overflowing_the_stack() {
+        for (open, close) in [("<array>", "</array>"), ("<dict><key>k</key>", "</dict>")] {
+            let plist = format!(
+                "<?xml version=\"1.0\"?><plist version=\"1.0\">{}<true/>{}</plist>",
+                open.repeat(20_000),
+                close.repeat(20_000)
+            );
+            let err = scan_plist(plist.as_bytes(), &Vec::new()).unwrap_err();
+            assert!(matches!(err, PlistError::TooDeep), "{err}");
+            // Never closed: a parse error, and no overflow either.
+            let plist = format!("<plist version=\"1.0\">{}", open.repeat(20_000));
+            let err = scan_plist(plist.as_bytes(), &Vec::new()).unwrap_err();
+            assert!(matches!(err, PlistError::Parse(_)), "{err}");
+        }
+        let ok = format!(
+            "<?xml version=\"1.0\"?><plist version=\"1.0\">{}<dict><key>ProgramArguments</key>\
+             <array><string>--token=canary-deep-ok-1</string></array></dict>{}</plist>",
+            "<array>".repeat(MAX_PLIST_DEPTH - 2),
+            "</array>".repeat(MAX_PLIST_DEPTH - 2)
+        );
+        assert!(scan_plist(ok.as_bytes(), &Vec::new()).unwrap().is_empty());
     }
 
     #[test]
