@@ -1,13 +1,13 @@
 //! The JSON5 import of an OpenClaw installation: the input is written as `openclaw.json` and as an
-//! agent's `auth-profiles.json` in a scratch state directory, then audited by `openclaw::audit`
-//! (which only reads).
+//! agent's `auth-profiles.json` in a scratch state directory, then audited by doctor's OpenClaw
+//! checks (`doctor::audit_openclaw`, which only reads).
 #![no_main]
 
 use std::path::PathBuf;
 use std::sync::OnceLock;
 
 use driftless_core::Env;
-use driftless_ops::openclaw;
+use driftless_ops::doctor;
 use libfuzzer_sys::fuzz_target;
 
 struct Scratch {
@@ -54,7 +54,7 @@ fuzz_target!(|data: &[u8]| {
     let s = scratch();
     std::fs::write(&s.config, data).expect("write openclaw.json");
     std::fs::write(&s.profiles, data).expect("write auth-profiles.json");
-    for row in openclaw::audit(&s.env, true) {
+    for row in doctor::audit_openclaw(s.env.clone()) {
         let _ = format!("{row:?}");
     }
 });

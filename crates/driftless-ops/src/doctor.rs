@@ -1,6 +1,6 @@
 //! `driftless doctor`: finds every copy of a secret that can drift and repairs it idempotently.
 //!
-//! Doctor is a list of checks ([`CHECKS`]); each is one type with its audit and its fix side by
+//! Doctor is a list of checks ([`DRIFTLESS_CHECKS`], then [`OPENCLAW_CHECKS`]); each is one type with its audit and its fix side by
 //! side (`check.rs`). The audit never changes anything. `--fix` runs each check's fix in list
 //! order, which is the order that cannot lose a value: permissions, literals out of config, then
 //! service definitions (credentials persisted before a unit is rewritten), then the rest. Every
@@ -18,11 +18,16 @@ mod units;
 pub use crate::findings::{Action, Row, Status};
 pub use check::{Doctor, DoctorError};
 
+use std::path::PathBuf;
+
+use driftless_core::Env;
+
+use crate::service::Scope;
 use check::{Check, Context};
 use openclaw_checks::{OcAuthProfiles, OcConfig, OcEnvVsConfig, OcPermissions, OcUnitSecret};
 
-/// Every check, in the order of the table and of the repairs.
-const CHECKS: &[&dyn Check] = &[
+/// Every check of the driftless installation, in the order of the table and of the repairs.
+const DRIFTLESS_CHECKS: &[&dyn Check] = &[
     &config::Parses,
     &files::Permissions,
     &files::Symlinks,
@@ -31,12 +36,35 @@ const CHECKS: &[&dyn Check] = &[
     &units::Units,
     &files::TempFiles,
     &stored_tokens::DeviceTokens,
+];
+
+/// The checks of an OpenClaw installation, after driftless's own.
+const OPENCLAW_CHECKS: &[&dyn Check] = &[
     &OcConfig,
     &OcPermissions,
     &OcEnvVsConfig,
     &OcUnitSecret,
     &OcAuthProfiles,
 ];
+
+fn checks() -> impl Iterator<Item = &'static dyn Check> {
+    DRIFTLESS_CHECKS.iter().chain(OPENCLAW_CHECKS).copied()
+}
+
+/// The OpenClaw checks alone, as `doctor` audits the installation `env` points at (the entry point
+/// of the `openclaw_json5` fuzz target). Changes nothing.
+pub fn audit_openclaw(env: Env) -> Vec<Row> {
+    let doctor = Doctor {
+        env,
+        config_path: PathBuf::new(),
+        state_dir: PathBuf::new(),
+        binary: PathBuf::new(),
+        scope: Scope::User,
+        openclaw: true,
+    };
+    let cx = Context::openclaw_only(&doctor);
+    OPENCLAW_CHECKS.iter().flat_map(|c| c.audit(&cx)).collect()
+}
 
 /// What `--fix` did. Changes made before a failure are kept and listed.
 #[derive(Debug)]
@@ -73,7 +101,7 @@ impl Doctor {
             };
         }
         Audit {
-            rows: CHECKS.iter().flat_map(|c| c.audit(&cx)).collect(),
+            rows: checks().flat_map(|c| c.audit(&cx)).collect(),
             stopped: false,
         }
     }
@@ -83,7 +111,7 @@ impl Doctor {
     pub fn fix(&self) -> FixOutcome {
         let mut actions = Vec::new();
         let mut cx = Context::gather(self);
-        for check in CHECKS {
+        for check in checks() {
             if cx.stopped().is_some() {
                 break;
             }

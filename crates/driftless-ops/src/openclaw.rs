@@ -486,6 +486,20 @@ pub(crate) fn edit_config(
     Ok(Action::changed(did, path.to_owned(), Some(bak)))
 }
 
+/// Writes `token` as `gateway.auth.token` of openclaw.json (`config`, at `path`), backed up first.
+pub(crate) fn persist_gateway_token(
+    path: &Path,
+    config: &mut Value,
+    token: &SecretValue,
+    did: String,
+) -> Result<Action, OpenClawError> {
+    edit_config(path, config, did, |root| {
+        if let Some(auth) = object_at(root, &["gateway", "auth"]) {
+            auth.insert("token".into(), Value::String(token.expose().to_owned()));
+        }
+    })
+}
+
 /// Declares `secrets.providers.driftless` (a JSON file provider at `store`) in openclaw.json if
 /// missing. False when there is no openclaw.json to declare it in.
 pub(crate) fn declare_file_provider(

@@ -144,6 +144,18 @@ impl<'a> Context<'a> {
         }
     }
 
+    /// The OpenClaw installation only; the driftless one is not looked at.
+    pub fn openclaw_only(doctor: &'a Doctor) -> Context<'a> {
+        Context {
+            doctor,
+            driftless: Err(Problem {
+                row: Row::skipped("config", "not checked"),
+                stop: false,
+            }),
+            openclaw: doctor.openclaw_install(),
+        }
+    }
+
     /// True when the config does not parse: nothing may be checked further or changed.
     pub fn stopped(&self) -> Option<&Row> {
         match &self.driftless {

@@ -190,15 +190,11 @@ impl Check for OcUnitSecret {
                     def.path.display(),
                     inst.paths.config.display()
                 );
-                actions.push(openclaw::edit_config(
+                actions.push(openclaw::persist_gateway_token(
                     &inst.paths.config,
                     &mut config,
+                    &e.value,
                     did,
-                    |root| {
-                        if let Some(auth) = openclaw::object_at(root, &["gateway", "auth"]) {
-                            auth.insert("token".into(), Value::String(e.value.expose().to_owned()));
-                        }
-                    },
                 )?);
                 // 2. works from openclaw.json as it is now.
                 fresh = Context::gather(cx.doctor);
