@@ -1,6 +1,6 @@
 //! The JSON5 import of an OpenClaw installation: the input is written as `openclaw.json` and as an
-//! agent's `auth-profiles.json` in a scratch state directory, then audited by `openclaw::audit`
-//! (which only reads).
+//! agent's `auth-profiles.json` in a scratch state directory, then imported the way doctor does
+//! (`openclaw::import_for_fuzzing`: the JSON5 parse of both files and the service scan; only reads).
 #![no_main]
 
 use std::path::PathBuf;
@@ -54,7 +54,5 @@ fuzz_target!(|data: &[u8]| {
     let s = scratch();
     std::fs::write(&s.config, data).expect("write openclaw.json");
     std::fs::write(&s.profiles, data).expect("write auth-profiles.json");
-    for row in openclaw::audit(&s.env, true) {
-        let _ = format!("{row:?}");
-    }
+    let _ = openclaw::import_for_fuzzing(&s.env);
 });

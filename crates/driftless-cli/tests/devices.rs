@@ -17,7 +17,7 @@ use support::*;
 
 /// The client's view of one home: its identity and stored device tokens.
 fn state(home: &Home) -> PathBuf {
-    home.path().join("state/driftless")
+    home.state()
 }
 
 fn audit(home: &Home) -> Vec<AuditEvent> {
@@ -199,10 +199,7 @@ async fn ask_to_pair(url: &str, id: &std::sync::Arc<DeviceIdentity>, scopes: &[&
     match connect(&opts).await {
         Err(ClientError::Rejected { error, .. }) => {
             assert_eq!(error.detail_code(), Some("PAIRING_REQUIRED"), "{error:?}");
-            error.details.unwrap()["requestId"]
-                .as_str()
-                .unwrap()
-                .to_owned()
+            error.details.unwrap().request_id.unwrap()
         }
         Err(e) => panic!("expected pairing required, got {e}"),
         Ok(_) => panic!("expected pairing required, got a session"),

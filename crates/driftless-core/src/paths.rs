@@ -9,10 +9,40 @@ pub const CONFIG_ENV: &str = "DRIFTLESS_CONFIG";
 /// The environment variable that names the state directory explicitly.
 pub const STATE_DIR_ENV: &str = "DRIFTLESS_STATE_DIR";
 
-fn home(env: &Env) -> PathBuf {
+/// `$HOME`, else `/`. The one HOME fallback: every path under the user's home starts here.
+pub fn home(env: &Env) -> PathBuf {
     env.non_empty("HOME")
         .map(PathBuf::from)
         .unwrap_or_else(|| PathBuf::from("/"))
+}
+
+/// An XDG base directory variable, if set to an absolute path. The XDG Base Directory spec says a
+/// relative value is invalid and must be ignored: a relative state dir would be written into config
+/// and resolved against another directory on the next start.
+pub fn xdg_var(env: &Env, name: &str) -> Option<PathBuf> {
+    env.non_empty(name)
+        .map(PathBuf::from)
+        .filter(|p| p.is_absolute())
+}
+
+/// `$XDG_CONFIG_HOME`, else `~/.config`.
+pub fn config_home(env: &Env) -> PathBuf {
+    xdg_var(env, "XDG_CONFIG_HOME").unwrap_or_else(|| home(env).join(".config"))
+}
+
+/// `$XDG_STATE_HOME`, else `~/.local/state`.
+pub fn state_home(env: &Env) -> PathBuf {
+    xdg_var(env, "XDG_STATE_HOME").unwrap_or_else(|| home(env).join(".local").join("state"))
+}
+
+/// `$XDG_CACHE_HOME`, else `~/.cache`.
+pub fn cache_home(env: &Env) -> PathBuf {
+    xdg_var(env, "XDG_CACHE_HOME").unwrap_or_else(|| home(env).join(".cache"))
+}
+
+/// `$XDG_RUNTIME_DIR` (no fallback: the spec leaves that to the application).
+pub fn runtime_dir(env: &Env) -> Option<PathBuf> {
+    xdg_var(env, "XDG_RUNTIME_DIR")
 }
 
 /// `$DRIFTLESS_CONFIG`, else `$XDG_CONFIG_HOME/driftless/config.toml`, else `~/.config/...`.
@@ -20,11 +50,7 @@ pub fn config_file(env: &Env) -> PathBuf {
     if let Some(p) = env.non_empty(CONFIG_ENV) {
         return PathBuf::from(p);
     }
-    let base = env
-        .non_empty("XDG_CONFIG_HOME")
-        .map(PathBuf::from)
-        .unwrap_or_else(|| home(env).join(".config"));
-    base.join("driftless").join("config.toml")
+    config_home(env).join("driftless").join("config.toml")
 }
 
 /// `$DRIFTLESS_STATE_DIR`, else `$XDG_STATE_HOME/driftless`, else `~/.local/state/driftless`.
@@ -32,11 +58,7 @@ pub fn state_dir(env: &Env) -> PathBuf {
     if let Some(p) = env.non_empty(STATE_DIR_ENV) {
         return PathBuf::from(p);
     }
-    let base = env
-        .non_empty("XDG_STATE_HOME")
-        .map(PathBuf::from)
-        .unwrap_or_else(|| home(env).join(".local").join("state"));
-    base.join("driftless")
+    state_home(env).join("driftless")
 }
 
 /// Where `init` puts the generated gateway token.
@@ -54,22 +76,21 @@ pub fn expand(raw: &str, env: &Env) -> Result<PathBuf, String> {
     } else {
         raw
     };
-    // Byte offsets throughout, so a name of any script is skipped exactly.
-    let mut tail = rest;
-    while let Some(start) = tail.find("${") {
-        out.push_str(&tail[..start]);
-        let after = &tail[start + 2..];
-        let Some(end) = after.find('}') else {
+    // Byte offsets throughout: `${` and `}` are ASCII, so every split lands on a char boundary.
+    let mut rest = rest;
+    while let Some(at) = rest.find("${") {
+        out.push_str(&rest[..at]);
+        let Some(len) = rest[at + 2..].find('}') else {
             return Err(format!("unterminated ${{ in path {raw:?}"));
         };
-        let name = &after[..end];
+        let name = &rest[at + 2..at + 2 + len];
         match env.get(name) {
             Some(v) => out.push_str(v),
             None => return Err(format!("path {raw:?} uses ${{{name}}}, which is not set")),
         }
-        tail = &after[end + 1..];
+        rest = &rest[at + 2 + len + 1..];
     }
-    out.push_str(tail);
+    out.push_str(rest);
     Ok(PathBuf::from(out))
 }
 
@@ -98,6 +119,21 @@ mod tests {
         ]);
         assert_eq!(config_file(&env), PathBuf::from("/c.toml"));
         assert_eq!(state_dir(&env), PathBuf::from("/st"));
+        // Relative XDG values are invalid (XDG spec) and ignored.
+        let env = Env::from_pairs([
+            ("HOME", "/h"),
+            ("XDG_CONFIG_HOME", "cfg"),
+            ("XDG_STATE_HOME", "./state"),
+            ("XDG_CACHE_HOME", "c"),
+            ("XDG_RUNTIME_DIR", "run"),
+        ]);
+        assert_eq!(
+            config_file(&env),
+            PathBuf::from("/h/.config/driftless/config.toml")
+        );
+        assert_eq!(state_dir(&env), PathBuf::from("/h/.local/state/driftless"));
+        assert_eq!(cache_home(&env), PathBuf::from("/h/.cache"));
+        assert_eq!(runtime_dir(&env), None);
     }
 
     #[test]
@@ -113,6 +149,13 @@ mod tests {
             PathBuf::from("/plain/$x")
         );
         assert!(expand("${NOPE}/x", &env).unwrap_err().contains("NOPE"));
+        // Issue 15 (9): a multi-byte name used to skip its bytes as characters, eating the tail.
+        let env = Env::from_pairs([("é", "/v"), ("ДИР", "/d")]);
+        assert_eq!(expand("${é}tail", &env).unwrap(), PathBuf::from("/vtail"));
+        assert_eq!(
+            expand("${ДИР}/ß/${é}/x", &env).unwrap(),
+            PathBuf::from("/d/ß//v/x")
+        );
         assert!(expand("${OPEN", &env).is_err());
     }
 

@@ -174,8 +174,8 @@ pub fn service_settings(text: &str) -> Vec<(String, String)> {
 }
 
 fn expand_specifiers(s: &str, env: &Env) -> String {
-    let home = env.non_empty("HOME").unwrap_or("/");
-    s.replace("%h", home).replace("%%", "%")
+    let home = driftless_core::paths::home(env);
+    s.replace("%h", &home.to_string_lossy()).replace("%%", "%")
 }
 
 /// Parses an environment file (`KEY=VALUE` lines, `#` comments, optional `export ` and quotes).
@@ -272,6 +272,27 @@ pub fn scan_systemd(text: &str, env: &Env, live: &Live) -> Vec<Embedded> {
     out
 }
 
+/// The formats of service definitions.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Format {
+    Systemd,
+    Plist,
+}
+
+/// Every secret in a service definition of `format`. Fails only when a plist does not parse or nests
+/// too deep.
+pub fn scan_definition(
+    format: Format,
+    bytes: &[u8],
+    env: &Env,
+    live: &Live,
+) -> Result<Vec<Embedded>, PlistError> {
+    match format {
+        Format::Systemd => Ok(scan_systemd(&String::from_utf8_lossy(bytes), env, live)),
+        Format::Plist => scan_plist(bytes, live),
+    }
+}
+
 /// Deepest nesting accepted in a plist. launchd's nest two or three levels; parsing and dropping a
 /// value recurse once per level, so 20,000 nested `<array>`s (300 KB) overflowed the stack in
 /// `plist::from_bytes`.
@@ -353,6 +374,28 @@ pub fn scan_plist(bytes: &[u8], live: &Live) -> Result<Vec<Embedded>, PlistError
     Ok(out)
 }
 
+/// Quotes one `ExecStart=` word: double quotes when needed; `%` and `$` are escaped so systemd
+/// neither expands specifiers nor variables in a path.
+pub fn systemd_quote(arg: &str) -> String {
+    let escaped = arg.replace('%', "%%").replace('$', "$$");
+    if !escaped.is_empty()
+        && !escaped
+            .chars()
+            .any(|c| c.is_whitespace() || matches!(c, '"' | '\'' | '\\' | ';'))
+    {
+        return escaped;
+    }
+    let mut out = String::from("\"");
+    for c in escaped.chars() {
+        if matches!(c, '"' | '\\') {
+            out.push('\\');
+        }
+        out.push(c);
+    }
+    out.push('"');
+    out
+}
+
 /// A unit with the inline environment assignments named in `drop` removed (other settings and
 /// comments kept byte for byte). Used where the unit is not ours to regenerate (OpenClaw's).
 pub fn systemd_without_vars(text: &str, drop: &[String]) -> String {
@@ -374,10 +417,7 @@ pub fn systemd_without_vars(text: &str, drop: &[String]) -> String {
         if kept.len() == words.len() {
             out.push_str(line);
         } else if !kept.is_empty() {
-            let rebuilt: Vec<String> = kept
-                .iter()
-                .map(|w| crate::service::systemd_quote(w))
-                .collect();
+            let rebuilt: Vec<String> = kept.iter().map(|w| systemd_quote(w)).collect();
             out.push_str(&format!("Environment={}\n", rebuilt.join(" ")));
         }
     }
@@ -455,6 +495,14 @@ mod tests {
             "</array>".repeat(MAX_PLIST_DEPTH - 2)
         );
         assert!(scan_plist(ok.as_bytes(), &Vec::new()).unwrap().is_empty());
+    }
+
+    #[test]
+    fn quoting() {
+        assert_eq!(systemd_quote("/usr/bin/x"), "/usr/bin/x");
+        assert_eq!(systemd_quote("/a b/c"), "\"/a b/c\"");
+        assert_eq!(systemd_quote("50%$HOME"), "50%%$$HOME");
+        assert_eq!(systemd_quote("a\"b"), "\"a\\\"b\"");
     }
 
     #[test]

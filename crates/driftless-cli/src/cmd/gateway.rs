@@ -292,8 +292,7 @@ fn pairing_hint(e: &connection::ClientError) -> Option<String> {
     let id = error
         .details
         .as_ref()
-        .and_then(|d| d.get("requestId"))
-        .and_then(Value::as_str)
+        .and_then(|d| d.request_id.as_deref())
         .unwrap_or("<requestId from `driftless devices list`>");
     Some(format!(
         "this device is not approved on the gateway yet; on the gateway's host run `driftless devices approve {id}`, then try again"

@@ -96,8 +96,8 @@ pub fn run(ctx: &Ctx, args: Args) -> CmdResult {
         .transpose()
         .map_err(|e| Failure::new(CONFIG, e))?;
     let control = args.control.unwrap_or_else(|| {
-        let dir = match ctx.env.non_empty("XDG_RUNTIME_DIR") {
-            Some(run) => std::path::PathBuf::from(run).join("driftless"),
+        let dir = match driftless_core::paths::runtime_dir(&ctx.env) {
+            Some(run) => run.join("driftless"),
             None => ctx.state_dir.clone(),
         };
         ControlAddr::Unix(dir.join("supervise.sock"))

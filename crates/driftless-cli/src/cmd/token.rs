@@ -74,8 +74,8 @@ fn rotate(ctx: &Ctx, no_grace: bool, json: bool) -> anyhow::Result<u8> {
             let path = input
                 .file_path(&ctx.env, loaded.base_dir())
                 .expect("a file reference has a path")?;
-            atomic::write_private(&path, format!("{}\n", new.expose()).as_bytes())?;
-            format!("file {}", path.display())
+            let written = atomic::write_private(&path, format!("{}\n", new.expose()).as_bytes())?;
+            format!("file {}", written.describe())
         }
         (SecretInput::Literal(_), _) => {
             let mut doc = ConfigDocument::open(&loaded.path)?;
