@@ -172,7 +172,7 @@ async fn session(stream: TcpStream, frames: &Frames) -> Result<(), WsError> {
         .write_buffer_size(0);
     let mut ws = tokio_tungstenite::accept_async_with_config(stream, Some(config)).await?;
     let nonce = uuid::Uuid::new_v4().to_string();
-    let challenge = driftless_protocol::challenge(&nonce, now_ms()).to_text();
+    let challenge = driftless_protocol::challenge_text(&nonce, now_ms());
     ws.send(Message::text(challenge)).await?;
     // A Close is echoed by tungstenite on the next read, which then ends the stream.
     while let Some(msg) = ws.next().await {

@@ -660,10 +660,7 @@ async fn sigkill_during_approvals_leaves_each_device_pending_or_paired() {
         let Err(ClientError::Rejected { error, .. }) = connect(&opts).await else {
             panic!("expected pairing required")
         };
-        let rid = error.details.unwrap()["requestId"]
-            .as_str()
-            .unwrap()
-            .to_owned();
+        let rid = error.details.unwrap().request_id.unwrap();
         requests.push((device_id, rid));
     }
     // The local operator approves all of them at once; the gateway is killed meanwhile.

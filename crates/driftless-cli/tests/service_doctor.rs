@@ -601,11 +601,11 @@ fn a_unit_from_before_limit_nofile_is_drift_and_fix_adds_the_limit() {
     let installed = read(&h.unit());
     let old = installed.replace("LimitNOFILE=65536\n", "");
     assert_ne!(old, installed);
-    h.write(&h.unit(), &old, 0o644);
+    write_file(&h.unit(), &old, 0o644);
     let (code, v) = doctor_json(&h, &[]);
     assert_eq!(code, 1, "{v:#}");
     assert_eq!(findings(&v, "unit-drift").len(), 1, "{v:#}");
-    let r = h.run(&["doctor", "--fix"]);
+    let r = h.driftless(&["doctor", "--fix"], &[]);
     assert_eq!(r.code, 0, "{}", r.all());
     assert_eq!(read(&h.unit()), installed);
     assert!(read(&h.unit()).contains("\nLimitNOFILE=65536\n"));
@@ -947,16 +947,19 @@ fn link_into_dotfiles(h: &Home, path: &Path, name: &str) -> PathBuf {
 fn secrets_migrate_through_a_symlinked_config_updates_its_target() {
     let h = Home::new();
     let canary = "canary-symlinked-config-5150";
-    h.write(
-        &h.config(),
+    write_file(
+        &h.config_path(),
         &format!("# dotfiles\n[gateway.auth]\ntoken = \"{canary}\"\n"),
         0o600,
     );
-    let target = link_into_dotfiles(&h, &h.config(), "driftless.toml");
+    let target = link_into_dotfiles(&h, &h.config_path(), "driftless.toml");
 
     let r = h.ok(&["secrets", "migrate"]);
     assert!(!r.all().contains(canary), "{}", r.all());
-    assert!(is_symlink(&h.config()), "the link was replaced by a file");
+    assert!(
+        is_symlink(&h.config_path()),
+        "the link was replaced by a file"
+    );
     assert!(
         r.stdout.contains(&format!(
             "is a symlink; its target {} was updated",
@@ -984,7 +987,7 @@ fn secrets_migrate_through_a_symlinked_config_updates_its_target() {
     assert_eq!(links.len(), 1, "{v:#}");
     let finding = links[0]["finding"].as_str().unwrap();
     assert!(
-        finding.contains(&h.config().display().to_string())
+        finding.contains(&h.config_path().display().to_string())
             && finding.contains(&target.display().to_string()),
         "{finding}"
     );
@@ -999,7 +1002,7 @@ fn token_rotate_through_a_symlinked_token_file_updates_the_shared_target() {
     let old = read(&h.token_file());
     let target = link_into_dotfiles(&h, &h.token_file(), "gateway-token");
     // No gateway runs: the rotation is written and the command says nobody confirmed it.
-    let r = h.run(&["token", "rotate"]);
+    let r = h.driftless(&["token", "rotate"], &[]);
     assert!(
         r.stdout
             .contains(&format!("its target {} was updated", target.display())),
@@ -1023,7 +1026,7 @@ fn token_rotate_through_a_symlinked_token_file_updates_the_shared_target() {
 fn doctor_names_the_symlink_target_it_reports_and_chmods() {
     let h = Home::new();
     h.ok(&["init"]);
-    let target = link_into_dotfiles(&h, &h.config(), "driftless.toml");
+    let target = link_into_dotfiles(&h, &h.config_path(), "driftless.toml");
     std::fs::set_permissions(&target, std::fs::Permissions::from_mode(0o644)).unwrap();
     let (code, v) = doctor_json(&h, &[]);
     assert_eq!(code, 1, "{v:#}");
@@ -1037,19 +1040,19 @@ fn doctor_names_the_symlink_target_it_reports_and_chmods() {
         "{v:#}"
     );
     assert_eq!(f[0]["fix"], format!("chmod 600 {}", target.display()));
-    let r = h.run(&["doctor", "--fix"]);
+    let r = h.driftless(&["doctor", "--fix"], &[]);
     assert_eq!(r.code, 0, "{}", r.all());
     assert!(
         r.stdout.contains(&format!(
             "chmod 600 {} (the target of the symlink {})",
             target.display(),
-            h.config().display()
+            h.config_path().display()
         )),
         "{}",
         r.all()
     );
     assert_eq!(mode(&target), 0o600);
-    assert!(is_symlink(&h.config()));
+    assert!(is_symlink(&h.config_path()));
 }
 
 /// Issue 15, finding 7: a temp file a killed write left behind (0600, holding a key) is reported
@@ -1062,7 +1065,7 @@ fn doctor_reports_and_removes_orphaned_temp_files() {
     let canary = "canary-orphaned-temp-key-31337";
     let dir = h.token_file().parent().unwrap().to_owned();
     let orphan = dir.join(".driftless-Xy12Ab.tmp");
-    h.write(&orphan, &format!("{canary}\n"), 0o600);
+    write_file(&orphan, &format!("{canary}\n"), 0o600);
     let an_hour_ago = std::time::SystemTime::now() - std::time::Duration::from_secs(3600);
     std::fs::File::options()
         .write(true)
@@ -1070,8 +1073,12 @@ fn doctor_reports_and_removes_orphaned_temp_files() {
         .unwrap()
         .set_modified(an_hour_ago)
         .unwrap();
-    let in_progress = h.config().parent().unwrap().join(".driftless-Qq98Zz.tmp");
-    h.write(&in_progress, "being written", 0o600);
+    let in_progress = h
+        .config_path()
+        .parent()
+        .unwrap()
+        .join(".driftless-Qq98Zz.tmp");
+    write_file(&in_progress, "being written", 0o600);
 
     let (code, v) = doctor_json(&h, &[]);
     assert_eq!(code, 1, "{v:#}");
@@ -1086,7 +1093,7 @@ fn doctor_reports_and_removes_orphaned_temp_files() {
     );
     assert!(!v.to_string().contains(canary));
 
-    let r = h.run(&["doctor", "--fix"]);
+    let r = h.driftless(&["doctor", "--fix"], &[]);
     assert_eq!(r.code, 0, "{}", r.all());
     assert!(!r.all().contains(canary));
     assert!(
@@ -1097,5 +1104,9 @@ fn doctor_reports_and_removes_orphaned_temp_files() {
     assert!(!orphan.exists());
     assert!(in_progress.exists());
     assert!(h.files_containing(canary).is_empty());
-    assert!(h.run(&["doctor", "--fix"]).stdout.contains("No changes"));
+    assert!(
+        h.driftless(&["doctor", "--fix"], &[])
+            .stdout
+            .contains("No changes")
+    );
 }

@@ -92,3 +92,52 @@ async fn an_idle_gateway_whose_files_are_read_does_not_reload() {
     );
     gw.finish();
 }
+
+fn mkfifo(path: &Path) {
+    std::fs::create_dir_all(path.parent().unwrap()).unwrap();
+    let ok = Command::new("mkfifo")
+        .args(["-m", "600"])
+        .arg(path)
+        .status()
+        .unwrap();
+    assert!(ok.success(), "mkfifo failed");
+}
+
+/// Issue 15 findings 3 and 8: a FIFO as config or as the token file used to hang `secrets check`
+/// and `gateway run` in `open()` (no writer ever comes). Now each ends at once with an error that
+/// names what the file is; a config is a config error (exit 78).
+#[test]
+fn a_fifo_as_config_or_token_file_is_refused_at_once() {
+    let home = Home::new();
+    let config = home.config_path();
+    mkfifo(&config);
+    let (status, _, stderr) = home.run(&["secrets", "check"]);
+    assert_eq!(status.code(), Some(78), "{stderr}");
+    assert!(
+        stderr.contains("FIFO") && stderr.contains("not a regular file"),
+        "{stderr}"
+    );
+    match Gateway::try_start(&home, &[], &[]) {
+        Ok(_) => panic!("the gateway started with a FIFO as config"),
+        Err(log) => assert!(log.contains("FIFO"), "{log}"),
+    }
+
+    let home = Home::new();
+    let tok = home.path().join("secrets/token");
+    mkfifo(&tok);
+    home.write_config(&format!(
+        "[gateway]\nbind = \"127.0.0.1\"\nport = 0\n[gateway.auth]\nmode = \"token\"\n\
+         token = {{ source = \"file\", path = {:?} }}\n",
+        tok.to_str().unwrap(),
+    ));
+    let (status, stdout, stderr) = home.run(&["secrets", "check"]);
+    assert!(!status.success(), "{stdout}{stderr}");
+    assert!(
+        format!("{stdout}{stderr}").contains("FIFO"),
+        "{stdout}{stderr}"
+    );
+    match Gateway::try_start(&home, &[], &[]) {
+        Ok(_) => panic!("the gateway started with a FIFO as its token file"),
+        Err(log) => assert!(log.contains("FIFO"), "{log}"),
+    }
+}

@@ -335,41 +335,58 @@ async fn read_capped(
     }
 }
 
+/// Why an authenticated client's body was not taken.
+enum BodyRefusal {
+    TooLarge,
+    Unreadable,
+    TimedOut,
+}
+
+impl IntoResponse for BodyRefusal {
+    fn into_response(self) -> Response {
+        let (status, message) = match self {
+            BodyRefusal::TooLarge => (
+                StatusCode::PAYLOAD_TOO_LARGE,
+                format!(
+                    "the request body is larger than {} MiB",
+                    MAX_REQUEST_BYTES / (1024 * 1024)
+                ),
+            ),
+            BodyRefusal::Unreadable => (
+                StatusCode::BAD_REQUEST,
+                "the request body could not be read".to_owned(),
+            ),
+            BodyRefusal::TimedOut => (
+                StatusCode::REQUEST_TIMEOUT,
+                format!(
+                    "the request body did not arrive within {} s",
+                    REQUEST_BODY_TIMEOUT.as_secs()
+                ),
+            ),
+        };
+        bad_request(status, None, &message)
+    }
+}
+
 /// Reads an authenticated client's body: at most [`MAX_REQUEST_BYTES`] (a larger declared length
 /// is refused unread), all within [`REQUEST_BODY_TIMEOUT`].
-async fn read_request_body(headers: &HeaderMap, body: Body) -> Result<Vec<u8>, Response> {
+async fn read_request_body(headers: &HeaderMap, body: Body) -> Result<Vec<u8>, BodyRefusal> {
     use futures_util::StreamExt;
-    let too_large = || {
-        bad_request(
-            StatusCode::PAYLOAD_TOO_LARGE,
-            None,
-            &format!(
-                "the request body is larger than {} MiB",
-                MAX_REQUEST_BYTES / (1024 * 1024)
-            ),
-        )
-    };
     let declared = headers
         .get(header::CONTENT_LENGTH)
         .and_then(|v| v.to_str().ok())
         .and_then(|v| v.parse::<u64>().ok())
         .unwrap_or(0);
     if declared > MAX_REQUEST_BYTES as u64 {
-        return Err(too_large());
+        return Err(BodyRefusal::TooLarge);
     }
     let read = async {
         let mut data = body.into_data_stream();
         let mut buf = Vec::with_capacity(declared as usize);
         while let Some(piece) = data.next().await {
-            let piece = piece.map_err(|_| {
-                bad_request(
-                    StatusCode::BAD_REQUEST,
-                    None,
-                    "the request body could not be read",
-                )
-            })?;
+            let piece = piece.map_err(|_| BodyRefusal::Unreadable)?;
             if buf.len() + piece.len() > MAX_REQUEST_BYTES {
-                return Err(too_large());
+                return Err(BodyRefusal::TooLarge);
             }
             buf.extend_from_slice(&piece);
         }
@@ -377,16 +394,7 @@ async fn read_request_body(headers: &HeaderMap, body: Body) -> Result<Vec<u8>, R
     };
     tokio::time::timeout(REQUEST_BODY_TIMEOUT, read)
         .await
-        .unwrap_or_else(|_| {
-            Err(bad_request(
-                StatusCode::REQUEST_TIMEOUT,
-                None,
-                &format!(
-                    "the request body did not arrive within {} s",
-                    REQUEST_BODY_TIMEOUT.as_secs()
-                ),
-            ))
-        })
+        .unwrap_or(Err(BodyRefusal::TimedOut))
 }
 
 /// Sets a JSON object's `model` (when it has one) to the name the client routed to; anything
@@ -410,7 +418,7 @@ async fn chat_completions(
     }
     let body = match read_request_body(&headers, body).await {
         Ok(b) => b,
-        Err(r) => return r,
+        Err(r) => return r.into_response(),
     };
     let mut request: Value = match serde_json::from_slice(&body) {
         Ok(v @ Value::Object(_)) => v,

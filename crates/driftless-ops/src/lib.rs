@@ -8,6 +8,7 @@
 
 pub mod backup;
 pub mod doctor;
+pub mod file_error;
 pub mod findings;
 pub mod init;
 pub mod migrate;

@@ -15,6 +15,7 @@ use driftless_core::{Env, SecretValue, atomic};
 use serde_json::{Map, Value, json};
 
 use crate::backup::{self, BackupError};
+use crate::file_error::FileError;
 use crate::findings::Action;
 use crate::scan::{self, Embedded, Format, Live};
 
@@ -32,13 +33,8 @@ pub enum OpenClawError {
     Write(#[from] atomic::WriteError),
     #[error(transparent)]
     Backup(#[from] BackupError),
-    #[error("cannot {action} {path}: {source}")]
-    Io {
-        action: &'static str,
-        path: PathBuf,
-        #[source]
-        source: std::io::Error,
-    },
+    #[error(transparent)]
+    File(#[from] FileError),
     #[error(
         "{0} exists: OpenClaw is writing this file right now (or crashed while doing so); retry, or delete the \
          lock if no OpenClaw process runs"
@@ -419,11 +415,7 @@ impl Lock {
             Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => {
                 Err(OpenClawError::Locked(path))
             }
-            Err(source) => Err(OpenClawError::Io {
-                action: "lock",
-                path,
-                source,
-            }),
+            Err(e) => Err(FileError::of("lock", &path)(e).into()),
         }
     }
 }
@@ -473,11 +465,7 @@ pub(crate) fn store_secret(
         a.insert(id.into(), Value::String(value.expose().to_owned()));
     }
     if let Some(dir) = store.parent() {
-        atomic::create_private_dir(dir).map_err(|source| OpenClawError::Io {
-            action: "create",
-            path: dir.to_owned(),
-            source,
-        })?;
+        atomic::create_private_dir(dir).map_err(FileError::of("create", dir))?;
     }
     write_json(store, &json)
 }

@@ -11,6 +11,7 @@ use std::process::Command;
 
 use driftless_core::{Env, atomic, redact};
 
+use crate::file_error::FileError;
 use crate::scan::{self, Format, systemd_quote};
 
 /// The systemd unit name.
@@ -79,13 +80,8 @@ pub enum ServiceError {
     Write(#[from] atomic::WriteError),
     #[error(transparent)]
     Backup(#[from] crate::backup::BackupError),
-    #[error("cannot {action} {path}: {source}")]
-    Io {
-        action: &'static str,
-        path: PathBuf,
-        #[source]
-        source: std::io::Error,
-    },
+    #[error(transparent)]
+    File(#[from] FileError),
 }
 
 /// Everything a service definition is made from. Two specs that are equal render the same bytes.
@@ -591,11 +587,7 @@ pub fn install(
             report.backup = Some(crate::backup::backup(&path, &[])?);
         }
         if let Some(dir) = path.parent() {
-            std::fs::create_dir_all(dir).map_err(|source| ServiceError::Io {
-                action: "create",
-                path: dir.to_owned(),
-                source,
-            })?;
+            std::fs::create_dir_all(dir).map_err(FileError::of("create", dir))?;
         }
         atomic::write_with_mode(&path, &wanted, 0o644)?;
         report.wrote = true;
@@ -640,11 +632,7 @@ pub fn uninstall(manager: &Manager, env: &Env) -> Result<Option<UninstallReport>
     let reachable = manager.reachable();
     // Disabling a unit that is not loaded fails; the file is removed either way.
     let stopped = reachable && manager.disable_now().is_ok();
-    std::fs::remove_file(&path).map_err(|source| ServiceError::Io {
-        action: "remove",
-        path: path.clone(),
-        source,
-    })?;
+    std::fs::remove_file(&path).map_err(FileError::of("remove", &path))?;
     if reachable {
         manager.reload()?;
     }

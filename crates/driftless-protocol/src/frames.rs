@@ -52,7 +52,8 @@ pub mod codes {
 #[serde(tag = "type", rename_all = "lowercase")]
 pub enum Frame {
     Req(RequestFrame),
-    Res(ResponseFrame),
+    // Boxed: an error response is several times the size of the other frames.
+    Res(Box<ResponseFrame>),
     Event(EventFrame),
 }
 
@@ -444,21 +445,21 @@ pub fn event_text<T: Serialize>(event: &str, payload: &T, seq: Option<u64>) -> S
 
 impl Frame {
     pub fn ok(id: &str, payload: Value) -> Frame {
-        Frame::Res(ResponseFrame {
+        Frame::Res(Box::new(ResponseFrame {
             id: id.to_owned(),
             ok: true,
             payload: Some(payload),
             error: None,
-        })
+        }))
     }
 
     pub fn err(id: &str, error: ErrorShape) -> Frame {
-        Frame::Res(ResponseFrame {
+        Frame::Res(Box::new(ResponseFrame {
             id: id.to_owned(),
             ok: false,
             payload: None,
             error: Some(error),
-        })
+        }))
     }
 
     pub fn event(event: &str, payload: Value, seq: Option<u64>) -> Frame {

@@ -10,6 +10,7 @@ use driftless_core::config::LoadedConfig;
 use driftless_core::{Config, ConfigError, Env, SecretValue, atomic, precedence};
 
 use crate::backup;
+use crate::file_error::FileError;
 use crate::findings::{Action, Row};
 use crate::migrate::MigrateError;
 use crate::openclaw::{self, Install, OpenClawError};
@@ -44,13 +45,8 @@ pub enum DoctorError {
     OpenClaw(#[from] OpenClawError),
     #[error(transparent)]
     TokenStore(#[from] driftless_client::store::StoreError),
-    #[error("cannot {action} {path}: {source}")]
-    Io {
-        action: &'static str,
-        path: PathBuf,
-        #[source]
-        source: std::io::Error,
-    },
+    #[error(transparent)]
+    File(#[from] FileError),
 }
 
 /// One check: what it reports and how it repairs that, from the same facts.
@@ -332,11 +328,7 @@ pub(crate) fn reload_and_restart(manager: &Manager, unit: &str) -> Action {
 /// Makes each of `files` 0600 (no content changes, so no backup).
 pub(crate) fn tighten(files: Vec<OpenFile>, actions: &mut Vec<Action>) -> Result<(), DoctorError> {
     for f in files {
-        actions.push(f.tighten().map_err(|source| DoctorError::Io {
-            action: "chmod",
-            path: f.target.clone(),
-            source,
-        })?);
+        actions.push(f.tighten().map_err(FileError::of("chmod", &f.target))?);
     }
     Ok(())
 }

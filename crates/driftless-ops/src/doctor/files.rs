@@ -8,6 +8,7 @@ use std::time::{Duration, SystemTime};
 use driftless_core::atomic::{self, resolve_symlinks};
 
 use super::check::{Check, Context, DoctorError, OpenClaw, tighten};
+use crate::file_error::FileError;
 use crate::findings::{Action, Row};
 use crate::perms;
 use crate::service::Manager;
@@ -212,13 +213,7 @@ impl Check for TempFiles {
                 )),
                 // Gone since the scan: nothing left to do.
                 Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
-                Err(source) => {
-                    return Err(DoctorError::Io {
-                        action: "delete",
-                        path,
-                        source,
-                    });
-                }
+                Err(e) => return Err(FileError::of("delete", &path)(e).into()),
             }
         }
         Ok(())
