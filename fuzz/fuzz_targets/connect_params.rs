@@ -1,16 +1,41 @@
-//! `connect` params as the gateway reads them (a JSON value, then `ConnectParams`), the protocol
-//! negotiation, and the rule that `Debug` never shows a credential.
+//! `connect` params as the gateway reads them (`parse_params`), the protocol negotiation, and the
+//! rules that neither `Debug` nor a parse error shows a credential.
 #![no_main]
 
-use driftless_protocol::{ConnectAuth, ConnectParams, negotiate};
+use driftless_protocol::{ConnectAuth, ConnectParams, negotiate, parse_params};
 use libfuzzer_sys::fuzz_target;
+use serde_json::value::RawValue;
 
 fuzz_target!(|data: &[u8]| {
-    let Ok(value) = serde_json::from_slice::<serde_json::Value>(data) else {
+    let Ok(text) = std::str::from_utf8(data) else {
         return;
     };
-    let Ok(params) = serde_json::from_value::<ConnectParams>(value) else {
+    let Ok(raw) = serde_json::from_str::<&RawValue>(text) else {
         return;
+    };
+    let params = match parse_params::<ConnectParams>(Some(raw)) {
+        Ok(p) => p,
+        Err(message) => {
+            // A credential sent with the wrong type or in the wrong place is not echoed. Only
+            // values that cannot be words of the message itself are checked (8+ characters,
+            // letters and digits with at least one digit).
+            let value: serde_json::Value = serde_json::from_str(text).unwrap_or_default();
+            for field in ["token", "password", "deviceToken", "bootstrapToken"] {
+                let v = &value["auth"][field];
+                let v = v
+                    .as_str()
+                    .map(str::to_owned)
+                    .unwrap_or_else(|| v.to_string());
+                let distinctive = v.len() >= 8
+                    && v.chars().all(|c| c.is_ascii_alphanumeric())
+                    && v.chars().any(|c| c.is_ascii_digit());
+                assert!(
+                    !(distinctive && message.contains(&v)),
+                    "{message:?} echoes auth.{field}"
+                );
+            }
+            return;
+        }
     };
     if let Some(v) = negotiate(params.min_protocol, params.max_protocol) {
         assert!(v >= params.min_protocol && v <= params.max_protocol);

@@ -1,9 +1,9 @@
 //! The signed `device` block of `connect`, checked the way the gateway checks it (`conn.rs`
-//! `verify_device`), and the PEM keys of a device identity file.
+//! `prove_device`), and the PEM keys of a device identity file.
 #![no_main]
 
-use driftless_protocol::ConnectParams;
 use driftless_protocol::device_auth::{self, DeviceProof, SignedFields};
+use driftless_protocol::{ConnectParams, parse_params};
 use libfuzzer_sys::fuzz_target;
 
 /// The challenge nonce and clock of the seeds (the Control UI connect in the protocol appendix).
@@ -18,13 +18,16 @@ fuzz_target!(|data: &[u8]| {
         let _ = device_auth::parse_private_key_pem(text);
         let _ = device_auth::public_key_bytes(text);
     }
-    let Ok(params) = serde_json::from_str::<ConnectParams>(text) else {
+    let Ok(raw) = serde_json::from_str::<&serde_json::value::RawValue>(text) else {
         return;
     };
-    let Some(raw) = params.device.clone() else {
+    let Ok(params) = parse_params::<ConnectParams>(Some(raw)) else {
         return;
     };
-    let Ok(proof) = serde_json::from_value::<DeviceProof>(raw) else {
+    let Some(device) = params.device.clone() else {
+        return;
+    };
+    let Ok(proof) = serde_json::from_value::<DeviceProof>(device) else {
         return;
     };
     let auth = params.auth.as_ref();

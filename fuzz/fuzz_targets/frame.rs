@@ -1,8 +1,8 @@
-//! A WebSocket text frame as the gateway reads it: before authentication through a JSON value
-//! (`conn.rs` `connect`), after it straight into a `Frame`; a `connect` request's params too.
+//! A WebSocket text frame as the gateway reads it (`parse_request`, then `parse_params` of a
+//! `connect`), and as the client reads the gateway's frames (`Frame`).
 #![no_main]
 
-use driftless_protocol::{ConnectParams, Frame};
+use driftless_protocol::{ConnectParams, Frame, parse_params, parse_request};
 use libfuzzer_sys::fuzz_target;
 
 fuzz_target!(|data: &[u8]| {
@@ -10,11 +10,10 @@ fuzz_target!(|data: &[u8]| {
     let Ok(text) = std::str::from_utf8(data) else {
         return;
     };
-    if let Ok(value) = serde_json::from_str::<serde_json::Value>(text)
-        && let Ok(Frame::Req(req)) = serde_json::from_value::<Frame>(value)
+    if let Ok(req) = parse_request(text)
         && req.method == "connect"
     {
-        let _ = serde_json::from_value::<ConnectParams>(req.params.unwrap_or_default());
+        let _ = parse_params::<ConnectParams>(req.params);
     }
     let Ok(frame) = serde_json::from_str::<Frame>(text) else {
         return;

@@ -279,7 +279,8 @@ pub enum Format {
     Plist,
 }
 
-/// Every secret in a service definition of `format`. Fails only when a plist does not parse.
+/// Every secret in a service definition of `format`. Fails only when a plist does not parse or nests
+/// too deep.
 pub fn scan_definition(
     format: Format,
     bytes: &[u8],
