@@ -7,6 +7,7 @@ pub mod doctor;
 pub mod init;
 pub mod migrate;
 pub mod openclaw;
+pub mod rotation;
 pub mod scan;
 pub mod service;
 mod stored_tokens;
