@@ -5,7 +5,7 @@ mod support;
 
 use std::process::Stdio;
 
-use support::Home;
+use support::{Gateway, Home};
 
 /// The XDG spec says a relative `XDG_*_HOME` is invalid and must be ignored. A relative state dir
 /// used to end up in config as a relative token path, which the next start (from another working
@@ -102,8 +102,8 @@ impl StandIn {
                         let id = req["id"].clone();
                         let hello = serde_json::json!({"type": "res", "id": id, "ok": true,
                             "payload": {"type": "hello-ok", "protocol": 4,
-                                "server": {"version": "stand-in"}, "features": {"methods": [], "events": []},
-                                "snapshot": {}, "policy": {}}});
+                                "server": {"version": "2026.9.6"}, "features": {"methods": [], "events": []},
+                                "snapshot": {"uptimeMs": 47599}, "policy": {}}});
                         match peer {
                             Peer::NeverHello => {}
                             Peer::SilentAfterHello => {
@@ -127,8 +127,16 @@ impl StandIn {
                                 ws.send(Message::text(hello.to_string())).await.unwrap();
                                 while let Some(Ok(Message::Text(t))) = ws.next().await {
                                     let req: serde_json::Value = serde_json::from_str(t.as_str()).unwrap();
+                                    // OpenClaw 2026.9.6's payloads (shared design, openclaw-protocol.md 3.4).
+                                    let payload = if req["method"] == "status" {
+                                        serde_json::json!({"heartbeat": {"defaultAgentId": "main", "agents": []},
+                                            "channelSummary": [], "queuedSystemEvents": [],
+                                            "sessions": {"paths": [], "count": 0, "recent": []}})
+                                    } else {
+                                        serde_json::json!({"ok": true, "ts": 1795421902987u64, "durationMs": 10})
+                                    };
                                     let res = serde_json::json!({"type": "res", "id": req["id"], "ok": true,
-                                        "payload": {"ok": true, "ts": 1795421902987u64, "durationMs": 10}});
+                                        "payload": payload});
                                     ws.send(Message::text(res.to_string())).await.unwrap();
                                 }
                                 return;
@@ -302,4 +310,91 @@ fn a_closed_stdout_pipe_ends_quietly() {
         assert!(!stderr.contains("panicked"), "{args:?}: {stderr}");
         assert!(!stderr.contains("error"), "{args:?}: {stderr}");
     }
+}
+
+/// Issue 15 #11: `gateway status`/`health` print OpenClaw's payloads sensibly: no `null`, no
+/// `uptime 0s`; the version and uptime come from its hello-ok.
+#[test]
+fn status_and_health_print_openclaw_payloads() {
+    let server = StandIn::start(Peer::StartingFor(0));
+    let home = Home::new();
+    let (status, stdout, stderr) = home.run(&[
+        "gateway",
+        "status",
+        "--url",
+        &server.url,
+        "--token",
+        "x-token",
+    ]);
+    assert_eq!(status.code(), Some(0), "{stderr}");
+    assert!(
+        !stdout.contains("null") && !stdout.contains(" 0s"),
+        "{stdout}"
+    );
+    assert!(stdout.contains("version      2026.9.6"), "{stdout}");
+    assert!(stdout.contains("uptime       47s"), "{stdout}");
+    assert!(stdout.contains("sessions     0"), "{stdout}");
+    let (status, stdout, stderr) = home.run(&[
+        "gateway",
+        "health",
+        "--url",
+        &server.url,
+        "--token",
+        "x-token",
+    ]);
+    assert_eq!(status.code(), Some(0), "{stderr}");
+    assert_eq!(
+        stdout.trim(),
+        "ok: the gateway is healthy (version 2026.9.6, uptime 47s)"
+    );
+}
+
+/// Issue 15 #9 and #11: two `token rotate` runs at once serialize on a lock (the second says it
+/// waits, then rotates again) instead of one waiting 10 s and blaming "a different token source";
+/// the grace end is printed for a person (RFC 3339 and relative), not in unix ms.
+#[test]
+fn concurrent_token_rotations_serialize_and_print_human_times() {
+    let home = Home::new();
+    home.token_config(support::CANARY, "");
+    let cfg = std::fs::read_to_string(home.config_path()).unwrap();
+    let gw = Gateway::start_pinned(&home, |port| {
+        home.write_config(&cfg.replace("port = 0", &format!("port = {port}")))
+    });
+    let spawn = || {
+        home.command()
+            .args(["token", "rotate"])
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .unwrap()
+    };
+    let runs: Vec<_> = (0..3).map(|_| spawn()).collect();
+    let outs: Vec<_> = runs
+        .into_iter()
+        .map(|c| c.wait_with_output().unwrap())
+        .collect();
+    let mut waited = 0;
+    for out in &outs {
+        let (stdout, stderr) = (
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr),
+        );
+        assert!(out.status.success(), "{stdout}{stderr}");
+        assert!(!stderr.contains("different token source"), "{stderr}");
+        assert!(!stdout.contains("unix ms"), "{stdout}");
+        assert!(
+            stdout.contains("the old one works until 20") && stdout.contains("(in "),
+            "{stdout}"
+        );
+        support::assert_no_canary(&stdout, "token rotate output");
+        if stderr.contains("another `driftless token rotate` is running") {
+            waited += 1;
+        }
+    }
+    assert!(waited >= 1, "no run said it waited for another");
+    // The token on disk is the one the gateway accepts.
+    let token = std::fs::read_to_string(home.path().join("secrets/token")).unwrap();
+    let rt = tokio::runtime::Runtime::new().unwrap();
+    assert!(rt.block_on(support::accepted(&gw.url, token.trim_end())));
+    gw.finish();
 }
