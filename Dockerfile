@@ -1,6 +1,7 @@
 # The driftless gateway image: the `driftless` binary alone, on a slim runtime, as a non-root user.
 # Build:  docker build -t driftless:0.1.0 .    (or any OCI builder)
-# Not built by the project's CI: its machines have no container engine. Keep it conventional.
+# crates/driftless-cli/tests/image.rs builds the runtime stage (with a stand-in base and the
+# binary built outside) and runs it as the chart does. Keep it conventional.
 
 ARG RUST_VERSION=1.88
 
@@ -12,9 +13,13 @@ RUN cargo build --release --locked --package driftless \
     && install -D -m 0755 target/release/driftless /out/driftless
 
 FROM debian:bookworm-slim
+# CA certificates: the providers' HTTPS endpoints are verified against the system's bundle.
 # A fixed numeric uid/gid (the chart's runAsUser/runAsGroup/fsGroup default): Kubernetes can
 # only enforce runAsNonRoot on a numeric USER.
-RUN groupadd --system --gid 10001 driftless \
+RUN apt-get update \
+    && apt-get install -y --no-install-recommends ca-certificates \
+    && rm -rf /var/lib/apt/lists/* \
+    && groupadd --system --gid 10001 driftless \
     && useradd --system --uid 10001 --gid 10001 --no-create-home --home-dir /nonexistent \
        --shell /usr/sbin/nologin driftless
 COPY --from=build /out/driftless /usr/local/bin/driftless

@@ -65,5 +65,12 @@ echo "kubectl: $tools/v4/kubectl/kubectl"
 echo "kubernetes-validate: $venv/bin/kubernetes-validate"
 echo "check-jsonschema: $venv/bin/check-jsonschema"
 
+# The official openai Python SDK, for tests/openai_sdk.rs: in the same virtualenv, after the block
+# above (which may recreate it).
+if ! "$venv/bin/python" -c 'import sys, openai; sys.exit(openai.__version__ != "3.57.0")' 2>/dev/null; then
+	"$venv/bin/python" -m pip install --quiet --disable-pip-version-check 'openai==3.57.0'
+fi
+echo "openai SDK: $("$venv/bin/python" -c 'import openai; print(openai.__version__)') ($venv)"
+
 # The real OpenClaw CLI: existing clients must connect to driftless unchanged (~30 s, ~1.1 GB once).
 "$root/scripts/install-openclaw-peer.sh" "$tools/openclaw" | sed 's/^/openclaw peer: /'

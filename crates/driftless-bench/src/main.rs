@@ -1,11 +1,14 @@
 //! `driftless-bench`: handshake, idle, start-up and rotation benchmarks of the driftless gateway,
-//! side by side with OpenClaw's gateway (issue 8). Loopback only, bounded in count and time.
+//! side by side with OpenClaw's gateway (issue 8) and, for token sessions, with the floor: a
+//! minimal server on the same stack doing the same exchange (issue 12). Loopback only, bounded in
+//! count and time.
 //!
 //! With the peer enabled the bench re-executes itself inside a private network namespace
 //! (`unshare -n`, then `ip link set lo up`): OpenClaw tries to reach the internet even with every
 //! documented switch off, and both gateways and all clients then share the same loopback-only
 //! network.
 
+mod floor;
 mod proxy;
 mod report;
 mod scenarios;
@@ -17,9 +20,10 @@ use std::process::{Command, ExitCode};
 use std::time::Duration;
 
 use anyhow::{Context, Result, bail};
-use clap::Parser;
+use clap::{Parser, Subcommand};
 use driftless_core::Env;
 
+use crate::floor::{Comparison, FloorReport};
 use crate::report::{Report, TargetReport};
 use crate::scenarios::HandshakeAuth;
 use crate::server::{Kind, OpenClawInstall, Server, Workdir};
@@ -52,9 +56,29 @@ struct Args {
     /// Seconds the rotation scenario lasts (one rotation every 2 s).
     #[arg(long, default_value_t = 60)]
     rotation_secs: u64,
+    /// Alternating runs per target and concurrency in the floor comparison (median reported).
+    #[arg(long, default_value_t = 5)]
+    floor_rounds: usize,
+    /// Seconds each run of the floor comparison lasts.
+    #[arg(long, default_value_t = 3)]
+    floor_secs: u64,
     /// Set by the bench itself once it runs inside its private network namespace.
     #[arg(long, hide = true)]
     in_netns: bool,
+    #[command(subcommand)]
+    command: Option<Internal>,
+}
+
+/// Processes the bench starts of itself.
+#[derive(Debug, Clone, Subcommand)]
+enum Internal {
+    /// The floor server (floor.rs), measured as its own process.
+    #[command(hide = true)]
+    FloorServer {
+        /// The replies to send, captured from driftless.
+        #[arg(long, value_name = "PATH")]
+        frames: PathBuf,
+    },
 }
 
 /// Counts and times for one run.
@@ -68,6 +92,10 @@ struct Plan {
     rotation_total: Duration,
     /// (concurrency, duration) of each proxy run (driftless only).
     proxy: Vec<(usize, Duration)>,
+    /// Token-session concurrencies compared with the floor.
+    floor: Vec<usize>,
+    floor_rounds: usize,
+    floor_run: Duration,
 }
 
 impl Plan {
@@ -91,6 +119,9 @@ impl Plan {
                 rotation_every: Duration::from_millis(500),
                 rotation_total: Duration::from_millis(2600),
                 proxy: vec![(2, Duration::from_millis(500))],
+                floor: vec![1, 8],
+                floor_rounds: 2,
+                floor_run: Duration::from_millis(500),
             };
         }
         let secs = Duration::from_secs(args.handshake_secs);
@@ -109,6 +140,9 @@ impl Plan {
             rotation_every: Duration::from_secs(2),
             rotation_total: Duration::from_secs(args.rotation_secs),
             proxy: vec![(1, secs), (16, secs)],
+            floor: vec![1, 64],
+            floor_rounds: args.floor_rounds.max(1),
+            floor_run: Duration::from_secs(args.floor_secs),
         }
     }
 }
@@ -125,6 +159,10 @@ fn main() -> ExitCode {
 
 fn run() -> Result<ExitCode> {
     let args = Args::parse();
+    if let Some(Internal::FloorServer { frames }) = &args.command {
+        floor::serve(frames)?;
+        return Ok(ExitCode::SUCCESS);
+    }
     let env = Env::from_process();
     let plan = Plan::from_args(&args);
     raise_fd_limit(&plan)?;
@@ -172,6 +210,10 @@ fn run() -> Result<ExitCode> {
         Some(&upstream),
         |work| server::start_driftless(&driftless_bin, work, Duration::from_secs(30), &upstream),
     ));
+    let bench = std::env::current_exe().context("locating this binary")?;
+    let floor = runtime.block_on(floor_comparison(&plan, &bench, |work| {
+        server::start_driftless(&driftless_bin, work, Duration::from_secs(30), &upstream)
+    }));
     // OpenClaw has no OpenAI-compatible proxy set up here: no proxy scenario for the peer.
     let openclaw = match &install {
         Some(install) => runtime.block_on(bench_target(Kind::OpenClaw, &plan, None, |work| {
@@ -183,9 +225,12 @@ fn run() -> Result<ExitCode> {
             TargetReport::unavailable(why)
         }
     };
-    let failed = !driftless.failures.is_empty() || driftless.unavailable.is_some();
+    let failed = !driftless.failures.is_empty()
+        || driftless.unavailable.is_some()
+        || !floor.failures.is_empty()
+        || floor.unavailable.is_some();
 
-    let report = Report::new(args.smoke, driftless, openclaw);
+    let report = Report::new(args.smoke, driftless, floor, openclaw);
     println!("{}", report.table());
     let json = serde_json::to_string_pretty(&report).context("serialising the results")?;
     std::fs::write(&args.json, json).with_context(|| format!("writing {}", args.json.display()))?;
@@ -271,6 +316,107 @@ async fn bench_target(
     }
     server.stop();
     eprintln!("{}: done", kind.name());
+    report
+}
+
+/// driftless ÷ floor on token sessions: a fresh driftless and the floor side by side, one run of
+/// each per round and concurrency, which one goes first alternating by round, so drift in the
+/// machine's load falls on both alike; the medians are compared.
+async fn floor_comparison(
+    plan: &Plan,
+    bench: &Path,
+    start_driftless: impl FnOnce(&Workdir) -> Result<Server>,
+) -> FloorReport {
+    let mut report = FloorReport {
+        rounds: plan.floor_rounds,
+        ..FloorReport::default()
+    };
+    let dir = match tempfile::Builder::new()
+        .prefix("driftless-bench-floor-")
+        .tempdir()
+    {
+        Ok(dir) => dir,
+        Err(e) => {
+            report.unavailable = Some(format!("creating a work directory: {e}"));
+            return report;
+        }
+    };
+    let (d_work, f_work) = (dir.path().join("driftless"), dir.path().join("floor"));
+    let started = async {
+        for path in [&d_work, &f_work] {
+            std::fs::create_dir(path).with_context(|| format!("creating {}", path.display()))?;
+        }
+        let d_work = Workdir { dir: d_work };
+        let mut driftless = start_driftless(&d_work).map_err(|e| {
+            e.context(format!(
+                "driftless; last lines of its log:\n{}",
+                tail(&d_work.dir.join("driftless.log"), 15)
+            ))
+        })?;
+        // Start-up doubles as the warm-up and proves the server answers.
+        scenarios::startup(&mut driftless, Duration::from_secs(30)).await?;
+        let token = scenarios::read_token(&driftless.token_file)?;
+        let frames = floor::capture(driftless.addr, &token).await?;
+        let floor = server::start_floor(
+            bench,
+            &Workdir { dir: f_work },
+            &frames,
+            Duration::from_secs(10),
+        )?;
+        anyhow::Ok((driftless, floor))
+    };
+    let (mut driftless, mut floor) = match started.await {
+        Ok(servers) => servers,
+        Err(e) => {
+            let why = format!("{e:#}");
+            eprintln!("floor: unavailable: {why}");
+            report.unavailable = Some(why);
+            return report;
+        }
+    };
+    eprintln!(
+        "floor: started (pid {}) on {}, beside driftless (pid {})",
+        floor.pid, floor.addr, driftless.pid
+    );
+    let mut runs: Vec<(Vec<_>, Vec<_>)> = vec![(Vec::new(), Vec::new()); plan.floor.len()];
+    for round in 0..plan.floor_rounds {
+        for (i, &concurrency) in plan.floor.iter().enumerate() {
+            let order = if round % 2 == 0 {
+                [(&driftless, 0), (&floor, 1)]
+            } else {
+                [(&floor, 1), (&driftless, 0)]
+            };
+            for (server, side) in order {
+                let run = scenarios::handshake(
+                    server,
+                    concurrency,
+                    plan.floor_run,
+                    1_000_000,
+                    HandshakeAuth::Shared,
+                )
+                .await;
+                match run {
+                    Ok(h) if side == 0 => runs[i].0.push(h),
+                    Ok(h) => runs[i].1.push(h),
+                    Err(e) => {
+                        let what =
+                            format!("floor comparison c={concurrency} {}", server.kind.name());
+                        eprintln!("{what} failed: {e:#}");
+                        report.failures.push(format!("{what}: {e:#}"));
+                    }
+                }
+            }
+        }
+    }
+    driftless.stop();
+    floor.stop();
+    report.comparisons = plan
+        .floor
+        .iter()
+        .zip(runs)
+        .map(|(&c, (d, f))| Comparison::new(c, d, f))
+        .collect();
+    eprintln!("floor: done");
     report
 }
 

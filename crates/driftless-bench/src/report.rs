@@ -3,6 +3,7 @@
 use comfy_table::Table;
 use serde::Serialize;
 
+use crate::floor::FloorReport;
 use crate::proxy::Proxy;
 use crate::scenarios::{Handshake, Idle, Rotation, Startup};
 
@@ -81,16 +82,24 @@ pub struct Report {
     pub smoke: bool,
     pub machine: Machine,
     pub driftless: TargetReport,
+    /// driftless and the floor, alternating, on token sessions.
+    pub floor: FloorReport,
     pub openclaw: TargetReport,
     pub not_available: Vec<String>,
 }
 
 impl Report {
-    pub fn new(smoke: bool, driftless: TargetReport, openclaw: TargetReport) -> Report {
+    pub fn new(
+        smoke: bool,
+        driftless: TargetReport,
+        floor: FloorReport,
+        openclaw: TargetReport,
+    ) -> Report {
         Report {
             smoke,
             machine: Machine::describe(),
             driftless,
+            floor,
             openclaw,
             not_available: NOT_AVAILABLE
                 .iter()
@@ -99,36 +108,48 @@ impl Report {
         }
     }
 
-    /// metric | driftless | openclaw | ratio (openclaw ÷ driftless).
+    /// metric | driftless | floor | openclaw | driftless ÷ floor | driftless ÷ openclaw. The floor
+    /// has figures only in the floor comparison's rows.
     pub fn table(&self) -> Table {
         let mut table = Table::new();
         table.load_preset(comfy_table::presets::ASCII_MARKDOWN);
-        table.set_header(["metric", "driftless", "openclaw", "openclaw ÷ driftless"]);
+        table.set_header([
+            "metric",
+            "driftless",
+            "floor",
+            "openclaw",
+            "driftless ÷ floor",
+            "driftless ÷ openclaw",
+        ]);
         let (d, o) = (&self.driftless, &self.openclaw);
-        let mut row = |name: String, a: Option<f64>, b: Option<f64>, digits: usize| {
+        // (name, driftless, floor, openclaw, decimals)
+        let mut row = |name: String, a: Option<f64>, f: Option<f64>, b: Option<f64>, digits| {
             let fmt = |v: Option<f64>| v.map_or("–".to_string(), |v| format!("{v:.digits$}"));
-            let ratio = match (a, b) {
-                (Some(a), Some(b)) if a != 0.0 => format!("{:.2}", b / a),
+            let ratio = |other: Option<f64>| match (a, other) {
+                (Some(a), Some(b)) if b != 0.0 => format!("{:.2}", a / b),
                 _ => "–".to_string(),
             };
-            table.add_row([name, fmt(a), fmt(b), ratio]);
+            table.add_row([name, fmt(a), fmt(f), fmt(b), ratio(f), ratio(b)]);
         };
         let su = |t: &TargetReport| t.startup.clone();
         row(
             "start-up: /readyz 200 (ms)".into(),
             su(d).map(|s| s.readyz_ms),
+            None,
             su(o).map(|s| s.readyz_ms),
             1,
         );
         row(
             "start-up: first connect+health (ms)".into(),
             su(d).map(|s| s.first_session_ms),
+            None,
             su(o).map(|s| s.first_session_ms),
             1,
         );
         row(
             "start-up: base RSS (MiB)".into(),
             su(d).map(|s| s.base_rss_kib as f64 / 1024.0),
+            None,
             su(o).map(|s| s.base_rss_kib as f64 / 1024.0),
             1,
         );
@@ -159,10 +180,31 @@ impl Report {
                 row(
                     format!("handshake c={c}{variant}: {name}"),
                     mine.map(f),
+                    None,
                     other.map(f),
                     digits,
                 );
             }
+        }
+        // driftless and the floor: medians of alternating runs; OpenClaw's figure is its token
+        // handshake run at the same concurrency.
+        let rounds = self.floor.rounds;
+        for c in &self.floor.comparisons {
+            let openclaw = o
+                .handshake
+                .iter()
+                .find(|h| h.concurrency == c.concurrency && !h.signed_device)
+                .map(|h| h.server_cpu_ms_per_session);
+            row(
+                format!(
+                    "floor c={}: server CPU per session (ms), median of {rounds} alternating runs",
+                    c.concurrency
+                ),
+                Some(c.driftless_cpu_ms_per_session),
+                Some(c.floor_cpu_ms_per_session),
+                openclaw,
+                3,
+            );
         }
         for i in 0..d.idle.len().max(o.idle.len()) {
             let (mine, other) = (d.idle.get(i), o.idle.get(i));
@@ -178,6 +220,7 @@ impl Report {
                 row(
                     format!("idle {n}: {name}"),
                     mine.map(f),
+                    None,
                     other.map(f),
                     digits,
                 );
@@ -203,7 +246,13 @@ impl Report {
                 ),
             ];
             for (name, f, digits) in metrics {
-                row(format!("proxy c={c}: {name}"), Some(f(p)), None, digits);
+                row(
+                    format!("proxy c={c}: {name}"),
+                    Some(f(p)),
+                    None,
+                    None,
+                    digits,
+                );
             }
         }
         let rot = |t: &TargetReport| t.rotation.clone();
@@ -219,6 +268,7 @@ impl Report {
             row(
                 format!("rotation: {name}"),
                 rot(d).as_ref().map(f),
+                None,
                 rot(o).as_ref().map(f),
                 digits,
             );

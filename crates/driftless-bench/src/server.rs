@@ -14,6 +14,7 @@ use driftless_core::config::ProviderConfig;
 use driftless_core::source::{SecretInput, SecretRef};
 use driftless_core::{Config, atomic};
 
+use crate::floor;
 use crate::proxy::{self, Upstream};
 
 /// Which gateway a server is.
@@ -21,6 +22,8 @@ use crate::proxy::{self, Upstream};
 pub enum Kind {
     Driftless,
     OpenClaw,
+    /// The minimal same-stack server (`floor.rs`).
+    Floor,
 }
 
 impl Kind {
@@ -28,6 +31,7 @@ impl Kind {
         match self {
             Kind::Driftless => "driftless",
             Kind::OpenClaw => "openclaw",
+            Kind::Floor => "floor",
         }
     }
 }
@@ -129,21 +133,57 @@ pub fn start_driftless(
     let state = work.dir.join("state");
     atomic::create_private_dir(&state).with_context(|| format!("creating {}", state.display()))?;
 
-    let spawned = Instant::now();
-    let mut child = Command::new(bin)
+    let mut command = Command::new(bin);
+    command
         .args(["gateway", "run"])
         .env("DRIFTLESS_CONFIG", &config_path)
         .env("DRIFTLESS_STATE_DIR", &state)
-        .env_remove("DRIFTLESS_GATEWAY_TOKEN")
+        .env_remove("DRIFTLESS_GATEWAY_TOKEN");
+    spawn_listening(Kind::Driftless, command, work, token_file, timeout)
+}
+
+/// Starts the floor server (`<bench> floor-server`) replaying `frames`; it ignores the token, but
+/// the scenarios read one, so it gets a token file like the gateways.
+pub fn start_floor(
+    bench: &Path,
+    work: &Workdir,
+    frames: &floor::Frames,
+    timeout: Duration,
+) -> Result<Server> {
+    let token_file = work.token_file();
+    write_token(&token_file)?;
+    let frames_path = work.dir.join("floor-frames.json");
+    let text = serde_json::to_vec(frames).context("serialising the floor's frames")?;
+    atomic::write_private(&frames_path, &text)
+        .with_context(|| format!("writing {}", frames_path.display()))?;
+    let mut command = Command::new(bench);
+    command
+        .arg("floor-server")
+        .arg("--frames")
+        .arg(&frames_path);
+    spawn_listening(Kind::Floor, command, work, token_file, timeout)
+}
+
+/// Spawns a server that prints `listening on ws://ADDR/` on stdout, and waits (within `timeout`)
+/// for that line.
+fn spawn_listening(
+    kind: Kind,
+    mut command: Command,
+    work: &Workdir,
+    token_file: PathBuf,
+    timeout: Duration,
+) -> Result<Server> {
+    let spawned = Instant::now();
+    let mut child = command
         .stdin(Stdio::null())
         .stdout(Stdio::piped())
-        .stderr(work.log(Kind::Driftless)?)
+        .stderr(work.log(kind)?)
         .spawn()
-        .with_context(|| format!("starting {} gateway run", bin.display()))?;
+        .with_context(|| format!("starting {}", kind.name()))?;
     let pid = child.id();
-    let stdout = child.stdout.take().context("driftless stdout")?;
+    let stdout = child.stdout.take().context("the server's stdout")?;
     let (tx, rx) = mpsc::channel();
-    // Keep draining stdout for the whole run so the gateway never blocks on a full pipe.
+    // Keep draining stdout for the whole run so the server never blocks on a full pipe.
     std::thread::spawn(move || {
         for line in BufReader::new(stdout).lines().map_while(Result::ok) {
             if let Some(rest) = line.split("listening on ws://").nth(1) {
@@ -153,7 +193,7 @@ pub fn start_driftless(
         }
     });
     let mut server = Server {
-        kind: Kind::Driftless,
+        kind,
         addr: SocketAddr::from(([127, 0, 0, 1], 0)),
         pid,
         spawned,
@@ -165,13 +205,14 @@ pub fn start_driftless(
         Err(_) => {
             let status = server.child.try_wait().ok().flatten();
             bail!(
-                "driftless printed no `listening on ws://` line within {timeout:?} (exit status: {status:?})"
+                "{} printed no `listening on ws://` line within {timeout:?} (exit status: {status:?})",
+                kind.name()
             );
         }
     };
     server.addr = addr
         .parse()
-        .with_context(|| format!("driftless printed an unparsable address {addr:?}"))?;
+        .with_context(|| format!("{} printed an unparsable address {addr:?}", kind.name()))?;
     Ok(server)
 }
 

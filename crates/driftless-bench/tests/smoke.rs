@@ -1,4 +1,5 @@
-//! `driftless-bench --smoke` against the real `driftless` binary, so the bench cannot rot.
+//! `driftless-bench --smoke` against the real `driftless` binary and the bench's own floor server,
+//! so the bench cannot rot.
 //!
 //! The `driftless` binary belongs to another package, so Cargo gives this test no
 //! `CARGO_BIN_EXE_driftless`: the test builds it with the same cargo and profile into the same
@@ -128,6 +129,41 @@ fn smoke_mode_measures_every_scenario_against_the_real_gateway() {
     assert!(
         stdout.contains("proxy c=2: added latency p50 (ms)"),
         "no proxy rows in the table:\n{stdout}"
+    );
+
+    // The floor: driftless and the minimal same-stack server, alternating, token sessions only.
+    let floor = &report["floor"];
+    assert_eq!(
+        floor["unavailable"],
+        Value::Null,
+        "the floor did not start: {floor}"
+    );
+    assert_eq!(floor["failures"], serde_json::json!([]), "{floor}");
+    let rounds = floor["rounds"].as_u64().unwrap() as usize;
+    assert!(rounds >= 2, "{floor}");
+    let comparisons = floor["comparisons"].as_array().expect("floor comparisons");
+    let concurrencies: Vec<u64> = comparisons
+        .iter()
+        .map(|c| c["concurrency"].as_u64().unwrap())
+        .collect();
+    assert_eq!(concurrencies, [1, 8], "{floor}");
+    for c in comparisons {
+        for side in ["driftless_runs", "floor_runs"] {
+            let runs = c[side].as_array().unwrap();
+            assert_eq!(runs.len(), rounds, "{side}: {c}");
+            for h in runs {
+                assert!(h["sessions"].as_u64().unwrap() > 0, "{side}: {h}");
+                assert_eq!(h["errors"], serde_json::json!({}), "{side}: {h}");
+            }
+        }
+        for figure in ["driftless_cpu_ms_per_session", "floor_cpu_ms_per_session"] {
+            assert!(c[figure].as_f64().unwrap() >= 0.0, "{figure}: {c}");
+        }
+    }
+    assert!(
+        stdout.contains("driftless ÷ floor")
+            && stdout.contains("floor c=8: server CPU per session (ms), median of"),
+        "no floor column or rows in the table:\n{stdout}"
     );
 
     let rotation = &d["rotation"];

@@ -2,77 +2,50 @@
 //! user meets: nothing configured, config only, env only, env differing from config, and a stored
 //! device token. Canary values must never appear in any output.
 
-use std::path::PathBuf;
-use std::process::{Command, Output};
+mod support;
+
+use std::process::Output;
 
 use driftless_client::identity::DeviceIdentity;
 use driftless_client::store::TokenStore;
 use driftless_core::SecretValue;
+use support::Home;
 
 const CONFIG_CANARY: &str = "canary-explain-config-7f3a";
 const ENV_CANARY: &str = "canary-explain-env-91bd";
 const DEVICE_CANARY: &str = "canary-explain-device-token-c4e2";
 
-struct Home {
-    dir: tempfile::TempDir,
+fn explain(h: &Home, extra: &[&str], env: &[(&str, &str)]) -> Output {
+    let mut cmd = h.cmd(support::BIN);
+    cmd.args(["credentials", "explain"]).args(extra);
+    for (k, v) in env {
+        cmd.env(k, v);
+    }
+    cmd.output().unwrap()
 }
 
-impl Home {
-    fn new() -> Home {
-        Home {
-            dir: tempfile::tempdir().unwrap(),
+/// Runs explain (human and --json), checks it succeeded without leaking a canary, and
+/// returns the human output with HOME replaced by `[HOME]`.
+fn snapshot_text(h: &Home, env: &[(&str, &str)]) -> String {
+    let out = explain(h, &[], env);
+    let json = explain(h, &["--json"], env);
+    for o in [&out, &json] {
+        let all = format!(
+            "{}{}",
+            String::from_utf8_lossy(&o.stdout),
+            String::from_utf8_lossy(&o.stderr)
+        );
+        assert!(o.status.success(), "explain failed: {all}");
+        for canary in [CONFIG_CANARY, ENV_CANARY, DEVICE_CANARY] {
+            assert!(!all.contains(canary), "a secret value leaked: {all}");
         }
     }
-
-    fn state(&self) -> PathBuf {
-        self.dir.path().join("state/driftless")
-    }
-
-    fn write_config(&self, text: &str) {
-        let p = self.dir.path().join("config/driftless/config.toml");
-        std::fs::create_dir_all(p.parent().unwrap()).unwrap();
-        std::fs::write(p, text).unwrap();
-    }
-
-    fn explain(&self, extra: &[&str], env: &[(&str, &str)]) -> Output {
-        let mut cmd = Command::new(env!("CARGO_BIN_EXE_driftless"));
-        cmd.args(["credentials", "explain"])
-            .args(extra)
-            .env_clear()
-            .env("PATH", "/usr/bin:/bin")
-            .env("HOME", self.dir.path())
-            .env("XDG_CONFIG_HOME", self.dir.path().join("config"))
-            .env("XDG_STATE_HOME", self.dir.path().join("state"))
-            .env("NO_COLOR", "1");
-        for (k, v) in env {
-            cmd.env(k, v);
-        }
-        cmd.output().unwrap()
-    }
-
-    /// Runs explain (human and --json), checks it succeeded without leaking a canary, and
-    /// returns the human output with the temp dir replaced by `[HOME]`.
-    fn snapshot_text(&self, env: &[(&str, &str)]) -> String {
-        let out = self.explain(&[], env);
-        let json = self.explain(&["--json"], env);
-        for o in [&out, &json] {
-            let all = format!(
-                "{}{}",
-                String::from_utf8_lossy(&o.stdout),
-                String::from_utf8_lossy(&o.stderr)
-            );
-            assert!(o.status.success(), "explain failed: {all}");
-            for canary in [CONFIG_CANARY, ENV_CANARY, DEVICE_CANARY] {
-                assert!(!all.contains(canary), "a secret value leaked: {all}");
-            }
-        }
-        let v: serde_json::Value = serde_json::from_slice(&json.stdout).unwrap();
-        assert!(v["client"]["candidates"].is_array());
-        let home = self.dir.path().to_str().unwrap().to_owned();
-        String::from_utf8(out.stdout)
-            .unwrap()
-            .replace(&home, "[HOME]")
-    }
+    let v: serde_json::Value = serde_json::from_slice(&json.stdout).unwrap();
+    assert!(v["client"]["candidates"].is_array());
+    let home = h.path().to_str().unwrap().to_owned();
+    String::from_utf8(out.stdout)
+        .unwrap()
+        .replace(&home, "[HOME]")
 }
 
 fn fp(v: &str) -> String {
@@ -82,7 +55,7 @@ fn fp(v: &str) -> String {
 #[test]
 fn nothing_configured() {
     let h = Home::new();
-    let text = h.snapshot_text(&[]);
+    let text = snapshot_text(&h, &[]);
     assert!(text.contains("winner: none"));
     insta::assert_snapshot!(text);
 }
@@ -91,7 +64,7 @@ fn nothing_configured() {
 fn config_only() {
     let h = Home::new();
     h.write_config(&format!("[gateway.auth]\ntoken = \"{CONFIG_CANARY}\"\n"));
-    let text = h.snapshot_text(&[]);
+    let text = snapshot_text(&h, &[]);
     assert!(text.contains(&fp(CONFIG_CANARY)));
     assert!(!text.contains("Warnings"));
     insta::assert_snapshot!(text);
@@ -100,7 +73,7 @@ fn config_only() {
 #[test]
 fn env_only() {
     let h = Home::new();
-    let text = h.snapshot_text(&[("DRIFTLESS_GATEWAY_TOKEN", ENV_CANARY)]);
+    let text = snapshot_text(&h, &[("DRIFTLESS_GATEWAY_TOKEN", ENV_CANARY)]);
     assert!(text.contains(&fp(ENV_CANARY)));
     assert!(text.contains("winner: environment"));
     insta::assert_snapshot!(text);
@@ -110,7 +83,7 @@ fn env_only() {
 fn env_differs_from_config() {
     let h = Home::new();
     h.write_config(&format!("[gateway.auth]\ntoken = \"{CONFIG_CANARY}\"\n"));
-    let text = h.snapshot_text(&[("DRIFTLESS_GATEWAY_TOKEN", ENV_CANARY)]);
+    let text = snapshot_text(&h, &[("DRIFTLESS_GATEWAY_TOKEN", ENV_CANARY)]);
     assert!(text.contains("Warnings"));
     assert!(text.contains(&fp(CONFIG_CANARY)) && text.contains(&fp(ENV_CANARY)));
     insta::assert_snapshot!(text);
@@ -130,7 +103,7 @@ fn stored_device_token_present() {
             vec!["operator.read".into()],
         )
         .unwrap();
-    let text = h.snapshot_text(&[("DRIFTLESS_GATEWAY_TOKEN", ENV_CANARY)]);
+    let text = snapshot_text(&h, &[("DRIFTLESS_GATEWAY_TOKEN", ENV_CANARY)]);
     assert!(text.contains("winner: stored device token"));
     // The device token differs from the shared token by design: no warning about it.
     assert!(!text.contains("stored device token and"));
@@ -143,7 +116,8 @@ fn remote_url_uses_remote_token() {
     h.write_config(&format!(
         "[gateway.auth]\ntoken = \"{CONFIG_CANARY}\"\n[gateway.remote]\ntoken = {{ source = \"env\", id = \"REMOTE_TOK\" }}\n"
     ));
-    let out = h.explain(
+    let out = explain(
+        &h,
         &["--url", "wss://gw.example.org", "--json"],
         &[("REMOTE_TOK", ENV_CANARY)],
     );

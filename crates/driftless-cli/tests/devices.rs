@@ -17,7 +17,7 @@ use support::*;
 
 /// The client's view of one home: its identity and stored device tokens.
 fn state(home: &Home) -> PathBuf {
-    home.path().join("state/driftless")
+    home.state()
 }
 
 fn audit(home: &Home) -> Vec<AuditEvent> {
@@ -199,10 +199,7 @@ async fn ask_to_pair(url: &str, id: &std::sync::Arc<DeviceIdentity>, scopes: &[&
     match connect(&opts).await {
         Err(ClientError::Rejected { error, .. }) => {
             assert_eq!(error.detail_code(), Some("PAIRING_REQUIRED"), "{error:?}");
-            error.details.unwrap()["requestId"]
-                .as_str()
-                .unwrap()
-                .to_owned()
+            error.details.unwrap().request_id.unwrap()
         }
         Err(e) => panic!("expected pairing required, got {e}"),
         Ok(_) => panic!("expected pairing required, got a session"),
@@ -663,10 +660,7 @@ async fn sigkill_during_approvals_leaves_each_device_pending_or_paired() {
         let Err(ClientError::Rejected { error, .. }) = connect(&opts).await else {
             panic!("expected pairing required")
         };
-        let rid = error.details.unwrap()["requestId"]
-            .as_str()
-            .unwrap()
-            .to_owned();
+        let rid = error.details.unwrap().request_id.unwrap();
         requests.push((device_id, rid));
     }
     // The local operator approves all of them at once; the gateway is killed meanwhile.

@@ -1,50 +1,31 @@
 //! End-to-end: the real `driftless` binary on first run, config inspection and secret checks.
 
+mod support;
+
 use std::os::unix::fs::{MetadataExt, PermissionsExt};
-use std::path::{Path, PathBuf};
-use std::process::{Command, Output};
+use std::path::Path;
+use std::process::Output;
+
+use support::Home;
 
 const CANARY: &str = "canary-foundation-5c1e0-do-not-print";
 
-struct Home {
-    dir: tempfile::TempDir,
-}
-
-impl Home {
-    fn new() -> Home {
-        Home {
-            dir: tempfile::tempdir().unwrap(),
-        }
+/// Runs the binary in `home` (only HOME and the XDG dirs point into it), echoing what happened.
+fn run(home: &Home, args: &[&str], extra_env: &[(&str, &str)]) -> Output {
+    let mut cmd = home.cmd(support::BIN);
+    cmd.args(args);
+    for (k, v) in extra_env {
+        cmd.env(k, v);
     }
-    fn config(&self) -> PathBuf {
-        self.dir.path().join("config/driftless/config.toml")
-    }
-    fn state(&self) -> PathBuf {
-        self.dir.path().join("state/driftless")
-    }
-    /// Runs the binary with a scrubbed environment: only HOME and the XDG dirs point into the temp dir.
-    fn run(&self, args: &[&str], extra_env: &[(&str, &str)]) -> Output {
-        let mut cmd = Command::new(env!("CARGO_BIN_EXE_driftless"));
-        cmd.args(args)
-            .env_clear()
-            .env("PATH", "/usr/bin:/bin")
-            .env("HOME", self.dir.path())
-            .env("XDG_CONFIG_HOME", self.dir.path().join("config"))
-            .env("XDG_STATE_HOME", self.dir.path().join("state"))
-            .env("NO_COLOR", "1");
-        for (k, v) in extra_env {
-            cmd.env(k, v);
-        }
-        let out = cmd.output().unwrap();
-        eprintln!(
-            "$ driftless {}\nstatus: {}\nstdout:\n{}\nstderr:\n{}",
-            args.join(" "),
-            out.status,
-            String::from_utf8_lossy(&out.stdout),
-            String::from_utf8_lossy(&out.stderr)
-        );
-        out
-    }
+    let out = cmd.output().unwrap();
+    eprintln!(
+        "$ driftless {}\nstatus: {}\nstdout:\n{}\nstderr:\n{}",
+        args.join(" "),
+        out.status,
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    out
 }
 
 fn text(o: &Output) -> String {
@@ -62,19 +43,19 @@ fn mode(p: &Path) -> u32 {
 #[test]
 fn init_then_secrets_check_resolves_one_token() {
     let home = Home::new();
-    let out = home.run(&["init"], &[]);
+    let out = run(&home, &["init"], &[]);
     assert!(out.status.success());
     let token_file = home.state().join("secrets/gateway-token");
     assert_eq!(mode(&token_file), 0o600);
-    assert_eq!(mode(&home.config()), 0o600);
+    assert_eq!(mode(&home.config_path()), 0o600);
     let token = std::fs::read_to_string(&token_file).unwrap();
     let token = token.trim_end();
 
-    let again = home.run(&["init"], &[]);
+    let again = run(&home, &["init"], &[]);
     assert!(again.status.success());
     assert!(text(&again).contains("Nothing to do"));
 
-    let check = home.run(&["secrets", "check", "--json"], &[]);
+    let check = run(&home, &["secrets", "check", "--json"], &[]);
     assert_eq!(check.status.code(), Some(0));
     let rows: serde_json::Value = serde_json::from_slice(&check.stdout).unwrap();
     let rows = rows.as_array().unwrap();
@@ -84,10 +65,10 @@ fn init_then_secrets_check_resolves_one_token() {
     let fp = rows[0]["fingerprint"].as_str().unwrap();
     assert!(fp.starts_with("sha256:") && fp.len() == 19, "{fp}");
 
-    let human = home.run(&["secrets", "check"], &[]);
+    let human = run(&home, &["secrets", "check"], &[]);
     assert!(text(&human).contains(fp));
 
-    let show = home.run(&["config", "show"], &[]);
+    let show = run(&home, &["config", "show"], &[]);
     assert!(show.status.success());
     let shown = text(&show);
     assert!(shown.contains("source = \"file\""), "{shown}");
@@ -100,11 +81,11 @@ fn init_then_secrets_check_resolves_one_token() {
 #[test]
 fn broken_reference_fails_check_with_exit_1_and_no_leak() {
     let home = Home::new();
-    assert!(home.run(&["init"], &[]).status.success());
+    assert!(run(&home, &["init"], &[]).status.success());
     let token_file = home.state().join("secrets/gateway-token");
     std::fs::write(&token_file, CANARY).unwrap();
     std::fs::set_permissions(&token_file, std::fs::Permissions::from_mode(0o644)).unwrap();
-    let out = home.run(&["secrets", "check"], &[]);
+    let out = run(&home, &["secrets", "check"], &[]);
     assert_eq!(out.status.code(), Some(1));
     let t = text(&out);
     assert!(t.contains("chmod 600"), "{t}");
@@ -114,9 +95,9 @@ fn broken_reference_fails_check_with_exit_1_and_no_leak() {
 #[test]
 fn literal_and_env_sources_show_fingerprints_never_values() {
     let home = Home::new();
-    std::fs::create_dir_all(home.config().parent().unwrap()).unwrap();
+    std::fs::create_dir_all(home.config_path().parent().unwrap()).unwrap();
     std::fs::write(
-        home.config(),
+        home.config_path(),
         format!("[gateway.auth]\npassword = \"{CANARY}\"\n[gateway.remote]\ntoken = {{ source = \"env\", id = \"REMOTE_TOK\" }}\n"),
     )
     .unwrap();
@@ -124,7 +105,7 @@ fn literal_and_env_sources_show_fingerprints_never_values() {
         ("REMOTE_TOK", "remote-canary-value-123"),
         ("DRIFTLESS_GATEWAY_TOKEN", "env-gateway-token-456"),
     ];
-    let out = home.run(&["secrets", "check", "--json"], &env);
+    let out = run(&home, &["secrets", "check", "--json"], &env);
     assert_eq!(out.status.code(), Some(0));
     let t = text(&out);
     for secret in [CANARY, "remote-canary-value-123", "env-gateway-token-456"] {
@@ -149,7 +130,7 @@ fn literal_and_env_sources_show_fingerprints_never_values() {
     assert_eq!(rows[0]["source"], "env:DRIFTLESS_GATEWAY_TOKEN");
     assert!(rows[0]["note"].as_str().unwrap().contains("restart"));
 
-    let show = home.run(&["config", "show", "--json"], &env);
+    let show = run(&home, &["config", "show", "--json"], &env);
     assert!(!text(&show).contains(CANARY));
     let v: serde_json::Value = serde_json::from_slice(&show.stdout).unwrap();
     assert_eq!(v["gateway"]["auth"]["password"]["source"], "literal");
@@ -158,10 +139,10 @@ fn literal_and_env_sources_show_fingerprints_never_values() {
 #[test]
 fn invalid_config_reports_position_and_exit_78() {
     let home = Home::new();
-    std::fs::create_dir_all(home.config().parent().unwrap()).unwrap();
+    std::fs::create_dir_all(home.config_path().parent().unwrap()).unwrap();
     let broken = "[gateway]\nport = 1\nbogus_key = true\n";
-    std::fs::write(home.config(), broken).unwrap();
-    let out = home.run(&["config", "validate"], &[]);
+    std::fs::write(home.config_path(), broken).unwrap();
+    let out = run(&home, &["config", "validate"], &[]);
     assert_eq!(out.status.code(), Some(78));
     let t = text(&out);
     assert!(
@@ -169,20 +150,20 @@ fn invalid_config_reports_position_and_exit_78() {
         "{t}"
     );
     // init --force must not clobber it.
-    let out = home.run(&["init", "--force"], &[]);
+    let out = run(&home, &["init", "--force"], &[]);
     assert_ne!(out.status.code(), Some(0));
-    assert_eq!(std::fs::read_to_string(home.config()).unwrap(), broken);
+    assert_eq!(std::fs::read_to_string(home.config_path()).unwrap(), broken);
 }
 
 #[test]
 fn schema_and_path_commands() {
     let home = Home::new();
-    let out = home.run(&["config", "path"], &[]);
+    let out = run(&home, &["config", "path"], &[]);
     assert_eq!(
         String::from_utf8_lossy(&out.stdout).trim(),
-        home.config().to_str().unwrap()
+        home.config_path().to_str().unwrap()
     );
-    let out = home.run(&["config", "schema"], &[]);
+    let out = run(&home, &["config", "schema"], &[]);
     let schema: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
     assert!(
         schema["$defs"]["SecretInput"].is_object() || schema.to_string().contains("SecretInput")
@@ -192,8 +173,9 @@ fn schema_and_path_commands() {
 #[test]
 fn gateway_run_with_an_explicit_missing_config_fails_instead_of_creating_one() {
     let home = Home::new();
-    let missing = home.dir.path().join("hidden/config.toml");
-    let out = home.run(
+    let missing = home.path().join("hidden/config.toml");
+    let out = run(
+        &home,
         &[
             "gateway",
             "run",

@@ -658,10 +658,9 @@ fn driftless_reads_the_rendered_config_and_mounted_secret() {
 // ---------------------------------------------------------------------------------------------
 // install + upgrade against the fake API server
 
-/// The fake Kubernetes API: the workplace's shared `tools/fake-kube-api.py`, which sits beside the
-/// checkout (`../shared/tools`, also in CI) or at `$DRIFTLESS_FAKE_KUBE_API`. A test double:
-/// no real kube-apiserver can run on these machines. It stores objects and serves `lookup`, which
-/// is all the token's survival depends on.
+/// The stand-in Kubernetes API: this repository's `tests/harness/fake_kube_api.py` (or
+/// `$DRIFTLESS_FAKE_KUBE_API`). A test double: no real kube-apiserver can run on these machines.
+/// It stores objects and serves `lookup`, which is all the token's survival depends on.
 struct FakeKube {
     child: Child,
     port: u16,
@@ -680,7 +679,7 @@ impl FakeKube {
             .stdout(Stdio::null())
             .stderr(Stdio::null())
             .spawn()
-            .expect("start fake-kube-api.py");
+            .expect("start fake_kube_api.py");
         let fake = FakeKube { child, port };
         let deadline = Instant::now() + Duration::from_secs(10);
         while TcpStream::connect(("127.0.0.1", port)).is_err() {
@@ -801,17 +800,19 @@ fn install_then_upgrade(
 #[test]
 fn helm_upgrade_keeps_the_generated_token_and_the_control_shows_it_could_fail() {
     let t = tools();
-    let Some(python) = t.need(t.on_path("python3"), "python3 (for fake-kube-api.py)") else {
+    let Some(python) = t.need(t.on_path("python3"), "python3 (for fake_kube_api.py)") else {
         return;
     };
     let script = t
         .env
         .non_empty("DRIFTLESS_FAKE_KUBE_API")
         .map(PathBuf::from)
-        .unwrap_or_else(|| t.root.join("../shared/tools/fake-kube-api.py"));
+        .unwrap_or_else(|| {
+            Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/harness/fake_kube_api.py")
+        });
     let Some(script) = t.need(
         Some(script).filter(|p| p.is_file()),
-        "fake-kube-api.py (../shared/tools beside the checkout, or $DRIFTLESS_FAKE_KUBE_API)",
+        "tests/harness/fake_kube_api.py (or $DRIFTLESS_FAKE_KUBE_API)",
     ) else {
         return;
     };

@@ -174,7 +174,7 @@ async fn openclaw_cli_lists_and_approves_a_pairing_request() {
     let from_lan = [&health[..], &["--source-addr", "127.0.0.2"]].concat();
     let (st, out, err) = remote.run(&from_lan);
     assert_eq!(st.code(), Some(77), "{out}{err}");
-    let device = DeviceIdentity::load_existing(&remote.path().join("state/driftless")).unwrap();
+    let device = DeviceIdentity::load_existing(&remote.state()).unwrap();
 
     let list = device_list(&cli, &oc_home, &gw.url);
     let pending = list["pending"].as_array().unwrap();

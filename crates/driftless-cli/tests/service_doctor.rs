@@ -2,57 +2,20 @@
 //! seeded fixtures in a private HOME. Generated units are checked by the real
 //! `systemd-analyze verify`; plists by the real `plist` parser.
 
+mod support;
+
 use std::os::unix::fs::{MetadataExt, PermissionsExt};
 use std::path::{Path, PathBuf};
-use std::process::{Command, Output};
 
-const BIN: &str = env!("CARGO_BIN_EXE_driftless");
+use support::{BIN, Home, write_file};
 
-/// A private HOME with XDG dirs; every run gets only this environment (plus PATH).
-struct Home {
-    _dir: tempfile::TempDir,
-    root: PathBuf,
-    extra_env: Vec<(String, String)>,
+/// Where the service files of this home live.
+trait ServiceFiles {
+    fn unit(&self) -> PathBuf;
+    fn plist(&self) -> PathBuf;
 }
 
-struct Run {
-    code: i32,
-    stdout: String,
-    stderr: String,
-}
-
-impl Run {
-    fn all(&self) -> String {
-        format!("{}\n{}", self.stdout, self.stderr)
-    }
-}
-
-impl Home {
-    fn new() -> Home {
-        // Not under /tmp, where real configs do not live (a unit then gets no PrivateTmp=).
-        let dir = tempfile::tempdir_in(env!("CARGO_TARGET_TMPDIR")).unwrap();
-        let root = dir.path().to_owned();
-        std::fs::create_dir_all(root.join("home/.config")).unwrap();
-        std::fs::create_dir_all(root.join("run")).unwrap();
-        std::fs::set_permissions(root.join("run"), std::fs::Permissions::from_mode(0o700)).unwrap();
-        Home {
-            _dir: dir,
-            root,
-            extra_env: Vec::new(),
-        }
-    }
-    fn home(&self) -> PathBuf {
-        self.root.join("home")
-    }
-    fn config(&self) -> PathBuf {
-        self.home().join(".config/driftless/config.toml")
-    }
-    fn state(&self) -> PathBuf {
-        self.home().join(".local/state/driftless")
-    }
-    fn token_file(&self) -> PathBuf {
-        self.state().join("secrets/gateway-token")
-    }
+impl ServiceFiles for Home {
     fn unit(&self) -> PathBuf {
         self.home()
             .join(".config/systemd/user/driftless-gateway.service")
@@ -60,60 +23,6 @@ impl Home {
     fn plist(&self) -> PathBuf {
         self.home()
             .join("Library/LaunchAgents/dev.driftless.gateway.plist")
-    }
-    fn env(&mut self, k: &str, v: &str) {
-        self.extra_env.push((k.into(), v.into()));
-    }
-    fn cmd(&self, program: &str) -> Command {
-        let mut c = Command::new(program);
-        c.env_clear()
-            .env("PATH", "/usr/local/bin:/usr/bin:/bin:/usr/sbin:/sbin")
-            .env("HOME", self.home())
-            .env("XDG_CONFIG_HOME", self.home().join(".config"))
-            .env("XDG_STATE_HOME", self.home().join(".local/state"))
-            .env("XDG_RUNTIME_DIR", self.root.join("run"))
-            .env("USER", "driftless-test");
-        for (k, v) in &self.extra_env {
-            c.env(k, v);
-        }
-        c
-    }
-    fn run(&self, args: &[&str]) -> Run {
-        let out: Output = self.cmd(BIN).args(args).output().unwrap();
-        Run {
-            code: out.status.code().unwrap_or(-1),
-            stdout: String::from_utf8_lossy(&out.stdout).into_owned(),
-            stderr: String::from_utf8_lossy(&out.stderr).into_owned(),
-        }
-    }
-    fn ok(&self, args: &[&str]) -> Run {
-        let r = self.run(args);
-        assert_eq!(r.code, 0, "driftless {args:?} failed:\n{}", r.all());
-        r
-    }
-    fn write(&self, path: &Path, text: &str, mode: u32) {
-        std::fs::create_dir_all(path.parent().unwrap()).unwrap();
-        std::fs::write(path, text).unwrap();
-        std::fs::set_permissions(path, std::fs::Permissions::from_mode(mode)).unwrap();
-    }
-    /// Every file under HOME whose contents include `needle`.
-    fn files_containing(&self, needle: &str) -> Vec<PathBuf> {
-        fn walk(dir: &Path, needle: &str, out: &mut Vec<PathBuf>) {
-            for e in std::fs::read_dir(dir).unwrap().flatten() {
-                let p = e.path();
-                if p.is_dir() {
-                    walk(&p, needle, out);
-                } else if std::fs::read(&p)
-                    .map(|b| String::from_utf8_lossy(&b).contains(needle))
-                    .unwrap_or(false)
-                {
-                    out.push(p);
-                }
-            }
-        }
-        let mut out = Vec::new();
-        walk(&self.home(), needle, &mut out);
-        out
     }
 }
 
@@ -136,7 +45,7 @@ fn named_backups(out: &str) -> Vec<PathBuf> {
 fn doctor_json(h: &Home, args: &[&str]) -> (i32, serde_json::Value) {
     let mut a = vec!["doctor", "--json"];
     a.extend_from_slice(args);
-    let r = h.run(&a);
+    let r = h.driftless(&a, &[]);
     let v: serde_json::Value = serde_json::from_str(&r.stdout)
         .unwrap_or_else(|e| panic!("doctor --json printed no JSON ({e}):\n{}", r.all()));
     (r.code, v)
@@ -156,7 +65,7 @@ fn findings(v: &serde_json::Value, check: &str) -> Vec<serde_json::Value> {
 /// an empty stderr: it exits 0 on warnings too. Then pins the hardening: `security --threshold`
 /// fails when the exposure score (x10) exceeds `max_exposure`.
 fn verify(h: &Home, unit_text: &str, user: bool, max_exposure: u32) {
-    let dir = h.root.join(format!("verify-{user}"));
+    let dir = h.root().join(format!("verify-{user}"));
     std::fs::create_dir_all(&dir).unwrap();
     let path = dir.join("driftless-gateway.service");
     std::fs::write(&path, unit_text).unwrap();
@@ -196,7 +105,7 @@ fn generated_units_pass_systemd_analyze_verify() {
     let mut h = Home::new();
     // A config path with a space exercises ExecStart quoting.
     let cfg = h.home().join("my cfg/config.toml");
-    h.env("DRIFTLESS_CONFIG", cfg.to_str().unwrap());
+    h.set_env("DRIFTLESS_CONFIG", cfg.to_str().unwrap());
     h.ok(&["init"]);
     let token = read(&h.token_file());
 
@@ -215,6 +124,8 @@ fn generated_units_pass_systemd_analyze_verify() {
         .collect();
     assert_eq!(envs, ["Environment=DRIFTLESS_SERVICE_KIND=gateway"]);
     assert!(!user.contains(token.trim()));
+    // A descriptor budget above the default soft limit of 1,024 (issue 15, finding 1).
+    assert!(user.contains("\nLimitNOFILE=65536\n"), "{user}");
     verify(&h, &user, true, 80);
 
     let cred = h
@@ -237,17 +148,21 @@ fn generated_units_pass_systemd_analyze_verify() {
         ])
         .stdout;
     assert!(system.contains("User=driftless\n") && system.contains("WantedBy=multi-user.target"));
+    assert!(system.contains("\nLimitNOFILE=65536\n"), "{system}");
     verify(&h, &system, false, 35);
 
     // Refused: running the system service as root.
-    let r = h.run(&[
-        "daemon",
-        "install",
-        "--dry-run",
-        "--system",
-        "--run-as",
-        "root",
-    ]);
+    let r = h.driftless(
+        &[
+            "daemon",
+            "install",
+            "--dry-run",
+            "--system",
+            "--run-as",
+            "root",
+        ],
+        &[],
+    );
     assert_ne!(r.code, 0);
     assert!(r.stderr.contains("--run-as"), "{}", r.all());
 }
@@ -287,7 +202,7 @@ fn generated_plist_parses_and_has_exactly_the_expected_keys() {
         .iter()
         .map(|a| a.as_string().unwrap())
         .collect();
-    let cfg = h.config();
+    let cfg = h.config_path();
     assert_eq!(
         args,
         [BIN, "gateway", "run", "--config", cfg.to_str().unwrap()]
@@ -314,7 +229,7 @@ fn generated_plist_parses_and_has_exactly_the_expected_keys() {
     assert!(!String::from_utf8_lossy(&out.stdout).contains(token.trim()));
     // On Linux a plist is only ever printed.
     if !cfg!(target_os = "macos") {
-        let r = h.run(&["daemon", "install", "--launchd"]);
+        let r = h.driftless(&["daemon", "install", "--launchd"], &[]);
         assert_ne!(r.code, 0);
         assert!(r.stderr.contains("--dry-run"), "{}", r.all());
     }
@@ -326,7 +241,7 @@ fn install_refuses_a_token_flag_with_the_fix() {
     h.ok(&["init"]);
     let canary = "canary-flag-7f3a9c";
     for flag in ["--token", "--password"] {
-        let r = h.run(&["daemon", "install", "--no-start", flag, canary]);
+        let r = h.driftless(&["daemon", "install", "--no-start", flag, canary], &[]);
         assert_ne!(r.code, 0, "{}", r.all());
         assert!(r.stderr.contains("refusing to put a secret"), "{}", r.all());
         assert!(
@@ -351,7 +266,7 @@ fn install_then_doctor_is_clean_and_status_matches() {
     let (code, v) = doctor_json(&h, &[]);
     assert_eq!(code, 0, "{v:#}");
     assert_eq!(v["findings"], 0);
-    let status = h.run(&["daemon", "status", "--json"]);
+    let status = h.driftless(&["daemon", "status", "--json"], &[]);
     let s: serde_json::Value = serde_json::from_str(&status.stdout).unwrap();
     assert_eq!(s["installed"], true);
     assert_eq!(s["matches_install"], true);
@@ -369,8 +284,8 @@ fn install_then_doctor_is_clean_and_status_matches() {
 fn d1_embedded_token_is_persisted_referenced_and_removed_idempotently() {
     let h = Home::new();
     let canary = "canary-d1-c0ffee-0123456789";
-    h.write(
-        &h.config(),
+    write_file(
+        &h.config_path(),
         "# my gateway\n[gateway]\nport = 18789\n",
         0o600,
     );
@@ -379,12 +294,12 @@ fn d1_embedded_token_is_persisted_referenced_and_removed_idempotently() {
         "Environment=DRIFTLESS_SERVICE_KIND=gateway\n",
         &format!("Environment=DRIFTLESS_SERVICE_KIND=gateway\nEnvironment=DRIFTLESS_GATEWAY_TOKEN={canary}\n"),
     );
-    h.write(&h.unit(), &seeded, 0o644);
-    let cfg_before = read(&h.config());
+    write_file(&h.unit(), &seeded, 0o644);
+    let cfg_before = read(&h.config_path());
     let mut outputs = Vec::new();
 
     // Audit: reported, nothing changed.
-    let r = h.run(&["doctor"]);
+    let r = h.driftless(&["doctor"], &[]);
     assert_eq!(r.code, 1, "{}", r.all());
     assert!(
         r.stdout
@@ -399,17 +314,17 @@ fn d1_embedded_token_is_persisted_referenced_and_removed_idempotently() {
     assert_eq!(findings(&v, "unit-secret").len(), 1, "{v:#}");
     outputs.push(v.to_string());
     assert_eq!(read(&h.unit()), seeded);
-    assert_eq!(read(&h.config()), cfg_before);
+    assert_eq!(read(&h.config_path()), cfg_before);
     assert!(!h.token_file().exists());
 
     // Fix: persisted to a 0600 file, referenced from config, unit rewritten without it.
-    let r = h.run(&["doctor", "--fix"]);
+    let r = h.driftless(&["doctor", "--fix"], &[]);
     assert_eq!(r.code, 0, "{}", r.all());
     assert!(r.stdout.contains("Clean: no findings."), "{}", r.all());
     outputs.push(r.all());
     assert_eq!(read(&h.token_file()), format!("{canary}\n"));
     assert_eq!(mode(&h.token_file()), 0o600);
-    let cfg_after = read(&h.config());
+    let cfg_after = read(&h.config_path());
     assert!(cfg_after.contains("# my gateway"));
     assert!(cfg_after.contains(&format!(
         "token = {{ source = \"file\", path = \"{}\" }}",
@@ -435,17 +350,17 @@ fn d1_embedded_token_is_persisted_referenced_and_removed_idempotently() {
         let rows: serde_json::Value = serde_json::from_str(&check.stdout).unwrap();
         rows[0]["fingerprint"].as_str().unwrap().to_owned()
     };
-    let r0 = h.run(&["doctor"]);
+    let r0 = h.driftless(&["doctor"], &[]);
     outputs.push(r0.all());
     assert!(seeded_fingerprint_matches(canary, &fp));
 
     // Second fix: nothing to do, nothing touched.
     let unit_mtime = std::fs::metadata(h.unit()).unwrap().mtime_nsec();
-    let r = h.run(&["doctor", "--fix"]);
+    let r = h.driftless(&["doctor", "--fix"], &[]);
     assert_eq!(r.code, 0, "{}", r.all());
     assert!(r.stdout.contains("No changes"), "{}", r.all());
     outputs.push(r.all());
-    assert_eq!(read(&h.config()), cfg_after);
+    assert_eq!(read(&h.config_path()), cfg_after);
     assert_eq!(
         std::fs::metadata(h.unit()).unwrap().mtime_nsec(),
         unit_mtime
@@ -463,7 +378,7 @@ fn d1_embedded_token_is_persisted_referenced_and_removed_idempotently() {
 
 fn seeded_fingerprint_matches(value: &str, fp: &str) -> bool {
     // `sha256:` + 12 hex of SHA-256, computed independently with coreutils.
-    let out = Command::new("sha256sum")
+    let out = std::process::Command::new("sha256sum")
         .stdin(std::process::Stdio::piped())
         .stdout(std::process::Stdio::piped())
         .spawn()
@@ -482,22 +397,22 @@ fn unparsable_config_is_reported_with_position_and_nothing_changes() {
     let h = Home::new();
     let canary = "canary-unparsable-55aa";
     let broken = "[gateway]\nport = 18789\n[gateway.auth\ntoken = \"x\"\n";
-    h.write(&h.config(), broken, 0o644);
+    write_file(&h.config_path(), broken, 0o644);
     let unit =
         format!("[Service]\nExecStart=/bin/true\nEnvironment=DRIFTLESS_GATEWAY_TOKEN={canary}\n");
-    h.write(&h.unit(), &unit, 0o644);
+    write_file(&h.unit(), &unit, 0o644);
     for args in [&["doctor"][..], &["doctor", "--fix"][..]] {
-        let r = h.run(args);
+        let r = h.driftless(args, &[]);
         assert_eq!(r.code, 78, "{}", r.all());
         assert!(r.stdout.contains("config.toml:3:"), "{}", r.all());
         assert!(r.stdout.contains("nothing was changed"), "{}", r.all());
         assert!(!r.all().contains(canary));
     }
-    assert_eq!(read(&h.config()), broken);
-    assert_eq!(mode(&h.config()), 0o644);
+    assert_eq!(read(&h.config_path()), broken);
+    assert_eq!(mode(&h.config_path()), 0o644);
     assert_eq!(read(&h.unit()), unit);
     assert_eq!(
-        std::fs::read_dir(h.config().parent().unwrap())
+        std::fs::read_dir(h.config_path().parent().unwrap())
             .unwrap()
             .count(),
         1
@@ -509,8 +424,8 @@ fn plaintext_config_secret_moves_to_a_file_via_doctor() {
     let h = Home::new();
     let canary = "canary-plaintext-9d8e7f";
     let key_canary = "canary-plaintext-key-3c";
-    h.write(
-        &h.config(),
+    write_file(
+        &h.config_path(),
         &format!(
             "[gateway.auth]\ntoken = \"{canary}\"\n[providers.openai]\nbase_url = \"https://api.example.com/v1\"\napi_key = \"{key_canary}\"\n"
         ),
@@ -527,16 +442,20 @@ fn plaintext_config_secret_moves_to_a_file_via_doctor() {
             .contains("gateway.auth.token")
     );
     assert!(!v.to_string().contains(canary));
-    let r = h.run(&["doctor", "--fix"]);
+    let r = h.driftless(&["doctor", "--fix"], &[]);
     assert_eq!(r.code, 0, "{}", r.all());
     assert!(
         r.stdout.contains("moved gateway.auth.token out of config"),
         "{}",
         r.all()
     );
-    assert!(!read(&h.config()).contains(canary));
+    assert!(!read(&h.config_path()).contains(canary));
     assert_eq!(read(&h.token_file()), format!("{canary}\n"));
-    assert!(h.run(&["doctor", "--fix"]).stdout.contains("No changes"));
+    assert!(
+        h.driftless(&["doctor", "--fix"], &[])
+            .stdout
+            .contains("No changes")
+    );
     assert!(!r.all().contains(canary) && !r.all().contains(key_canary));
     // Neither value survives anywhere but its one source (the config backups hold neither).
     assert_eq!(named_backups(&r.stdout).len(), 2);
@@ -552,10 +471,10 @@ fn secrets_migrate_to_file_and_to_env() {
     let h = Home::new();
     let canary = "canary-migrate-cli-4242";
     let original = format!("[gateway.auth]\ntoken = \"{canary}\"\n");
-    h.write(&h.config(), &original, 0o600);
+    write_file(&h.config_path(), &original, 0o600);
 
     // --to-env refuses while the variable does not hold the value; nothing changes.
-    let r = h.run(&["secrets", "migrate", "--to-env", "GW_TOKEN"]);
+    let r = h.driftless(&["secrets", "migrate", "--to-env", "GW_TOKEN"], &[]);
     assert_ne!(r.code, 0);
     assert!(
         r.stderr.contains("GW_TOKEN does not hold this secret"),
@@ -563,11 +482,11 @@ fn secrets_migrate_to_file_and_to_env() {
         r.all()
     );
     assert!(!r.all().contains(canary));
-    assert_eq!(read(&h.config()), original);
+    assert_eq!(read(&h.config_path()), original);
 
     let mut h2 = Home::new();
-    h2.write(&h2.config(), &original, 0o600);
-    h2.env("GW_TOKEN", canary);
+    write_file(&h2.config_path(), &original, 0o600);
+    h2.set_env("GW_TOKEN", canary);
     let r = h2.ok(&[
         "secrets",
         "migrate",
@@ -576,7 +495,7 @@ fn secrets_migrate_to_file_and_to_env() {
         "GW_TOKEN",
     ]);
     assert!(r.stdout.contains("env:GW_TOKEN"), "{}", r.all());
-    assert!(read(&h2.config()).contains("token = { source = \"env\", id = \"GW_TOKEN\" }"));
+    assert!(read(&h2.config_path()).contains("token = { source = \"env\", id = \"GW_TOKEN\" }"));
     assert!(!h2.token_file().exists());
 
     let r = h.ok(&["secrets", "migrate"]);
@@ -590,7 +509,7 @@ fn secrets_migrate_to_file_and_to_env() {
     assert!(!r.all().contains(canary));
     let r = h.ok(&["secrets", "migrate"]);
     assert!(r.stdout.contains("No changes"), "{}", r.all());
-    let r = h.run(&["secrets", "migrate", "providers.nope.api_key"]);
+    let r = h.driftless(&["secrets", "migrate", "providers.nope.api_key"], &[]);
     assert_ne!(r.code, 0);
     assert!(r.stderr.contains("secrets check"), "{}", r.all());
 }
@@ -599,27 +518,31 @@ fn secrets_migrate_to_file_and_to_env() {
 fn open_permissions_are_tightened() {
     let h = Home::new();
     h.ok(&["init"]);
-    std::fs::set_permissions(h.config(), std::fs::Permissions::from_mode(0o644)).unwrap();
+    std::fs::set_permissions(h.config_path(), std::fs::Permissions::from_mode(0o644)).unwrap();
     std::fs::set_permissions(h.token_file(), std::fs::Permissions::from_mode(0o640)).unwrap();
     let store = h.state().join("identity/device-tokens.json");
-    h.write(&store, "{}", 0o604);
+    write_file(&store, "{}", 0o604);
     // The gateway's device-token key (its content does not matter to doctor).
     let key = h.state().join("devices/token-key");
-    h.write(&key, "not-a-real-key", 0o640);
+    write_file(&key, "not-a-real-key", 0o640);
     let (code, v) = doctor_json(&h, &[]);
     assert_eq!(code, 1);
     assert_eq!(findings(&v, "permissions").len(), 4, "{v:#}");
-    let r = h.run(&["doctor", "--fix"]);
+    let r = h.driftless(&["doctor", "--fix"], &[]);
     assert_eq!(r.code, 0, "{}", r.all());
     assert!(
         r.stdout
             .contains(&format!("chmod 600 {}", h.token_file().display()))
     );
-    assert_eq!(mode(&h.config()), 0o600);
+    assert_eq!(mode(&h.config_path()), 0o600);
     assert_eq!(mode(&h.token_file()), 0o600);
     assert_eq!(mode(&store), 0o600);
     assert_eq!(mode(&key), 0o600);
-    assert!(h.run(&["doctor", "--fix"]).stdout.contains("No changes"));
+    assert!(
+        h.driftless(&["doctor", "--fix"], &[])
+            .stdout
+            .contains("No changes")
+    );
 }
 
 #[test]
@@ -627,10 +550,10 @@ fn env_and_config_tokens_that_differ_are_reported_not_fixed() {
     let mut h = Home::new();
     h.ok(&["init"]);
     let env_canary = "canary-env-token-1234";
-    h.env("DRIFTLESS_GATEWAY_TOKEN", env_canary);
-    let cfg = read(&h.config());
+    h.set_env("DRIFTLESS_GATEWAY_TOKEN", env_canary);
+    let cfg = read(&h.config_path());
     for args in [&["doctor"][..], &["doctor", "--fix"][..]] {
-        let r = h.run(args);
+        let r = h.driftless(args, &[]);
         assert_eq!(r.code, 1, "{}", r.all());
         assert!(
             r.stdout.contains("unset DRIFTLESS_GATEWAY_TOKEN"),
@@ -645,7 +568,7 @@ fn env_and_config_tokens_that_differ_are_reported_not_fixed() {
         assert!(!r.all().contains(env_canary));
         assert!(!r.all().contains(read(&h.token_file()).trim()));
     }
-    assert_eq!(read(&h.config()), cfg);
+    assert_eq!(read(&h.config_path()), cfg);
 }
 
 #[test]
@@ -655,17 +578,37 @@ fn drifted_unit_is_rewritten_with_a_backup() {
     h.ok(&["daemon", "install", "--no-start"]);
     let installed = read(&h.unit());
     let drifted = installed.replace("Restart=on-failure", "Restart=always");
-    h.write(&h.unit(), &drifted, 0o644);
+    write_file(&h.unit(), &drifted, 0o644);
     let (code, v) = doctor_json(&h, &[]);
     assert_eq!(code, 1);
     assert_eq!(findings(&v, "unit-drift").len(), 1, "{v:#}");
     assert!(findings(&v, "unit-secret").is_empty());
-    let r = h.run(&["doctor", "--fix"]);
+    let r = h.driftless(&["doctor", "--fix"], &[]);
     assert_eq!(r.code, 0, "{}", r.all());
     assert_eq!(read(&h.unit()), installed);
     let b = named_backups(&r.stdout);
     assert_eq!(b.len(), 1);
     assert_eq!(read(&b[0]), drifted);
+}
+
+/// A unit installed before `LimitNOFILE=` was part of what install writes is drift, on purpose:
+/// doctor reports it and `--fix` brings the limit in.
+#[test]
+fn a_unit_from_before_limit_nofile_is_drift_and_fix_adds_the_limit() {
+    let h = Home::new();
+    h.ok(&["init"]);
+    h.ok(&["daemon", "install", "--no-start"]);
+    let installed = read(&h.unit());
+    let old = installed.replace("LimitNOFILE=65536\n", "");
+    assert_ne!(old, installed);
+    write_file(&h.unit(), &old, 0o644);
+    let (code, v) = doctor_json(&h, &[]);
+    assert_eq!(code, 1, "{v:#}");
+    assert_eq!(findings(&v, "unit-drift").len(), 1, "{v:#}");
+    let r = h.driftless(&["doctor", "--fix"], &[]);
+    assert_eq!(r.code, 0, "{}", r.all());
+    assert_eq!(read(&h.unit()), installed);
+    assert!(read(&h.unit()).contains("\nLimitNOFILE=65536\n"));
 }
 
 #[test]
@@ -677,8 +620,8 @@ fn unknown_embedded_secret_is_reported_and_never_dropped() {
         "Restart=on-failure",
         &format!("Restart=on-failure\nEnvironment=\"OPENAI_API_KEY={canary}\""),
     );
-    h.write(&h.unit(), &unit, 0o644);
-    let r = h.run(&["doctor", "--fix"]);
+    write_file(&h.unit(), &unit, 0o644);
+    let r = h.driftless(&["doctor", "--fix"], &[]);
     assert_eq!(r.code, 1, "{}", r.all());
     assert!(
         r.stdout
@@ -694,7 +637,7 @@ fn unknown_embedded_secret_is_reported_and_never_dropped() {
     assert_eq!(read(&h.unit()), unit);
     assert!(!r.all().contains(canary));
     // And install will not overwrite it either.
-    let r = h.run(&["daemon", "install", "--no-start"]);
+    let r = h.driftless(&["daemon", "install", "--no-start"], &[]);
     assert_ne!(r.code, 0);
     assert!(r.stderr.contains("doctor --fix"), "{}", r.all());
     assert_eq!(read(&h.unit()), unit);
@@ -706,7 +649,7 @@ fn copies_in_environment_files_and_arguments_are_found_by_fingerprint() {
     h.ok(&["init"]);
     let token = read(&h.token_file()).trim().to_owned();
     let envfile = h.home().join("gw.env");
-    h.write(&envfile, &format!("INNOCENT_NAME={token}\n"), 0o600);
+    write_file(&envfile, &format!("INNOCENT_NAME={token}\n"), 0o600);
     let unit = h
         .ok(&["daemon", "install", "--dry-run"])
         .stdout
@@ -715,7 +658,7 @@ fn copies_in_environment_files_and_arguments_are_found_by_fingerprint() {
             "Restart=on-failure\nEnvironmentFile=-%h/gw.env",
         )
         .replace(" gateway run ", &format!(" gateway run --token {token} "));
-    h.write(&h.unit(), &unit, 0o644);
+    write_file(&h.unit(), &unit, 0o644);
     let (code, v) = doctor_json(&h, &[]);
     assert_eq!(code, 1);
     let f = findings(&v, "unit-secret");
@@ -739,7 +682,7 @@ fn copies_in_environment_files_and_arguments_are_found_by_fingerprint() {
             .contains("a copy of gateway.auth.token")
             || r["finding"].as_str().unwrap().contains("--token")
     }));
-    let r = h.run(&["doctor", "--fix"]);
+    let r = h.driftless(&["doctor", "--fix"], &[]);
     assert_eq!(r.code, 0, "{}", r.all());
     assert!(!read(&h.unit()).contains(&token));
     assert!(!r.all().contains(&token));
@@ -751,7 +694,7 @@ fn copies_in_environment_files_and_arguments_are_found_by_fingerprint() {
 #[test]
 fn plist_with_embedded_token_is_repaired() {
     let h = Home::new();
-    h.write(&h.config(), "[gateway]\nport = 18789\n", 0o600);
+    write_file(&h.config_path(), "[gateway]\nport = 18789\n", 0o600);
     let canary = "canary-plist-token-31337";
     let out = h
         .cmd(BIN)
@@ -764,7 +707,7 @@ fn plist_with_embedded_token_is_repaired() {
         &format!("<key>DRIFTLESS_GATEWAY_TOKEN</key>\n\t\t<string>{canary}</string>\n\t\t<key>DRIFTLESS_SERVICE_KIND</key>"),
     );
     assert_ne!(seeded, clean);
-    h.write(&h.plist(), &seeded, 0o644);
+    write_file(&h.plist(), &seeded, 0o644);
     let (code, v) = doctor_json(&h, &[]);
     assert_eq!(code, 1);
     let f = findings(&v, "unit-secret");
@@ -775,11 +718,15 @@ fn plist_with_embedded_token_is_repaired() {
             .unwrap()
             .contains("EnvironmentVariables.DRIFTLESS_GATEWAY_TOKEN")
     );
-    let r = h.run(&["doctor", "--fix"]);
+    let r = h.driftless(&["doctor", "--fix"], &[]);
     assert_eq!(r.code, 0, "{}", r.all());
     assert_eq!(read(&h.plist()), clean);
     assert_eq!(read(&h.token_file()), format!("{canary}\n"));
-    assert!(h.run(&["doctor", "--fix"]).stdout.contains("No changes"));
+    assert!(
+        h.driftless(&["doctor", "--fix"], &[])
+            .stdout
+            .contains("No changes")
+    );
     assert_eq!(h.files_containing(canary), vec![h.token_file()]);
 }
 
@@ -792,7 +739,7 @@ fn openclaw_installation_is_audited_and_repaired_only_on_request() {
     let key_canary = "sk-canary-openclaw-key-1";
     let env_key_canary = "sk-canary-anthropic-2";
     let config = "// OpenClaw config (JSON5)\n{\n  gateway: { mode: 'local', port: 18789, },\n}\n";
-    h.write(&oc.join("openclaw.json"), config, 0o600);
+    write_file(&oc.join("openclaw.json"), config, 0o600);
     let unit = format!(
         "[Unit]\nDescription=OpenClaw Gateway\n\n[Service]\nExecStart=/usr/bin/node /x/openclaw/dist/index.js gateway --port 18789\n\
          Restart=always\nEnvironment=HOME={home}\nEnvironment=OPENCLAW_GATEWAY_TOKEN={gw_canary}\nEnvironment=OPENCLAW_SERVICE_KIND=gateway\n\n\
@@ -802,7 +749,7 @@ fn openclaw_installation_is_audited_and_repaired_only_on_request() {
     let unit_path = h
         .home()
         .join(".config/systemd/user/openclaw-gateway.service");
-    h.write(&unit_path, &unit, 0o644);
+    write_file(&unit_path, &unit, 0o644);
     let profiles = format!(
         "{{\"version\":1,\"profiles\":{{\
          \"openai:default\":{{\"type\":\"api_key\",\"provider\":\"openai\",\"key\":\"{key_canary}\"}},\
@@ -810,7 +757,7 @@ fn openclaw_installation_is_audited_and_repaired_only_on_request() {
          \"kilocode:default\":{{\"type\":\"api_key\",\"provider\":\"kilocode\",\"keyRef\":{{\"source\":\"env\",\"provider\":\"default\",\"id\":\"KILOCODE_API_KEY\"}}}}}}}}"
     );
     let profiles_path = oc.join("agents/main/agent/auth-profiles.json");
-    h.write(&profiles_path, &profiles, 0o644);
+    write_file(&profiles_path, &profiles, 0o644);
 
     let (code, v) = doctor_json(&h, &[]);
     assert_eq!(code, 1);
@@ -826,15 +773,15 @@ fn openclaw_installation_is_audited_and_repaired_only_on_request() {
     assert_eq!(findings(&v, "openclaw-permissions").len(), 1, "{v:#}");
 
     // --fix without --openclaw leaves OpenClaw's files alone.
-    let r = h.run(&["doctor", "--fix"]);
+    let r = h.driftless(&["doctor", "--fix"], &[]);
     assert_eq!(r.code, 1, "{}", r.all());
     assert_eq!(read(&unit_path), unit);
     assert_eq!(read(&profiles_path), profiles);
     assert_eq!(read(&oc.join("openclaw.json")), config);
 
     let mut h = h;
-    h.env("ANTHROPIC_API_KEY", env_key_canary);
-    let r = h.run(&["doctor", "--fix", "--openclaw"]);
+    h.set_env("ANTHROPIC_API_KEY", env_key_canary);
+    let r = h.driftless(&["doctor", "--fix", "--openclaw"], &[]);
     assert_eq!(r.code, 0, "{}", r.all());
     let all = r.all();
     for c in [gw_canary, key_canary, env_key_canary] {
@@ -880,7 +827,7 @@ fn openclaw_installation_is_audited_and_repaired_only_on_request() {
             assert!(!read(&b).contains(c), "{c} in backup {}", b.display());
         }
     }
-    let again = h.run(&["doctor", "--fix", "--openclaw"]);
+    let again = h.driftless(&["doctor", "--fix", "--openclaw"], &[]);
     assert_eq!(again.code, 0, "{}", again.all());
     assert!(again.stdout.contains("No changes"), "{}", again.all());
     let mut holders = h.files_containing(key_canary);
@@ -898,8 +845,8 @@ fn unparsable_openclaw_config_is_reported_and_left_alone() {
     h.ok(&["init"]);
     let path = h.home().join(".openclaw/openclaw.json");
     let broken = "{\n  gateway: { port: 18789,\n  auth: { token: 'canary-oc-broken-1' }\n";
-    h.write(&path, broken, 0o644);
-    let r = h.run(&["doctor", "--fix", "--openclaw"]);
+    write_file(&path, broken, 0o644);
+    let r = h.driftless(&["doctor", "--fix", "--openclaw"], &[]);
     assert_eq!(r.code, 1, "{}", r.all());
     // JSON5 position of the object that never closes.
     assert!(r.stdout.contains("openclaw.json:2:12:"), "{}", r.all());
@@ -913,14 +860,14 @@ fn a_failing_fix_keeps_earlier_changes_listed_and_loses_nothing() {
     let h = Home::new();
     let canary = "canary-conflict-literal-1";
     let original = format!("[gateway.auth]\ntoken = \"{canary}\"\n");
-    h.write(&h.config(), &original, 0o644);
+    write_file(&h.config_path(), &original, 0o644);
     // The file the literal would move to already holds another secret: never overwritten.
-    h.write(&h.token_file(), "another-token\n", 0o600);
-    let r = h.run(&["doctor", "--fix"]);
+    write_file(&h.token_file(), "another-token\n", 0o600);
+    let r = h.driftless(&["doctor", "--fix"], &[]);
     assert_eq!(r.code, 70, "{}", r.all());
     assert!(
         r.stdout
-            .contains(&format!("chmod 600 {}", h.config().display())),
+            .contains(&format!("chmod 600 {}", h.config_path().display())),
         "{}",
         r.all()
     );
@@ -931,8 +878,8 @@ fn a_failing_fix_keeps_earlier_changes_listed_and_loses_nothing() {
     );
     assert!(r.stdout.contains("plaintext-secret"), "{}", r.all());
     assert!(!r.all().contains(canary) && !r.all().contains("another-token"));
-    assert_eq!(read(&h.config()), original);
-    assert_eq!(mode(&h.config()), 0o600);
+    assert_eq!(read(&h.config_path()), original);
+    assert_eq!(mode(&h.config_path()), 0o600);
     assert_eq!(read(&h.token_file()), "another-token\n");
 }
 
@@ -944,8 +891,8 @@ fn openclaw_env_token_that_differs_from_its_config_is_reported() {
     let env_canary = "canary-oc-env-token-8";
     let path = h.home().join(".openclaw/openclaw.json");
     let config = format!("{{ gateway: {{ auth: {{ token: '{cfg_canary}' }} }} }}\n");
-    h.write(&path, &config, 0o600);
-    h.env("OPENCLAW_GATEWAY_TOKEN", env_canary);
+    write_file(&path, &config, 0o600);
+    h.set_env("OPENCLAW_GATEWAY_TOKEN", env_canary);
     let (code, v) = doctor_json(&h, &["--fix", "--openclaw"]);
     assert_eq!(code, 1, "{v:#}");
     let f = findings(&v, "openclaw-env-vs-config");
@@ -959,7 +906,7 @@ fn openclaw_env_token_that_differs_from_its_config_is_reported() {
     let text = v.to_string();
     assert!(!text.contains(cfg_canary) && !text.contains(env_canary));
     assert_eq!(read(&path), config);
-    h.env("OPENCLAW_GATEWAY_TOKEN", cfg_canary);
+    h.set_env("OPENCLAW_GATEWAY_TOKEN", cfg_canary);
     let (code, v) = doctor_json(&h, &[]);
     assert_eq!(code, 0, "{v:#}");
 }
@@ -969,9 +916,197 @@ fn unparsable_plist_is_reported_and_never_rewritten() {
     let h = Home::new();
     h.ok(&["init"]);
     let broken = "<?xml version=\"1.0\"?><plist><dict><key>Label</key>";
-    h.write(&h.plist(), broken, 0o644);
-    let r = h.run(&["doctor", "--fix"]);
+    write_file(&h.plist(), broken, 0o644);
+    let r = h.driftless(&["doctor", "--fix"], &[]);
     assert_eq!(r.code, 1, "{}", r.all());
     assert!(r.stdout.contains("does not parse"), "{}", r.all());
     assert_eq!(read(&h.plist()), broken);
+}
+
+fn is_symlink(p: &Path) -> bool {
+    std::fs::symlink_metadata(p)
+        .unwrap()
+        .file_type()
+        .is_symlink()
+}
+
+/// Moves `path` into `~/dotfiles/<name>` and leaves a symlink to it in its place, as a dotfiles
+/// layout does. Returns the target.
+fn link_into_dotfiles(h: &Home, path: &Path, name: &str) -> PathBuf {
+    let target = h.home().join("dotfiles").join(name);
+    std::fs::create_dir_all(target.parent().unwrap()).unwrap();
+    std::fs::rename(path, &target).unwrap();
+    std::os::unix::fs::symlink(&target, path).unwrap();
+    target
+}
+
+/// Issue 15, finding 6: `secrets migrate` on a symlinked config rewrites the link's target and
+/// keeps the link, so the plaintext token does not stay behind in the target; it says so, and
+/// doctor then reports the link and is clean.
+#[test]
+fn secrets_migrate_through_a_symlinked_config_updates_its_target() {
+    let h = Home::new();
+    let canary = "canary-symlinked-config-5150";
+    write_file(
+        &h.config_path(),
+        &format!("# dotfiles\n[gateway.auth]\ntoken = \"{canary}\"\n"),
+        0o600,
+    );
+    let target = link_into_dotfiles(&h, &h.config_path(), "driftless.toml");
+
+    let r = h.ok(&["secrets", "migrate"]);
+    assert!(!r.all().contains(canary), "{}", r.all());
+    assert!(
+        is_symlink(&h.config_path()),
+        "the link was replaced by a file"
+    );
+    assert!(
+        r.stdout.contains(&format!(
+            "is a symlink; its target {} was updated",
+            target.display()
+        )),
+        "{}",
+        r.all()
+    );
+    let text = read(&target);
+    assert!(
+        text.contains("# dotfiles") && !text.contains(canary),
+        "{text}"
+    );
+    assert!(text.contains("source = \"file\""), "{text}");
+    assert_eq!(h.files_containing(canary), vec![h.token_file()]);
+
+    let (code, v) = doctor_json(&h, &[]);
+    assert_eq!(code, 0, "{v:#}");
+    let links: Vec<&serde_json::Value> = v["checks"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|r| r["check"] == "symlink")
+        .collect();
+    assert_eq!(links.len(), 1, "{v:#}");
+    let finding = links[0]["finding"].as_str().unwrap();
+    assert!(
+        finding.contains(&h.config_path().display().to_string())
+            && finding.contains(&target.display().to_string()),
+        "{finding}"
+    );
+}
+
+/// Issue 15, finding 6: `token rotate` on a symlinked token file writes the new token into the
+/// shared target (the old token does not linger there), keeps the link, and names the target.
+#[test]
+fn token_rotate_through_a_symlinked_token_file_updates_the_shared_target() {
+    let h = Home::new();
+    h.ok(&["init"]);
+    let old = read(&h.token_file());
+    let target = link_into_dotfiles(&h, &h.token_file(), "gateway-token");
+    // No gateway runs: the rotation is written and the command says nobody confirmed it.
+    let r = h.driftless(&["token", "rotate"], &[]);
+    assert!(
+        r.stdout
+            .contains(&format!("its target {} was updated", target.display())),
+        "{}",
+        r.all()
+    );
+    assert!(
+        is_symlink(&h.token_file()),
+        "the link was replaced by a file"
+    );
+    let new = read(&target);
+    assert_ne!(new, old);
+    assert_eq!(new.trim().len(), old.trim().len());
+    assert!(h.files_containing(old.trim()).is_empty());
+    assert_eq!(mode(&target), 0o600);
+}
+
+/// Issue 15, finding 6: a config that is a symlink to a file others can read is reported with its
+/// target, and `--fix` names the target it chmods (it used to name only the link).
+#[test]
+fn doctor_names_the_symlink_target_it_reports_and_chmods() {
+    let h = Home::new();
+    h.ok(&["init"]);
+    let target = link_into_dotfiles(&h, &h.config_path(), "driftless.toml");
+    std::fs::set_permissions(&target, std::fs::Permissions::from_mode(0o644)).unwrap();
+    let (code, v) = doctor_json(&h, &[]);
+    assert_eq!(code, 1, "{v:#}");
+    let f = findings(&v, "permissions");
+    assert_eq!(f.len(), 1, "{v:#}");
+    assert!(
+        f[0]["finding"]
+            .as_str()
+            .unwrap()
+            .contains(&format!("(a symlink to {})", target.display())),
+        "{v:#}"
+    );
+    assert_eq!(f[0]["fix"], format!("chmod 600 {}", target.display()));
+    let r = h.driftless(&["doctor", "--fix"], &[]);
+    assert_eq!(r.code, 0, "{}", r.all());
+    assert!(
+        r.stdout.contains(&format!(
+            "chmod 600 {} (the target of the symlink {})",
+            target.display(),
+            h.config_path().display()
+        )),
+        "{}",
+        r.all()
+    );
+    assert_eq!(mode(&target), 0o600);
+    assert!(is_symlink(&h.config_path()));
+}
+
+/// Issue 15, finding 7: a temp file a killed write left behind (0600, holding a key) is reported
+/// without its contents and deleted by `--fix`; one younger than a minute may belong to a write in
+/// progress and is left alone.
+#[test]
+fn doctor_reports_and_removes_orphaned_temp_files() {
+    let h = Home::new();
+    h.ok(&["init"]);
+    let canary = "canary-orphaned-temp-key-31337";
+    let dir = h.token_file().parent().unwrap().to_owned();
+    let orphan = dir.join(".driftless-Xy12Ab.tmp");
+    write_file(&orphan, &format!("{canary}\n"), 0o600);
+    let an_hour_ago = std::time::SystemTime::now() - std::time::Duration::from_secs(3600);
+    std::fs::File::options()
+        .write(true)
+        .open(&orphan)
+        .unwrap()
+        .set_modified(an_hour_ago)
+        .unwrap();
+    let in_progress = h
+        .config_path()
+        .parent()
+        .unwrap()
+        .join(".driftless-Qq98Zz.tmp");
+    write_file(&in_progress, "being written", 0o600);
+
+    let (code, v) = doctor_json(&h, &[]);
+    assert_eq!(code, 1, "{v:#}");
+    let f = findings(&v, "temp-file");
+    assert_eq!(f.len(), 1, "{v:#}");
+    assert!(
+        f[0]["finding"]
+            .as_str()
+            .unwrap()
+            .contains(&orphan.display().to_string()),
+        "{v:#}"
+    );
+    assert!(!v.to_string().contains(canary));
+
+    let r = h.driftless(&["doctor", "--fix"], &[]);
+    assert_eq!(r.code, 0, "{}", r.all());
+    assert!(!r.all().contains(canary));
+    assert!(
+        r.stdout.contains(&format!("deleted {}", orphan.display())),
+        "{}",
+        r.all()
+    );
+    assert!(!orphan.exists());
+    assert!(in_progress.exists());
+    assert!(h.files_containing(canary).is_empty());
+    assert!(
+        h.driftless(&["doctor", "--fix"], &[])
+            .stdout
+            .contains("No changes")
+    );
 }

@@ -2,18 +2,20 @@
 //! (tests/fixtures/supervise_child.py) that prints the fingerprint of its `SECRET` and serves it
 //! on a TCP port, with real files, a real unix control socket and real signals.
 
+mod support;
+
 use std::io::{BufRead, BufReader, Read, Write};
 use std::os::unix::fs::PermissionsExt;
 use std::os::unix::net::UnixStream;
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
+use std::process::{Child, Stdio};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use driftless_core::Fingerprint;
 use serde_json::Value;
 
-const BIN: &str = env!("CARGO_BIN_EXE_driftless");
+use support::{BIN, Home, free_port, stable_port};
 
 fn fixture() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/supervise_child.py")
@@ -25,14 +27,6 @@ fn python() -> &'static str {
     } else {
         "python3"
     }
-}
-
-fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
 }
 
 /// Replaces `path` atomically (temp file + rename), mode 0600, like a secret manager would.
@@ -82,7 +76,7 @@ struct Sup {
     err: Lines,
     sock: PathBuf,
     port: u16,
-    _dir: tempfile::TempDir,
+    _home: Home,
     key: PathBuf,
 }
 
@@ -91,44 +85,42 @@ impl Sup {
     /// `extra_args` has its own `--env`; in `extra_args`, `{port}` is the child's port and `{key}`
     /// the key file.
     fn start(secret: &str, extra_args: &[&str], child_env: &[(&str, &str)]) -> Sup {
-        let dir = tempfile::tempdir().unwrap();
-        let key = dir.path().join("key");
+        let home = Home::new();
+        let key = home.root().join("key");
         write_secret(&key, secret);
-        let sock = dir.path().join("ctl.sock");
-        let port = free_port();
-        let mut cmd = Command::new(BIN);
-        cmd.env_clear()
-            .env(
-                "PATH",
-                driftless_core::Env::from_process()
-                    .get("PATH")
-                    .unwrap_or(""),
-            )
-            .env("HOME", dir.path())
-            .env("DRIFTLESS_STATE_DIR", dir.path().join("state"))
-            .env("NO_COLOR", "1")
-            .env("PORT", port.to_string())
-            .envs(child_env.iter().copied())
-            .arg("supervise")
-            .args(
-                (!extra_args.contains(&"--env"))
-                    .then(|| format!("--env=SECRET=file:{}", key.display())),
-            )
-            .args(
-                (!extra_args.contains(&"--control"))
-                    .then(|| format!("--control=unix:{}", sock.display())),
-            )
-            .args(["--grace", "5"])
-            .args(extra_args.iter().map(|a| {
-                a.replace("{port}", &port.to_string())
-                    .replace("{key}", &key.display().to_string())
-            }))
-            .arg("--")
-            .arg(python())
-            .arg(fixture())
-            .stdin(Stdio::null())
-            .stdout(Stdio::piped())
-            .stderr(Stdio::piped());
+        let sock = home.root().join("ctl.sock");
+        let port = stable_port();
+        let mut cmd = home.cmd(BIN);
+        // The runner's PATH: the fixture runs on whichever python3 it finds.
+        cmd.env(
+            "PATH",
+            driftless_core::Env::from_process()
+                .get("PATH")
+                .unwrap_or(""),
+        )
+        .env("DRIFTLESS_STATE_DIR", home.state())
+        .env("PORT", port.to_string())
+        .envs(child_env.iter().copied())
+        .arg("supervise")
+        .args(
+            (!extra_args.contains(&"--env"))
+                .then(|| format!("--env=SECRET=file:{}", key.display())),
+        )
+        .args(
+            (!extra_args.contains(&"--control"))
+                .then(|| format!("--control=unix:{}", sock.display())),
+        )
+        .args(["--grace", "5"])
+        .args(extra_args.iter().map(|a| {
+            a.replace("{port}", &port.to_string())
+                .replace("{key}", &key.display().to_string())
+        }))
+        .arg("--")
+        .arg(python())
+        .arg(fixture())
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped());
         let mut proc = cmd.spawn().unwrap();
         let out = collect(proc.stdout.take().unwrap());
         let err = collect(proc.stderr.take().unwrap());
@@ -138,7 +130,7 @@ impl Sup {
             err,
             sock,
             port,
-            _dir: dir,
+            _home: home,
             key,
         }
     }
@@ -555,11 +547,10 @@ fn sigterm_stops_the_child_and_forwards_its_exit_code() {
 
 #[test]
 fn literal_secrets_on_the_command_line_are_refused_without_echo() {
-    let dir = tempfile::tempdir().unwrap();
-    let out = Command::new(BIN)
-        .env_clear()
-        .env("HOME", dir.path())
-        .env("DRIFTLESS_STATE_DIR", dir.path())
+    let home = Home::new();
+    let out = home
+        .cmd(BIN)
+        .env("DRIFTLESS_STATE_DIR", home.path())
         .args([
             "supervise",
             "--env",
@@ -579,8 +570,8 @@ fn literal_secrets_on_the_command_line_are_refused_without_echo() {
 
 #[test]
 fn http_control_endpoint_requires_its_own_token() {
-    let token_dir = tempfile::tempdir().unwrap();
-    let token_file = token_dir.path().join("ctl-token");
+    let token_home = Home::new();
+    let token_file = token_home.root().join("ctl-token");
     let token = "canary-control-token-6060";
     write_secret(&token_file, token);
     let ctl_port = free_port();

@@ -1,7 +1,7 @@
-//! End to end under a real `systemd --user` manager, started by the workplace's shared
-//! `tools/sd-user-harness.sh` (beside the checkout as `../shared/tools`, also in CI, or at
-//! `$DRIFTLESS_SD_USER_HARNESS`): a private mount namespace and a dedicated cgroup, so the host is
-//! untouched. It needs root and the script; without them the test says so and passes, unless
+//! End to end under a real `systemd --user` manager, started by this repository's
+//! `tests/harness/systemd-user-manager.sh` (or `$DRIFTLESS_SD_USER_HARNESS`): a private mount
+//! namespace and a dedicated cgroup, so the host is untouched. It needs root, systemd and
+//! util-linux (`.ci/run` installs them); without them the test says so and passes, unless
 //! `DRIFTLESS_REQUIRE_TOOLS=1` (CI), where it fails.
 //!
 //! 1. `driftless daemon install` starts the gateway; `driftless token rotate` writes a new token to
@@ -12,16 +12,20 @@
 //!    token; `doctor --fix` persists the token, rewrites the unit, reloads and restarts the service,
 //!    which then serves the same token from its file.
 
+mod support;
+
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
-const BIN: &str = env!("CARGO_BIN_EXE_driftless");
+use support::{BIN, Home};
 const UNIT: &str = "driftless-gateway.service";
 
+/// The user manager, running in the tests' shared private home ([`support::Home`]): the
+/// manager's HOME and runtime dir are the home's, so `systemctl --user` and `driftless` run with
+/// `Home::cmd` reach it.
 struct Harness {
-    _dir: tempfile::TempDir,
-    root: PathBuf,
+    home: Home,
     child: Child,
     port: u16,
 }
@@ -29,14 +33,12 @@ struct Harness {
 impl Harness {
     /// Starts the manager; `journald` also starts a private journald so service output is kept.
     fn start(script: &Path, journald: bool) -> Harness {
-        // Not under /tmp: the unit's PrivateTmp= would hide it from the service, and real configs
-        // live under HOME anyway.
-        let dir = tempfile::tempdir_in(env!("CARGO_TARGET_TMPDIR")).unwrap();
-        let root = dir.path().to_owned();
+        // The script lays out SDU_ROOT as the home does: home/ and run/.
+        let home = Home::new();
         let child = Command::new("unshare")
             .args(["-m", "--propagation", "private"])
             .arg(script)
-            .env("SDU_ROOT", &root)
+            .env("SDU_ROOT", home.root())
             .env("WITH_JOURNALD", if journald { "1" } else { "" })
             .stdout(Stdio::null())
             .stderr(Stdio::null())
@@ -47,12 +49,7 @@ impl Harness {
             .local_addr()
             .unwrap()
             .port();
-        let h = Harness {
-            _dir: dir,
-            root,
-            child,
-            port,
-        };
+        let h = Harness { home, child, port };
         h.wait_for(
             "the user manager to answer",
             Duration::from_secs(10),
@@ -61,18 +58,8 @@ impl Harness {
         h
     }
 
-    fn home(&self) -> PathBuf {
-        self.root.join("home")
-    }
-
     fn cmd(&self, program: &str) -> Command {
-        let mut c = Command::new(program);
-        c.env_clear()
-            .env("PATH", "/usr/local/bin:/usr/bin:/bin:/usr/sbin:/sbin")
-            .env("HOME", self.home())
-            .env("XDG_RUNTIME_DIR", self.root.join("run"))
-            .env("XDG_CONFIG_HOME", self.home().join(".config"));
-        c
+        self.home.cmd(program)
     }
 
     fn systemctl(&self, args: &[&str]) -> std::process::Output {
@@ -131,16 +118,15 @@ impl Harness {
     }
 
     fn config(&self) -> PathBuf {
-        self.home().join(".config/driftless/config.toml")
+        self.home.config_path()
     }
 
     fn unit(&self) -> PathBuf {
-        self.home().join(".config/systemd/user").join(UNIT)
+        self.home.config_dir().join("systemd/user").join(UNIT)
     }
 
     fn token_file(&self) -> PathBuf {
-        self.home()
-            .join(".local/state/driftless/secrets/gateway-token")
+        self.home.token_file()
     }
 
     /// `driftless init`, on a free port so parallel test runs do not collide.
@@ -155,7 +141,7 @@ impl Harness {
 impl Harness {
     /// The PID of the journald this harness started (its environment names our SDU_ROOT).
     fn journald_pid(&self) -> Option<u32> {
-        let marker = format!("SDU_ROOT={}", self.root.display());
+        let marker = format!("SDU_ROOT={}", self.home.root().display());
         std::fs::read_dir("/proc").ok()?.flatten().find_map(|e| {
             let pid: u32 = e.file_name().to_str()?.parse().ok()?;
             let comm = std::fs::read_to_string(e.path().join("comm")).ok()?;
@@ -170,7 +156,7 @@ impl Harness {
         let out = self
             .cmd("journalctl")
             .arg("-D")
-            .arg(self.root.join("journal/journal"))
+            .arg(self.home.root().join("journal/journal"))
             .args(["--no-pager", "-o", "cat"])
             .output()
             .unwrap();
@@ -194,7 +180,9 @@ impl Drop for Harness {
             let _ = self.child.wait();
         }
         if let Some(pid) = journald {
-            let _ = Command::new("kill").arg(pid.to_string()).status();
+            if let Some(pid) = rustix::process::Pid::from_raw(pid as i32) {
+                let _ = rustix::process::kill_process(pid, rustix::process::Signal::TERM);
+            }
             let start = Instant::now();
             while Path::new(&format!("/proc/{pid}")).exists()
                 && start.elapsed() < Duration::from_secs(5)
@@ -240,12 +228,16 @@ fn harness_script() -> Option<PathBuf> {
         .non_empty("DRIFTLESS_SD_USER_HARNESS")
         .map(PathBuf::from)
         .unwrap_or_else(|| {
-            Path::new(env!("CARGO_MANIFEST_DIR")).join("../../../shared/tools/sd-user-harness.sh")
+            Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/harness/systemd-user-manager.sh")
         });
     let missing = if !is_root() {
         "root (a private mount namespace)"
     } else if !script.is_file() {
-        "sd-user-harness.sh (../shared/tools beside the checkout, or $DRIFTLESS_SD_USER_HARNESS)"
+        "tests/harness/systemd-user-manager.sh (or $DRIFTLESS_SD_USER_HARNESS)"
+    } else if !Path::new("/lib/systemd/systemd").exists()
+        && !Path::new("/usr/lib/systemd/systemd").exists()
+    {
+        "systemd (the systemd package)"
     } else {
         return Some(script);
     };

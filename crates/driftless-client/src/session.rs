@@ -177,8 +177,7 @@ fn refusal(error: ClientError) -> SessionError {
         let request_id = shape
             .details
             .as_ref()
-            .and_then(|d| d.get("requestId"))
-            .and_then(serde_json::Value::as_str)
+            .and_then(|d| d.request_id.as_deref())
             .unwrap_or("<requestId from `driftless devices list`>")
             .to_owned();
         return SessionError::NeedsApproval {

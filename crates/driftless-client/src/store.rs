@@ -276,7 +276,8 @@ impl TokenStore {
         text.push('\n');
         let result = atomic::write_private(&self.path, text.as_bytes());
         zeroize::Zeroize::zeroize(&mut text);
-        Ok(result?)
+        result?;
+        Ok(())
     }
 }
 

@@ -249,7 +249,7 @@ impl Wire {
             if let Frame::Res(r) = self.recv_frame(deadline).await?
                 && r.id == id
             {
-                return Ok(r);
+                return Ok(*r);
             }
         }
     }

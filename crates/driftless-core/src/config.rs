@@ -168,6 +168,12 @@ pub enum ConfigError {
         #[source]
         source: std::io::Error,
     },
+    #[error(
+        "config file {path} is {kind}, not a regular file; point DRIFTLESS_CONFIG (or the config path) at a regular file"
+    )]
+    NotRegular { path: PathBuf, kind: &'static str },
+    #[error("config file {path} is over the {MAX_CONFIG_BYTES}-byte limit; is it the right file?")]
+    TooLarge { path: PathBuf },
     #[error("{path}:{line}:{column}: {message}{}", key.as_deref().map(|k| format!(" (at `{k}`)")).unwrap_or_default())]
     Parse {
         path: PathBuf,
@@ -178,6 +184,47 @@ pub enum ConfigError {
     },
     #[error("{path}: {message}")]
     Invalid { path: PathBuf, message: String },
+}
+
+/// The largest config file read. Real configs are a few KiB; the cap keeps a config that points at
+/// `/dev/zero` or a huge file from reading until memory runs out.
+pub const MAX_CONFIG_BYTES: usize = 1024 * 1024;
+
+/// Reads a config file's text: a regular file only (a FIFO would block forever, a device never
+/// ends), at most [`MAX_CONFIG_BYTES`], valid UTF-8.
+pub fn read_text(path: &Path) -> Result<String, ConfigError> {
+    use crate::source::{OpenError, open_regular, read_capped_file};
+    let io = |source: std::io::Error| ConfigError::Io {
+        path: path.to_owned(),
+        source,
+    };
+    let (file, meta) = open_regular(path).map_err(|e| match e {
+        OpenError::Missing => ConfigError::NotFound(path.to_owned()),
+        OpenError::Directory => ConfigError::NotRegular {
+            path: path.to_owned(),
+            kind: "a directory",
+        },
+        OpenError::NotRegular(kind) => ConfigError::NotRegular {
+            path: path.to_owned(),
+            kind,
+        },
+        OpenError::Io(e) => io(e),
+    })?;
+    let too_large = || ConfigError::TooLarge {
+        path: path.to_owned(),
+    };
+    if meta.len() > MAX_CONFIG_BYTES as u64 {
+        return Err(too_large());
+    }
+    let bytes = read_capped_file(file, meta.len(), MAX_CONFIG_BYTES)
+        .map_err(io)?
+        .ok_or_else(too_large)?;
+    String::from_utf8(bytes).map_err(|_| {
+        io(std::io::Error::new(
+            std::io::ErrorKind::InvalidData,
+            "stream did not contain valid UTF-8",
+        ))
+    })
 }
 
 /// A parsed config and where it came from.
@@ -197,18 +244,7 @@ impl LoadedConfig {
 impl Config {
     /// Reads and parses `path`.
     pub fn load(path: &Path) -> Result<LoadedConfig, ConfigError> {
-        let text = match std::fs::read_to_string(path) {
-            Ok(t) => t,
-            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
-                return Err(ConfigError::NotFound(path.to_owned()));
-            }
-            Err(source) => {
-                return Err(ConfigError::Io {
-                    path: path.to_owned(),
-                    source,
-                });
-            }
-        };
+        let text = read_text(path)?;
         let config = Config::parse(&text, path)?;
         Ok(LoadedConfig {
             config,

@@ -30,20 +30,7 @@ pub enum EditError {
 impl ConfigDocument {
     /// Opens `path`, refusing a file that does not parse as a valid config.
     pub fn open(path: &Path) -> Result<ConfigDocument, EditError> {
-        let text = match std::fs::read_to_string(path) {
-            Ok(t) => t,
-            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
-                return Err(EditError::Unparsable(ConfigError::NotFound(
-                    path.to_owned(),
-                )));
-            }
-            Err(source) => {
-                return Err(EditError::Unparsable(ConfigError::Io {
-                    path: path.to_owned(),
-                    source,
-                }));
-            }
-        };
+        let text = crate::config::read_text(path).map_err(EditError::Unparsable)?;
         Config::parse(&text, path).map_err(EditError::Unparsable)?;
         let doc = text.parse::<DocumentMut>().map_err(|e| {
             let (line, column) = e
@@ -136,12 +123,12 @@ impl ConfigDocument {
         self.doc.to_string()
     }
 
-    /// Validates the edited document and writes it atomically (0600).
-    pub fn save(&self) -> Result<(), EditError> {
+    /// Validates the edited document and writes it atomically (0600); a config that is a symlink
+    /// stays one and its target is rewritten.
+    pub fn save(&self) -> Result<atomic::Written, EditError> {
         let text = self.render();
         Config::parse(&text, &self.path).map_err(EditError::Invalid)?;
-        atomic::write_private(&self.path, text.as_bytes())?;
-        Ok(())
+        Ok(atomic::write_private(&self.path, text.as_bytes())?)
     }
 }
 

@@ -16,6 +16,7 @@ pub mod redact;
 pub mod secret;
 pub mod snapshot;
 pub mod source;
+pub mod watch;
 
 pub use config::{Config, ConfigError};
 pub use env::Env;

@@ -76,25 +76,21 @@ pub fn expand(raw: &str, env: &Env) -> Result<PathBuf, String> {
     } else {
         raw
     };
-    let mut chars = rest.char_indices().peekable();
-    while let Some((i, c)) = chars.next() {
-        if c == '$' && rest[i + 1..].starts_with('{') {
-            let Some(end) = rest[i + 2..].find('}') else {
-                return Err(format!("unterminated ${{ in path {raw:?}"));
-            };
-            let name = &rest[i + 2..i + 2 + end];
-            match env.get(name) {
-                Some(v) => out.push_str(v),
-                None => return Err(format!("path {raw:?} uses ${{{name}}}, which is not set")),
-            }
-            // Skip the variable name and the closing brace.
-            for _ in 0..end + 2 {
-                chars.next();
-            }
-        } else {
-            out.push(c);
+    // Byte offsets throughout: `${` and `}` are ASCII, so every split lands on a char boundary.
+    let mut rest = rest;
+    while let Some(at) = rest.find("${") {
+        out.push_str(&rest[..at]);
+        let Some(len) = rest[at + 2..].find('}') else {
+            return Err(format!("unterminated ${{ in path {raw:?}"));
+        };
+        let name = &rest[at + 2..at + 2 + len];
+        match env.get(name) {
+            Some(v) => out.push_str(v),
+            None => return Err(format!("path {raw:?} uses ${{{name}}}, which is not set")),
         }
+        rest = &rest[at + 2 + len + 1..];
     }
+    out.push_str(rest);
     Ok(PathBuf::from(out))
 }
 
@@ -153,6 +149,26 @@ mod tests {
             PathBuf::from("/plain/$x")
         );
         assert!(expand("${NOPE}/x", &env).unwrap_err().contains("NOPE"));
+        // Issue 15 (9): a multi-byte name used to skip its bytes as characters, eating the tail.
+        let env = Env::from_pairs([("é", "/v"), ("ДИР", "/d")]);
+        assert_eq!(expand("${é}tail", &env).unwrap(), PathBuf::from("/vtail"));
+        assert_eq!(
+            expand("${ДИР}/ß/${é}/x", &env).unwrap(),
+            PathBuf::from("/d/ß//v/x")
+        );
         assert!(expand("${OPEN", &env).is_err());
+    }
+
+    /// Found by the `path_expand` fuzz target (fuzz/corpus/path_expand/regression-multibyte-name):
+    /// the text after a variable whose name is not ASCII was cut, because the name was skipped by
+    /// its length in bytes counted as characters.
+    #[test]
+    fn text_after_a_non_ascii_variable_name_is_kept() {
+        let env = Env::from_pairs([("\u{70e}", "v"), ("é", "/run/é")]);
+        assert_eq!(expand("${\u{70e}}x", &env).unwrap(), PathBuf::from("vx"));
+        assert_eq!(
+            expand("${é}/tail/${é}", &env).unwrap(),
+            PathBuf::from("/run/é/tail//run/é")
+        );
     }
 }

@@ -4,10 +4,13 @@
 //! flags it) or a [`SecretRef`] naming the one place the value lives.
 
 use std::borrow::Cow;
+use std::fs::{File, Metadata};
 use std::io::Read;
-use std::os::unix::fs::{MetadataExt, PermissionsExt};
+use std::os::unix::fs::{FileTypeExt, MetadataExt, OpenOptionsExt, PermissionsExt};
+use std::os::unix::process::CommandExt;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
+use std::sync::mpsc;
 use std::time::{Duration, Instant};
 
 use serde::de::{self, MapAccess, Visitor};
@@ -179,7 +182,7 @@ impl schemars::JsonSchema for SecretInput {
 pub enum ResolveError {
     #[error("environment variable {0} is not set; export it or point the reference at a file")]
     EnvUnset(String),
-    #[error("environment variable {0} is set but empty; give it a value")]
+    #[error("environment variable {0} is set but empty (or only whitespace); give it a value")]
     EnvEmpty(String),
     #[error("secret file path: {0}")]
     BadPath(String),
@@ -189,8 +192,14 @@ pub enum ResolveError {
     FileUnreadable { path: PathBuf, reason: String },
     #[error("secret file {0} is a directory; point the reference at the file inside it")]
     FileIsDirectory(PathBuf),
-    #[error("secret file {0} is empty; write the secret into it")]
+    #[error(
+        "secret file {path} is {kind}, not a regular file, so it cannot be read as a secret; point the reference at a regular file (mode 0600)"
+    )]
+    FileNotRegular { path: PathBuf, kind: &'static str },
+    #[error("secret file {0} is empty (or only whitespace); write the secret into it")]
     FileEmpty(PathBuf),
+    #[error("secret file {0} contains a NUL byte; secrets must be text (is it the right file?)")]
+    FileHasNul(PathBuf),
     #[error(
         "secret file {path} is {size} bytes, over the {MAX_SECRET_BYTES}-byte limit; is it the right file?"
     )]
@@ -219,8 +228,16 @@ pub enum ResolveError {
         "secret command {program:?} did not finish within {timeout_ms} ms and was killed; raise timeout_ms or fix the command"
     )]
     ExecTimeout { program: String, timeout_ms: u64 },
-    #[error("secret command {0:?} printed nothing; it must print the secret on standard output")]
+    #[error(
+        "secret command {program:?} exited, but a process it started still held its standard output after {timeout_ms} ms and was killed; make background processes close or redirect their output"
+    )]
+    ExecOutputHeld { program: String, timeout_ms: u64 },
+    #[error(
+        "secret command {0:?} printed nothing (or only whitespace); it must print the secret on standard output"
+    )]
     ExecEmptyOutput(String),
+    #[error("secret command {0:?} printed a NUL byte; secrets must be text")]
+    ExecHasNul(String),
     #[error(
         "secret command {0:?} printed more than {MAX_SECRET_BYTES} bytes; is it the right command?"
     )]
@@ -232,7 +249,7 @@ pub enum ResolveError {
 fn resolve_env(id: &str, env: &Env) -> Result<SecretValue, ResolveError> {
     match env.get(id) {
         None => Err(ResolveError::EnvUnset(id.to_owned())),
-        Some("") => Err(ResolveError::EnvEmpty(id.to_owned())),
+        Some(v) if v.trim().is_empty() => Err(ResolveError::EnvEmpty(id.to_owned())),
         Some(v) => Ok(SecretValue::new(v.to_owned())),
     }
 }
@@ -255,34 +272,28 @@ fn trim_one_newline(s: &mut String) {
 
 /// Reads a secret file, refusing anything that is not a small, private, non-empty text file.
 pub fn resolve_file(path: &Path) -> Result<SecretValue, ResolveError> {
-    let meta = match std::fs::metadata(path) {
-        Ok(m) => m,
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
-            return Err(ResolveError::FileMissing(path.to_owned()));
-        }
+    let (file, meta) = open_regular(path).map_err(|e| match e {
+        OpenError::Missing => ResolveError::FileMissing(path.to_owned()),
+        OpenError::Directory => ResolveError::FileIsDirectory(path.to_owned()),
+        OpenError::NotRegular(kind) => ResolveError::FileNotRegular {
+            path: path.to_owned(),
+            kind,
+        },
+        OpenError::Io(e) => unreadable(path, &e),
+    })?;
+    check_mode(path, &meta)?;
+    let too_large = || ResolveError::FileTooLarge {
+        path: path.to_owned(),
+        size: meta.len(),
+    };
+    if meta.len() > MAX_SECRET_BYTES as u64 {
+        return Err(too_large());
+    }
+    let bytes = match read_capped_file(file, meta.len(), MAX_SECRET_BYTES) {
+        Ok(Some(bytes)) => bytes,
+        Ok(None) => return Err(too_large()),
         Err(e) => return Err(unreadable(path, &e)),
     };
-    if meta.is_dir() {
-        return Err(ResolveError::FileIsDirectory(path.to_owned()));
-    }
-    check_mode(path, &meta)?;
-    if meta.len() > MAX_SECRET_BYTES as u64 {
-        return Err(ResolveError::FileTooLarge {
-            path: path.to_owned(),
-            size: meta.len(),
-        });
-    }
-    let mut bytes = Vec::with_capacity(meta.len() as usize);
-    std::fs::File::open(path)
-        .and_then(|f| f.take(MAX_SECRET_BYTES as u64 + 1).read_to_end(&mut bytes))
-        .map_err(|e| unreadable(path, &e))?;
-    if bytes.len() > MAX_SECRET_BYTES {
-        zeroize::Zeroize::zeroize(&mut bytes);
-        return Err(ResolveError::FileTooLarge {
-            path: path.to_owned(),
-            size: meta.len(),
-        });
-    }
     let mut text = match String::from_utf8(bytes) {
         Ok(t) => t,
         Err(e) => {
@@ -291,10 +302,104 @@ pub fn resolve_file(path: &Path) -> Result<SecretValue, ResolveError> {
         }
     };
     trim_one_newline(&mut text);
-    if text.is_empty() {
-        return Err(ResolveError::FileEmpty(path.to_owned()));
+    match check_text(&text) {
+        Ok(()) => Ok(SecretValue::new(text)),
+        Err(problem) => {
+            zeroize::Zeroize::zeroize(&mut text);
+            Err(match problem {
+                TextProblem::Blank => ResolveError::FileEmpty(path.to_owned()),
+                TextProblem::Nul => ResolveError::FileHasNul(path.to_owned()),
+            })
+        }
     }
-    Ok(SecretValue::new(text))
+}
+
+/// Why a secret's text cannot be a secret.
+enum TextProblem {
+    /// Empty or only whitespace: nothing a peer could present.
+    Blank,
+    /// A NUL byte: a binary file, or a padded one.
+    Nul,
+}
+
+fn check_text(text: &str) -> Result<(), TextProblem> {
+    if text.contains('\0') {
+        Err(TextProblem::Nul)
+    } else if text.trim().is_empty() {
+        Err(TextProblem::Blank)
+    } else {
+        Ok(())
+    }
+}
+
+/// Why [`open_regular`] refused a path.
+#[derive(Debug)]
+pub enum OpenError {
+    Missing,
+    Directory,
+    /// A FIFO, socket or device; the kind, for the message ("a FIFO").
+    NotRegular(&'static str),
+    Io(std::io::Error),
+}
+
+/// Opens `path` for reading only if it is a regular file (after following symlinks). The open does
+/// not block (a FIFO without a writer would wait forever; `O_NONBLOCK` has no effect on regular
+/// files) and the check is made on the opened file, so a swap between check and read is caught.
+pub fn open_regular(path: &Path) -> Result<(File, Metadata), OpenError> {
+    let opened = std::fs::OpenOptions::new()
+        .read(true)
+        .custom_flags(rustix::fs::OFlags::NONBLOCK.bits() as i32)
+        .open(path);
+    let file = match opened {
+        Ok(f) => f,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Err(OpenError::Missing),
+        // A socket cannot be opened at all (ENXIO): name what it is rather than the errno.
+        Err(e) => {
+            return Err(match std::fs::metadata(path) {
+                Ok(m) if !m.is_file() && !m.is_dir() => OpenError::NotRegular(kind_of(&m)),
+                _ => OpenError::Io(e),
+            });
+        }
+    };
+    let meta = file.metadata().map_err(OpenError::Io)?;
+    if meta.is_dir() {
+        return Err(OpenError::Directory);
+    }
+    if !meta.is_file() {
+        return Err(OpenError::NotRegular(kind_of(&meta)));
+    }
+    Ok((file, meta))
+}
+
+fn kind_of(meta: &Metadata) -> &'static str {
+    let t = meta.file_type();
+    if t.is_fifo() {
+        "a FIFO (named pipe)"
+    } else if t.is_socket() {
+        "a socket"
+    } else if t.is_char_device() {
+        "a character device"
+    } else if t.is_block_device() {
+        "a block device"
+    } else {
+        "a special file"
+    }
+}
+
+/// Reads an opened regular file of `len` bytes (its size when checked), at most `max` bytes.
+/// `None` if it holds more (it grew since, or it is a special file that reports size 0), with what
+/// was read already zeroed.
+pub fn read_capped_file(file: File, len: u64, max: usize) -> std::io::Result<Option<Vec<u8>>> {
+    let mut bytes = Vec::with_capacity(len.min(max as u64) as usize);
+    if let Err(e) = file.take(max as u64 + 1).read_to_end(&mut bytes) {
+        zeroize::Zeroize::zeroize(&mut bytes);
+        return Err(e);
+    }
+    if bytes.len() > max {
+        zeroize::Zeroize::zeroize(&mut bytes);
+        return Ok(None);
+    }
+    Ok(Some(bytes))
 }
 
 fn unreadable(path: &Path, e: &std::io::Error) -> ResolveError {
@@ -327,15 +432,21 @@ fn check_mode(path: &Path, meta: &std::fs::Metadata) -> Result<(), ResolveError>
     }
 }
 
+/// Runs the command in its own process group. The deadline covers everything the command
+/// starts: at `timeout` the whole group is killed, and reading stops even if a process that left
+/// the group still holds the output pipe (its reader thread is abandoned, not waited for).
 fn resolve_exec(command: &[String], timeout: Duration) -> Result<SecretValue, ResolveError> {
     let Some(program) = command.first().filter(|p| !p.is_empty()) else {
         return Err(ResolveError::ExecEmptyCommand);
     };
+    let deadline = Instant::now() + timeout;
+    let timeout_ms = timeout.as_millis() as u64;
     let mut child = Command::new(program)
         .args(&command[1..])
         .stdin(Stdio::null())
         .stdout(Stdio::piped())
         .stderr(Stdio::piped())
+        .process_group(0)
         .spawn()
         .map_err(|e| match e.kind() {
             std::io::ErrorKind::NotFound => ResolveError::ExecNotFound(program.clone()),
@@ -344,26 +455,33 @@ fn resolve_exec(command: &[String], timeout: Duration) -> Result<SecretValue, Re
                 reason: e.kind().to_string(),
             },
         })?;
+    let group = rustix::process::Pid::from_child(&child);
+    let kill_group = |child: &mut std::process::Child| {
+        let _ = rustix::process::kill_process_group(group, rustix::process::Signal::KILL);
+        let _ = child.kill();
+        let _ = child.wait();
+    };
     // Drain both pipes on threads so a chatty child cannot block on a full pipe (and so the cap
     // holds even if it never exits).
+    let (out_tx, out_rx) = mpsc::channel();
+    let (err_tx, err_rx) = mpsc::channel();
     let stdout = child.stdout.take().expect("piped");
     let stderr = child.stderr.take().expect("piped");
-    let out_reader = std::thread::spawn(move || read_capped(stdout));
-    let err_reader = std::thread::spawn(move || read_capped(stderr));
-    let started = Instant::now();
+    std::thread::spawn(move || out_tx.send(read_capped(stdout)));
+    std::thread::spawn(move || err_tx.send(read_capped(stderr)));
     let status = loop {
         match child.try_wait() {
             Ok(Some(status)) => break status,
-            Ok(None) if started.elapsed() >= timeout => {
-                let _ = child.kill();
-                let _ = child.wait();
+            Ok(None) if Instant::now() >= deadline => {
+                kill_group(&mut child);
                 return Err(ResolveError::ExecTimeout {
                     program: program.clone(),
-                    timeout_ms: timeout.as_millis() as u64,
+                    timeout_ms,
                 });
             }
             Ok(None) => std::thread::sleep(Duration::from_millis(5)),
             Err(e) => {
+                kill_group(&mut child);
                 return Err(ResolveError::ExecSpawn {
                     program: program.clone(),
                     reason: e.kind().to_string(),
@@ -371,11 +489,22 @@ fn resolve_exec(command: &[String], timeout: Duration) -> Result<SecretValue, Re
             }
         }
     };
-    let (mut out, out_overflow) = out_reader.join().unwrap_or_default();
-    let (err, _) = err_reader.join().unwrap_or_default();
+    // The command exited; its output is complete only when every holder of the pipes closed them.
+    let wait = |rx: &mpsc::Receiver<Captured>| {
+        rx.recv_timeout(deadline.saturating_duration_since(Instant::now()))
+            .ok()
+    };
+    let (Some(out), Some(err)) = (wait(&out_rx), wait(&err_rx)) else {
+        kill_group(&mut child);
+        return Err(ResolveError::ExecOutputHeld {
+            program: program.clone(),
+            timeout_ms,
+        });
+    };
+    let (mut out, out_overflow) = (out.bytes, out.overflow);
     if !status.success() {
-        zeroize::Zeroize::zeroize(&mut out);
-        let first = String::from_utf8_lossy(&err).lines().next().map(|l| {
+        zeroize::Zeroize::zeroize(&mut *out);
+        let first = String::from_utf8_lossy(&err.bytes).lines().next().map(|l| {
             let l: String = l.chars().take(200).collect();
             redact::redact(&l).into_owned()
         });
@@ -386,10 +515,9 @@ fn resolve_exec(command: &[String], timeout: Duration) -> Result<SecretValue, Re
         });
     }
     if out_overflow {
-        zeroize::Zeroize::zeroize(&mut out);
         return Err(ResolveError::ExecOutputTooLarge(program.clone()));
     }
-    let mut text = match String::from_utf8(out) {
+    let mut text = match String::from_utf8(std::mem::take(&mut *out)) {
         Ok(t) => t,
         Err(e) => {
             zeroize::Zeroize::zeroize(&mut e.into_bytes());
@@ -397,19 +525,33 @@ fn resolve_exec(command: &[String], timeout: Duration) -> Result<SecretValue, Re
         }
     };
     trim_one_newline(&mut text);
-    if text.is_empty() {
-        return Err(ResolveError::ExecEmptyOutput(program.clone()));
+    match check_text(&text) {
+        Ok(()) => Ok(SecretValue::new(text)),
+        Err(problem) => {
+            zeroize::Zeroize::zeroize(&mut text);
+            Err(match problem {
+                TextProblem::Blank => ResolveError::ExecEmptyOutput(program.clone()),
+                TextProblem::Nul => ResolveError::ExecHasNul(program.clone()),
+            })
+        }
     }
-    Ok(SecretValue::new(text))
+}
+
+/// What a reader thread collected from one pipe. The bytes are zeroed when dropped, including
+/// when the thread outlives the resolution (a pipe held past the deadline).
+struct Captured {
+    bytes: zeroize::Zeroizing<Vec<u8>>,
+    overflow: bool,
 }
 
 /// Reads up to the cap, then keeps draining (discarding) so the child is never blocked.
-fn read_capped(mut r: impl Read) -> (Vec<u8>, bool) {
-    let mut buf = Vec::new();
-    let mut chunk = [0u8; 8192];
+fn read_capped(mut r: impl Read) -> Captured {
+    // Allocated once at the cap, so growing never leaves an unzeroed copy behind.
+    let mut buf = zeroize::Zeroizing::new(Vec::with_capacity(MAX_SECRET_BYTES));
+    let mut chunk = zeroize::Zeroizing::new([0u8; 8192]);
     let mut overflow = false;
     loop {
-        match r.read(&mut chunk) {
+        match r.read(&mut chunk[..]) {
             Ok(0) | Err(_) => break,
             Ok(n) => {
                 if buf.len() + n > MAX_SECRET_BYTES {
@@ -420,5 +562,8 @@ fn read_capped(mut r: impl Read) -> (Vec<u8>, bool) {
             }
         }
     }
-    (buf, overflow)
+    Captured {
+        bytes: buf,
+        overflow,
+    }
 }

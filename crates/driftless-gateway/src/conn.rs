@@ -1,25 +1,39 @@
-//! One WebSocket connection: challenge, `connect` handshake, then requests and events.
+//! One WebSocket connection: challenge, the `connect` handshake, then requests and events.
+//!
+//! The handshake is a pipeline of small steps (read → parse → negotiate → authenticate → prove
+//! the device → device-token fallback → pair → session); each refuses with a [`Rejection`], and
+//! [`Rejection`] alone maps a refusal to OpenClaw's error frame, close code and metric outcome.
 
-use std::net::SocketAddr;
+use std::borrow::Cow;
+use std::net::{IpAddr, SocketAddr};
 use std::sync::Arc;
 use std::sync::atomic::Ordering;
+use std::time::Duration;
 
 use axum::extract::ws::{CloseFrame, Message, WebSocket};
 use driftless_core::config::AuthMode;
+use driftless_protocol::device_auth::{self, DeviceAuthError, VerifiedDevice};
 use driftless_protocol::{
-    self as proto, AuthFailure, ConnectParams, ErrorShape, Frame, close, codes,
+    self as proto, AuthFailure, ConnectParams, ErrorDetails, ErrorShape, IncomingRequest,
+    NotARequest, close, codes,
 };
+use serde::Deserialize;
+use tokio_tungstenite::tungstenite::error::{Error as WsError, ProtocolError};
 
 use crate::State;
-use crate::devices;
-use crate::metrics::{HandshakeLabels, OutcomeLabels};
-use crate::secrets::{Check, now_ms};
-use driftless_protocol::device_auth;
+use crate::auth::{self, SharedRefusal};
+use crate::devices::{self, TokenCheck};
+use crate::metrics::HandshakeLabels;
+use crate::secrets::now_ms;
+
+/// How long a peer that sent Close gets to take our answering Close frame.
+const CLOSE_REPLY_DEADLINE: Duration = Duration::from_secs(1);
 
 /// An authenticated session.
 pub(crate) struct Session {
     pub conn_id: String,
     pub role: String,
+    /// The scopes granted, in the order the client asked for them.
     pub scopes: Vec<String>,
     pub protocol: u32,
     /// Generation of the shared secret it authenticated with (`None` in mode `none`).
@@ -30,26 +44,144 @@ pub(crate) struct Session {
     pub device_id: Option<String>,
     /// Authenticated with that device's token (not the shared secret).
     pub device_token_auth: bool,
-    /// A device token minted for this connection, returned once in hello-ok.
-    pub issued: Option<crate::devices::IssuedToken>,
+    /// The device's token, returned in hello-ok (newly minted, or its current one).
+    pub issued: Option<devices::IssuedToken>,
 }
 
-/// A handshake that ends the connection: an optional error response, then a close frame.
-struct Reject {
-    outcome: &'static str,
-    response: Option<Box<Frame>>,
-    code: u16,
-    reason: String,
+/// Why a handshake ended without a session.
+#[derive(Debug)]
+enum Rejection {
+    /// The peer closed or went away.
+    Closed {
+        peer_sent_close: bool,
+    },
+    /// A WebSocket protocol violation (RFC 6455 §7.4.1: 1002, 1007, 1009).
+    Violation {
+        code: u16,
+        reason: &'static str,
+    },
+    Timeout,
+    Shutdown,
+    TooLarge,
+    NotJson,
+    NotARequest,
+    FirstNotConnect,
+    InvalidParams(String),
+    InvalidRole,
+    ProtocolMismatch {
+        min: u32,
+        max: u32,
+    },
+    Unauthorized {
+        failure: AuthFailure,
+        has_device: bool,
+    },
+    DeviceProof(DeviceAuthError),
+    DeviceTokenMismatch,
+    PairingRequired {
+        request_id: String,
+        reason: &'static str,
+    },
+    StoreUnavailable,
 }
 
-impl Reject {
-    fn with_error(outcome: &'static str, id: &str, code: u16, err: ErrorShape) -> Reject {
-        Reject {
-            outcome,
-            reason: err.message.clone(),
-            response: Some(Box::new(Frame::err(id, err))),
-            code,
+impl Rejection {
+    /// The `outcome` label of `driftless_handshakes_total`.
+    fn outcome(&self) -> &'static str {
+        match self {
+            Rejection::Closed { .. } => "closed",
+            Rejection::Violation { .. } => "protocol_violation",
+            Rejection::Timeout => "timeout",
+            Rejection::Shutdown => "shutdown",
+            Rejection::TooLarge => "too_large",
+            Rejection::NotJson
+            | Rejection::NotARequest
+            | Rejection::FirstNotConnect
+            | Rejection::InvalidParams(_)
+            | Rejection::InvalidRole => "invalid",
+            Rejection::ProtocolMismatch { .. } => "protocol_mismatch",
+            Rejection::Unauthorized {
+                failure: AuthFailure::RateLimited { .. },
+                ..
+            } => "rate_limited",
+            Rejection::Unauthorized { .. } | Rejection::DeviceTokenMismatch => "unauthorized",
+            Rejection::DeviceProof(_) => "device_auth",
+            Rejection::PairingRequired { .. } => "pairing_required",
+            Rejection::StoreUnavailable => "unavailable",
         }
+    }
+
+    /// The error answering `connect`, if the refusal has one (OpenClaw's shapes, shared design
+    /// §2.7 and appendix 3.5).
+    fn error(&self) -> Option<ErrorShape> {
+        let invalid = |m: &str| ErrorShape::new(codes::INVALID_REQUEST, m);
+        Some(match self {
+            Rejection::Closed { .. }
+            | Rejection::Violation { .. }
+            | Rejection::Timeout
+            | Rejection::Shutdown
+            | Rejection::TooLarge
+            | Rejection::NotJson
+            | Rejection::NotARequest => return None,
+            Rejection::FirstNotConnect => {
+                invalid("invalid handshake: first request must be connect")
+            }
+            Rejection::InvalidParams(m) => invalid(&format!("invalid connect params: {m}")),
+            Rejection::InvalidRole => invalid("invalid role"),
+            Rejection::ProtocolMismatch { min, max } => ErrorShape::protocol_mismatch(*min, *max),
+            // No credential and no device: OpenClaw asks for a device identity.
+            Rejection::Unauthorized {
+                failure: AuthFailure::TokenMissing | AuthFailure::PasswordMissing,
+                has_device: false,
+            } => ErrorShape::new(codes::NOT_PAIRED, "device identity required")
+                .with_details(ErrorDetails::code("DEVICE_IDENTITY_REQUIRED")),
+            Rejection::Unauthorized {
+                failure,
+                has_device,
+            } => failure.error(*has_device),
+            Rejection::DeviceProof(e) => invalid(e.message()).with_details(e.details()),
+            // The client should re-pair or fall back to the shared secret.
+            Rejection::DeviceTokenMismatch => {
+                invalid("unauthorized: device token mismatch (rotate/reissue device token)")
+                    .with_details(ErrorDetails {
+                        auth_reason: Some("device_token_mismatch".into()),
+                        can_retry_with_device_token: Some(false),
+                        recommended_next_step: Some("update_auth_credentials".into()),
+                        ..ErrorDetails::code("AUTH_DEVICE_TOKEN_MISMATCH")
+                    })
+            }
+            Rejection::PairingRequired { request_id, reason } => {
+                ErrorShape::new(codes::NOT_PAIRED, "pairing required").with_details(ErrorDetails {
+                    request_id: Some(request_id.clone()),
+                    reason: Some((*reason).into()),
+                    ..ErrorDetails::code("PAIRING_REQUIRED")
+                })
+            }
+            Rejection::StoreUnavailable => ErrorShape::new(
+                codes::UNAVAILABLE,
+                "device store unavailable (see the gateway log)",
+            ),
+        })
+    }
+
+    /// The close frame that ends the connection (`None`: the peer is gone, or already closed and
+    /// gets our answering Close). An error's close reason is its message.
+    fn close(&self, error: Option<&ErrorShape>) -> Option<(u16, Cow<'static, str>)> {
+        let code = match self {
+            Rejection::Closed { .. } => return None,
+            Rejection::Violation { code, reason } => return Some((*code, (*reason).into())),
+            Rejection::Timeout | Rejection::NotJson => return Some((close::NORMAL, "".into())),
+            Rejection::Shutdown => {
+                return Some((close::SERVICE_RESTART, close::SERVICE_RESTART_REASON.into()));
+            }
+            Rejection::TooLarge => {
+                return Some((close::TOO_LARGE, close::PREAUTH_TOO_LARGE_REASON.into()));
+            }
+            Rejection::NotARequest => return Some((close::POLICY, "invalid request frame".into())),
+            Rejection::ProtocolMismatch { .. } => close::PROTOCOL_MISMATCH,
+            _ => close::POLICY,
+        };
+        Some((code, error.map_or("".into(), |e| e.message.clone().into())))
     }
 }
 
@@ -63,10 +195,6 @@ impl Drop for OpenGuard {
     }
 }
 
-fn auth_method(mode: AuthMode) -> &'static str {
-    mode.as_str()
-}
-
 pub(crate) async fn run(
     mut ws: WebSocket,
     peer: SocketAddr,
@@ -77,53 +205,82 @@ pub(crate) async fn run(
     state.metrics.connections_open.inc();
     let _open = OpenGuard(state.clone());
     let conn_id = uuid::Uuid::new_v4().to_string();
-    let method = auth_method(state.secrets.mode);
-    tracing::debug!(%peer, conn_id, "connection opened");
+    let method = state.secrets.mode.as_str();
 
     let outcome = handshake(&mut ws, peer, &state, &conn_id, &preauth).await;
     drop(preauth);
-    let (code, reason) = match outcome {
-        Err(r) => {
-            state
-                .metrics
-                .handshakes
-                .get_or_create(&HandshakeLabels {
-                    outcome: r.outcome,
-                    method,
-                })
-                .inc();
-            if let Some(frame) = r.response {
-                let _ = ws.send(Message::Text(frame.to_text().into())).await;
+    let handshakes = |outcome| {
+        state
+            .metrics
+            .handshakes
+            .get_or_create(&HandshakeLabels { outcome, method })
+            .inc();
+    };
+    let session = match outcome {
+        Ok(session) => session,
+        Err((id, why)) => {
+            handshakes(why.outcome());
+            let error = why.error();
+            if let (Some(id), Some(e)) = (&id, &error) {
+                let _ = ws.send(Message::Text(proto::err_text(id, e).into())).await;
             }
-            if r.code != 0 {
-                send_close(&mut ws, r.code, &r.reason).await;
-            }
+            let close = why.close(error.as_ref());
+            finish(&mut ws, close.as_ref(), &why).await;
+            // A refusal is worth a line at info: it is rare and it is what an operator looks for.
             tracing::info!(
-                %peer, conn_id, auth_method = method, outcome = r.outcome,
-                close_code = r.code, reason = %r.reason, "connection closed during handshake"
+                %peer, conn_id, auth_method = method, outcome = why.outcome(),
+                close_code = close.as_ref().map_or(0, |c| c.0),
+                reason = close.as_ref().map_or("", |c| &*c.1),
+                "connection closed during handshake"
             );
             return;
         }
-        Ok(session) => {
-            state
-                .metrics
-                .handshakes
-                .get_or_create(&HandshakeLabels {
-                    outcome: "ok",
-                    method,
-                })
-                .inc();
-            tracing::info!(
-                %peer, conn_id, auth_method = method, role = %session.role,
-                protocol = session.protocol, "connection accepted"
-            );
-            serve(&mut ws, &state, &session).await
-        }
     };
-    if code != 0 {
-        send_close(&mut ws, code, &reason).await;
+    handshakes("ok");
+    tracing::debug!(
+        %peer, conn_id, auth_method = method, role = %session.role,
+        protocol = session.protocol, "connection accepted"
+    );
+    let end = serve(&mut ws, &state, &session).await;
+    let close = match &end {
+        End::Close(code, reason) => Some((*code, reason.clone())),
+        End::Violation { code, reason } => Some((*code, Cow::Borrowed(*reason))),
+        End::PeerClosed | End::Lost => None,
+    };
+    if let Some((code, reason)) = &close {
+        send_close(&mut ws, *code, reason).await;
+    } else if matches!(end, End::PeerClosed) {
+        answer_close(&mut ws).await;
     }
-    tracing::info!(%peer, conn_id, auth_method = method, close_code = code, reason, "connection closed");
+    tracing::info!(
+        %peer, conn_id, auth_method = method, role = %session.role,
+        close_code = close.as_ref().map_or(0, |c| c.0),
+        reason = close.as_ref().map_or(end.describe(), |c| &*c.1),
+        "connection closed"
+    );
+}
+
+/// Ends a refused handshake: our close frame, or the answer to the peer's.
+async fn finish(ws: &mut WebSocket, close: Option<&(u16, Cow<'static, str>)>, why: &Rejection) {
+    match close {
+        Some((code, reason)) => send_close(ws, *code, reason).await,
+        None if matches!(
+            why,
+            Rejection::Closed {
+                peer_sent_close: true
+            }
+        ) =>
+        {
+            answer_close(ws).await
+        }
+        None => {}
+    }
+}
+
+/// The peer sent Close: tungstenite queued the answering Close frame (RFC 6455 §5.5.1, echoing
+/// the peer's code); one more read writes it and then sees the end of the connection.
+async fn answer_close(ws: &mut WebSocket) {
+    let _ = tokio::time::timeout(CLOSE_REPLY_DEADLINE, ws.recv()).await;
 }
 
 async fn send_close(ws: &mut WebSocket, code: u16, reason: &str) {
@@ -140,9 +297,30 @@ async fn send_close(ws: &mut WebSocket, code: u16, reason: &str) {
         .await;
 }
 
-async fn send(ws: &mut WebSocket, frame: &Frame) -> bool {
-    ws.send(Message::Text(frame.to_text().into())).await.is_ok()
+async fn send_text(ws: &mut WebSocket, text: String) -> bool {
+    ws.send(Message::Text(text.into())).await.is_ok()
 }
+
+/// A read error as RFC 6455 sees it: a violation to close with a code (invalid UTF-8 in a text
+/// message → 1007; bad opcode, unmasked client frame, reserved bits, bad fragmentation → 1002;
+/// over the size cap → 1009), or a connection that is simply gone.
+fn violation(e: axum::Error) -> Option<(u16, &'static str)> {
+    let e = e.into_inner();
+    match e.downcast_ref::<WsError>()? {
+        WsError::Utf8(_) => Some((1007, "invalid UTF-8 in a text message")),
+        WsError::Capacity(_) => Some((close::TOO_LARGE, "message too large")),
+        WsError::Protocol(
+            ProtocolError::ResetWithoutClosingHandshake
+            | ProtocolError::SendAfterClosing
+            | ProtocolError::ReceivedAfterClosing,
+        ) => None,
+        WsError::Protocol(_) => Some((close::PROTOCOL_MISMATCH, "protocol error")),
+        _ => None,
+    }
+}
+
+/// A refused handshake: the `connect` request's id when there was one, and why.
+type Refused = (Option<String>, Rejection);
 
 async fn handshake(
     ws: &mut WebSocket,
@@ -150,200 +328,133 @@ async fn handshake(
     state: &Arc<State>,
     conn_id: &str,
     preauth: &crate::PreauthSlot,
-) -> Result<Session, Reject> {
-    let closed = |outcome| Reject {
-        outcome,
-        response: None,
-        code: 0,
-        reason: String::new(),
-    };
+) -> Result<Session, Refused> {
     let nonce = uuid::Uuid::new_v4().to_string();
-    if !send(ws, &proto::challenge(&nonce, now_ms())).await {
-        return Err(closed("closed"));
+    if !send_text(ws, proto::challenge_text(&nonce, now_ms())).await {
+        return Err((
+            None,
+            Rejection::Closed {
+                peer_sent_close: false,
+            },
+        ));
     }
+    let text = read_first_frame(ws, state, preauth)
+        .await
+        .map_err(|why| (None, why))?;
+    let req = proto::parse_request(&text).map_err(|e| {
+        let why = match e {
+            // Not JSON at all: OpenClaw closes 1000 without a frame.
+            NotARequest::NotJson => Rejection::NotJson,
+            NotARequest::NotRequest => Rejection::NotARequest,
+        };
+        (None, why)
+    })?;
+    admit(&req, peer, state, conn_id, &nonce)
+        .await
+        .map_err(|why| (Some(req.id.clone().into_owned()), why))
+}
+
+/// Waits for the first data frame (pre-auth: bounded in time by the handshake timeout and in size
+/// by the socket's read budget and the 64 KiB cap).
+async fn read_first_frame(
+    ws: &mut WebSocket,
+    state: &State,
+    preauth: &crate::PreauthSlot,
+) -> Result<String, Rejection> {
     let mut control = state.secrets.control.subscribe();
     let timeout = tokio::time::sleep(state.handshake_timeout);
     tokio::pin!(timeout);
     loop {
         let msg = tokio::select! {
-            _ = &mut timeout => return Err(Reject {
-                outcome: "timeout", response: None, code: close::NORMAL, reason: String::new(),
-            }),
+            _ = &mut timeout => return Err(Rejection::Timeout),
             changed = control.changed() => {
                 if changed.is_err() || control.borrow().shutdown {
-                    return Err(Reject {
-                        outcome: "shutdown", response: None,
-                        code: close::SERVICE_RESTART, reason: close::SERVICE_RESTART_REASON.into(),
-                    });
+                    return Err(Rejection::Shutdown);
                 }
                 continue;
             }
             msg = ws.recv() => msg,
         };
-        let text = match msg {
+        return match msg {
             // The socket stopped reading mid-frame: a frame far over the pre-auth cap.
-            Some(Err(_)) if preauth.over_budget() => return Err(too_large()),
-            None | Some(Err(_)) | Some(Ok(Message::Close(_))) => return Err(closed("closed")),
+            Some(Err(_)) if preauth.over_budget() => Err(Rejection::TooLarge),
+            Some(Err(e)) => Err(match violation(e) {
+                Some((code, reason)) => Rejection::Violation { code, reason },
+                None => Rejection::Closed {
+                    peer_sent_close: false,
+                },
+            }),
+            None => Err(Rejection::Closed {
+                peer_sent_close: false,
+            }),
+            Some(Ok(Message::Close(_))) => Err(Rejection::Closed {
+                peer_sent_close: true,
+            }),
             Some(Ok(Message::Ping(_) | Message::Pong(_))) => continue,
-            Some(Ok(Message::Text(t))) => t.to_string(),
-            Some(Ok(Message::Binary(b))) => {
-                if b.len() > proto::MAX_PREAUTH_PAYLOAD_BYTES {
-                    return Err(too_large());
-                }
-                return Err(Reject {
-                    outcome: "invalid",
-                    response: None,
-                    code: close::POLICY,
-                    reason: "invalid request frame".into(),
-                });
+            Some(Ok(Message::Text(t))) if t.len() > proto::MAX_PREAUTH_PAYLOAD_BYTES => {
+                Err(Rejection::TooLarge)
             }
+            Some(Ok(Message::Text(t))) => Ok(t.as_str().to_owned()),
+            Some(Ok(Message::Binary(b))) if b.len() > proto::MAX_PREAUTH_PAYLOAD_BYTES => {
+                Err(Rejection::TooLarge)
+            }
+            Some(Ok(Message::Binary(_))) => Err(Rejection::NotARequest),
         };
-        if text.len() > proto::MAX_PREAUTH_PAYLOAD_BYTES {
-            return Err(too_large());
-        }
-        return connect(&text, peer, state, conn_id, &nonce);
     }
 }
 
-fn too_large() -> Reject {
-    Reject {
-        outcome: "too_large",
-        response: None,
-        code: close::TOO_LARGE,
-        reason: close::PREAUTH_TOO_LARGE_REASON.into(),
-    }
-}
-
-fn invalid(id: &str, message: String) -> Reject {
-    Reject::with_error(
-        "invalid",
-        id,
-        close::POLICY,
-        ErrorShape::new(codes::INVALID_REQUEST, message),
-    )
-}
-
-/// Validates the first frame and authenticates it.
-fn connect(
-    text: &str,
+/// Everything after the frame is known to be a request: the steps of OpenClaw's handshake in
+/// its order (shared design §2.5).
+async fn admit(
+    req: &IncomingRequest<'_>,
     peer: SocketAddr,
     state: &Arc<State>,
     conn_id: &str,
     nonce: &str,
-) -> Result<Session, Reject> {
-    // Not JSON at all: OpenClaw closes 1000 without a frame.
-    let value: serde_json::Value = serde_json::from_str(text).map_err(|_| Reject {
-        outcome: "invalid",
-        response: None,
-        code: close::NORMAL,
-        reason: String::new(),
-    })?;
-    let req = match serde_json::from_value::<Frame>(value) {
-        Ok(Frame::Req(r)) => r,
-        _ => {
-            return Err(Reject {
-                outcome: "invalid",
-                response: None,
-                code: close::POLICY,
-                reason: "invalid request frame".into(),
-            });
-        }
-    };
-    if req.method != "connect" {
-        return Err(invalid(
-            &req.id,
-            "invalid handshake: first request must be connect".into(),
-        ));
-    }
-    let params: ConnectParams = serde_json::from_value(
-        req.params.clone().unwrap_or(serde_json::Value::Null),
-    )
-    .map_err(|e| {
-        invalid(
-            &req.id,
-            format!("invalid connect params: {}", without_quoted(&e.to_string())),
-        )
-    })?;
-    if params.role != "operator" && params.role != "node" {
-        return Err(invalid(&req.id, "invalid role".into()));
-    }
-    let Some(protocol) = proto::negotiate(params.min_protocol, params.max_protocol) else {
-        return Err(Reject::with_error(
-            "protocol_mismatch",
-            &req.id,
-            close::PROTOCOL_MISMATCH,
-            ErrorShape::protocol_mismatch(params.min_protocol, params.max_protocol),
-        ));
-    };
-    let unauthorized = |f: AuthFailure| {
-        let outcome = match f {
-            AuthFailure::RateLimited { .. } => "rate_limited",
-            _ => "unauthorized",
-        };
-        match f {
-            // No credential and no device: OpenClaw asks for a device identity.
-            AuthFailure::TokenMissing | AuthFailure::PasswordMissing if params.device.is_none() => {
-                Reject::with_error(
-                    outcome,
-                    &req.id,
-                    close::POLICY,
-                    ErrorShape::new(codes::NOT_PAIRED, "device identity required")
-                        .with_details(serde_json::json!({"code": "DEVICE_IDENTITY_REQUIRED"})),
-                )
-            }
-            _ => Reject::with_error(
-                outcome,
-                &req.id,
-                close::POLICY,
-                f.error(params.device.is_some()),
-            ),
-        }
-    };
-    // Step 5: the shared secret. A failure with nothing else to try is final here, so wrong
-    // credentials are reported as such whatever the device block holds.
-    let shared = authenticate(&params, peer, state);
+) -> Result<Session, Rejection> {
+    let params = parse_connect(req)?;
+    let protocol = negotiate(&params)?;
+    let has_device = params.device.is_some();
     let auth = params.auth.clone().unwrap_or_default();
     let explicit = auth.device_token.clone().filter(|t| !t.is_empty());
     let candidate = explicit.clone().or(auth.token.filter(|t| !t.is_empty()));
-    if let Err(f) = shared
-        && (params.device.is_none() || candidate.is_none())
+    // Step 5: the shared secret. A failure with nothing else to try is final here, so wrong
+    // credentials are reported as such whatever the device block holds.
+    let shared = shared_secret(&params, peer.ip(), state).await;
+    if let Err(failure) = shared
+        && (!has_device || candidate.is_none())
     {
-        return Err(unauthorized(f));
+        return Err(Rejection::Unauthorized {
+            failure,
+            has_device,
+        });
     }
     // Step 7: the device proof, in the documented order.
     let device = match &params.device {
         None => None,
-        Some(v) => Some(verify_device(v, &params, nonce, &req.id)?),
+        Some(v) => Some(prove_device(v, &params, nonce)?),
     };
     // Step 8: failing the shared secret, this device's own token.
     let (secret_generation, device_token_auth) = match shared {
-        Ok(g) => (g, false),
-        Err(f) => {
+        Ok(generation) => (generation, false),
+        Err(failure) => {
             let (Some(dev), Some(candidate)) = (&device, candidate) else {
-                return Err(unauthorized(f));
+                return Err(Rejection::Unauthorized {
+                    failure,
+                    has_device,
+                });
             };
-            if let Err(retry_after_ms) = state.limiter.attempt(peer.ip()) {
-                state.metrics.limiter_rejections.inc();
-                return Err(unauthorized(AuthFailure::RateLimited { retry_after_ms }));
-            }
-            let cd = connecting(dev, &params, peer);
-            match devices::verify_device_token(&*state.devices, &cd, &candidate, now_ms()) {
-                Ok(devices::TokenCheck::Ok) => {
-                    state.limiter.success(peer.ip());
-                    (None, true)
-                }
-                // Reported as a device-token mismatch only when the client said it was one.
-                Ok(devices::TokenCheck::Rejected(_)) if explicit.is_some() => {
-                    return Err(Reject::with_error(
-                        "unauthorized",
-                        &req.id,
-                        close::POLICY,
-                        device_token_mismatch(),
-                    ));
-                }
-                Ok(devices::TokenCheck::Rejected(_)) => return Err(unauthorized(f)),
-                Err(e) => return Err(store_failure(&req.id, &e)),
-            }
+            device_token(
+                dev,
+                &params,
+                candidate,
+                explicit.is_some(),
+                failure,
+                peer,
+                state,
+            )
+            .await?;
+            (None, true)
         }
     };
     // Device-less shared-secret clients keep the scopes they ask for; probes get none.
@@ -352,76 +463,87 @@ fn connect(
     } else {
         params.scopes.clone()
     };
-    // Steps 10-11: pairing and token issuance.
-    let mut issued = None;
-    if let Some(dev) = &device {
-        let cd = connecting(dev, &params, peer);
-        let local = devices::is_local(peer.ip(), &state.local_addresses);
-        match devices::on_connect(
-            &*state.devices,
-            &cd,
-            !device_token_auth,
-            device_token_auth,
-            local,
-            now_ms(),
-        ) {
-            Ok(devices::PairingOutcome::Paired { issued: i, event }) => {
-                issued = i;
-                if let Some(event) = event {
-                    state.announce(event);
-                }
-            }
-            Ok(devices::PairingOutcome::Required {
-                request_id,
-                reason,
-                event,
-            }) => {
-                // Announced before the device hears back, so an operator sees the request first.
-                if let Some(event) = event {
-                    state.announce(event);
-                }
-                tracing::info!(%peer, device_id = %dev.device_id, request_id, reason, "pairing required");
-                return Err(Reject::with_error(
-                    "pairing_required",
-                    &req.id,
-                    close::POLICY,
-                    ErrorShape::new(codes::NOT_PAIRED, "pairing required").with_details(
-                        serde_json::json!({"code": "PAIRING_REQUIRED", "requestId": request_id, "reason": reason}),
-                    ),
-                ));
-            }
-            Err(e) => return Err(store_failure(&req.id, &e)),
-        }
-    }
-    let session = Session {
+    // Steps 10-11: pairing and the device's token.
+    let issued = match &device {
+        Some(dev) => pair(dev, &params, device_token_auth, peer, state).await?,
+        None => None,
+    };
+    Ok(Session {
         conn_id: conn_id.to_owned(),
-        role: params.role.clone(),
+        role: params.role,
         scopes,
         protocol,
         secret_generation,
-        connect_id: req.id,
+        connect_id: req.id.clone().into_owned(),
         device_id: device.map(|d| d.device_id),
         device_token_auth,
         issued,
-    };
-    Ok(session)
+    })
 }
 
-/// Parses and verifies the `device` block (step 7), in the documented order.
-fn verify_device(
+/// Step 1: the first request must be a well-formed `connect` with a known role.
+fn parse_connect(req: &IncomingRequest<'_>) -> Result<ConnectParams, Rejection> {
+    if req.method != "connect" {
+        return Err(Rejection::FirstNotConnect);
+    }
+    let params: ConnectParams =
+        proto::parse_params(req.params).map_err(Rejection::InvalidParams)?;
+    if params.role != "operator" && params.role != "node" {
+        return Err(Rejection::InvalidRole);
+    }
+    Ok(params)
+}
+
+/// Step 2: the highest served protocol in the client's range.
+fn negotiate(params: &ConnectParams) -> Result<u32, Rejection> {
+    proto::negotiate(params.min_protocol, params.max_protocol).ok_or(Rejection::ProtocolMismatch {
+        min: params.min_protocol,
+        max: params.max_protocol,
+    })
+}
+
+/// Step 5: the shared secret for the configured mode. OpenClaw accepts the token sent as
+/// `password` and vice versa. Returns the secret generation the client matched.
+async fn shared_secret(
+    params: &ConnectParams,
+    ip: IpAddr,
+    state: &Arc<State>,
+) -> Result<Option<u64>, AuthFailure> {
+    let auth = params.auth.as_ref();
+    let token = auth.and_then(|a| a.token.as_deref());
+    let password = auth.and_then(|a| a.password.as_deref());
+    let (candidate, missing, mismatch) = match state.secrets.mode {
+        AuthMode::None => return Ok(None),
+        AuthMode::Token => (
+            token.or(password),
+            AuthFailure::TokenMissing,
+            AuthFailure::TokenMismatch,
+        ),
+        AuthMode::Password => (
+            password.or(token),
+            AuthFailure::PasswordMissing,
+            AuthFailure::PasswordMismatch,
+        ),
+    };
+    auth::shared_secret(state, ip, candidate)
+        .await
+        .map_err(|r| match r {
+            SharedRefusal::Missing => missing,
+            SharedRefusal::Mismatch => mismatch,
+            SharedRefusal::RateLimited(retry_after_ms) => {
+                AuthFailure::RateLimited { retry_after_ms }
+            }
+        })
+}
+
+/// Step 7: parses and verifies the `device` block, in the documented order.
+fn prove_device(
     raw: &serde_json::Value,
     params: &ConnectParams,
     nonce: &str,
-    id: &str,
-) -> Result<device_auth::VerifiedDevice, Reject> {
-    let proof: device_auth::DeviceProof = serde_json::from_value(raw.clone()).map_err(|e| {
-        invalid(
-            id,
-            format!(
-                "invalid connect params: device: {}",
-                without_quoted(&e.to_string())
-            ),
-        )
+) -> Result<VerifiedDevice, Rejection> {
+    let proof = device_auth::DeviceProof::deserialize(raw).map_err(|e| {
+        Rejection::InvalidParams(format!("device: {}", proto::without_values(&e.to_string())))
     })?;
     let fields = device_auth::SignedFields {
         client_id: &params.client.id,
@@ -440,153 +562,202 @@ fn verify_device(
         platform: Some(params.client.platform.as_str()),
         device_family: params.client.device_family.as_deref(),
     };
-    device_auth::verify(&proof, &fields, nonce, now_ms()).map_err(|e| {
-        Reject::with_error(
-            "device_auth",
-            id,
-            close::POLICY,
-            ErrorShape::new(codes::INVALID_REQUEST, e.message()).with_details(e.details()),
-        )
-    })
+    device_auth::verify(&proof, &fields, nonce, now_ms()).map_err(Rejection::DeviceProof)
 }
 
-fn connecting<'a>(
-    dev: &'a device_auth::VerifiedDevice,
-    params: &'a ConnectParams,
-    peer: SocketAddr,
-) -> devices::ConnectingDevice<'a> {
-    devices::ConnectingDevice {
-        device_id: &dev.device_id,
-        public_key: &dev.public_key,
-        client_id: &params.client.id,
-        client_mode: &params.client.mode,
-        display_name: params.client.display_name.as_deref(),
-        platform: Some(params.client.platform.as_str()),
-        device_family: params.client.device_family.as_deref(),
-        role: &params.role,
-        scopes: &params.scopes,
-        remote_ip: peer.ip(),
-    }
-}
-
-/// `unauthorized: device token mismatch` (the client should re-pair or fall back to the shared secret).
-fn device_token_mismatch() -> ErrorShape {
-    ErrorShape::new(
-        codes::INVALID_REQUEST,
-        "unauthorized: device token mismatch (rotate/reissue device token)",
-    )
-    .with_details(serde_json::json!({
-        "code": "AUTH_DEVICE_TOKEN_MISMATCH",
-        "authReason": "device_token_mismatch",
-        "canRetryWithDeviceToken": false,
-        "recommendedNextStep": "update_auth_credentials",
-    }))
-}
-
-fn store_failure(id: &str, e: &devices::StoreError) -> Reject {
-    tracing::error!(error = %e, "device store failed during a handshake");
-    Reject::with_error(
-        "unavailable",
-        id,
-        close::POLICY,
-        ErrorShape::new(
-            codes::UNAVAILABLE,
-            "device store unavailable (see the gateway log)",
-        ),
-    )
-}
-
-/// serde quotes offending *values* in double quotes (`invalid type: string "…"`); a value may be a
-/// credential sent in the wrong place, so it never goes back out or into a log.
-fn without_quoted(message: &str) -> String {
-    let mut out = String::with_capacity(message.len());
-    let mut inside = false;
-    for ch in message.chars() {
-        if ch == '"' {
-            if !inside {
-                out.push_str("\"…\"");
-            }
-            inside = !inside;
-        } else if !inside {
-            out.push(ch);
-        }
-    }
-    out
-}
-
-/// Checks the shared secret. Returns the secret generation the client matched.
-fn authenticate(
+/// Step 8: the device's own token, when the shared secret failed. Its own limiter attempt.
+async fn device_token(
+    dev: &VerifiedDevice,
     params: &ConnectParams,
+    candidate: String,
+    explicit: bool,
+    shared_failure: AuthFailure,
     peer: SocketAddr,
     state: &Arc<State>,
-) -> Result<Option<u64>, AuthFailure> {
-    let mode = state.secrets.mode;
-    let auth = params.auth.clone().unwrap_or_default();
-    // OpenClaw accepts the token sent as `password` and vice versa.
-    let (candidate, missing, mismatch) = match mode {
-        AuthMode::None => return Ok(None),
-        AuthMode::Token => (
-            auth.token.or(auth.password),
-            AuthFailure::TokenMissing,
-            AuthFailure::TokenMismatch,
-        ),
-        AuthMode::Password => (
-            auth.password.or(auth.token),
-            AuthFailure::PasswordMissing,
-            AuthFailure::PasswordMismatch,
-        ),
+) -> Result<(), Rejection> {
+    let attempt =
+        auth::begin(state, peer.ip()).map_err(|auth::RateLimited(ms)| Rejection::Unauthorized {
+            failure: AuthFailure::RateLimited { retry_after_ms: ms },
+            has_device: true,
+        })?;
+    let claim = auth::DeviceTokenClaim {
+        device_id: dev.device_id.clone(),
+        role: params.role.clone(),
+        scopes: params.scopes.clone(),
+        token: candidate,
     };
-    let Some(candidate) = candidate.filter(|c| !c.is_empty()) else {
-        return Err(missing);
-    };
-    let ip = peer.ip();
-    if let Err(retry_after_ms) = state.limiter.attempt(ip) {
-        state.metrics.limiter_rejections.inc();
-        return Err(AuthFailure::RateLimited { retry_after_ms });
-    }
-    match crate::reload::check_shared(state, &candidate) {
-        Check::Ok(generation) => {
-            state.limiter.success(ip);
-            state
-                .metrics
-                .auth_checks
-                .get_or_create(&OutcomeLabels { outcome: "ok" })
-                .inc();
-            Ok(Some(generation))
+    match auth::verify_device_token(state, claim).await {
+        Ok(TokenCheck::Ok) => {
+            attempt.succeeded();
+            Ok(())
         }
-        Check::Mismatch => {
-            state
-                .metrics
-                .auth_checks
-                .get_or_create(&OutcomeLabels {
-                    outcome: "mismatch",
-                })
-                .inc();
-            Err(mismatch)
+        // Reported as a device-token mismatch only when the client said it was one.
+        Ok(TokenCheck::Rejected(_)) if explicit => Err(Rejection::DeviceTokenMismatch),
+        Ok(TokenCheck::Rejected(_)) => Err(Rejection::Unauthorized {
+            failure: shared_failure,
+            has_device: true,
+        }),
+        Err(e) => Err(store_failure(&e)),
+    }
+}
+
+/// A device on this connection, owned so the store call can run on a blocking thread.
+struct Connecting {
+    device_id: String,
+    public_key: String,
+    client_id: String,
+    client_mode: String,
+    display_name: Option<String>,
+    platform: String,
+    device_family: Option<String>,
+    role: String,
+    scopes: Vec<String>,
+    remote_ip: IpAddr,
+}
+
+impl Connecting {
+    fn new(dev: &VerifiedDevice, params: &ConnectParams, peer: SocketAddr) -> Connecting {
+        Connecting {
+            device_id: dev.device_id.clone(),
+            public_key: dev.public_key.clone(),
+            client_id: params.client.id.clone(),
+            client_mode: params.client.mode.clone(),
+            display_name: params.client.display_name.clone(),
+            platform: params.client.platform.clone(),
+            device_family: params.client.device_family.clone(),
+            role: params.role.clone(),
+            scopes: params.scopes.clone(),
+            remote_ip: peer.ip(),
+        }
+    }
+
+    fn borrowed(&self) -> devices::ConnectingDevice<'_> {
+        devices::ConnectingDevice {
+            device_id: &self.device_id,
+            public_key: &self.public_key,
+            client_id: &self.client_id,
+            client_mode: &self.client_mode,
+            display_name: self.display_name.as_deref(),
+            platform: Some(self.platform.as_str()),
+            device_family: self.device_family.as_deref(),
+            role: &self.role,
+            scopes: &self.scopes,
+            remote_ip: self.remote_ip,
         }
     }
 }
 
-/// After the handshake: hello-ok, then requests, events and control changes until close.
+/// Steps 10-11: pairing (silent for a local address that proved the shared secret, otherwise
+/// `PAIRING_REQUIRED`) and the device's token for hello-ok.
+async fn pair(
+    dev: &VerifiedDevice,
+    params: &ConnectParams,
+    device_token_auth: bool,
+    peer: SocketAddr,
+    state: &Arc<State>,
+) -> Result<Option<devices::IssuedToken>, Rejection> {
+    let connecting = Connecting::new(dev, params, peer);
+    let local = devices::is_local(peer.ip(), &state.local_addresses);
+    let store = state.devices.clone();
+    let outcome = auth::blocking(move || {
+        let device = connecting.borrowed();
+        let now = now_ms();
+        let outcome = devices::on_connect(
+            &*store,
+            &device,
+            !device_token_auth,
+            device_token_auth,
+            local,
+            now,
+        )?;
+        // A reconnect with the device's valid token gets that token back too, unchanged and with
+        // nothing written (OpenClaw resends it: `ensureDeviceToken` on every device connect).
+        Ok(match outcome {
+            devices::PairingOutcome::Paired {
+                issued: None,
+                event,
+            } if device_token_auth => devices::PairingOutcome::Paired {
+                issued: Some(store.ensure_token(
+                    device.device_id,
+                    device.role,
+                    device.scopes,
+                    "gateway (connect)",
+                    now,
+                )?),
+                event,
+            },
+            other => other,
+        })
+    })
+    .await
+    .map_err(|e| store_failure(&e))?;
+    match outcome {
+        devices::PairingOutcome::Paired { issued, event } => {
+            if let Some(event) = event {
+                state.announce(event);
+            }
+            Ok(issued)
+        }
+        devices::PairingOutcome::Required {
+            request_id,
+            reason,
+            event,
+        } => {
+            // Announced before the device hears back, so an operator sees the request first.
+            if let Some(event) = event {
+                state.announce(event);
+            }
+            tracing::info!(%peer, device_id = %dev.device_id, request_id, reason, "pairing required");
+            Err(Rejection::PairingRequired { request_id, reason })
+        }
+    }
+}
+
+fn store_failure(e: &devices::StoreError) -> Rejection {
+    tracing::error!(error = %e, "device store failed during a handshake");
+    Rejection::StoreUnavailable
+}
+
+/// How an authenticated session ended.
+enum End {
+    /// We close with this code and reason.
+    Close(u16, Cow<'static, str>),
+    /// The peer broke the WebSocket protocol; we close with this code.
+    Violation { code: u16, reason: &'static str },
+    /// The peer sent Close; it gets our answering Close.
+    PeerClosed,
+    /// The connection is gone (or a send failed).
+    Lost,
+}
+
+impl End {
+    fn describe(&self) -> &'static str {
+        match self {
+            End::PeerClosed => "client closed",
+            _ => "connection lost",
+        }
+    }
+}
+
 /// Consecutive role refusals a session may collect; the next one closes it 1008.
 const MAX_ROLE_REFUSALS: u32 = 10;
 const REPEATED_UNAUTHORIZED_REASON: &str = "repeated unauthorized calls";
 
-async fn serve(ws: &mut WebSocket, state: &Arc<State>, session: &Session) -> (u16, String) {
+/// After the handshake: hello-ok, then requests, events and control changes until close.
+async fn serve(ws: &mut WebSocket, state: &Arc<State>, session: &Session) -> End {
     // Subscribed before hello-ok: a shutdown the client may trigger as soon as it has its hello
     // must still reach it as a `shutdown` event, not only as a bare close; likewise an event
     // published once the client holds its hello reaches it.
     let mut control = state.secrets.control.subscribe();
     let mut events = state.events.subscribe();
     let mut device_events = state.device_events.subscribe();
-    let hello = crate::methods::hello_ok(state, session);
-    if !send(ws, &Frame::ok(&session.connect_id, hello)).await {
-        return (0, "send failed".into());
+    if !send_text(ws, crate::methods::hello_ok_text(state, session)).await {
+        return End::Lost;
     }
     // A rotation (or a shutdown) may have happened between the auth check and now.
     let c = *control.borrow_and_update();
-    if let Some(r) = control_event(ws, &c, session).await {
-        return r;
+    if let Some(end) = control_event(ws, &c, session).await {
+        return end;
     }
     let mut role_refusals = 0u32;
     loop {
@@ -595,11 +766,11 @@ async fn serve(ws: &mut WebSocket, state: &Arc<State>, session: &Session) -> (u1
             biased;
             changed = control.changed() => {
                 if changed.is_err() {
-                    return (close::SERVICE_RESTART, close::SERVICE_RESTART_REASON.into());
+                    return End::Close(close::SERVICE_RESTART, close::SERVICE_RESTART_REASON.into());
                 }
                 let c = *control.borrow_and_update();
-                if let Some(r) = control_event(ws, &c, session).await {
-                    return r;
+                if let Some(end) = control_event(ws, &c, session).await {
+                    return end;
                 }
             }
             ev = device_events.recv(), if session.device_id.is_some() => {
@@ -607,46 +778,47 @@ async fn serve(ws: &mut WebSocket, state: &Arc<State>, session: &Session) -> (u1
                     && session.device_id.as_deref() == Some(d.device_id.as_str())
                     && d.role.as_deref().is_none_or(|r| r == session.role)
                 {
-                    return (close::AUTH_CHANGED, d.reason.into());
+                    return End::Close(close::AUTH_CHANGED, d.reason.into());
                 }
             }
             event = events.recv() => {
                 match event {
                     Ok(b) if crate::methods::may_receive(session, b.scope) => {
                         if ws.send(Message::Text(b.text.as_ref().into())).await.is_err() {
-                            return (0, "send failed".into());
+                            return End::Lost;
                         }
                     }
                     Ok(_) | Err(tokio::sync::broadcast::error::RecvError::Lagged(_)) => {}
                     Err(tokio::sync::broadcast::error::RecvError::Closed) => {
-                        return (close::SERVICE_RESTART, close::SERVICE_RESTART_REASON.into());
+                        return End::Close(close::SERVICE_RESTART, close::SERVICE_RESTART_REASON.into());
                     }
                 }
             }
             msg = ws.recv() => {
                 let text = match msg {
-                    None | Some(Err(_)) => return (0, "connection lost".into()),
-                    Some(Ok(Message::Close(_))) => return (0, "client closed".into()),
-                    Some(Ok(Message::Text(t))) => t.to_string(),
+                    None => return End::Lost,
+                    Some(Err(e)) => return match violation(e) {
+                        Some((code, reason)) => End::Violation { code, reason },
+                        None => End::Lost,
+                    },
+                    Some(Ok(Message::Close(_))) => return End::PeerClosed,
+                    Some(Ok(Message::Text(t))) => t,
                     Some(Ok(Message::Binary(_) | Message::Ping(_) | Message::Pong(_))) => continue,
                 };
-                let req = match serde_json::from_str::<Frame>(&text) {
-                    Ok(Frame::Req(r)) => r,
+                let Ok(req) = proto::parse_request(text.as_str()) else {
                     // Responses/events from a client and malformed frames are ignored.
-                    _ => {
-                        tracing::debug!(conn_id = session.conn_id, "ignored a non-request frame");
-                        continue;
-                    }
+                    tracing::debug!(conn_id = session.conn_id, "ignored a non-request frame");
+                    continue;
                 };
-                let frame = crate::methods::dispatch(state, session, req).await;
-                if !send(ws, &frame).await {
-                    return (0, "send failed".into());
+                let reply = crate::methods::dispatch(state, session, req).await;
+                if !send_text(ws, reply.text).await {
+                    return End::Lost;
                 }
                 // OpenClaw's unauthorized-flood guard: a client that keeps calling what its role
                 // may not is misbehaving, not retrying.
-                role_refusals = if crate::methods::is_role_refusal(&frame) { role_refusals + 1 } else { 0 };
+                role_refusals = if reply.role_refusal { role_refusals + 1 } else { 0 };
                 if role_refusals > MAX_ROLE_REFUSALS {
-                    return (close::POLICY, REPEATED_UNAUTHORIZED_REASON.into());
+                    return End::Close(close::POLICY, REPEATED_UNAUTHORIZED_REASON.into());
                 }
             }
         }
@@ -659,39 +831,26 @@ async fn control_event(
     ws: &mut WebSocket,
     c: &crate::secrets::Control,
     session: &Session,
-) -> Option<(u16, String)> {
+) -> Option<End> {
     if c.shutdown {
-        let ev = Frame::event(
+        let ev = proto::event_text(
             "shutdown",
-            serde_json::json!({"reason": "gateway stopping"}),
+            &proto::Shutdown {
+                reason: "gateway stopping".into(),
+            },
             None,
         );
-        send(ws, &ev).await;
-        return Some((close::SERVICE_RESTART, close::SERVICE_RESTART_REASON.into()));
+        send_text(ws, ev).await;
+        return Some(End::Close(
+            close::SERVICE_RESTART,
+            close::SERVICE_RESTART_REASON.into(),
+        ));
     }
     match session.secret_generation {
-        Some(g) if g < c.min_secret_generation => {
-            Some((close::AUTH_CHANGED, close::AUTH_CHANGED_REASON.into()))
-        }
+        Some(g) if g < c.min_secret_generation => Some(End::Close(
+            close::AUTH_CHANGED,
+            close::AUTH_CHANGED_REASON.into(),
+        )),
         _ => None,
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    #[test]
-    fn quoted_values_are_dropped_from_param_errors() {
-        let e = serde_json::from_str::<driftless_protocol::ConnectParams>(
-            r#"{"minProtocol":4,"maxProtocol":4,"client":{"id":"cli"},"auth":"secret-in-wrong-place"}"#,
-        )
-        .unwrap_err()
-        .to_string();
-        assert!(
-            e.contains("secret-in-wrong-place"),
-            "premise: serde echoes values: {e}"
-        );
-        let clean = super::without_quoted(&e);
-        assert!(!clean.contains("secret-in-wrong-place"), "{clean}");
-        assert!(clean.starts_with("invalid type: string \"…\""), "{clean}");
     }
 }

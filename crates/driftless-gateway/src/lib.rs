@@ -5,6 +5,7 @@
 //! through a `watch` (auth generation, shutdown: never lost) and a `broadcast` (ticks and pairing
 //! events: droppable, each filtered by the scope its event needs).
 
+mod auth;
 mod budget;
 mod conn;
 pub mod devices;
@@ -67,7 +68,10 @@ pub enum GatewayError {
     Serve(std::io::Error),
     #[error("cannot open the device store: {0}; check that the state directory is writable")]
     Devices(#[from] devices::StoreError),
-    #[error("cannot set up the HTTP client for [providers]: {0}")]
+    #[error(
+        "cannot set up the HTTP client for [providers]: {0}; install the system's CA certificates \
+         (or set SSL_CERT_FILE to a PEM bundle), or remove [providers] if none is used"
+    )]
     HttpClient(String),
 }
 
@@ -111,11 +115,11 @@ pub(crate) struct Broadcast {
 impl State {
     /// Numbers and sends a broadcast event. The lock spans numbering and sending, so every
     /// session receives events in `seq` order.
-    pub(crate) fn broadcast(&self, event: &str, payload: serde_json::Value) {
-        let scope = methods::event_scope(event);
+    pub(crate) fn broadcast(&self, event: &str, payload: &impl serde::Serialize) {
+        let scope = proto::scopes::event_scope(event);
         let mut seq = self.event_seq.lock().unwrap_or_else(|e| e.into_inner());
         *seq += 1;
-        let text = proto::Frame::event(event, payload, Some(*seq)).to_text();
+        let text = proto::event_text(event, payload, Some(*seq));
         // No receivers is fine: nobody is connected.
         let _ = self.events.send(Broadcast {
             text: Arc::from(text),
@@ -126,7 +130,7 @@ impl State {
     /// Tells pairing operators about a pairing change.
     pub(crate) fn announce(&self, event: devices::PairingEvent) {
         let (name, payload) = event.to_wire();
-        self.broadcast(name, payload);
+        self.broadcast(name, &payload);
     }
 }
 
@@ -258,8 +262,7 @@ impl Gateway {
             devices: Arc::new(device_store),
             device_events: broadcast::Sender::new(16),
             local_addresses: cfg.gateway.devices.local_addresses.clone(),
-            openai: openai::Providers::new(cfg)
-                .map_err(|e| GatewayError::HttpClient(e.to_string()))?,
+            openai: openai::Providers::new(cfg).map_err(GatewayError::HttpClient)?,
         });
         let background = reload::spawn(state.clone());
         Ok(Gateway {
@@ -342,7 +345,12 @@ async fn tick_loop(state: Arc<State>) {
     let mut interval = tokio::time::interval_at(tokio::time::Instant::now() + period, period);
     loop {
         interval.tick().await;
-        state.broadcast("tick", serde_json::json!({"ts": secrets::now_ms()}));
+        state.broadcast(
+            "tick",
+            &proto::Tick {
+                ts: secrets::now_ms(),
+            },
+        );
     }
 }
 

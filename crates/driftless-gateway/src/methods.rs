@@ -3,8 +3,15 @@
 use std::sync::Arc;
 use std::sync::atomic::Ordering;
 
-use driftless_protocol::{self as proto, ErrorShape, Frame, RequestFrame, codes, scopes};
-use serde_json::{Value, json};
+use driftless_protocol::payloads::{
+    Features, Grace, HELLO_OK, Health, HelloAuth, HelloOk, HelloSnapshot, Policy, PresenceEntry,
+    SecretStatus, SecretsReloadParams, SecretsReloadResult, ServerInfo, StateVersion, Status,
+    StatusAuth,
+};
+use driftless_protocol::scopes::{self, EVENTS, METHODS};
+use driftless_protocol::{
+    self as proto, ErrorDetails, ErrorShape, IncomingRequest, codes, err_text, ok_text,
+};
 
 use crate::State;
 use crate::conn::Session;
@@ -13,209 +20,203 @@ use crate::secrets::now_ms;
 
 const VERSION: &str = env!("CARGO_PKG_VERSION");
 
-/// Methods served, with the scope each needs (`None`: any authenticated client).
-const METHODS: &[(&str, Option<&str>)] = &[
-    ("health", None),
-    ("status", Some(scopes::READ)),
-    ("system-presence", Some(scopes::READ)),
-    ("secrets.reload", Some(scopes::ADMIN)),
-    ("device.pair.list", Some(devices::PAIRING_SCOPE)),
-    ("device.pair.approve", Some(devices::PAIRING_SCOPE)),
-    ("device.pair.reject", Some(devices::PAIRING_SCOPE)),
-    ("device.pair.remove", Some(devices::PAIRING_SCOPE)),
-    ("device.token.rotate", Some(devices::PAIRING_SCOPE)),
-    ("device.token.revoke", Some(devices::PAIRING_SCOPE)),
-];
-
-/// Events sent, with the scope a session needs to receive each (OpenClaw's `EVENT_SCOPE_GUARDS`;
-/// `None`: every session).
-const EVENTS: &[(&str, Option<&str>)] = &[
-    ("connect.challenge", None),
-    ("tick", None),
-    ("shutdown", None),
-    ("device.pair.requested", Some(devices::PAIRING_SCOPE)),
-    ("device.pair.resolved", Some(devices::PAIRING_SCOPE)),
-];
-
-/// The scope a session needs to receive `event`.
-pub(crate) fn event_scope(event: &str) -> Option<&'static str> {
-    EVENTS
-        .iter()
-        .find(|(e, _)| *e == event)
-        .and_then(|(_, s)| *s)
-}
-
 /// Whether `session` may receive an event that needs `scope`: guarded events go only to operators
-/// holding the scope (or admin), never to another role.
+/// holding the scope (or one covering it), never to another role.
 pub(crate) fn may_receive(session: &Session, scope: Option<&str>) -> bool {
-    scope.is_none_or(|s| session.role == "operator" && has_scope(&session.scopes, s))
-}
-
-/// Whether `granted` covers `needed` (admin covers everything, write covers read).
-fn has_scope(granted: &[String], needed: &str) -> bool {
-    granted.iter().any(|g| {
-        g == needed || g == scopes::ADMIN || (g == scopes::WRITE && needed == scopes::READ)
-    })
+    scope.is_none_or(|s| session.role == "operator" && scopes::any_covers(&session.scopes, s))
 }
 
 fn uptime_ms(state: &State) -> u64 {
     state.started.elapsed().as_millis() as u64
 }
 
-fn health(state: &State) -> Value {
-    json!({
-        "ok": true,
-        "ts": now_ms(),
-        "durationMs": 0,
-        "uptimeMs": uptime_ms(state),
-        "channels": {},
-        "channelOrder": [],
-        "channelLabels": {},
-        "agents": [],
-    })
+fn health(state: &State) -> Health {
+    Health {
+        ok: true,
+        ts: now_ms(),
+        duration_ms: 0,
+        uptime_ms: Some(uptime_ms(state)),
+        ..Health::default()
+    }
 }
 
-fn presence(state: &State) -> Value {
-    let host = "gateway";
-    json!([{
-        "host": host,
-        "ip": state.bind,
-        "version": VERSION,
-        "platform": std::env::consts::OS,
-        "mode": "gateway",
-        "reason": "self",
-        "instanceId": state.instance_id,
-        "text": format!("Gateway: driftless {VERSION} · mode gateway · reason self"),
-        "ts": now_ms(),
-    }])
+fn presence(state: &State) -> Vec<PresenceEntry> {
+    vec![PresenceEntry {
+        host: "gateway".into(),
+        ip: state.bind.clone(),
+        version: VERSION.into(),
+        platform: std::env::consts::OS.into(),
+        mode: "gateway".into(),
+        reason: "self".into(),
+        instance_id: state.instance_id.clone(),
+        text: format!("Gateway: driftless {VERSION} · mode gateway · reason self"),
+        ts: now_ms(),
+    }]
 }
 
-fn status(state: &State) -> Value {
+fn status(state: &State) -> Status {
     let snap = state.secrets.snapshot();
-    let secrets: Vec<Value> = snap
+    let secrets = snap
         .iter()
-        .map(|(name, s)| {
-            json!({
-                "name": name,
-                "kind": s.kind,
-                "fingerprint": s.value.fingerprint(),
-                "canChangeLive": s.can_change_live,
-            })
+        .map(|(name, s)| SecretStatus {
+            name: name.clone(),
+            kind: s.kind.into(),
+            fingerprint: s.value.fingerprint().to_string(),
+            can_change_live: s.can_change_live,
         })
         .collect();
-    let grace = state
-        .secrets
-        .grace()
-        .map(|(fp, until)| json!({"previousFingerprint": fp, "endsAtMs": until}));
-    json!({
-        "version": VERSION,
-        "uptimeMs": uptime_ms(state),
-        "auth": {
-            "mode": state.secrets.mode.as_str(),
-            "fingerprint": state.secrets.current().map(|s| s.fingerprint().clone()),
-            "grace": grace,
+    let grace = state.secrets.grace().map(|(fp, until)| Grace {
+        previous_fingerprint: fp.to_string(),
+        ends_at_ms: until,
+    });
+    Status {
+        version: Some(VERSION.into()),
+        uptime_ms: Some(uptime_ms(state)),
+        auth: StatusAuth {
+            mode: Some(state.secrets.mode.as_str().into()),
+            fingerprint: state.secrets.current().map(|s| s.fingerprint().to_string()),
+            grace,
         },
-        "secrets": secrets,
-        "lastReload": state.secrets.last_reload(),
-        "connections": state.connections.load(Ordering::SeqCst),
-    })
+        secrets,
+        last_reload: state.secrets.last_reload(),
+        connections: state.connections.load(Ordering::SeqCst),
+    }
 }
 
-/// `hello-ok.auth`: how the client authenticated, and a newly issued device token (shown once).
-fn hello_auth(state: &State, session: &Session) -> Value {
+/// `hello-ok.auth`: how the client authenticated, and its device token when one goes back (a
+/// newly issued one, or its current one).
+fn hello_auth(state: &State, session: &Session) -> HelloAuth {
     let method = if session.device_token_auth {
         "device-token"
     } else {
         state.secrets.mode.as_str()
     };
-    let mut auth = json!({"method": method, "role": session.role, "scopes": session.scopes});
-    if let Some(t) = &session.issued {
-        auth["deviceToken"] = json!(t.token.expose());
-        auth["scopes"] = json!(t.scopes);
-        auth["issuedAtMs"] = json!(t.issued_at_ms);
+    // The scopes as granted, in the order asked for (OpenClaw 2026.9), also beside a token.
+    HelloAuth {
+        method: Some(method.into()),
+        role: session.role.clone(),
+        scopes: session.scopes.clone(),
+        device_token: session.issued.as_ref().map(|t| t.token.expose().to_owned()),
+        issued_at_ms: session.issued.as_ref().map(|t| t.issued_at_ms),
     }
-    auth
 }
 
-pub(crate) fn hello_ok(state: &State, session: &Session) -> Value {
-    json!({
-        "type": "hello-ok",
-        "protocol": session.protocol,
-        "server": {"version": VERSION, "connId": session.conn_id},
-        "features": {
-            "methods": METHODS.iter().map(|(m, _)| *m).collect::<Vec<_>>(),
-            "events": EVENTS.iter().map(|(e, _)| *e).collect::<Vec<_>>(),
+/// The JSON text of the response answering `connect`.
+pub(crate) fn hello_ok_text(state: &State, session: &Session) -> String {
+    let hello = HelloOk {
+        kind: HELLO_OK.into(),
+        protocol: session.protocol,
+        server: ServerInfo {
+            version: VERSION.into(),
+            conn_id: session.conn_id.clone(),
         },
-        "snapshot": {
-            "presence": presence(state),
-            "health": health(state),
-            "stateVersion": {"presence": 1, "health": 1},
-            "uptimeMs": uptime_ms(state),
+        features: Features {
+            methods: METHODS.iter().map(|(m, _)| (*m).into()).collect(),
+            events: EVENTS.iter().map(|(e, _)| (*e).into()).collect(),
         },
-        "auth": hello_auth(state, session),
-        "policy": {
-            "maxPayload": proto::MAX_PAYLOAD_BYTES,
-            "maxBufferedBytes": proto::MAX_BUFFERED_BYTES,
-            "tickIntervalMs": state.tick_interval.as_millis() as u64,
+        snapshot: HelloSnapshot {
+            presence: presence(state),
+            health: health(state),
+            state_version: StateVersion {
+                presence: 1,
+                health: 1,
+            },
+            uptime_ms: uptime_ms(state),
         },
-    })
+        auth: Some(hello_auth(state, session)),
+        policy: Policy {
+            max_payload: proto::MAX_PAYLOAD_BYTES as u64,
+            max_buffered_bytes: proto::MAX_BUFFERED_BYTES as u64,
+            tick_interval_ms: state.tick_interval.as_millis() as u64,
+        },
+    };
+    ok_text(&session.connect_id, &hello)
 }
 
 const UNAUTHORIZED_ROLE: &str = "unauthorized role: ";
 
-/// Whether `frame` refuses a request because of the session's role (what OpenClaw's flood guard
-/// counts).
-pub(crate) fn is_role_refusal(frame: &Frame) -> bool {
-    matches!(frame, Frame::Res(r) if r.error.as_ref().is_some_and(|e| e.message.starts_with(UNAUTHORIZED_ROLE)))
+/// The answer to one request, as JSON text.
+pub(crate) struct Reply {
+    pub text: String,
+    /// The request was refused because of the session's role (what OpenClaw's flood guard
+    /// counts).
+    pub role_refusal: bool,
 }
 
-pub(crate) async fn dispatch(state: &Arc<State>, session: &Session, req: RequestFrame) -> Frame {
-    let Some((_, scope)) = METHODS.iter().find(|(m, _)| *m == req.method) else {
+impl Reply {
+    fn ok(id: &str, payload: &impl serde::Serialize) -> Reply {
+        Reply {
+            text: ok_text(id, payload),
+            role_refusal: false,
+        }
+    }
+
+    fn err(id: &str, error: ErrorShape) -> Reply {
+        Reply {
+            text: err_text(id, &error),
+            role_refusal: false,
+        }
+    }
+}
+
+pub(crate) async fn dispatch(
+    state: &Arc<State>,
+    session: &Session,
+    req: IncomingRequest<'_>,
+) -> Reply {
+    let id = &*req.id;
+    let Some(scope) = scopes::method_scope(&req.method) else {
         let message = if req.method == "connect" {
             "connect already completed on this connection".to_owned()
         } else {
             format!("unknown method: {}", req.method)
         };
-        return Frame::err(&req.id, ErrorShape::new(codes::INVALID_REQUEST, message));
+        return Reply::err(id, ErrorShape::new(codes::INVALID_REQUEST, message));
     };
     // Every method but `health` is an operator method (OpenClaw's `authorizeGatewayMethod`).
     if scope.is_some() && session.role != "operator" {
-        return Frame::err(
-            &req.id,
-            ErrorShape::new(
-                codes::INVALID_REQUEST,
-                format!("{UNAUTHORIZED_ROLE}{}", session.role),
-            ),
-        );
+        return Reply {
+            role_refusal: true,
+            ..Reply::err(
+                id,
+                ErrorShape::new(
+                    codes::INVALID_REQUEST,
+                    format!("{UNAUTHORIZED_ROLE}{}", session.role),
+                ),
+            )
+        };
     }
     if let Some(scope) = scope
-        && !has_scope(&session.scopes, scope)
+        && !scopes::any_covers(&session.scopes, scope)
     {
-        return Frame::err(&req.id, ErrorShape::missing_scope(scope));
+        return Reply::err(id, ErrorShape::missing_scope(scope));
     }
-    match req.method.as_str() {
-        "health" => Frame::ok(&req.id, health(state)),
-        "status" => Frame::ok(&req.id, status(state)),
-        "system-presence" => Frame::ok(&req.id, presence(state)),
+    match &*req.method {
+        "health" => Reply::ok(id, &health(state)),
+        "status" => Reply::ok(id, &status(state)),
+        "system-presence" => Reply::ok(id, &presence(state)),
         "secrets.reload" => {
-            let end_grace = req
-                .params
-                .as_ref()
-                .and_then(|p| p.get("endGrace"))
-                .and_then(Value::as_bool)
+            // Lenient as before: params that are not an object with a boolean `endGrace` mean
+            // "keep the grace".
+            let end_grace = proto::parse_params::<SecretsReloadParams>(req.params)
+                .map(|p| p.end_grace)
                 .unwrap_or(false);
             match crate::reload::reload_now(state.clone(), "rpc").await {
                 Ok(changed) => {
                     if end_grace {
                         state.secrets.end_grace(None);
                     }
-                    Frame::ok(
-                        &req.id,
-                        json!({"ok": true, "warningCount": 0, "changed": changed}),
+                    Reply::ok(
+                        id,
+                        &SecretsReloadResult {
+                            ok: true,
+                            warning_count: 0,
+                            changed,
+                        },
                     )
                 }
-                Err(message) => Frame::err(
-                    &req.id,
+                Err(message) => Reply::err(
+                    id,
                     ErrorShape::new(
                         codes::UNAVAILABLE,
                         format!("secrets.reload failed: {message}; the previous secrets stay live"),
@@ -241,7 +242,10 @@ pub(crate) async fn dispatch(state: &Arc<State>, session: &Session, req: Request
                     ),
                 },
             };
-            let params = req.params.clone().unwrap_or(Value::Null);
+            let params = req
+                .params
+                .and_then(|p| serde_json::from_str(p.get()).ok())
+                .unwrap_or(serde_json::Value::Null);
             let store = state.devices.clone();
             let method = m.to_owned();
             let result = tokio::task::spawn_blocking(move || {
@@ -257,36 +261,21 @@ pub(crate) async fn dispatch(state: &Arc<State>, session: &Session, req: Request
                     if let Some(event) = event {
                         state.announce(event);
                     }
-                    Frame::ok(&req.id, payload)
+                    Reply::ok(id, &payload)
                 }
                 Ok(Err(e)) => {
                     let mut shape = ErrorShape::new(e.code, e.message);
                     if let Some(code) = e.detail_code {
-                        shape = shape.with_details(json!({"code": code}));
+                        shape = shape.with_details(ErrorDetails::code(code));
                     }
-                    Frame::err(&req.id, shape)
+                    Reply::err(id, shape)
                 }
-                Err(_) => Frame::err(
-                    &req.id,
+                Err(_) => Reply::err(
+                    id,
                     ErrorShape::new(codes::UNAVAILABLE, "device store task failed"),
                 ),
             }
         }
         _ => unreachable!("every listed method is handled"),
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn scope_implication() {
-        let admin = vec![scopes::ADMIN.to_owned()];
-        let write = vec![scopes::WRITE.to_owned()];
-        assert!(has_scope(&admin, scopes::READ));
-        assert!(has_scope(&write, scopes::READ));
-        assert!(!has_scope(&write, scopes::ADMIN));
-        assert!(!has_scope(&[], scopes::READ));
     }
 }

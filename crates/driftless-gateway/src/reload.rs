@@ -8,7 +8,6 @@ use notify::{RecursiveMode, Watcher};
 use tokio::task::JoinHandle;
 
 use crate::State;
-use crate::secrets::Check;
 
 /// Bursts of file events (an editor's save, a Kubernetes swap) are folded into one reload.
 pub(crate) const DEBOUNCE_MS: u64 = 100;
@@ -29,7 +28,10 @@ pub(crate) async fn reload_now(
 
 /// Reloads on this thread and schedules the end of any grace window the reload opened. Must run
 /// inside the runtime (a worker or a blocking thread).
-fn reload_and_schedule(state: &Arc<State>, trigger: &'static str) -> Result<Vec<String>, String> {
+pub(crate) fn reload_and_schedule(
+    state: &Arc<State>,
+    trigger: &'static str,
+) -> Result<Vec<String>, String> {
     match state.secrets.reload(trigger, &state.metrics) {
         Ok((r, grace)) => {
             if let Some((generation, until_ms)) = grace {
@@ -43,22 +45,6 @@ fn reload_and_schedule(state: &Arc<State>, trigger: &'static str) -> Result<Vec<
             Ok(r.changed.into_iter().map(|c| c.name).collect())
         }
         Err(e) => Err(driftless_core::redact::redact(&e.to_string()).into_owned()),
-    }
-}
-
-/// Checks a presented shared secret. On a mismatch, if the secret's file already holds a new value
-/// (the client read it before the debounced watcher fired), reload first; then check again either
-/// way, since a concurrent reload may have swapped the secret since the first check. A rotation
-/// thus never refuses the new token; a wrong guess against an unchanged file costs one read.
-pub(crate) fn check_shared(state: &Arc<State>, candidate: &str) -> Check {
-    match state.secrets.check(candidate) {
-        Check::Mismatch => {
-            if state.secrets.source_changed() {
-                let _ = reload_and_schedule(state, "auth-miss");
-            }
-            state.secrets.check(candidate)
-        }
-        checked => checked,
     }
 }
 
@@ -80,7 +66,9 @@ pub(crate) fn spawn(state: Arc<State>) -> Background {
     let (tx, mut rx) = tokio::sync::mpsc::channel::<()>(1);
     let watch_tx = tx.clone();
     let watcher = notify::recommended_watcher(move |res: notify::Result<notify::Event>| {
-        if res.is_ok() {
+        // Only changes: the reload's own reads (and every client reading the token file) would
+        // otherwise trigger the next reload, forever.
+        if res.is_ok_and(|ev| driftless_core::watch::may_change_source(&ev.kind)) {
             // Full channel = a reload is already pending; dropping the signal is right.
             let _ = watch_tx.try_send(());
         }

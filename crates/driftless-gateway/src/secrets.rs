@@ -12,6 +12,8 @@ use driftless_core::{
 };
 use tokio::sync::watch;
 
+use driftless_protocol::payloads::ReloadStatus;
+
 use crate::metrics::{Metrics, OutcomeLabels, SecretLabels};
 
 /// What every connection watches: when `min_secret_generation` rises above the generation a
@@ -33,20 +35,6 @@ struct AuthState {
     /// Generation of the current shared secret (starts at 1, +1 per change).
     generation: u64,
     previous: Option<Previous>,
-}
-
-/// Result of the last reload, for `status`.
-#[derive(Debug, Clone, serde::Serialize)]
-#[serde(rename_all = "camelCase")]
-pub struct ReloadStatus {
-    pub at_ms: u64,
-    pub trigger: &'static str,
-    pub outcome: &'static str,
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub error: Option<String>,
-    /// Settings changed in the config since start that only a restart applies (names only).
-    #[serde(skip_serializing_if = "Vec::is_empty")]
-    pub restart_required_for: Vec<String>,
 }
 
 /// What one reload did.
@@ -221,6 +209,14 @@ impl Secrets {
         }
     }
 
+    /// Whether the shared secret is read from a file (a mismatch may mean the file just changed).
+    pub fn has_shared_file(&self) -> bool {
+        self.shared_file
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .is_some()
+    }
+
     /// Whether the shared secret's file now holds a value other than the live one: a client can
     /// read a rotated file before the debounced watcher has reloaded it. One small file read.
     pub fn source_changed(&self) -> bool {
@@ -287,8 +283,8 @@ impl Secrets {
         }
         *self.last_reload.lock().unwrap_or_else(|e| e.into_inner()) = Some(ReloadStatus {
             at_ms: now_ms(),
-            trigger,
-            outcome,
+            trigger: trigger.into(),
+            outcome: outcome.into(),
             error,
             restart_required_for: self
                 .restart_required_for

@@ -1,13 +1,19 @@
 //! Operations on an installation: first-run setup (`init`), the service installer (`service`),
-//! `doctor` (whose stored-device-token check probes gateways with the real client), the OpenClaw import (`openclaw`) and secret migration (`migrate`). Each CLI command
-//! is a thin wrapper around a function here.
+//! `doctor` (a list of checks, each with its audit and its fix; its stored-device-token check
+//! probes gateways with the real client), the OpenClaw installation it audits (`openclaw`) and
+//! secret migration (`migrate`). Each CLI command is a thin wrapper around a function here.
+//!
+//! Modules depend one way: `findings`, `scan`, `backup` and `perms` below `service`, `migrate`
+//! and `openclaw`, and `doctor` above them all.
 
 pub mod backup;
 pub mod doctor;
+pub mod file_error;
+pub mod findings;
 pub mod init;
 pub mod migrate;
 pub mod openclaw;
+mod perms;
 pub mod rotation;
 pub mod scan;
 pub mod service;
-mod stored_tokens;

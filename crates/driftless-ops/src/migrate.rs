@@ -34,6 +34,9 @@ pub struct Moved {
     pub wrote_file: Option<PathBuf>,
     /// The config backup written before the change.
     pub backup: PathBuf,
+    /// The file the config edit replaced when the config is a symlink (the link is kept).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub config_symlink_target: Option<PathBuf>,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -153,12 +156,13 @@ pub fn move_to_source(
     redacted.push(value);
     let backup = backup(config_path, &redacted)?;
     doc.set_secret_ref(name, &reference);
-    doc.save()?;
+    let written = doc.save()?;
     Ok(Moved {
         name: name.to_owned(),
         reference: SecretInput::Ref(reference).describe(),
         wrote_file,
         backup,
+        config_symlink_target: written.through_symlink().then_some(written.target),
     })
 }
 

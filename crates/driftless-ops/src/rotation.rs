@@ -196,8 +196,8 @@ pub fn rotate(
                 .file_path(env, loaded.base_dir())
                 .expect("a file reference has a path")
                 .map_err(RotateError::Path)?;
-            atomic::write_private(&path, format!("{}\n", new.expose()).as_bytes())?;
-            format!("file {}", path.display())
+            let written = atomic::write_private(&path, format!("{}\n", new.expose()).as_bytes())?;
+            format!("file {}", written.describe())
         }
         (SecretInput::Literal(_), _) => {
             let mut doc = ConfigDocument::open(&loaded.path)?;

@@ -272,9 +272,76 @@ pub fn scan_systemd(text: &str, env: &Env, live: &Live) -> Vec<Embedded> {
     out
 }
 
-/// Every secret in a launchd plist. Fails only when the plist does not parse.
-pub fn scan_plist(bytes: &[u8], live: &Live) -> Result<Vec<Embedded>, plist::Error> {
-    let value: plist::Value = plist::from_bytes(bytes)?;
+/// The formats of service definitions.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Format {
+    Systemd,
+    Plist,
+}
+
+/// Every secret in a service definition of `format`. Fails only when a plist does not parse.
+pub fn scan_definition(
+    format: Format,
+    bytes: &[u8],
+    env: &Env,
+    live: &Live,
+) -> Result<Vec<Embedded>, PlistError> {
+    match format {
+        Format::Systemd => Ok(scan_systemd(&String::from_utf8_lossy(bytes), env, live)),
+        Format::Plist => scan_plist(bytes, live),
+    }
+}
+
+/// Deepest nesting accepted in a plist. launchd's nest two or three levels; parsing and dropping a
+/// value recurse once per level, so 20,000 nested `<array>`s (300 KB) overflowed the stack in
+/// `plist::from_bytes`.
+const MAX_PLIST_DEPTH: usize = 128;
+
+/// Why a plist was not scanned.
+#[derive(Debug, thiserror::Error)]
+pub enum PlistError {
+    #[error(transparent)]
+    Parse(#[from] plist::Error),
+    #[error("it nests deeper than {MAX_PLIST_DEPTH} levels, which no launchd plist does")]
+    TooDeep,
+}
+
+/// Whether `value` nests deeper than [`MAX_PLIST_DEPTH`], walked without recursion.
+fn too_deep(value: &plist::Value) -> bool {
+    let mut stack = vec![(value, 1usize)];
+    while let Some((v, depth)) = stack.pop() {
+        match v {
+            plist::Value::Array(_) | plist::Value::Dictionary(_) if depth > MAX_PLIST_DEPTH => {
+                return true;
+            }
+            plist::Value::Array(items) => stack.extend(items.iter().map(|i| (i, depth + 1))),
+            plist::Value::Dictionary(d) => stack.extend(d.values().map(|i| (i, depth + 1))),
+            _ => {}
+        }
+    }
+    false
+}
+
+/// Drops a value one level at a time: the recursive drop of a deep one would overflow the stack.
+fn dismantle(value: plist::Value) {
+    let mut stack = vec![value];
+    while let Some(v) = stack.pop() {
+        match v {
+            plist::Value::Array(items) => stack.extend(items),
+            plist::Value::Dictionary(d) => stack.extend(d.into_iter().map(|(_, v)| v)),
+            _ => {}
+        }
+    }
+}
+
+/// Every secret in a launchd plist. Fails only when the plist does not parse or nests too deep.
+pub fn scan_plist(bytes: &[u8], live: &Live) -> Result<Vec<Embedded>, PlistError> {
+    // `from_reader` builds the value without recursing (`plist::from_bytes` recurses per level).
+    let value = plist::Value::from_reader(std::io::Cursor::new(bytes))?;
+    if too_deep(&value) {
+        dismantle(value);
+        return Err(PlistError::TooDeep);
+    }
     let mut out = Vec::new();
     let Some(d) = value.as_dictionary() else {
         return Ok(out);
@@ -306,6 +373,28 @@ pub fn scan_plist(bytes: &[u8], live: &Live) -> Result<Vec<Embedded>, plist::Err
     Ok(out)
 }
 
+/// Quotes one `ExecStart=` word: double quotes when needed; `%` and `$` are escaped so systemd
+/// neither expands specifiers nor variables in a path.
+pub fn systemd_quote(arg: &str) -> String {
+    let escaped = arg.replace('%', "%%").replace('$', "$$");
+    if !escaped.is_empty()
+        && !escaped
+            .chars()
+            .any(|c| c.is_whitespace() || matches!(c, '"' | '\'' | '\\' | ';'))
+    {
+        return escaped;
+    }
+    let mut out = String::from("\"");
+    for c in escaped.chars() {
+        if matches!(c, '"' | '\\') {
+            out.push('\\');
+        }
+        out.push(c);
+    }
+    out.push('"');
+    out
+}
+
 /// A unit with the inline environment assignments named in `drop` removed (other settings and
 /// comments kept byte for byte). Used where the unit is not ours to regenerate (OpenClaw's).
 pub fn systemd_without_vars(text: &str, drop: &[String]) -> String {
@@ -327,10 +416,7 @@ pub fn systemd_without_vars(text: &str, drop: &[String]) -> String {
         if kept.len() == words.len() {
             out.push_str(line);
         } else if !kept.is_empty() {
-            let rebuilt: Vec<String> = kept
-                .iter()
-                .map(|w| crate::service::systemd_quote(w))
-                .collect();
+            let rebuilt: Vec<String> = kept.iter().map(|w| systemd_quote(w)).collect();
             out.push_str(&format!("Environment={}\n", rebuilt.join(" ")));
         }
     }
@@ -382,6 +468,40 @@ mod tests {
             out,
             "[Service]\n# keep\nEnvironment=A=1 B=2\nExecStart=/x\n"
         );
+    }
+
+    /// A plist nested deeper than any launchd plist is refused, not parsed: parsing it overflowed
+    /// the stack (`doctor` died with SIGSEGV on 20,000 nested arrays).
+    #[test]
+    fn deeply_nested_plist_is_refused_without_overflowing_the_stack() {
+        for (open, close) in [("<array>", "</array>"), ("<dict><key>k</key>", "</dict>")] {
+            let plist = format!(
+                "<?xml version=\"1.0\"?><plist version=\"1.0\">{}<true/>{}</plist>",
+                open.repeat(20_000),
+                close.repeat(20_000)
+            );
+            let err = scan_plist(plist.as_bytes(), &Vec::new()).unwrap_err();
+            assert!(matches!(err, PlistError::TooDeep), "{err}");
+            // Never closed: a parse error, and no overflow either.
+            let plist = format!("<plist version=\"1.0\">{}", open.repeat(20_000));
+            let err = scan_plist(plist.as_bytes(), &Vec::new()).unwrap_err();
+            assert!(matches!(err, PlistError::Parse(_)), "{err}");
+        }
+        let ok = format!(
+            "<?xml version=\"1.0\"?><plist version=\"1.0\">{}<dict><key>ProgramArguments</key>\
+             <array><string>--token=canary-deep-ok-1</string></array></dict>{}</plist>",
+            "<array>".repeat(MAX_PLIST_DEPTH - 2),
+            "</array>".repeat(MAX_PLIST_DEPTH - 2)
+        );
+        assert!(scan_plist(ok.as_bytes(), &Vec::new()).unwrap().is_empty());
+    }
+
+    #[test]
+    fn quoting() {
+        assert_eq!(systemd_quote("/usr/bin/x"), "/usr/bin/x");
+        assert_eq!(systemd_quote("/a b/c"), "\"/a b/c\"");
+        assert_eq!(systemd_quote("50%$HOME"), "50%%$$HOME");
+        assert_eq!(systemd_quote("a\"b"), "\"a\\\"b\"");
     }
 
     #[test]

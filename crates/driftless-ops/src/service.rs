@@ -11,6 +11,9 @@ use std::process::Command;
 
 use driftless_core::{Env, atomic, redact};
 
+use crate::file_error::FileError;
+use crate::scan::{self, Format, systemd_quote};
+
 /// The systemd unit name.
 pub const UNIT_NAME: &str = "driftless-gateway.service";
 /// The launchd label (and plist file stem).
@@ -24,6 +27,9 @@ pub const CREDENTIAL_ID: &str = "gateway-token";
 /// unit run by root or a system user gets no `_SYSTEMD_USER_UNIT` in a per-user journal file, so
 /// `journalctl --user -u` finds nothing there.
 pub const SYSLOG_IDENTIFIER: &str = "driftless-gateway";
+
+/// The descriptor limit (soft and hard) the unit gives the gateway.
+pub const LIMIT_NOFILE: u32 = 65536;
 
 /// Which service manager instance owns the unit.
 #[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
@@ -74,13 +80,8 @@ pub enum ServiceError {
     Write(#[from] atomic::WriteError),
     #[error(transparent)]
     Backup(#[from] crate::backup::BackupError),
-    #[error("cannot {action} {path}: {source}")]
-    Io {
-        action: &'static str,
-        path: PathBuf,
-        #[source]
-        source: std::io::Error,
-    },
+    #[error(transparent)]
+    File(#[from] FileError),
 }
 
 /// Everything a service definition is made from. Two specs that are equal render the same bytes.
@@ -192,6 +193,9 @@ impl ServiceSpec {
             ));
         }
         u.push_str("Restart=on-failure\nRestartSec=2\nUMask=0077\n");
+        // The default soft limit (1,024 descriptors) is what a few hundred idle sockets from one
+        // address exhaust; systemd clamps this to what the manager may grant (setrlimit_closest).
+        u.push_str(&format!("LimitNOFILE={LIMIT_NOFILE}\n"));
         // Hardening. Everything here also works in a user manager (which enables PrivateUsers=
         // implicitly for the namespacing options); system-only knobs come below.
         u.push_str("NoNewPrivileges=yes\nProtectSystem=strict\n");
@@ -267,28 +271,6 @@ impl ServiceSpec {
     }
 }
 
-/// Quotes one `ExecStart=` word: double quotes when needed; `%` and `$` are escaped so systemd
-/// neither expands specifiers nor variables in a path.
-pub fn systemd_quote(arg: &str) -> String {
-    let escaped = arg.replace('%', "%%").replace('$', "$$");
-    if !escaped.is_empty()
-        && !escaped
-            .chars()
-            .any(|c| c.is_whitespace() || matches!(c, '"' | '\'' | '\\' | ';'))
-    {
-        return escaped;
-    }
-    let mut out = String::from("\"");
-    for c in escaped.chars() {
-        if matches!(c, '"' | '\\') {
-            out.push('\\');
-        }
-        out.push(c);
-    }
-    out.push('"');
-    out
-}
-
 fn systemd_quote_path(p: &Path) -> String {
     systemd_quote(&p.to_string_lossy())
 }
@@ -296,16 +278,14 @@ fn systemd_quote_path(p: &Path) -> String {
 /// The credential file an installed unit passes with `LoadCredential=gateway-token:PATH`, so a
 /// re-render keeps the user's choice.
 pub fn credential_of(unit: &str) -> Option<PathBuf> {
-    crate::scan::service_settings(unit)
-        .into_iter()
-        .find_map(|(k, v)| {
-            if k != "LoadCredential" {
-                return None;
-            }
-            v.strip_prefix(CREDENTIAL_ID)?
-                .strip_prefix(':')
-                .map(PathBuf::from)
-        })
+    scan::service_settings(unit).into_iter().find_map(|(k, v)| {
+        if k != "LoadCredential" {
+            return None;
+        }
+        v.strip_prefix(CREDENTIAL_ID)?
+            .strip_prefix(':')
+            .map(PathBuf::from)
+    })
 }
 
 use driftless_core::paths::home;
@@ -358,6 +338,14 @@ impl Manager {
         match self {
             Manager::Systemd(scope) => unit_path(env, scope),
             Manager::Launchd => plist_path(env),
+        }
+    }
+
+    /// The file format of this manager's definitions.
+    pub fn format(&self) -> Format {
+        match self {
+            Manager::Systemd(_) => Format::Systemd,
+            Manager::Launchd => Format::Plist,
         }
     }
 
@@ -433,9 +421,24 @@ impl Manager {
 
     /// Restarts the service only if it is running (after a repair).
     pub fn try_restart(&self) -> Result<(), ServiceError> {
+        self.try_restart_unit(UNIT_NAME)
+    }
+
+    /// Restarts the systemd unit `unit` (another program's service, e.g. OpenClaw's) only if it is
+    /// running; under launchd, the gateway's agent.
+    pub fn try_restart_unit(&self, unit: &str) -> Result<(), ServiceError> {
         match self {
-            Manager::Systemd(_) => self.systemctl(&["try-restart", UNIT_NAME]).map(drop),
+            Manager::Systemd(_) => self.systemctl(&["try-restart", unit]).map(drop),
             Manager::Launchd => self.restart(),
+        }
+    }
+
+    /// The command a person runs to talk to this manager, for advice in messages.
+    pub fn control_command(&self) -> &'static str {
+        match self {
+            Manager::Systemd(Scope::User) => "systemctl --user",
+            Manager::Systemd(Scope::System { .. }) => "systemctl",
+            Manager::Launchd => "launchctl",
         }
     }
 
@@ -566,12 +569,8 @@ pub fn install(
         started: false,
     };
     if let Some(bytes) = &current {
-        let found = match manager {
-            Manager::Systemd(_) => {
-                crate::scan::scan_systemd(&String::from_utf8_lossy(bytes), env, &Vec::new())
-            }
-            Manager::Launchd => crate::scan::scan_plist(bytes, &Vec::new()).unwrap_or_default(),
-        };
+        let found =
+            scan::scan_definition(manager.format(), bytes, env, &Vec::new()).unwrap_or_default();
         if !found.is_empty() {
             return Err(ServiceError::ExistingEmbedsSecret {
                 path,
@@ -588,11 +587,7 @@ pub fn install(
             report.backup = Some(crate::backup::backup(&path, &[])?);
         }
         if let Some(dir) = path.parent() {
-            std::fs::create_dir_all(dir).map_err(|source| ServiceError::Io {
-                action: "create",
-                path: dir.to_owned(),
-                source,
-            })?;
+            std::fs::create_dir_all(dir).map_err(FileError::of("create", dir))?;
         }
         atomic::write_with_mode(&path, &wanted, 0o644)?;
         report.wrote = true;
@@ -637,11 +632,7 @@ pub fn uninstall(manager: &Manager, env: &Env) -> Result<Option<UninstallReport>
     let reachable = manager.reachable();
     // Disabling a unit that is not loaded fails; the file is removed either way.
     let stopped = reachable && manager.disable_now().is_ok();
-    std::fs::remove_file(&path).map_err(|source| ServiceError::Io {
-        action: "remove",
-        path: path.clone(),
-        source,
-    })?;
+    std::fs::remove_file(&path).map_err(FileError::of("remove", &path))?;
     if reachable {
         manager.reload()?;
     }
@@ -667,14 +658,6 @@ mod tests {
     }
 
     #[test]
-    fn quoting() {
-        assert_eq!(systemd_quote("/usr/bin/x"), "/usr/bin/x");
-        assert_eq!(systemd_quote("/a b/c"), "\"/a b/c\"");
-        assert_eq!(systemd_quote("50%$HOME"), "50%%$$HOME");
-        assert_eq!(systemd_quote("a\"b"), "\"a\\\"b\"");
-    }
-
-    #[test]
     fn unit_has_no_secret_and_names_config() {
         let u = spec(Scope::User).systemd_unit();
         assert!(u.contains(
@@ -683,6 +666,7 @@ mod tests {
         let envs: Vec<&str> = u.lines().filter(|l| l.starts_with("Environment")).collect();
         assert_eq!(envs, vec!["Environment=DRIFTLESS_SERVICE_KIND=gateway"]);
         assert!(u.contains("Restart=on-failure\n"));
+        assert!(u.contains("\nLimitNOFILE=65536\n"), "{u}");
         assert!(u.contains("PrivateTmp=yes\n"));
         // A config kept under /tmp must stay visible to the service.
         let mut in_tmp = spec(Scope::User);

@@ -150,8 +150,11 @@ impl DeviceAuthError {
     }
 
     /// The `details` object of the error frame.
-    pub fn details(self) -> serde_json::Value {
-        serde_json::json!({ "code": self.code(), "reason": self.reason() })
+    pub fn details(self) -> crate::payloads::ErrorDetails {
+        crate::payloads::ErrorDetails {
+            reason: Some(std::borrow::Cow::Borrowed(self.reason())),
+            ..crate::payloads::ErrorDetails::code(self.code())
+        }
     }
 }
 
@@ -530,7 +533,7 @@ mod tests {
             )
         );
         assert_eq!(
-            DeviceAuthError::SignatureExpired.details(),
+            serde_json::to_value(DeviceAuthError::SignatureExpired.details()).unwrap(),
             serde_json::json!({"code": "DEVICE_AUTH_SIGNATURE_EXPIRED", "reason": "device-signature-stale"})
         );
         for e in [

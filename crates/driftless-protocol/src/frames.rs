@@ -3,8 +3,13 @@
 
 use std::fmt;
 
+use std::borrow::Cow;
+
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
+use serde_json::value::RawValue;
+
+use crate::payloads::{Challenge, ErrorDetails};
 
 /// Lowest protocol version served (nodes and probes of current OpenClaw still speak 3).
 pub const MIN_PROTOCOL: u32 = 3;
@@ -42,19 +47,13 @@ pub mod codes {
     pub const UNAVAILABLE: &str = "UNAVAILABLE";
 }
 
-/// Scopes this layer knows about.
-pub mod scopes {
-    pub const READ: &str = "operator.read";
-    pub const WRITE: &str = "operator.write";
-    pub const ADMIN: &str = "operator.admin";
-}
-
 /// One frame, discriminated by `type`.
 #[derive(Debug, Clone, Serialize, Deserialize)]
 #[serde(tag = "type", rename_all = "lowercase")]
 pub enum Frame {
     Req(RequestFrame),
-    Res(ResponseFrame),
+    // Boxed: an error response is several times the size of the other frames.
+    Res(Box<ResponseFrame>),
     Event(EventFrame),
 }
 
@@ -92,7 +91,7 @@ pub struct ErrorShape {
     pub code: String,
     pub message: String,
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub details: Option<Value>,
+    pub details: Option<ErrorDetails>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub retryable: Option<bool>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -110,33 +109,35 @@ impl ErrorShape {
         }
     }
 
-    pub fn with_details(mut self, details: Value) -> ErrorShape {
+    pub fn with_details(mut self, details: ErrorDetails) -> ErrorShape {
         self.details = Some(details);
         self
     }
 
     /// `details.code`, if any.
     pub fn detail_code(&self) -> Option<&str> {
-        self.details.as_ref()?.get("code")?.as_str()
+        self.details.as_ref()?.code.as_deref()
     }
 
     /// `protocol mismatch` for a client range that does not contain a served version.
     pub fn protocol_mismatch(client_min: u32, client_max: u32) -> ErrorShape {
-        ErrorShape::new(codes::INVALID_REQUEST, "protocol mismatch").with_details(
-            serde_json::json!({
-                "code": "PROTOCOL_MISMATCH",
-                "clientMinProtocol": client_min,
-                "clientMaxProtocol": client_max,
-                "expectedProtocol": MAX_PROTOCOL,
-                "minimumProbeProtocol": MIN_PROTOCOL,
-            }),
-        )
+        ErrorShape::new(codes::INVALID_REQUEST, "protocol mismatch").with_details(ErrorDetails {
+            client_min_protocol: Some(client_min),
+            client_max_protocol: Some(client_max),
+            expected_protocol: Some(MAX_PROTOCOL),
+            minimum_probe_protocol: Some(MIN_PROTOCOL),
+            ..ErrorDetails::code("PROTOCOL_MISMATCH")
+        })
     }
 
     /// `FORBIDDEN` for a method whose scope the connection lacks.
-    pub fn missing_scope(scope: &str) -> ErrorShape {
+    pub fn missing_scope(scope: &'static str) -> ErrorShape {
         ErrorShape::new(codes::FORBIDDEN, format!("missing scope: {scope}")).with_details(
-            serde_json::json!({"code": "MISSING_SCOPE", "missingScope": scope, "requiredScopes": [scope]}),
+            ErrorDetails {
+                missing_scope: Some(Cow::Borrowed(scope)),
+                required_scopes: Some(vec![Cow::Borrowed(scope)]),
+                ..ErrorDetails::code("MISSING_SCOPE")
+            },
         )
     }
 }
@@ -196,13 +197,12 @@ impl AuthFailure {
             ),
         };
         let can_retry = matches!(self, AuthFailure::TokenMismatch) && has_device;
-        let mut e =
-            ErrorShape::new(codes::INVALID_REQUEST, message).with_details(serde_json::json!({
-                "code": code,
-                "authReason": reason,
-                "canRetryWithDeviceToken": can_retry,
-                "recommendedNextStep": next,
-            }));
+        let mut e = ErrorShape::new(codes::INVALID_REQUEST, message).with_details(ErrorDetails {
+            auth_reason: Some(Cow::Borrowed(reason)),
+            can_retry_with_device_token: Some(can_retry),
+            recommended_next_step: Some(Cow::Borrowed(next)),
+            ..ErrorDetails::code(code)
+        });
         if let AuthFailure::RateLimited { retry_after_ms } = self {
             e.retryable = Some(true);
             e.retry_after_ms = Some(retry_after_ms);
@@ -289,32 +289,177 @@ pub fn negotiate(client_min: u32, client_max: u32) -> Option<u32> {
     (hi >= client_min.max(MIN_PROTOCOL)).then_some(hi)
 }
 
-/// Builds a `connect.challenge` event.
-pub fn challenge(nonce: &str, ts_ms: u64) -> Frame {
-    Frame::Event(EventFrame {
-        event: "connect.challenge".into(),
-        payload: Some(serde_json::json!({"nonce": nonce, "ts": ts_ms})),
-        seq: None,
+/// The JSON text of a `connect.challenge` event.
+pub fn challenge_text(nonce: &str, ts_ms: u64) -> String {
+    event_text(
+        "connect.challenge",
+        &Challenge {
+            nonce: nonce.to_owned(),
+            ts: ts_ms,
+        },
+        None,
+    )
+}
+
+/// A frame as received, parsed once: the discriminator, and for a request its id, method and
+/// params left as raw JSON until the method says what they are.
+#[derive(Debug, Deserialize)]
+pub struct Incoming<'a> {
+    #[serde(rename = "type", borrow)]
+    pub kind: Cow<'a, str>,
+    #[serde(default, borrow)]
+    pub id: Option<Cow<'a, str>>,
+    #[serde(default, borrow)]
+    pub method: Option<Cow<'a, str>>,
+    #[serde(default, borrow)]
+    pub params: Option<&'a RawValue>,
+}
+
+/// An incoming request: a frame of type `req` with an id and a method.
+#[derive(Debug)]
+pub struct IncomingRequest<'a> {
+    pub id: Cow<'a, str>,
+    pub method: Cow<'a, str>,
+    pub params: Option<&'a RawValue>,
+}
+
+/// Why an incoming text is not a request.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum NotARequest {
+    /// Not JSON at all.
+    NotJson,
+    /// JSON, but not a request frame (a response, an event, a malformed frame).
+    NotRequest,
+}
+
+/// Parses a frame from a peer, keeping only what a server needs of a request.
+pub fn parse_request(text: &str) -> Result<IncomingRequest<'_>, NotARequest> {
+    match serde_json::from_str::<Incoming<'_>>(text) {
+        Ok(Incoming {
+            kind,
+            id: Some(id),
+            method: Some(method),
+            params,
+        }) if kind == "req" => Ok(IncomingRequest { id, method, params }),
+        Ok(_) => Err(NotARequest::NotRequest),
+        // Only on this error path is the text looked at twice.
+        Err(_) if serde_json::from_str::<serde::de::IgnoredAny>(text).is_ok() => {
+            Err(NotARequest::NotRequest)
+        }
+        Err(_) => Err(NotARequest::NotJson),
+    }
+}
+
+/// Parses `params` (absent = `null`) into `T`. The error names what is wrong but never echoes a
+/// value (a credential sent in the wrong place must not come back or reach a log).
+pub fn parse_params<'a, T: Deserialize<'a>>(params: Option<&'a RawValue>) -> Result<T, String> {
+    let text = params.map_or("null", RawValue::get);
+    serde_json::from_str(text).map_err(|e| without_values(&e.to_string()))
+}
+
+/// serde quotes offending *values*, strings in double quotes (`invalid type: string "…"`) and
+/// numbers, booleans and other values in backticks (`` invalid type: integer `123` ``); both are
+/// replaced by `…`. Only a field name after `missing field` is kept: it comes from our schema.
+pub fn without_values(message: &str) -> String {
+    let mut out = String::with_capacity(message.len());
+    let mut rest = message;
+    while let Some(start) = rest.find(['"', '`']) {
+        let quote = rest.as_bytes()[start] as char;
+        let (before, after) = rest.split_at(start);
+        out.push_str(before);
+        let after = &after[1..];
+        let end = after.find(quote).unwrap_or(after.len());
+        if before.ends_with("missing field ") {
+            out.push(quote);
+            out.push_str(&after[..end]);
+            out.push(quote);
+        } else {
+            out.push(quote);
+            out.push('…');
+            out.push(quote);
+        }
+        rest = after.get(end + 1..).unwrap_or("");
+    }
+    out.push_str(rest);
+    out
+}
+
+/// A response frame with a typed payload, serialized without an intermediate JSON tree.
+#[derive(Serialize)]
+struct OutResponse<'a, T> {
+    #[serde(rename = "type")]
+    kind: &'static str,
+    id: &'a str,
+    ok: bool,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    payload: Option<&'a T>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    error: Option<&'a ErrorShape>,
+}
+
+/// An event frame with a typed payload.
+#[derive(Serialize)]
+struct OutEvent<'a, T> {
+    #[serde(rename = "type")]
+    kind: &'static str,
+    event: &'a str,
+    payload: &'a T,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    seq: Option<u64>,
+}
+
+/// The JSON text of a successful response carrying `payload`.
+pub fn ok_text<T: Serialize>(id: &str, payload: &T) -> String {
+    serde_json::to_string(&OutResponse {
+        kind: "res",
+        id,
+        ok: true,
+        payload: Some(payload),
+        error: None,
     })
+    .expect("payloads serialize")
+}
+
+/// The JSON text of a failed response.
+pub fn err_text(id: &str, error: &ErrorShape) -> String {
+    serde_json::to_string(&OutResponse::<()> {
+        kind: "res",
+        id,
+        ok: false,
+        payload: None,
+        error: Some(error),
+    })
+    .expect("errors serialize")
+}
+
+/// The JSON text of an event frame carrying `payload`.
+pub fn event_text<T: Serialize>(event: &str, payload: &T, seq: Option<u64>) -> String {
+    serde_json::to_string(&OutEvent {
+        kind: "event",
+        event,
+        payload,
+        seq,
+    })
+    .expect("payloads serialize")
 }
 
 impl Frame {
     pub fn ok(id: &str, payload: Value) -> Frame {
-        Frame::Res(ResponseFrame {
+        Frame::Res(Box::new(ResponseFrame {
             id: id.to_owned(),
             ok: true,
             payload: Some(payload),
             error: None,
-        })
+        }))
     }
 
     pub fn err(id: &str, error: ErrorShape) -> Frame {
-        Frame::Res(ResponseFrame {
+        Frame::Res(Box::new(ResponseFrame {
             id: id.to_owned(),
             ok: false,
             payload: None,
             error: Some(error),
-        })
+        }))
     }
 
     pub fn event(event: &str, payload: Value, seq: Option<u64>) -> Frame {
@@ -364,7 +509,7 @@ mod tests {
         let e = AuthFailure::TokenMismatch.error(false);
         assert_eq!(e.code, "INVALID_REQUEST");
         assert_eq!(e.detail_code(), Some("AUTH_TOKEN_MISMATCH"));
-        let d = e.details.unwrap();
+        let d = serde_json::to_value(e.details.unwrap()).unwrap();
         assert_eq!(d["recommendedNextStep"], "update_auth_credentials");
         assert_eq!(d["canRetryWithDeviceToken"], false);
         let r = AuthFailure::RateLimited {
@@ -374,5 +519,81 @@ mod tests {
         assert_eq!(r.retry_after_ms, Some(5000));
         let text = Frame::err("1", r).to_text();
         assert!(text.contains("\"retryAfterMs\":5000"), "{text}");
+    }
+
+    #[test]
+    fn quoted_values_are_dropped_from_param_errors() {
+        let e = serde_json::from_str::<ConnectParams>(
+            r#"{"minProtocol":4,"maxProtocol":4,"client":{"id":"cli"},"auth":"secret-in-wrong-place"}"#,
+        )
+        .unwrap_err()
+        .to_string();
+        assert!(
+            e.contains("secret-in-wrong-place"),
+            "premise: serde echoes values: {e}"
+        );
+        let clean = without_values(&e);
+        assert!(!clean.contains("secret-in-wrong-place"), "{clean}");
+        assert!(clean.starts_with("invalid type: string \"…\""), "{clean}");
+    }
+
+    #[test]
+    fn numeric_values_are_dropped_from_param_errors_and_field_names_kept() {
+        let raw = RawValue::from_string(
+            r#"{"minProtocol":4,"maxProtocol":4,"client":{"id":"cli"},"auth":{"password":987654321}}"#
+                .into(),
+        )
+        .unwrap();
+        let e = parse_params::<ConnectParams>(Some(&raw)).unwrap_err();
+        assert!(!e.contains("987654321"), "{e}");
+        assert!(e.starts_with("invalid type: integer `…`"), "{e}");
+        let e = parse_params::<ConnectParams>(None).unwrap_err();
+        assert!(e.contains("null"), "{e}");
+        let raw = RawValue::from_string(r#"{"minProtocol":4}"#.into()).unwrap();
+        let e = parse_params::<ConnectParams>(Some(&raw)).unwrap_err();
+        assert!(e.starts_with("missing field `maxProtocol`"), "{e}");
+    }
+
+    #[test]
+    fn requests_parse_once_and_other_frames_are_told_apart() {
+        let r = parse_request(r#"{"type":"req","id":"1","method":"health"}"#).unwrap();
+        assert_eq!(
+            (&*r.id, &*r.method, r.params.is_none()),
+            ("1", "health", true)
+        );
+        let r =
+            parse_request(r#"{"type":"req","id":"2","method":"m","params":{"a":[1]}}"#).unwrap();
+        assert_eq!(r.params.unwrap().get(), r#"{"a":[1]}"#);
+        assert_eq!(
+            parse_request(r#"{"type":"res","id":"1","ok":true}"#).unwrap_err(),
+            NotARequest::NotRequest
+        );
+        assert_eq!(
+            parse_request(r#"{"type":"req","id":1,"method":"x"}"#).unwrap_err(),
+            NotARequest::NotRequest
+        );
+        assert_eq!(
+            parse_request("{not json").unwrap_err(),
+            NotARequest::NotJson
+        );
+    }
+
+    #[test]
+    fn typed_frames_match_the_frame_types() {
+        let text = ok_text("7", &serde_json::json!({"a": 1}));
+        let Frame::Res(r) = serde_json::from_str::<Frame>(&text).unwrap() else {
+            panic!("{text}")
+        };
+        assert!(r.ok && r.id == "7" && r.payload.unwrap()["a"] == 1);
+        let text = err_text("8", &ErrorShape::missing_scope(crate::scopes::READ));
+        let Frame::Res(r) = serde_json::from_str::<Frame>(&text).unwrap() else {
+            panic!("{text}")
+        };
+        assert_eq!(r.error.unwrap().detail_code(), Some("MISSING_SCOPE"));
+        let text = challenge_text("n", 5);
+        assert_eq!(
+            text,
+            r#"{"type":"event","event":"connect.challenge","payload":{"nonce":"n","ts":5}}"#
+        );
     }
 }

@@ -2,7 +2,10 @@
 //! error shapes and close codes (see the shared design `openclaw-protocol.md` and its appendix,
 //! which records what OpenClaw 2026.9.6 really sends).
 
+pub mod device_auth;
 pub mod frames;
+pub mod payloads;
+pub mod scopes;
 
 pub use frames::*;
-pub mod device_auth;
+pub use payloads::*;

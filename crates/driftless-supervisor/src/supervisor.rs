@@ -117,6 +117,9 @@ impl Supervisor {
         backstop.tick().await;
         loop {
             let event = tokio::select! {
+                // A stop request wins over anything that is ready at the same time (a due
+                // respawn would otherwise start a child only to kill it at once).
+                biased;
                 _ = shutdown.wait_for(|s| *s) => Event::Shutdown,
                 req = requests.recv() => match req {
                     Some(r) => Event::Request(r),
@@ -207,6 +210,11 @@ impl Supervisor {
                 self.update(|st| st.state = State::Stopping);
                 let status = old.stop(self.opts.grace).await;
                 self.record_exit(status.as_ref());
+                if stop_requested(shutdown) {
+                    // SIGTERM arrived while the old child was stopping: that child's code is
+                    // the one to exit with, not the code of a replacement killed as it starts.
+                    return (false, false);
+                }
                 match self.spawn_child() {
                     Ok(running) => {
                         tracing::info!(
@@ -324,6 +332,10 @@ impl Supervisor {
             }
             // The last good values are still the best the child can get.
             Err(msg) => self.report_error(msg),
+        }
+        if stop_requested(shutdown) {
+            // Stopped while backing off: exit with the crashed child's code (see `shut_down`).
+            return;
         }
         match self.spawn_child() {
             Ok(running) => {
@@ -490,6 +502,11 @@ async fn resolve(
     .unwrap_or_else(|e| Err(format!("secret resolution failed internally: {e}")))
 }
 
+/// Whether SIGTERM/SIGINT has asked the supervisor to stop (checked before every spawn).
+fn stop_requested(shutdown: &watch::Receiver<bool>) -> bool {
+    *shutdown.borrow()
+}
+
 async fn wait_child(child: &mut Option<Running>) -> std::io::Result<ExitStatus> {
     match child {
         Some(c) => c.wait().await,
@@ -501,5 +518,107 @@ async fn until(at: Option<Instant>) {
     match at {
         Some(at) => sleep_until(at).await,
         None => std::future::pending().await,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::spec::ControlAddr;
+
+    /// A child that needs a moment to stop: on SIGTERM it sleeps, then exits 5. It creates
+    /// `marker` once its trap is set. (`sh` runs a trap between commands, so the loop's short
+    /// sleeps keep it responsive.)
+    fn slow_to_stop(marker: &std::path::Path) -> String {
+        format!(
+            "trap 'sleep 0.5; exit 5' TERM; : > '{}'; while :; do sleep 0.02; done",
+            marker.display()
+        )
+    }
+
+    fn options(secret: &std::path::Path, marker: &std::path::Path) -> Options {
+        let input = spec::parse_secret_input("SECRET", &format!("file:{}", secret.display()))
+            .expect("a file reference");
+        Options {
+            env: vec![("SECRET".into(), input)],
+            reload: ReloadMode::Restart,
+            ready: None,
+            control: ControlAddr::Unix(secret.with_extension("sock")),
+            control_token: None,
+            command: vec!["/bin/sh".into(), "-c".into(), slow_to_stop(marker)],
+            grace: Duration::from_secs(5),
+            debounce: Duration::from_millis(50),
+            // Only the explicit re-check below may restart the child.
+            recheck: Duration::from_secs(3600),
+            ready_timeout: Duration::from_secs(1),
+            backoff_min: Duration::from_millis(10),
+            backoff_max: Duration::from_millis(10),
+        }
+    }
+
+    async fn wait_for_state(status: &Mutex<Status>, want: State) {
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while status.lock().unwrap().state != want {
+            assert!(Instant::now() < deadline, "never reached {want:?}");
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
+    }
+
+    /// Regression: a SIGTERM that arrives while a restart is stopping the old child used to
+    /// spawn the replacement anyway and then kill it as it started, so the supervisor exited
+    /// with whatever that half-started child died of (143 if before its handlers, or a crash
+    /// code) instead of the code of the child that was running when the stop was asked for.
+    #[tokio::test]
+    async fn a_stop_during_a_restart_exits_with_the_stopped_childs_code_and_spawns_nothing() {
+        let dir = tempfile::tempdir().unwrap();
+        let secret = dir.path().join("secret");
+        let write = |v: &str| {
+            std::fs::write(&secret, v).unwrap();
+            std::fs::set_permissions(&secret, std::os::unix::fs::PermissionsExt::from_mode(0o600))
+                .unwrap();
+        };
+        write("canary-restart-race-first");
+        let status = Arc::new(Mutex::new(Status::default()));
+        let env = Env::from_pairs([("PATH", "/usr/bin:/bin")]);
+        let marker = dir.path().join("trap-set");
+        let sup = Supervisor::start(
+            options(&secret, &marker),
+            env,
+            dir.path().into(),
+            status.clone(),
+        )
+        .await
+        .unwrap();
+        let (_requests_tx, requests) = mpsc::channel(1);
+        let (shutdown_tx, shutdown) = watch::channel(false);
+        let recheck_now = Arc::new(Notify::new());
+        let run = sup.run(requests, shutdown, recheck_now.clone());
+        let drive = async {
+            wait_for_state(&status, State::Running).await;
+            let deadline = Instant::now() + Duration::from_secs(10);
+            while !marker.exists() {
+                assert!(Instant::now() < deadline, "the child never set its trap");
+                tokio::time::sleep(Duration::from_millis(5)).await;
+            }
+            // A changed secret: the re-check restarts the child, which takes 0.5 s to stop...
+            write("canary-restart-race-second");
+            recheck_now.notify_one();
+            wait_for_state(&status, State::Stopping).await;
+            // ...and the stop request lands in the middle of it.
+            shutdown_tx.send(true).unwrap();
+        };
+        // The supervisor's future is not `Send` (it runs under `block_on`): drive both here.
+        let (code, ()) =
+            tokio::time::timeout(Duration::from_secs(20), async { tokio::join!(run, drive) })
+                .await
+                .expect("the supervisor stops");
+        let code = code.unwrap();
+        let st = status.lock().unwrap().clone();
+        assert_eq!(
+            st.spawns, 1,
+            "no replacement is started after the stop request"
+        );
+        assert_eq!(code, 5, "the code of the child that was running");
+        assert_eq!(st.state, State::Stopped);
     }
 }

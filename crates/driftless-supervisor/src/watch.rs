@@ -7,7 +7,7 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
 use driftless_core::{Env, SecretInput};
-use notify::{EventKind, RecommendedWatcher, RecursiveMode, Watcher};
+use notify::{RecommendedWatcher, RecursiveMode, Watcher};
 use tokio::sync::Notify;
 
 /// The parent directories of file sources, watched non-recursively. The *directory* is watched,
@@ -18,12 +18,12 @@ pub struct SourceWatcher {
 }
 
 impl SourceWatcher {
-    /// A watcher that wakes `touched` on any change in a watched directory. If the platform
+    /// A watcher that wakes `touched` on any change in a watched directory (not on reads). If the platform
     /// watcher cannot start, the periodic re-resolve still catches every change.
     pub fn new(touched: Arc<Notify>) -> SourceWatcher {
         let watcher = notify::recommended_watcher(move |res: notify::Result<notify::Event>| {
             if let Ok(ev) = res
-                && !matches!(ev.kind, EventKind::Access(_))
+                && driftless_core::watch::may_change_source(&ev.kind)
             {
                 touched.notify_one();
             }

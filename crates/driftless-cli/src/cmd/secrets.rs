@@ -77,6 +77,13 @@ fn migrate(ctx: &Ctx, secret: Option<&str>, to_env: Option<String>, json: bool) 
                 m.reference,
                 m.backup.display()
             );
+            if let Some(t) = &m.config_symlink_target {
+                say!(
+                    "{} is a symlink; its target {} was updated and the link kept",
+                    ctx.config_path.display(),
+                    t.display()
+                );
+            }
         }
     }
     Ok(OK)

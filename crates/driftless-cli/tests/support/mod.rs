@@ -1,4 +1,4 @@
-//! Shared helpers for end-to-end tests: a temp HOME with config and token file, the real
+//! Shared helpers for end-to-end tests: the private home every test runs in ([`home`]), the real
 //! `driftless` binary spawned as a gateway on an ephemeral loopback port, and a raw WS client.
 #![allow(dead_code)] // each test file uses a different subset
 
@@ -12,100 +12,14 @@ use std::time::{Duration, Instant};
 use driftless_client::wire::{Incoming, OpenOptions, Wire, WireError};
 use serde_json::{Value, json};
 
-pub const BIN: &str = env!("CARGO_BIN_EXE_driftless");
+pub mod home;
+#[allow(unused_imports)] // each test file uses a different subset
+pub use home::{BIN, Home, Run, write_file, write_secret};
 
 /// The gateway token of most tests. It must never appear in a log or a response.
 pub const CANARY: &str = "canary-gw-token-5b1f0c9e7d3a";
 /// A wrong token tests present. It must never appear in a log or a response either.
 pub const WRONG_CANARY: &str = "canary-wrong-guess-8e2d4a6c";
-
-/// A temp HOME with XDG dirs, a config file and (usually) a token file.
-pub struct Home {
-    pub dir: tempfile::TempDir,
-}
-
-impl Home {
-    pub fn new() -> Home {
-        Home {
-            dir: tempfile::tempdir().unwrap(),
-        }
-    }
-
-    pub fn path(&self) -> &Path {
-        self.dir.path()
-    }
-
-    pub fn config_path(&self) -> PathBuf {
-        self.path().join("cfg/driftless/config.toml")
-    }
-
-    pub fn write_config(&self, text: &str) {
-        let p = self.config_path();
-        std::fs::create_dir_all(p.parent().unwrap()).unwrap();
-        std::fs::write(&p, text).unwrap();
-        std::fs::set_permissions(&p, std::fs::Permissions::from_mode(0o600)).unwrap();
-    }
-
-    /// A config on port 0 whose token is the file `secrets/token` holding `token`, plus `extra`
-    /// TOML appended to `[gateway.auth]`.
-    pub fn token_config(&self, token: &str, extra_auth: &str) -> PathBuf {
-        let tok = self.path().join("secrets/token");
-        write_secret(&tok, token);
-        self.write_config(&format!(
-            "[gateway]\nbind = \"127.0.0.1\"\nport = 0\n[gateway.auth]\nmode = \"token\"\ntoken = {{ source = \"file\", path = {:?} }}\n{extra_auth}\n",
-            tok.to_str().unwrap()
-        ));
-        tok
-    }
-
-    /// The base environment of a spawned `driftless` (nothing inherited but PATH).
-    pub fn command(&self) -> Command {
-        let mut c = Command::new(BIN);
-        c.env_clear()
-            .env("PATH", "/usr/bin:/bin")
-            .env("HOME", self.path())
-            .env("XDG_CONFIG_HOME", self.path().join("cfg"))
-            .env("XDG_STATE_HOME", self.path().join("state"))
-            .env("DRIFTLESS_LOG", "debug")
-            .env("NO_COLOR", "1");
-        c
-    }
-
-    /// Runs `driftless args…` to completion (bounded) and returns (status, stdout, stderr).
-    pub fn run(&self, args: &[&str]) -> (ExitStatus, String, String) {
-        let mut child = self
-            .command()
-            .args(args)
-            .stdout(Stdio::piped())
-            .stderr(Stdio::piped())
-            .spawn()
-            .unwrap();
-        let deadline = Instant::now() + Duration::from_secs(30);
-        loop {
-            if child.try_wait().unwrap().is_some() {
-                break;
-            }
-            assert!(
-                Instant::now() < deadline,
-                "driftless {args:?} did not finish"
-            );
-            std::thread::sleep(Duration::from_millis(20));
-        }
-        let out = child.wait_with_output().unwrap();
-        (
-            out.status,
-            String::from_utf8_lossy(&out.stdout).into_owned(),
-            String::from_utf8_lossy(&out.stderr).into_owned(),
-        )
-    }
-}
-
-/// Writes a 0600 secret file in place.
-pub fn write_secret(path: &Path, value: &str) {
-    std::fs::create_dir_all(path.parent().unwrap()).unwrap();
-    std::fs::write(path, format!("{value}\n")).unwrap();
-    std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o600)).unwrap();
-}
 
 /// Replaces `path` atomically: write a sibling temp file, then rename it over.
 pub fn replace_by_rename(path: &Path, content: &str) {
@@ -466,4 +380,36 @@ where
         }
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
+}
+
+/// A loopback port that is free now and outside the kernel's ephemeral range, for a server
+/// that is restarted on the same port: between its exit and its successor's bind, an outgoing
+/// connection anywhere on the machine may take any ephemeral port as its source (seen once under
+/// a loaded suite run as the restarted child failing to bind, exit 1), but never one below the
+/// range. Another test could still pick the same port; the random start makes that unlikely.
+pub fn stable_port() -> u16 {
+    let range =
+        std::fs::read_to_string("/proc/sys/net/ipv4/ip_local_port_range").unwrap_or_default();
+    let low: u16 = range
+        .split_whitespace()
+        .next()
+        .and_then(|l| l.parse().ok())
+        .unwrap_or(32768);
+    // Below the ephemeral range and above the well-known and common service ports.
+    let first = 20000u16;
+    if low <= first + 1000 {
+        // A machine whose ephemeral range starts low: no such ports to pick from.
+        return free_port();
+    }
+    let last = low - 1;
+    let span = u32::from(last - first) + 1;
+    let seed = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .subsec_nanos()
+        ^ std::process::id().wrapping_mul(2_654_435_761);
+    (0..span)
+        .map(|i| first + ((seed.wrapping_add(i) % span) as u16))
+        .find(|p| std::net::TcpListener::bind(("127.0.0.1", *p)).is_ok())
+        .expect("a free loopback port below the ephemeral range")
 }

@@ -1,12 +1,13 @@
 //! `device.pair.list|approve|reject|remove` and `device.token.rotate|revoke`.
 
-use serde_json::{Value, json};
+use driftless_protocol::payloads::{
+    DevicePairApproved, DevicePairList, DevicePairRejected, DevicePairRemoved, DeviceTokenRevoked,
+    DeviceTokenRotated,
+};
+use driftless_protocol::scopes::{ADMIN as ADMIN_SCOPE, PAIRING as PAIRING_SCOPE};
+use serde_json::Value;
 
 use super::{DeviceStore, PairingEvent, StoreError, normalize_scopes, scopes_allow};
-
-/// The scope every device method needs.
-pub const PAIRING_SCOPE: &str = "operator.pairing";
-const ADMIN_SCOPE: &str = "operator.admin";
 
 /// Whether `method` is one of ours.
 pub fn is_device_method(method: &str) -> bool {
@@ -83,7 +84,7 @@ impl MethodError {
             StoreError::UnknownRequest | StoreError::UnknownDevice => {
                 MethodError::invalid(e.to_string())
             }
-            StoreError::Sqlite { .. } | StoreError::TokenKey(_) => {
+            StoreError::Sqlite { .. } | StoreError::TokenKey(_) | StoreError::Task(_) => {
                 tracing::error!(error = %e, "device store failed");
                 MethodError {
                     code: "UNAVAILABLE",
@@ -112,6 +113,10 @@ fn scopes_param(params: &Value) -> Result<Option<Vec<String>>, MethodError> {
     }
 }
 
+fn to_value(payload: impl serde::Serialize) -> Value {
+    serde_json::to_value(payload).expect("device results serialize")
+}
+
 /// Runs a device method. Returns the result payload, the sessions to close and the pairing event
 /// to announce.
 pub fn handle(
@@ -128,11 +133,7 @@ pub fn handle(
     match method {
         "device.pair.list" => {
             let (pending, paired) = store.list(now_ms).map_err(s)?;
-            Ok((
-                json!({ "pending": pending, "paired": paired }),
-                vec![],
-                None,
-            ))
+            Ok((to_value(DevicePairList { pending, paired }), vec![], None))
         }
         "device.pair.approve" => {
             let id = str_param(params, "requestId")?;
@@ -154,7 +155,10 @@ pub fn handle(
                 ts: now_ms,
             };
             Ok((
-                json!({ "requestId": id, "device": device }),
+                to_value(DevicePairApproved {
+                    request_id: id.to_owned(),
+                    device,
+                }),
                 vec![],
                 Some(event),
             ))
@@ -163,7 +167,10 @@ pub fn handle(
             let id = str_param(params, "requestId")?;
             let req = store.reject(id, &caller.label, now_ms).map_err(s)?;
             Ok((
-                json!({ "requestId": id, "deviceId": req.device_id }),
+                to_value(DevicePairRejected {
+                    request_id: id.to_owned(),
+                    device_id: req.device_id.clone(),
+                }),
                 vec![],
                 Some(PairingEvent::Resolved {
                     request_id: id.to_owned(),
@@ -182,7 +189,10 @@ pub fn handle(
                 return Err(MethodError::invalid("unknown deviceId"));
             }
             Ok((
-                json!({ "deviceId": device_id, "removed": true }),
+                to_value(DevicePairRemoved {
+                    device_id: device_id.to_owned(),
+                    removed: true,
+                }),
                 vec![Disconnect {
                     device_id: device_id.to_owned(),
                     role: None,
@@ -224,16 +234,18 @@ pub fn handle(
                     now_ms,
                 )
                 .map_err(s)?;
-            let mut out = json!({
-                "deviceId": device_id, "role": role, "scopes": issued.scopes,
-                "rotatedAtMs": issued.issued_at_ms, "fingerprint": issued.token.fingerprint(),
-            });
-            // The new token goes only to the device it belongs to.
-            if caller.device_id.as_deref() == Some(device_id) {
-                out["token"] = json!(issued.token.expose());
-            }
+            let out = DeviceTokenRotated {
+                device_id: device_id.to_owned(),
+                role: role.to_owned(),
+                // The new token goes only to the device it belongs to.
+                token: (caller.device_id.as_deref() == Some(device_id))
+                    .then(|| issued.token.expose().to_owned()),
+                scopes: issued.scopes,
+                rotated_at_ms: issued.issued_at_ms,
+                fingerprint: issued.token.fingerprint().to_string(),
+            };
             Ok((
-                out,
+                to_value(out),
                 vec![Disconnect {
                     device_id: device_id.to_owned(),
                     role: Some(role.to_owned()),
@@ -252,7 +264,11 @@ pub fn handle(
                 .revoke(device_id, role, &caller.label, now_ms)
                 .map_err(s)?;
             Ok((
-                json!({ "deviceId": device_id, "role": role, "revokedAtMs": at }),
+                to_value(DeviceTokenRevoked {
+                    device_id: device_id.to_owned(),
+                    role: role.to_owned(),
+                    revoked_at_ms: at,
+                }),
                 vec![Disconnect {
                     device_id: device_id.to_owned(),
                     role: Some(role.to_owned()),

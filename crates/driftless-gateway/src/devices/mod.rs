@@ -12,19 +12,17 @@
 
 mod methods;
 mod pairing;
-mod scopes;
 mod sqlite;
 mod token_key;
 
-pub use methods::{
-    Caller, Disconnect, MethodError, PAIRING_SCOPE, handle as handle_method, is_device_method,
-};
+pub use driftless_protocol::payloads::{PairedDevice, PendingRequest, TokenSummary};
+pub use driftless_protocol::scopes::{covers_all as scopes_allow, normalize as normalize_scopes};
+pub use methods::{Caller, Disconnect, MethodError, handle as handle_method, is_device_method};
 pub use pairing::{ConnectingDevice, PairingOutcome, on_connect, verify_device_token};
-pub use scopes::{normalize_scopes, scopes_allow};
 pub use sqlite::{AUDIT_KEEP_ROWS, AUDIT_TRIM_EVERY, LAST_USED_COALESCE_MS, SqliteStore};
 pub use token_key::{KeyError, TOKEN_KEY_FILE};
 
-use driftless_core::{Fingerprint, SecretValue};
+use driftless_core::SecretValue;
 
 /// Whether a client at `peer` counts as this machine for silent pairing: one of
 /// `local_addresses` when configured, else any loopback address.
@@ -38,81 +36,6 @@ pub fn is_local(peer: std::net::IpAddr, local_addresses: &[std::net::IpAddr]) ->
 
 /// How long a pairing request waits for approval (`PENDING_TTL_MS`).
 pub const PENDING_TTL_MS: u64 = 5 * 60 * 1000;
-
-/// A paired device.
-#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
-#[serde(rename_all = "camelCase")]
-pub struct PairedDevice {
-    pub device_id: String,
-    /// base64url raw Ed25519 key.
-    pub public_key: String,
-    pub display_name: Option<String>,
-    pub platform: Option<String>,
-    pub device_family: Option<String>,
-    pub client_id: Option<String>,
-    pub client_mode: Option<String>,
-    pub roles: Vec<String>,
-    pub approved_scopes: Vec<String>,
-    pub remote_ip: Option<String>,
-    pub created_at_ms: u64,
-    pub approved_at_ms: u64,
-    pub tokens: Vec<TokenSummary>,
-}
-
-/// A device token as listed: never the token, only its fingerprint.
-#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
-#[serde(rename_all = "camelCase")]
-pub struct TokenSummary {
-    pub role: String,
-    pub scopes: Vec<String>,
-    pub fingerprint: Fingerprint,
-    pub created_at_ms: u64,
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub rotated_at_ms: Option<u64>,
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub revoked_at_ms: Option<u64>,
-    /// Recorded at most once per [`LAST_USED_COALESCE_MS`], so it may lag by up to that much.
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub last_used_at_ms: Option<u64>,
-}
-
-impl PairedDevice {
-    /// Approved roles whose token has not been revoked (a revoked role needs a new approval).
-    pub fn effective_roles(&self) -> Vec<&str> {
-        self.roles
-            .iter()
-            .filter(|r| {
-                !self
-                    .tokens
-                    .iter()
-                    .any(|t| &t.role == *r && t.revoked_at_ms.is_some())
-            })
-            .map(String::as_str)
-            .collect()
-    }
-}
-
-/// A device waiting for approval.
-#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
-#[serde(rename_all = "camelCase")]
-pub struct PendingRequest {
-    pub request_id: String,
-    pub device_id: String,
-    pub public_key: String,
-    pub display_name: Option<String>,
-    pub platform: Option<String>,
-    pub device_family: Option<String>,
-    pub client_id: Option<String>,
-    pub client_mode: Option<String>,
-    pub role: String,
-    pub scopes: Vec<String>,
-    pub remote_ip: Option<String>,
-    pub silent: bool,
-    pub is_repair: bool,
-    /// `not-paired`, `role-upgrade`, `scope-upgrade` or `metadata-upgrade`.
-    pub reason: String,
-    pub ts: u64,
-}
 
 /// A pairing change announced to operators holding `operator.pairing` (OpenClaw's
 /// `device.pair.requested` / `device.pair.resolved`, shared design §3.7).
@@ -134,35 +57,29 @@ impl PairingEvent {
     /// The event name and payload in OpenClaw's shape. Nothing secret: a pending request carries
     /// the device's public key and metadata, and no event carries a token.
     pub fn to_wire(&self) -> (&'static str, serde_json::Value) {
-        use serde_json::json;
+        use driftless_protocol::payloads::{PairRequested, PairResolved};
+        let to_value = |v: Result<serde_json::Value, _>| v.expect("event payloads serialize");
         match self {
-            PairingEvent::Requested(r) => {
-                let mut v = json!({
-                    "requestId": r.request_id,
-                    "deviceId": r.device_id,
-                    "publicKey": r.public_key,
-                    "role": r.role,
-                    "roles": [r.role],
-                    "scopes": r.scopes,
-                    "silent": r.silent,
-                    "isRepair": r.is_repair,
-                    "ts": r.ts,
-                });
-                // OpenClaw leaves absent optional fields out rather than sending null.
-                for (key, value) in [
-                    ("displayName", &r.display_name),
-                    ("platform", &r.platform),
-                    ("deviceFamily", &r.device_family),
-                    ("clientId", &r.client_id),
-                    ("clientMode", &r.client_mode),
-                    ("remoteIp", &r.remote_ip),
-                ] {
-                    if let Some(value) = value {
-                        v[key] = json!(value);
-                    }
-                }
-                ("device.pair.requested", v)
-            }
+            PairingEvent::Requested(r) => (
+                "device.pair.requested",
+                to_value(serde_json::to_value(PairRequested {
+                    request_id: r.request_id.clone(),
+                    device_id: r.device_id.clone(),
+                    public_key: r.public_key.clone(),
+                    role: r.role.clone(),
+                    roles: vec![r.role.clone()],
+                    scopes: r.scopes.clone(),
+                    silent: r.silent,
+                    is_repair: r.is_repair,
+                    ts: r.ts,
+                    display_name: r.display_name.clone(),
+                    platform: r.platform.clone(),
+                    device_family: r.device_family.clone(),
+                    client_id: r.client_id.clone(),
+                    client_mode: r.client_mode.clone(),
+                    remote_ip: r.remote_ip.clone(),
+                })),
+            ),
             PairingEvent::Resolved {
                 request_id,
                 device_id,
@@ -170,12 +87,12 @@ impl PairingEvent {
                 ts,
             } => (
                 "device.pair.resolved",
-                json!({
-                    "requestId": request_id,
-                    "deviceId": device_id,
-                    "decision": if *approved { "approved" } else { "rejected" },
-                    "ts": ts,
-                }),
+                to_value(serde_json::to_value(PairResolved {
+                    request_id: request_id.clone(),
+                    device_id: device_id.clone(),
+                    decision: if *approved { "approved" } else { "rejected" }.into(),
+                    ts: *ts,
+                })),
             ),
         }
     }
@@ -250,6 +167,8 @@ pub enum StoreError {
     UnknownDevice,
     #[error(transparent)]
     TokenKey(#[from] KeyError),
+    #[error("device store task failed: {0}")]
+    Task(String),
 }
 
 /// Storage of paired devices, pending requests, token hashes and the audit trail. Each method is

@@ -325,8 +325,7 @@ fn read_paired(tx: &Connection, device_id: &str) -> rusqlite::Result<Option<Pair
             Ok(TokenSummary {
                 role: r.get(0)?,
                 scopes: unjson(r.get(1)?),
-                fingerprint: serde_json::from_value(serde_json::Value::String(r.get(2)?))
-                    .expect("a string is a fingerprint"),
+                fingerprint: r.get(2)?,
                 created_at_ms: r.get::<_, i64>(3)? as u64,
                 rotated_at_ms: opt(r.get(4)?),
                 revoked_at_ms: opt(r.get(5)?),

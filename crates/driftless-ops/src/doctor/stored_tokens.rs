@@ -20,8 +20,9 @@ use driftless_client::identity::DeviceIdentity;
 use driftless_client::store::{self, StoreError, TokenStore};
 use driftless_core::SecretValue;
 
+use super::check::{Check, Context, DoctorError};
 use crate::backup;
-use crate::doctor::{Action, DoctorError, Row};
+use crate::findings::{Action, Row};
 
 const CHECK: &str = "device-token";
 
@@ -42,6 +43,17 @@ struct Probe {
     role: String,
     token: SecretValue,
     verdict: Verdict,
+}
+
+impl Probe {
+    fn describe(&self) -> String {
+        format!(
+            "stored device token {} for {} (role {})",
+            self.token.fingerprint(),
+            self.url,
+            self.role
+        )
+    }
 }
 
 /// The store and what each gateway said, or `None` when this machine stores no device tokens.
@@ -139,72 +151,69 @@ fn store_error_row(state_dir: &Path, e: &StoreError) -> Row {
     )
 }
 
-/// One row per stored token, or one row saying there is nothing to check.
-pub(crate) fn audit(state_dir: &Path) -> Vec<Row> {
-    let probed = match probe_all(state_dir) {
-        Ok(Some(p)) => p,
-        Ok(None) => return vec![Row::ok(CHECK, "no stored device tokens")],
-        Err(e) => return vec![store_error_row(state_dir, &e)],
-    };
-    if probed.probes.is_empty() {
-        return vec![Row::ok(CHECK, "no stored device tokens")];
-    }
-    probed
-        .probes
-        .into_iter()
-        .map(|p| {
-            let what = format!(
-                "stored device token {} for {} (role {})",
-                p.token.fingerprint(),
-                p.url,
-                p.role
-            );
-            match p.verdict {
-                Verdict::Accepted => Row::ok(CHECK, format!("{what}: the gateway accepts it")),
-                Verdict::Refused => Row::finding(
-                    CHECK,
-                    format!("{what}: the gateway no longer accepts it (device token mismatch)"),
-                    "delete it from the store (backup first); the next connection uses the shared \
-                     credential and is issued a fresh device token",
-                ),
-                Verdict::Inconclusive(why) => Row::skipped(
-                    CHECK,
-                    format!("{what}: not checked, {why}; the token is kept"),
-                ),
-            }
-        })
-        .collect()
-}
+/// `device-token`: each gateway still accepts the device token this machine stored for it.
+pub(crate) struct DeviceTokens;
 
-/// Deletes every stored token its gateway refused. Re-probes first, so a second run finds
-/// nothing to do and changes nothing.
-pub(crate) fn fix(state_dir: &Path, actions: &mut Vec<Action>) -> Result<(), DoctorError> {
-    let Some(Probed { mut store, probes }) = probe_all(state_dir)? else {
-        return Ok(());
-    };
-    let refused: Vec<&Probe> = probes
-        .iter()
-        .filter(|p| matches!(p.verdict, Verdict::Refused))
-        .collect();
-    if refused.is_empty() {
-        return Ok(());
+impl Check for DeviceTokens {
+    /// One row per stored token, or one row saying there is nothing to check.
+    fn audit(&self, cx: &Context) -> Vec<Row> {
+        let state_dir = &cx.doctor.state_dir;
+        let probed = match probe_all(state_dir) {
+            Ok(Some(p)) => p,
+            Ok(None) => return vec![Row::ok(CHECK, "no stored device tokens")],
+            Err(e) => return vec![store_error_row(state_dir, &e)],
+        };
+        if probed.probes.is_empty() {
+            return vec![Row::ok(CHECK, "no stored device tokens")];
+        }
+        probed
+            .probes
+            .into_iter()
+            .map(|p| {
+                let what = p.describe();
+                match p.verdict {
+                    Verdict::Accepted => Row::ok(CHECK, format!("{what}: the gateway accepts it")),
+                    Verdict::Refused => Row::finding(
+                        CHECK,
+                        format!("{what}: the gateway no longer accepts it (device token mismatch)"),
+                        "delete it from the store (backup first); the next connection uses the shared \
+                         credential and is issued a fresh device token",
+                    ),
+                    Verdict::Inconclusive(why) => Row::skipped(
+                        CHECK,
+                        format!("{what}: not checked, {why}; the token is kept"),
+                    ),
+                }
+            })
+            .collect()
     }
-    let path = store::store_path(state_dir);
-    // There is a probe for every stored token: the backup names each by fingerprint only.
-    let values: Vec<&SecretValue> = probes.iter().map(|p| &p.token).collect();
-    let bak = backup::backup(&path, &values)?;
-    for p in refused {
-        store.remove(&p.url, &p.role)?;
-        actions.push(Action {
-            did: format!(
-                "deleted stored device token {} for {} (role {}): the gateway refused it",
-                p.token.fingerprint(),
-                p.url,
-                p.role
-            ),
-            path: Some(path.clone()),
-            backup: Some(bak.clone()),
-        });
+
+    /// Deletes every stored token its gateway refused. Re-probes first, so a second run finds
+    /// nothing to do and changes nothing.
+    fn fix(&self, cx: &Context, actions: &mut Vec<Action>) -> Result<(), DoctorError> {
+        let state_dir = &cx.doctor.state_dir;
+        let Some(Probed { mut store, probes }) = probe_all(state_dir)? else {
+            return Ok(());
+        };
+        let refused: Vec<&Probe> = probes
+            .iter()
+            .filter(|p| matches!(p.verdict, Verdict::Refused))
+            .collect();
+        if refused.is_empty() {
+            return Ok(());
+        }
+        let path = store::store_path(state_dir);
+        // There is a probe for every stored token: the backup names each by fingerprint only.
+        let values: Vec<&SecretValue> = probes.iter().map(|p| &p.token).collect();
+        let bak = backup::backup(&path, &values)?;
+        for p in refused {
+            store.remove(&p.url, &p.role)?;
+            actions.push(Action::changed(
+                format!("deleted {}: the gateway refused it", p.describe()),
+                path.clone(),
+                Some(bak.clone()),
+            ));
+        }
+        Ok(())
     }
-    Ok(())
 }
