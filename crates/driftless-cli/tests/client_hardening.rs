@@ -185,7 +185,7 @@ fn gateway_health_timeout_covers_the_whole_exchange() {
 fn doctors_device_token_probe_ends_against_a_ticking_server() {
     let server = StandIn::start(Peer::NeverHello);
     let home = Home::new();
-    let state = home.path().join("state/driftless");
+    let state = home.state();
     let identity = driftless_client::identity::DeviceIdentity::load_or_create(&state).unwrap();
     let mut store =
         driftless_client::store::TokenStore::load(&state, identity.device_id()).unwrap();
