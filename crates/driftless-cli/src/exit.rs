@@ -35,12 +35,26 @@ impl Failure {
 impl<E: Into<anyhow::Error>> From<E> for Failure {
     fn from(e: E) -> Failure {
         let error = e.into();
+        let session = error
+            .chain()
+            .find_map(|c| c.downcast_ref::<driftless_client::session::SessionError>());
+        let rotation = error
+            .chain()
+            .find_map(|c| c.downcast_ref::<driftless_ops::rotation::RotateError>());
         let client = error
             .chain()
-            .find_map(|c| c.downcast_ref::<driftless_client::connection::ClientError>());
+            .find_map(|c| c.downcast_ref::<driftless_client::connection::ClientError>())
+            .or_else(|| rotation.and_then(|r| r.client()))
+            .or_else(|| session.and_then(|s| s.client()));
         let code = if let Some(c) = client {
             client_code(c)
-        } else if error.chain().any(|c| c.is::<driftless_core::ConfigError>()) {
+        } else if error.chain().any(|c| c.is::<driftless_core::ConfigError>())
+            || rotation.is_some_and(|r| r.is_config())
+            || matches!(
+                session,
+                Some(driftless_client::session::SessionError::Config(_))
+            )
+        {
             CONFIG
         } else {
             FAILURE

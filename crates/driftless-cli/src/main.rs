@@ -1,9 +1,10 @@
 //! `driftless`: the command line. Each command is a thin wrapper around a library function;
 //! exit codes are decided in one place ([`exit`]).
 
+#[macro_use]
+mod output;
 mod cmd;
 mod exit;
-mod output;
 
 use std::path::PathBuf;
 use std::process::ExitCode;

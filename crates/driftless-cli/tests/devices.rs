@@ -194,7 +194,7 @@ async fn ask_to_pair(url: &str, id: &std::sync::Arc<DeviceIdentity>, scopes: &[&
     use driftless_client::connection::{ClientError, ConnectOptions, Credential, connect};
     let mut opts = ConnectOptions::new(url, Credential::Token(SecretValue::new(CANARY.into())));
     opts.device = Some(id.clone());
-    opts.bind_addr = Some("127.0.0.2".parse().unwrap());
+    opts.open.bind_addr = Some("127.0.0.2".parse().unwrap());
     opts.scopes = scopes.iter().map(|s| s.to_string()).collect();
     match connect(&opts).await {
         Err(ClientError::Rejected { error, .. }) => {
@@ -656,7 +656,7 @@ async fn sigkill_during_approvals_leaves_each_device_pending_or_paired() {
         let mut opts =
             ConnectOptions::new(&gw.url, Credential::Token(SecretValue::new(CANARY.into())));
         opts.device = Some(std::sync::Arc::new(id));
-        opts.bind_addr = Some("127.0.0.2".parse().unwrap());
+        opts.open.bind_addr = Some("127.0.0.2".parse().unwrap());
         let Err(ClientError::Rejected { error, .. }) = connect(&opts).await else {
             panic!("expected pairing required")
         };

@@ -6,6 +6,7 @@ mod support;
 use std::io::Write;
 use std::time::Duration;
 
+use driftless_client::wire::{OpenOptions, Wire, WireError};
 use serde_json::json;
 use support::*;
 
@@ -304,7 +305,7 @@ async fn malformed_input_never_crashes_or_stalls() {
 
     // Garbage bytes on the raw socket after the upgrade.
     let mut c = Client::open(&gw.url).await;
-    if let tokio_tungstenite::MaybeTlsStream::Plain(tcp) = c.ws.get_mut() {
+    if let tokio_tungstenite::MaybeTlsStream::Plain(tcp) = c.wire.socket().get_mut() {
         use tokio::io::AsyncWriteExt;
         tcp.write_all(&[0xff, 0x00, 0x13, 0x37, 0xde, 0xad, 0xbe, 0xef, 0x01, 0x02])
             .await
@@ -521,12 +522,11 @@ async fn preauth_socket_budget_per_address() {
     for _ in 0..32 {
         idle.push(Client::open(&gw.url).await);
     }
-    let refused = tokio_tungstenite::connect_async(&gw.url).await;
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(5);
+    let refused = Wire::open(&gw.url, &OpenOptions::default(), deadline).await;
     match refused {
-        Err(tokio_tungstenite::tungstenite::Error::Http(resp)) => {
-            assert_eq!(resp.status().as_u16(), 503)
-        }
-        other => panic!("expected HTTP 503, got {:?}", other.map(|_| ())),
+        Err(WireError::Open { status, .. }) => assert_eq!(status, Some(503)),
+        other => panic!("expected HTTP 503, got {other:?}"),
     }
     // Completing a handshake frees its slot.
     let (res, _) = idle[0].connect(cli_params(Some(CANARY))).await;

@@ -8,13 +8,10 @@ use driftless_protocol::device_auth::SignedFields;
 
 use crate::heal::Issued;
 use crate::identity::DeviceIdentity;
+use crate::wire::{Incoming, OpenOptions, Wire, WireError, display_url};
 use driftless_protocol::{self as proto, ConnectAuth, ErrorShape, Frame};
-use futures_util::{SinkExt, StreamExt};
-use serde_json::{Value, json};
-use tokio::net::TcpStream;
-use tokio_tungstenite::tungstenite::Message;
-use tokio_tungstenite::tungstenite::protocol::CloseFrame;
-use tokio_tungstenite::{MaybeTlsStream, WebSocketStream};
+use serde_json::Value;
+use tokio::time::Instant;
 
 /// The credential to present (chosen by [`crate::credentials::Candidates`]).
 #[derive(Debug, Clone)]
@@ -48,14 +45,23 @@ pub struct ConnectOptions {
     pub scopes: Vec<String>,
     /// `client.mode` (`cli`, `probe`, ...).
     pub mode: String,
+    /// `client.version` (this crate's version unless a tool names itself, like the bench).
+    pub client_version: String,
+    /// `client.deviceFamily` (signed with the device when set).
+    pub device_family: Option<String>,
     pub min_protocol: u32,
     pub max_protocol: u32,
-    /// Bound on every wait (TCP connect, challenge, hello-ok, each response).
+    /// Bound on the whole handshake (TCP connect, upgrade, challenge, hello-ok, retries while the
+    /// gateway says it is starting), and on each later request's whole exchange. Events the
+    /// gateway sends meanwhile do not extend it.
     pub timeout: Duration,
     /// Sign the `connect` with this device identity.
     pub device: Option<std::sync::Arc<DeviceIdentity>>,
-    /// Local address to connect from (tests use a second loopback address as "another host").
-    pub bind_addr: Option<std::net::IpAddr>,
+    /// Local address to connect from, buffer sizes, Nagle (see [`OpenOptions`]).
+    pub open: OpenOptions,
+    /// Wait and retry while the gateway answers `UNAVAILABLE` with `retryAfterMs` (OpenClaw while
+    /// it starts), within `timeout`. The bench turns this off to count such answers.
+    pub retry_unavailable: bool,
 }
 
 impl ConnectOptions {
@@ -66,21 +72,30 @@ impl ConnectOptions {
             role: ROLE.to_owned(),
             scopes: vec![proto::scopes::READ.to_owned()],
             mode: "cli".into(),
+            client_version: env!("CARGO_PKG_VERSION").into(),
+            device_family: None,
             min_protocol: proto::MIN_PROTOCOL,
             max_protocol: proto::MAX_PROTOCOL,
             timeout: Duration::from_secs(10),
             device: None,
-            bind_addr: None,
+            open: OpenOptions::default(),
+            retry_unavailable: true,
         }
     }
 }
 
 #[derive(Debug, thiserror::Error)]
 pub enum ClientError {
+    /// `url` is shown without any `user:password@`.
     #[error(
         "cannot reach the gateway at {url}: {message}; is it running (`driftless gateway run`)?"
     )]
-    Unreachable { url: String, message: String },
+    Unreachable {
+        url: String,
+        message: String,
+        /// The HTTP status of a refused upgrade (503: over the pre-auth budget).
+        http_status: Option<u16>,
+    },
     #[error("the gateway refused the connection: {} ({})", .error.message, .error.detail_code().unwrap_or(&.error.code))]
     Rejected {
         error: ErrorShape,
@@ -120,13 +135,24 @@ impl ClientError {
             _ => false,
         }
     }
-}
 
-type Ws = WebSocketStream<MaybeTlsStream<TcpStream>>;
+    fn from_wire(e: WireError, timeout: Duration) -> ClientError {
+        match e {
+            WireError::Timeout => ClientError::Timeout(timeout),
+            WireError::Closed { code, reason } => ClientError::Closed { code, reason },
+            WireError::Invalid(m) => {
+                ClientError::Protocol(format!("invalid frame from gateway: {m}"))
+            }
+            WireError::Io(m) => ClientError::Protocol(m),
+            // Only `Wire::open` returns this, and `connect` maps it with the URL.
+            WireError::Open { message, .. } => ClientError::Protocol(message),
+        }
+    }
+}
 
 /// An authenticated connection.
 pub struct Connection {
-    ws: Ws,
+    wire: Wire,
     hello: Value,
     next_id: u64,
     timeout: Duration,
@@ -138,111 +164,43 @@ impl std::fmt::Debug for Connection {
     }
 }
 
-async fn next_frame(ws: &mut Ws, timeout: Duration) -> Result<Frame, ClientError> {
-    loop {
-        let msg = tokio::time::timeout(timeout, ws.next())
-            .await
-            .map_err(|_| ClientError::Timeout(timeout))?;
-        match msg {
-            None => {
-                return Err(ClientError::Closed {
-                    code: 1006,
-                    reason: String::new(),
-                });
-            }
-            Some(Err(e)) => return Err(ClientError::Protocol(e.to_string())),
-            Some(Ok(Message::Text(t))) => {
-                return serde_json::from_str(t.as_str()).map_err(|e| {
-                    ClientError::Protocol(format!("invalid frame from gateway: {e}"))
-                });
-            }
-            Some(Ok(Message::Close(c))) => {
-                let (code, reason) = c
-                    .map(|c: CloseFrame| (u16::from(c.code), c.reason.to_string()))
-                    .unwrap_or((1005, String::new()));
-                return Err(ClientError::Closed { code, reason });
-            }
-            Some(Ok(_)) => continue,
-        }
-    }
-}
-
-/// The close code that follows a rejection, if it arrives promptly.
-async fn close_code(ws: &mut Ws) -> Option<u16> {
-    match next_frame(ws, Duration::from_secs(2)).await {
-        Err(ClientError::Closed { code, .. }) => Some(code),
-        _ => None,
-    }
-}
-
 /// The role this client connects as.
 pub const ROLE: &str = "operator";
 
-/// Opens the WebSocket, from `opts.bind_addr` when set.
-async fn open(
-    opts: &ConnectOptions,
-) -> Result<
-    (
-        Ws,
-        tokio_tungstenite::tungstenite::handshake::client::Response,
-    ),
-    String,
-> {
-    let Some(local) = opts.bind_addr else {
-        return tokio_tungstenite::connect_async(&opts.url)
-            .await
-            .map_err(|e| e.to_string());
-    };
-    let uri: tokio_tungstenite::tungstenite::http::Uri =
-        opts.url.parse().map_err(|e| format!("{e}"))?;
-    let host = uri.host().unwrap_or("127.0.0.1").trim_matches(['[', ']']);
-    let port = uri.port_u16().unwrap_or(80);
-    let remote = tokio::net::lookup_host((host, port))
-        .await
-        .map_err(|e| e.to_string())?
-        .next()
-        .ok_or("the gateway host has no address")?;
-    let socket = if remote.is_ipv4() {
-        tokio::net::TcpSocket::new_v4()
-    } else {
-        tokio::net::TcpSocket::new_v6()
+/// How long to wait for the close that follows a refused `connect` (for its code).
+const CLOSE_AFTER_REFUSAL: Duration = Duration::from_secs(2);
+
+/// Connects and completes the handshake, all within `opts.timeout`. While the gateway answers
+/// `UNAVAILABLE` with `retryAfterMs` (starting up), waits that long and tries again, if the wait
+/// still ends before the deadline.
+pub async fn connect(opts: &ConnectOptions) -> Result<Connection, ClientError> {
+    let deadline = Instant::now() + opts.timeout;
+    loop {
+        match connect_once(opts, deadline).await {
+            Err(ClientError::Rejected { error, close })
+                if opts.retry_unavailable && error.code == proto::codes::UNAVAILABLE =>
+            {
+                let wait = error.retry_after_ms.map(Duration::from_millis);
+                match wait {
+                    Some(wait) if Instant::now() + wait < deadline => {
+                        tracing::info!(
+                            url = %display_url(&opts.url),
+                            "the gateway is not ready ({}); retrying in {wait:?}",
+                            error.message
+                        );
+                        tokio::time::sleep(wait).await;
+                    }
+                    _ => return Err(ClientError::Rejected { error, close }),
+                }
+            }
+            other => return other,
+        }
     }
-    .map_err(|e| e.to_string())?;
-    socket
-        .bind(std::net::SocketAddr::new(local, 0))
-        .map_err(|e| format!("cannot bind {local}: {e}"))?;
-    let stream = socket.connect(remote).await.map_err(|e| e.to_string())?;
-    tokio_tungstenite::client_async(&opts.url, MaybeTlsStream::Plain(stream))
-        .await
-        .map_err(|e| e.to_string())
 }
 
-/// Connects and completes the handshake.
-pub async fn connect(opts: &ConnectOptions) -> Result<Connection, ClientError> {
-    let unreachable = |message: String| ClientError::Unreachable {
-        url: opts.url.clone(),
-        message,
-    };
-    let (mut ws, _) = tokio::time::timeout(opts.timeout, open(opts))
-        .await
-        .map_err(|_| unreachable(format!("no answer within {:?}", opts.timeout)))?
-        .map_err(unreachable)?;
-    let challenge = next_frame(&mut ws, opts.timeout).await?;
-    let nonce = match &challenge {
-        Frame::Event(e) if e.event == "connect.challenge" => e
-            .payload
-            .as_ref()
-            .and_then(|p| p.get("nonce"))
-            .and_then(Value::as_str)
-            .filter(|n| !n.trim().is_empty())
-            .map(str::to_owned)
-            .ok_or_else(|| ClientError::Protocol("connect challenge missing nonce".into()))?,
-        other => {
-            return Err(ClientError::Protocol(format!(
-                "expected connect.challenge, got {other:?}"
-            )));
-        }
-    };
+/// The `connect` params for `opts`, signed over `nonce` when a device is set. `auth` is omitted
+/// when there is no credential (OpenClaw refuses `"auth": null` as invalid params).
+pub fn connect_params(opts: &ConnectOptions, nonce: &str) -> proto::ConnectParams {
     let auth = match &opts.credential {
         Credential::Token(t) => Some(ConnectAuth {
             token: Some(t.expose().to_owned()),
@@ -259,58 +217,106 @@ pub async fn connect(opts: &ConnectOptions) -> Result<Connection, ClientError> {
         Credential::None => None,
     };
     let platform = std::env::consts::OS;
-    let mut params = json!({
-        "minProtocol": opts.min_protocol,
-        "maxProtocol": opts.max_protocol,
-        "client": {"id": "cli", "version": env!("CARGO_PKG_VERSION"), "platform": platform, "mode": opts.mode},
-        "caps": [],
-        "auth": auth,
-        "role": opts.role,
-        "scopes": opts.scopes,
-    });
-    if let Some(identity) = &opts.device {
+    let device = opts.device.as_ref().map(|identity| {
         let proof = identity.prove_now(&SignedFields {
-            client_id: "cli",
+            client_id: CLIENT_ID,
             client_mode: &opts.mode,
             role: &opts.role,
             scopes: &opts.scopes,
             signed_at_ms: 0,
             token: opts.credential.signature_token(),
-            nonce: &nonce,
+            nonce,
             platform: Some(platform),
-            device_family: None,
+            device_family: opts.device_family.as_deref(),
         });
-        params["device"] = serde_json::to_value(proof).expect("a proof serializes");
-    }
-    let id = format!("1:{}", uuid::Uuid::new_v4());
-    let req = Frame::Req(proto::RequestFrame {
-        id: id.clone(),
-        method: "connect".into(),
-        params: Some(params),
+        serde_json::to_value(proof).expect("a proof serializes")
     });
-    ws.send(Message::Text(req.to_text().into()))
-        .await
-        .map_err(|e| ClientError::Protocol(e.to_string()))?;
-    loop {
-        match next_frame(&mut ws, opts.timeout).await? {
-            Frame::Res(r) if r.id == id => {
-                if r.ok {
-                    return Ok(Connection {
-                        ws,
-                        hello: r.payload.unwrap_or(Value::Null),
-                        next_id: 2,
-                        timeout: opts.timeout,
-                    });
-                }
-                let error = r.error.unwrap_or_else(|| {
-                    ErrorShape::new(proto::codes::INVALID_REQUEST, "connect failed")
-                });
-                let close = close_code(&mut ws).await;
-                return Err(ClientError::Rejected { error, close });
-            }
-            _ => continue,
-        }
+    proto::ConnectParams {
+        min_protocol: opts.min_protocol,
+        max_protocol: opts.max_protocol,
+        client: proto::ClientInfo {
+            id: CLIENT_ID.into(),
+            version: opts.client_version.clone(),
+            platform: platform.into(),
+            mode: opts.mode.clone(),
+            instance_id: None,
+            display_name: None,
+            device_family: opts.device_family.clone(),
+        },
+        caps: vec![],
+        auth,
+        role: opts.role.clone(),
+        scopes: opts.scopes.clone(),
+        device,
     }
+}
+
+/// `client.id`: OpenClaw accepts only its own list of ids; `cli` is the one for a command line.
+const CLIENT_ID: &str = "cli";
+
+async fn connect_once(opts: &ConnectOptions, deadline: Instant) -> Result<Connection, ClientError> {
+    let wire_err = |e| ClientError::from_wire(e, opts.timeout);
+    let mut wire = Wire::open(&opts.url, &opts.open, deadline)
+        .await
+        .map_err(|e| {
+            let (message, http_status) = match e {
+                WireError::Open { message, status } => (message, status),
+                WireError::Timeout => (format!("no answer within {:?}", opts.timeout), None),
+                other => (other.to_string(), None),
+            };
+            ClientError::Unreachable {
+                url: display_url(&opts.url),
+                message,
+                http_status,
+            }
+        })?;
+    let challenge = wire.recv_frame(deadline).await.map_err(wire_err)?;
+    let nonce = match &challenge {
+        Frame::Event(e) if e.event == "connect.challenge" => e
+            .payload
+            .as_ref()
+            .and_then(|p| p.get("nonce"))
+            .and_then(Value::as_str)
+            .filter(|n| !n.trim().is_empty())
+            .map(str::to_owned)
+            .ok_or_else(|| ClientError::Protocol("connect challenge missing nonce".into()))?,
+        Frame::Event(e) => {
+            return Err(ClientError::Protocol(format!(
+                "expected connect.challenge, got the event {}",
+                e.event
+            )));
+        }
+        _ => {
+            return Err(ClientError::Protocol(
+                "expected connect.challenge, got a response".into(),
+            ));
+        }
+    };
+    let params = serde_json::to_value(connect_params(opts, &nonce)).expect("params serialize");
+    let id = format!("1:{}", uuid::Uuid::new_v4());
+    let r = wire
+        .call(&id, "connect", Some(params), deadline)
+        .await
+        .map_err(wire_err)?;
+    if r.ok {
+        return Ok(Connection {
+            wire,
+            hello: r.payload.unwrap_or(Value::Null),
+            next_id: 2,
+            timeout: opts.timeout,
+        });
+    }
+    let error = r
+        .error
+        .unwrap_or_else(|| ErrorShape::new(proto::codes::INVALID_REQUEST, "connect failed"));
+    let close = match wire
+        .recv(deadline.min(Instant::now() + CLOSE_AFTER_REFUSAL))
+        .await
+    {
+        Ok(Incoming::Closed(code, _)) => Some(code),
+        _ => None,
+    };
+    Err(ClientError::Rejected { error, close })
 }
 
 impl Connection {
@@ -339,7 +345,8 @@ impl Connection {
         })
     }
 
-    /// Sends one request and waits for its response, skipping events.
+    /// Sends one request and waits for its response, skipping events; the whole exchange within
+    /// the connection's timeout.
     pub async fn request(
         &mut self,
         method: &str,
@@ -347,31 +354,21 @@ impl Connection {
     ) -> Result<Value, ClientError> {
         let id = format!("{}:{}", self.next_id, uuid::Uuid::new_v4());
         self.next_id += 1;
-        let req = Frame::Req(proto::RequestFrame {
-            id: id.clone(),
-            method: method.to_owned(),
-            params,
-        });
-        self.ws
-            .send(Message::Text(req.to_text().into()))
+        let deadline = Instant::now() + self.timeout;
+        let r = self
+            .wire
+            .call(&id, method, params, deadline)
             .await
-            .map_err(|e| ClientError::Protocol(e.to_string()))?;
-        loop {
-            match next_frame(&mut self.ws, self.timeout).await? {
-                Frame::Res(r) if r.id == id => {
-                    return if r.ok {
-                        Ok(r.payload.unwrap_or(Value::Null))
-                    } else {
-                        Err(ClientError::Rpc {
-                            method: method.to_owned(),
-                            error: r.error.unwrap_or_else(|| {
-                                ErrorShape::new(proto::codes::INVALID_REQUEST, "request failed")
-                            }),
-                        })
-                    };
-                }
-                _ => continue,
-            }
+            .map_err(|e| ClientError::from_wire(e, self.timeout))?;
+        if r.ok {
+            Ok(r.payload.unwrap_or(Value::Null))
+        } else {
+            Err(ClientError::Rpc {
+                method: method.to_owned(),
+                error: r.error.unwrap_or_else(|| {
+                    ErrorShape::new(proto::codes::INVALID_REQUEST, "request failed")
+                }),
+            })
         }
     }
 
@@ -380,15 +377,26 @@ impl Connection {
         &mut self,
         timeout: Duration,
     ) -> Result<proto::EventFrame, ClientError> {
+        let deadline = Instant::now() + timeout;
         loop {
-            if let Frame::Event(e) = next_frame(&mut self.ws, timeout).await? {
+            if let Frame::Event(e) = self
+                .wire
+                .recv_frame(deadline)
+                .await
+                .map_err(|e| ClientError::from_wire(e, timeout))?
+            {
                 return Ok(e);
             }
         }
     }
 
-    /// Closes politely.
-    pub async fn close(mut self) {
-        let _ = self.ws.close(None).await;
+    /// The open socket, for a caller that holds the session idle (the bench).
+    pub fn into_wire(self) -> Wire {
+        self.wire
+    }
+
+    /// Closes politely: sends the close frame without waiting for the gateway's answer.
+    pub async fn close(self) {
+        self.wire.close(Instant::now()).await;
     }
 }

@@ -98,7 +98,8 @@ impl DeviceIdentity {
         Self::from_key(key)
     }
 
-    fn from_key(key: SigningKey) -> DeviceIdentity {
+    /// An identity for a key held elsewhere (the bench's generated devices); never saved.
+    pub fn from_key(key: SigningKey) -> DeviceIdentity {
         let device_id = device_auth::device_id_of(key.verifying_key().as_bytes());
         DeviceIdentity { key, device_id }
     }

@@ -4,4 +4,6 @@ pub mod connection;
 pub mod credentials;
 pub mod heal;
 pub mod identity;
+pub mod session;
 pub mod store;
+pub mod wire;

@@ -28,12 +28,17 @@ pub enum StoreError {
         "{0:?} is not a gateway URL (expected ws://HOST:PORT or wss://HOST:PORT, e.g. ws://127.0.0.1:18789)"
     )]
     BadUrl(String),
+    #[error(
+        "the gateway URL {0} carries a user name or password, which driftless never sends; remove it from the URL and pass --token or --password"
+    )]
+    UrlCredentials(String),
 }
 
 /// Normalises a gateway URL so one gateway has one key: lower-case scheme and host, explicit
 /// port, no trailing slash; `http(s)` means `ws(s)`, and `localhost` means `127.0.0.1`.
 pub fn normalize_url(url: &str) -> Result<String, StoreError> {
-    let bad = || StoreError::BadUrl(url.to_owned());
+    // Never quote a `user:password@` back: the shown URL drops it.
+    let bad = || StoreError::BadUrl(crate::wire::display_url(url));
     let (scheme, rest) = url.trim().split_once("://").ok_or_else(bad)?;
     let (scheme, default_port) = match scheme.to_ascii_lowercase().as_str() {
         "ws" | "http" => ("ws", 80),
@@ -44,7 +49,10 @@ pub fn normalize_url(url: &str) -> Result<String, StoreError> {
         Some(i) => (&rest[..i], rest[i..].trim_end_matches('/')),
         None => (rest, ""),
     };
-    if authority.contains('@') || authority.is_empty() {
+    if authority.contains('@') {
+        return Err(StoreError::UrlCredentials(crate::wire::display_url(url)));
+    }
+    if authority.is_empty() {
         return Err(bad());
     }
     let (host, port) = if let Some(v6) = authority.strip_prefix('[') {

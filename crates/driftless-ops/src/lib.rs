@@ -14,5 +14,6 @@ pub mod init;
 pub mod migrate;
 pub mod openclaw;
 mod perms;
+pub mod rotation;
 pub mod scan;
 pub mod service;

@@ -21,19 +21,19 @@ pub enum Command {
 
 pub fn run(ctx: &Ctx, cmd: Command) -> CmdResult {
     match cmd {
-        Command::Path => println!("{}", ctx.config_path.display()),
+        Command::Path => say!("{}", ctx.config_path.display()),
         Command::Show { json } => {
             let loaded = Config::load(&ctx.config_path)?;
             if json {
                 output::print_json(&serde_json::to_value(&loaded.config)?);
             } else {
-                println!("# {}", loaded.path.display());
-                print!("{}", toml::to_string(&loaded.config)?);
+                say!("# {}", loaded.path.display());
+                output::print_text(&toml::to_string(&loaded.config)?);
             }
         }
         Command::Validate => {
             Config::load(&ctx.config_path)?;
-            println!("{}: valid", ctx.config_path.display());
+            say!("{}: valid", ctx.config_path.display());
         }
         Command::Schema => output::print_json(&Config::json_schema()),
     }

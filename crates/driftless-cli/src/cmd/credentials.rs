@@ -83,7 +83,7 @@ pub fn run(ctx: &Ctx, cmd: Command) -> CmdResult {
     if json {
         output::print_json(&serde_json::to_value(&report)?);
     } else {
-        println!("{}", driftless_core::redact::redact(&human(&report)));
+        say!("{}", driftless_core::redact::redact(&human(&report)));
     }
     Ok(OK)
 }

@@ -113,13 +113,13 @@ pub fn run(ctx: &Ctx, cmd: Command) -> CmdResult {
             let manager = Manager::for_platform(scope(ctx, &s));
             match service::uninstall(&manager, &ctx.env)? {
                 Some(r) if r.stopped => {
-                    println!("Stopped the service and removed {}.", r.removed.display())
+                    say!("Stopped the service and removed {}.", r.removed.display())
                 }
-                Some(r) => println!(
+                Some(r) => say!(
                     "Removed {}; no service manager answered, so nothing was stopped.",
                     r.removed.display()
                 ),
-                None => println!(
+                None => say!(
                     "Nothing to do: no service definition at {}.",
                     manager.definition_path(&ctx.env).display()
                 ),
@@ -129,7 +129,7 @@ pub fn run(ctx: &Ctx, cmd: Command) -> CmdResult {
         Command::Status { scope: s, json } => status(ctx, &s, json),
         Command::Restart(s) => {
             Manager::for_platform(scope(ctx, &s)).restart()?;
-            println!("Restarted {}.", service::UNIT_NAME);
+            say!("Restarted {}.", service::UNIT_NAME);
             Ok(OK)
         }
         Command::Logs {
@@ -147,7 +147,7 @@ pub fn run(ctx: &Ctx, cmd: Command) -> CmdResult {
             // Every line passes the redactor, like every other output of driftless.
             for line in std::io::BufReader::new(stdout).lines() {
                 let line = line.context("reading the service log")?;
-                println!("{}", driftless_core::redact::redact(&line));
+                say!("{}", driftless_core::redact::redact(&line));
             }
             let status = child.wait()?;
             Ok(if status.success() { OK } else { CHECK_FAILED })
@@ -189,7 +189,7 @@ fn install(ctx: &Ctx, a: InstallArgs) -> CmdResult {
         Manager::for_platform(scope)
     };
     if a.dry_run {
-        print!("{}", String::from_utf8_lossy(&manager.render(&spec)));
+        output::print_text(&String::from_utf8_lossy(&manager.render(&spec)));
         return Ok(OK);
     }
     if manager == Manager::Launchd && !cfg!(target_os = "macos") {
@@ -204,23 +204,23 @@ fn install(ctx: &Ctx, a: InstallArgs) -> CmdResult {
         return Ok(OK);
     }
     if let Some(b) = &report.backup {
-        println!("Backed up the previous definition to {}", b.display());
+        say!("Backed up the previous definition to {}", b.display());
     }
     if report.wrote {
-        println!("Wrote {} (it holds no secret)", report.path.display());
+        say!("Wrote {} (it holds no secret)", report.path.display());
     } else {
-        println!("{} is already what install writes", report.path.display());
+        say!("{} is already what install writes", report.path.display());
     }
     if report.started {
-        println!("Enabled and started {}.", service::UNIT_NAME);
+        say!("Enabled and started {}.", service::UNIT_NAME);
     } else {
-        println!(
+        say!(
             "Not started (--no-start). Start it with `systemctl --user daemon-reload && systemctl --user enable --now {}`.",
             service::UNIT_NAME
         );
     }
     if spec.credential.is_some() {
-        println!(
+        say!(
             "Note: with LoadCredential= the service reads a copy of the token file made at start; reference \
              ${{CREDENTIALS_DIRECTORY}}/{} in the service's config, and run `driftless daemon restart` after a rotation.",
             service::CREDENTIAL_ID
@@ -263,7 +263,7 @@ fn status(ctx: &Ctx, s: &ScopeArgs, json: bool) -> CmdResult {
     if json {
         output::print_json(&serde_json::to_value(&out)?);
     } else {
-        println!(
+        say!(
             "definition: {}{}",
             out.path.display(),
             if out.installed {
@@ -273,7 +273,7 @@ fn status(ctx: &Ctx, s: &ScopeArgs, json: bool) -> CmdResult {
             }
         );
         if out.installed {
-            println!(
+            say!(
                 "matches what install writes: {}",
                 if out.matches_install {
                     "yes"
@@ -283,7 +283,7 @@ fn status(ctx: &Ctx, s: &ScopeArgs, json: bool) -> CmdResult {
             );
         }
         match (&out.state, &out.manager_error) {
-            (Some(st), _) => println!(
+            (Some(st), _) => say!(
                 "state: {} {} ({}){}",
                 st.active_state,
                 st.sub_state,
@@ -292,7 +292,7 @@ fn status(ctx: &Ctx, s: &ScopeArgs, json: bool) -> CmdResult {
                     .map(|p| format!(", pid {p}"))
                     .unwrap_or_default()
             ),
-            (None, Some(e)) => println!("state: unknown ({e})"),
+            (None, Some(e)) => say!("state: unknown ({e})"),
             (None, None) => {}
         }
     }

@@ -1,9 +1,6 @@
 //! `driftless devices list|approve|reject|remove|rotate|revoke`: device pairing on a gateway.
 
-use driftless_client::credentials;
-use driftless_client::identity::DeviceIdentity;
-use driftless_client::store::TokenStore;
-use driftless_core::{Config, ConfigError, SecretValue};
+use driftless_core::SecretValue;
 use serde_json::{Value, json};
 
 use crate::cmd::gateway::{ClientArgs, with_connection};
@@ -89,30 +86,37 @@ pub fn run(ctx: &Ctx, cmd: Command) -> CmdResult {
             json!({"deviceId": device_id, "role": role}),
         ),
     };
-    let mut payload = with_connection(ctx, a, async |conn| {
-        conn.request(method, Some(params.clone())).await
+    let payload = with_connection(ctx, a, async |s| {
+        let mut payload = s.conn.request(method, Some(params.clone())).await?;
+        // A rotated token comes back only when it is this device's own: keep it, never print it.
+        if let Some(token) = payload.get("token").and_then(Value::as_str) {
+            let token = SecretValue::new(token.to_owned());
+            driftless_core::redact::register(&token);
+            let scopes = serde_json::from_value(payload["scopes"].clone()).unwrap_or_default();
+            let stored = s.store_own_token(
+                payload["deviceId"].as_str().unwrap_or_default(),
+                payload["role"].as_str().unwrap_or("operator"),
+                token,
+                scopes,
+            )?;
+            payload.as_object_mut().map(|o| o.remove("token"));
+            payload["storedLocally"] = json!(stored);
+        }
+        Ok(payload)
     })?;
-    // A rotated token comes back only when it is this device's own: keep it, never print it.
-    if let Some(token) = payload.get("token").and_then(Value::as_str) {
-        let token = SecretValue::new(token.to_owned());
-        driftless_core::redact::register(&token);
-        store_own_token(ctx, a, &payload, token)?;
-        payload.as_object_mut().map(|o| o.remove("token"));
-        payload["storedLocally"] = json!(true);
-    }
     if a.json {
         output::print_json(&payload);
         return Ok(OK);
     }
     match cmd {
         Command::List(_) => print_list(&payload),
-        Command::Approve { request_id, .. } => println!(
+        Command::Approve { request_id, .. } => say!(
             "approved {request_id}: device {} is paired; it gets its device token on its next connect",
             payload["device"]["deviceId"].as_str().unwrap_or("?")
         ),
-        Command::Reject { request_id, .. } => println!("rejected {request_id}"),
-        Command::Remove { device_id, .. } => println!("removed device {device_id}"),
-        Command::Rotate { device_id, .. } => println!(
+        Command::Reject { request_id, .. } => say!("rejected {request_id}"),
+        Command::Remove { device_id, .. } => say!("removed device {device_id}"),
+        Command::Rotate { device_id, .. } => say!(
             "rotated the {} token of {device_id}: new fingerprint {}{}",
             payload["role"].as_str().unwrap_or("?"),
             payload["fingerprint"].as_str().unwrap_or("?"),
@@ -125,39 +129,10 @@ pub fn run(ctx: &Ctx, cmd: Command) -> CmdResult {
         Command::Revoke {
             device_id, role, ..
         } => {
-            println!("revoked the {role} token of {device_id}")
+            say!("revoked the {role} token of {device_id}")
         }
     }
     Ok(OK)
-}
-
-fn store_own_token(
-    ctx: &Ctx,
-    a: &ClientArgs,
-    payload: &Value,
-    token: SecretValue,
-) -> anyhow::Result<()> {
-    let Some(identity) = DeviceIdentity::load_existing(&ctx.state_dir) else {
-        return Ok(());
-    };
-    if payload["deviceId"].as_str() != Some(identity.device_id()) {
-        return Ok(());
-    }
-    let config = match Config::load(&ctx.config_path) {
-        Ok(l) => l.config,
-        Err(ConfigError::NotFound(_)) => Config::default(),
-        Err(e) => return Err(e.into()),
-    };
-    let target = credentials::target(&config, a.url.as_deref())?;
-    let mut store = TokenStore::load(&ctx.state_dir, identity.device_id())?;
-    let scopes = serde_json::from_value(payload["scopes"].clone()).unwrap_or_default();
-    store.put(
-        &target.url,
-        payload["role"].as_str().unwrap_or("operator"),
-        token,
-        scopes,
-    )?;
-    Ok(())
 }
 
 fn print_list(p: &Value) {
@@ -165,7 +140,7 @@ fn print_list(p: &Value) {
     let pending = p["pending"].as_array().unwrap_or(&empty);
     let paired = p["paired"].as_array().unwrap_or(&empty);
     let s = |v: &Value| v.as_str().unwrap_or("-").to_owned();
-    println!("Pending requests: {}", pending.len());
+    say!("Pending requests: {}", pending.len());
     if !pending.is_empty() {
         let mut t = output::table(&["REQUEST", "DEVICE", "ROLE", "SCOPES", "FROM", "REASON"]);
         for r in pending {
@@ -178,9 +153,9 @@ fn print_list(p: &Value) {
                 s(&r["reason"]),
             ]);
         }
-        println!("{t}");
+        say!("{t}");
     }
-    println!("Paired devices: {}", paired.len());
+    say!("Paired devices: {}", paired.len());
     if !paired.is_empty() {
         let mut t = output::table(&["DEVICE", "CLIENT", "ROLES", "TOKENS", "LAST IP"]);
         for d in paired {
@@ -209,7 +184,7 @@ fn print_list(p: &Value) {
                 s(&d["remoteIp"]),
             ]);
         }
-        println!("{t}");
+        say!("{t}");
     }
 }
 

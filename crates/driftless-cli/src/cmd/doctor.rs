@@ -57,19 +57,19 @@ pub fn run(ctx: &Ctx, args: Args) -> CmdResult {
     } else {
         if let Some(actions) = &actions {
             if actions.is_empty() && fix_error.is_none() {
-                println!("No changes: nothing doctor can repair was found.");
+                say!("No changes: nothing doctor can repair was found.");
             } else if !actions.is_empty() {
-                println!("Fixed:");
+                say!("Fixed:");
                 for a in actions {
                     let bak = a
                         .backup
                         .as_ref()
                         .map(|b| format!(" (backup: {})", b.display()))
                         .unwrap_or_default();
-                    println!("  - {}{bak}", a.did);
+                    say!("  - {}{bak}", a.did);
                 }
             }
-            println!();
+            say!();
         }
         print_table(&audit);
     }
@@ -99,15 +99,15 @@ fn print_table(audit: &Audit) {
             r.fix.clone(),
         ]);
     }
-    println!("{}", driftless_core::redact::redact(&t.to_string()));
+    say!("{}", driftless_core::redact::redact(&t.to_string()));
     let n = audit.findings();
     if audit.stopped {
-        println!(
+        say!(
             "Stopped: the config does not parse; nothing else was checked and nothing was changed."
         );
     } else if n == 0 {
-        println!("Clean: no findings.");
+        say!("Clean: no findings.");
     } else {
-        println!("{n} finding(s). `driftless doctor --fix` repairs what it can.");
+        say!("{n} finding(s). `driftless doctor --fix` repairs what it can.");
     }
 }

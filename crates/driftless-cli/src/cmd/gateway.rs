@@ -4,13 +4,10 @@ use std::io::Write;
 use std::time::Duration;
 
 use anyhow::Context;
-use driftless_client::connection::{self, ConnectOptions, Credential};
-use driftless_client::credentials::{self, Candidates, Explicit};
-use driftless_client::heal;
-use driftless_client::identity::DeviceIdentity;
-use driftless_client::store::TokenStore;
+use driftless_client::credentials::Explicit;
+use driftless_client::session::{self, Prepared, Session};
 use driftless_core::config::AuthMode;
-use driftless_core::{Config, ConfigError, SecretInput, SecretValue, redact};
+use driftless_core::{Config, SecretInput, SecretValue, redact};
 use driftless_gateway::Gateway;
 use serde_json::Value;
 
@@ -89,23 +86,35 @@ pub fn run(ctx: &Ctx, cmd: Command) -> CmdResult {
             password,
         } => serve(ctx, port, token, password),
         Command::Health(a) => {
-            let payload = call(ctx, &a, "health", None)?;
+            let (hello, payload) = call_with_hello(ctx, &a, "health")?;
             if a.json {
                 output::print_json(&payload);
             } else {
-                println!(
-                    "ok: the gateway is healthy (uptime {}s)",
-                    payload["uptimeMs"].as_u64().unwrap_or(0) / 1000
-                );
+                // OpenClaw's health has no uptime; its hello-ok snapshot does.
+                let uptime = payload["uptimeMs"]
+                    .as_u64()
+                    .or(hello["snapshot"]["uptimeMs"].as_u64())
+                    .map(|ms| format!(", uptime {}", output::span(ms / 1000)))
+                    .unwrap_or_default();
+                let server = hello["server"]["version"]
+                    .as_str()
+                    .map(|v| format!(" (version {v}{uptime})"))
+                    .unwrap_or_else(|| {
+                        uptime
+                            .strip_prefix(", ")
+                            .map(|u| format!(" ({u})"))
+                            .unwrap_or_default()
+                    });
+                say!("ok: the gateway is healthy{server}");
             }
             Ok(OK)
         }
         Command::Status(a) => {
-            let payload = call(ctx, &a, "status", None)?;
+            let (hello, payload) = call_with_hello(ctx, &a, "status")?;
             if a.json {
                 output::print_json(&payload);
             } else {
-                print_status(&payload);
+                print_status(&hello, &payload);
             }
             Ok(OK)
         }
@@ -127,47 +136,76 @@ pub fn run(ctx: &Ctx, cmd: Command) -> CmdResult {
     }
 }
 
-fn print_status(p: &Value) {
+/// Prints a `status` payload: driftless's, or OpenClaw's (which has no uptime or auth block; those
+/// come from its hello-ok when it sends them). A field neither has is left out, never `null`.
+fn print_status(hello: &Value, p: &Value) {
     let s = |v: &Value| {
         v.as_str()
             .map(str::to_owned)
             .unwrap_or_else(|| v.to_string())
     };
-    println!("version      {}", s(&p["version"]));
-    println!(
-        "uptime       {}s",
-        p["uptimeMs"].as_u64().unwrap_or(0) / 1000
-    );
-    println!("auth mode    {}", s(&p["auth"]["mode"]));
+    let text = |v: &Value| v.as_str().map(str::to_owned);
+    let version = text(&p["version"])
+        .or(text(&p["runtimeVersion"]))
+        .or(text(&hello["server"]["version"]));
+    if let Some(v) = version {
+        say!("version      {v}");
+    }
+    if let Some(ms) = p["uptimeMs"]
+        .as_u64()
+        .or(hello["snapshot"]["uptimeMs"].as_u64())
+    {
+        say!("uptime       {}", output::span(ms / 1000));
+    }
+    if let Some(mode) = text(&p["auth"]["mode"]).or(text(&hello["snapshot"]["authMode"])) {
+        say!("auth mode    {mode}");
+    }
     if let Some(fp) = p["auth"]["fingerprint"].as_str() {
-        println!("secret       {fp}");
+        say!("secret       {fp}");
     }
     if let Some(g) = p["auth"]["grace"].as_object() {
-        println!(
-            "grace        previous {} accepted until {} (unix ms)",
+        say!(
+            "grace        previous {} accepted until {}",
             s(&g["previousFingerprint"]),
-            s(&g["endsAtMs"])
+            g["endsAtMs"]
+                .as_u64()
+                .map(output::when)
+                .unwrap_or_else(|| s(&g["endsAtMs"]))
         );
     }
     if let Some(r) = p["lastReload"].as_object() {
-        println!(
-            "last reload  {} ({}) at {} (unix ms){}",
+        say!(
+            "last reload  {} ({}) at {}{}",
             s(&r["outcome"]),
             s(&r["trigger"]),
-            s(&r["atMs"]),
+            r.get("atMs")
+                .and_then(Value::as_u64)
+                .map(output::when)
+                .unwrap_or_else(|| "?".into()),
             r.get("error")
                 .map(|e| format!(": {}", s(e)))
                 .unwrap_or_default()
         );
         if let Some(settings) = r.get("restartRequiredFor").and_then(Value::as_array) {
             let names: Vec<&str> = settings.iter().filter_map(Value::as_str).collect();
-            println!(
+            say!(
                 "restart      needed to apply {} (`driftless daemon restart`)",
                 names.join(", ")
             );
         }
     }
-    println!("connections  {}", p["connections"]);
+    if let Some(n) = p["connections"].as_u64() {
+        say!("connections  {n}");
+    }
+    // OpenClaw's summary.
+    if let Some(n) = p["sessions"]["count"].as_u64() {
+        say!("sessions     {n}");
+    }
+    for line in p["channelSummary"].as_array().into_iter().flatten() {
+        if let Some(line) = line.as_str() {
+            say!("channel      {line}");
+        }
+    }
 }
 
 /// A runtime for one command (the CLI's main stays synchronous).
@@ -196,111 +234,42 @@ pub(crate) const CLI_SCOPES: &[&str] = &[
     "operator.write",
 ];
 
-/// Connects with the one precedence table (explicit flag > stored device token > passive shared
-/// credential), self-heals a stale device token once, stores an issued one, then runs `f`.
+/// Opens a session ([`driftless_client::session`]: the precedence table, self-heal, token
+/// storage), runs `f`, closes.
 pub(crate) fn with_connection<T>(
     ctx: &Ctx,
     a: &ClientArgs,
-    f: impl AsyncFnOnce(&mut connection::Connection) -> Result<T, connection::ClientError>,
+    f: impl AsyncFnOnce(&mut Session) -> anyhow::Result<T>,
 ) -> anyhow::Result<T> {
-    let (config, base) = match Config::load(&ctx.config_path) {
-        Ok(l) => {
-            let base = l.base_dir().to_owned();
-            (l.config, base)
-        }
-        Err(ConfigError::NotFound(_)) if a.url.is_some() => {
-            (Config::default(), std::path::PathBuf::from("."))
-        }
-        Err(e) => return Err(e.into()),
+    let request = session::Request {
+        url: a.url.clone(),
+        explicit: Explicit {
+            token: a.token.as_deref().map(secret_arg),
+            password: a.password.as_deref().map(secret_arg),
+        },
+        timeout: Duration::from_secs(a.timeout.max(1)),
+        source_addr: a.source_addr,
+        scopes: CLI_SCOPES.iter().map(|s| (*s).to_owned()).collect(),
     };
-    let target = credentials::target(&config, a.url.as_deref())?;
-    let identity = std::sync::Arc::new(DeviceIdentity::load_or_create(&ctx.state_dir)?);
-    let mut store = TokenStore::load(&ctx.state_dir, identity.device_id())?;
-    let explicit = Explicit {
-        token: a.token.as_deref().map(secret_arg),
-        password: a.password.as_deref().map(secret_arg),
-    };
-    let candidates = Candidates::gather(
-        &config,
-        &base,
-        &ctx.env,
-        target.clone(),
-        connection::ROLE,
-        &explicit,
-        Some(&store),
-    );
-    for c in &candidates.list {
-        if let Some(Err(e)) = &c.value {
-            tracing::warn!(
-                source = c.source.describe(),
-                "credential source unresolved: {e}"
-            );
-        }
-    }
-    let timeout = Duration::from_secs(a.timeout.max(1));
-    let url = a.url.clone().unwrap_or(target.url.clone());
-    let rt = runtime()?;
-    let out = rt.block_on(async {
-        let connected = heal::connect(&candidates, &mut store, async |cred: &Credential| {
-            let mut opts = ConnectOptions::new(url.clone(), cred.clone());
-            opts.scopes = CLI_SCOPES.iter().map(|s| (*s).to_owned()).collect();
-            opts.timeout = timeout;
-            opts.device = Some(identity.clone());
-            opts.bind_addr = a.source_addr;
-            match connection::connect(&opts).await {
-                Ok(conn) => {
-                    let issued = conn.issued();
-                    Ok((conn, issued))
-                }
-                Err(error) => Err(heal::Refused {
-                    device_token_mismatch: error.is_device_token_mismatch(),
-                    error,
-                }),
-            }
-        })
-        .await;
-        let mut conn = match connected {
-            Ok(c) => {
-                tracing::debug!(used = ?c.used, healed = c.healed, "connected");
-                c.value
-            }
-            Err(heal::ConnectError::Refused(e)) => {
-                let hint = pairing_hint(&e);
-                let err = anyhow::Error::new(e);
-                return Err(match hint {
-                    Some(h) => err.context(h),
-                    None => err,
-                });
-            }
-            Err(heal::ConnectError::Store(e)) => return Err(anyhow::Error::new(e)),
-        };
-        let r = f(&mut conn).await;
-        conn.close().await;
-        r.map_err(anyhow::Error::new)
-    })?;
-    Ok(out)
+    let prepared = Prepared::load(&ctx.config_path, &ctx.state_dir, &ctx.env, request)?;
+    runtime()?.block_on(async {
+        let mut session = prepared.connect().await?;
+        let r = f(&mut session).await;
+        session.close().await;
+        r
+    })
 }
 
-/// What to do when the gateway wants this device approved first.
-fn pairing_hint(e: &connection::ClientError) -> Option<String> {
-    let connection::ClientError::Rejected { error, .. } = e else {
-        return None;
-    };
-    if error.detail_code() != Some("PAIRING_REQUIRED") {
-        return None;
-    }
-    let id = error
-        .details
-        .as_ref()
-        .and_then(|d| d.request_id.as_deref())
-        .unwrap_or("<requestId from `driftless devices list`>");
-    Some(format!(
-        "this device is not approved on the gateway yet; on the gateway's host run `driftless devices approve {id}`, then try again"
-    ))
+/// Calls `method` and returns the hello-ok payload with its result (status output uses both).
+fn call_with_hello(ctx: &Ctx, a: &ClientArgs, method: &str) -> anyhow::Result<(Value, Value)> {
+    with_connection(ctx, a, async |s| {
+        let payload = s.conn.request(method, None).await?;
+        Ok((s.conn.hello().clone(), payload))
+    })
 }
 
 fn call(ctx: &Ctx, a: &ClientArgs, method: &str, params: Option<Value>) -> anyhow::Result<Value> {
-    with_connection(ctx, a, async |conn| conn.request(method, params).await)
+    with_connection(ctx, a, async |s| Ok(s.conn.request(method, params).await?))
 }
 
 fn serve(
@@ -313,7 +282,12 @@ fn serve(
     // is hidden from it must fail loudly, not start with a fresh token nobody else knows.
     if !ctx.config_path.exists() && !ctx.config_explicit {
         let report = driftless_ops::init::init(&ctx.config_path, &ctx.state_dir, &ctx.env, false)?;
-        println!("created config {}", report.config_path.display());
+        // A running gateway never stops because nobody reads its stdout: these writes may fail.
+        let _ = writeln!(
+            std::io::stdout(),
+            "created config {}",
+            report.config_path.display()
+        );
     }
     let mut loaded = Config::load(&ctx.config_path)?;
     if let Some(p) = port {
@@ -352,7 +326,7 @@ fn serve(
             Some(fp) => format!("{} {fp}", gw.auth_mode().as_str()),
             None => "auth none".to_owned(),
         };
-        println!("listening on {} {auth}", gw.url());
+        let _ = writeln!(std::io::stdout(), "listening on {} {auth}", gw.url());
         // Tests and supervisors read this line as soon as it is printed.
         let _ = std::io::stdout().flush();
         gw.serve(shutdown).await?;

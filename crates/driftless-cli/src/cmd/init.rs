@@ -22,19 +22,19 @@ pub fn run(ctx: &Ctx, args: Args) -> CmdResult {
         return Ok(OK);
     }
     if !report.changed() {
-        println!(
+        say!(
             "Nothing to do: {} exists and its token file is in place.",
             report.config_path.display()
         );
     }
     if let Some(b) = &report.backup {
-        println!("Backed up the previous config to {}", b.display());
+        say!("Backed up the previous config to {}", b.display());
     }
     if report.wrote_config {
-        println!("Wrote config {}", report.config_path.display());
+        say!("Wrote config {}", report.config_path.display());
     }
     if let (true, Some(t)) = (report.wrote_token, &report.token_file) {
-        println!("Generated gateway token in {} (mode 0600)", t.display());
+        say!("Generated gateway token in {} (mode 0600)", t.display());
     }
     Ok(OK)
 }

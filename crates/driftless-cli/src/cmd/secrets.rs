@@ -62,23 +62,23 @@ fn migrate(ctx: &Ctx, secret: Option<&str>, to_env: Option<String>, json: bool) 
     if json {
         output::print_json(&serde_json::to_value(&moved)?);
     } else if moved.is_empty() {
-        println!(
+        say!(
             "No changes: no literal secret to migrate in {}.",
             ctx.config_path.display()
         );
     } else {
         for m in &moved {
             if let Some(f) = &m.wrote_file {
-                println!("Wrote {} (mode 0600)", f.display());
+                say!("Wrote {} (mode 0600)", f.display());
             }
-            println!(
+            say!(
                 "{} now references {} (config backup: {})",
                 m.name,
                 m.reference,
                 m.backup.display()
             );
             if let Some(t) = &m.config_symlink_target {
-                println!(
+                say!(
                     "{} is a symlink; its target {} was updated and the link kept",
                     ctx.config_path.display(),
                     t.display()
@@ -123,7 +123,7 @@ fn check(ctx: &Ctx, json: bool) -> CmdResult {
     if json {
         output::print_json(&serde_json::to_value(&rows)?);
     } else if rows.is_empty() {
-        println!("No secrets are configured in {}.", loaded.path.display());
+        say!("No secrets are configured in {}.", loaded.path.display());
     } else {
         let mut t = output::table(&["NAME", "SOURCE", "FINGERPRINT", "STATUS"]);
         for r in &rows {
@@ -139,7 +139,7 @@ fn check(ctx: &Ctx, json: bool) -> CmdResult {
                 status,
             ]);
         }
-        println!("{}", driftless_core::redact::redact(&t.to_string()));
+        say!("{}", driftless_core::redact::redact(&t.to_string()));
     }
     Ok(if failed { CHECK_FAILED } else { OK })
 }

@@ -9,9 +9,8 @@ use std::path::{Path, PathBuf};
 use std::process::{Child, Command, ExitStatus, Stdio};
 use std::time::{Duration, Instant};
 
-use futures_util::{SinkExt, StreamExt};
+use driftless_client::wire::{Incoming, OpenOptions, Wire, WireError};
 use serde_json::{Value, json};
-use tokio_tungstenite::tungstenite::Message;
 
 pub mod home;
 #[allow(unused_imports)] // each test file uses a different subset
@@ -220,12 +219,9 @@ pub fn assert_no_canary(text: &str, what: &str) {
     }
 }
 
-type Ws =
-    tokio_tungstenite::WebSocketStream<tokio_tungstenite::MaybeTlsStream<tokio::net::TcpStream>>;
-
-/// A raw WS client that checks every received frame for canaries.
+/// A raw WS client (driftless-client's wire codec) that checks every received frame for canaries.
 pub struct Client {
-    pub ws: Ws,
+    pub wire: Wire,
     pub challenge: Value,
 }
 
@@ -239,15 +235,12 @@ pub enum Got {
 impl Client {
     /// Opens a WS connection and reads the `connect.challenge`.
     pub async fn open(url: &str) -> Client {
-        let (ws, _) = tokio::time::timeout(
-            Duration::from_secs(5),
-            tokio_tungstenite::connect_async(url),
-        )
-        .await
-        .expect("connect timed out")
-        .expect("WS connect failed");
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(5);
+        let wire = Wire::open(url, &OpenOptions::default(), deadline)
+            .await
+            .expect("WS connect failed or timed out");
         let mut c = Client {
-            ws,
+            wire,
             challenge: Value::Null,
         };
         match c.next().await {
@@ -258,7 +251,7 @@ impl Client {
     }
 
     pub async fn send_text(&mut self, text: String) {
-        self.ws.send(Message::Text(text.into())).await.unwrap();
+        self.wire.send_text(text).await.unwrap();
     }
 
     pub async fn send_json(&mut self, v: Value) {
@@ -270,33 +263,32 @@ impl Client {
         self.next_within(Duration::from_secs(10)).await
     }
 
+    /// The next frame or the close within `d` (events count: the whole wait, not per frame).
     pub async fn next_within(&mut self, d: Duration) -> Got {
-        loop {
-            let msg = tokio::time::timeout(d, self.ws.next())
-                .await
-                .expect("no frame or close in time");
-            match msg {
-                Some(Ok(Message::Text(t))) => {
-                    assert_no_canary(t.as_str(), "a WS frame");
-                    return Got::Frame(serde_json::from_str(t.as_str()).unwrap());
-                }
-                Some(Ok(Message::Close(c))) => {
-                    let (code, reason) = c
-                        .map(|c| (u16::from(c.code), c.reason.to_string()))
-                        .unwrap_or((1005, String::new()));
-                    assert_no_canary(&reason, "a close reason");
-                    return Got::Closed(code, reason);
-                }
-                Some(Ok(_)) => continue,
-                None | Some(Err(_)) => return Got::Closed(1006, String::new()),
+        let deadline = tokio::time::Instant::now() + d;
+        match self.wire.recv(deadline).await {
+            Ok(Incoming::Text(t)) => {
+                assert_no_canary(&t, "a WS frame");
+                Got::Frame(serde_json::from_str(&t).unwrap())
             }
+            Ok(Incoming::Closed(code, reason)) => {
+                assert_no_canary(&reason, "a close reason");
+                Got::Closed(code, reason)
+            }
+            Err(WireError::Timeout) => panic!("no frame or close in time"),
+            Err(_) => Got::Closed(1006, String::new()),
         }
     }
 
     /// The next response frame (events skipped), or the close.
     pub async fn response(&mut self) -> Got {
+        // One deadline for the whole wait: events do not extend it.
+        let deadline = Instant::now() + Duration::from_secs(10);
         loop {
-            match self.next().await {
+            match self
+                .next_within(deadline.saturating_duration_since(Instant::now()))
+                .await
+            {
                 Got::Frame(f) if f["type"] == "event" => continue,
                 other => return other,
             }
