@@ -30,24 +30,8 @@ fuzz_target!(|data: &[u8]| {
     let Ok(proof) = serde_json::from_value::<DeviceProof>(device) else {
         return;
     };
-    let auth = params.auth.as_ref();
-    let fields = SignedFields {
-        client_id: &params.client.id,
-        client_mode: &params.client.mode,
-        role: &params.role,
-        scopes: &params.scopes,
-        signed_at_ms: proof.signed_at,
-        token: auth.and_then(|a| {
-            device_auth::signature_token(
-                a.token.as_deref(),
-                a.device_token.as_deref(),
-                a.bootstrap_token.as_deref(),
-            )
-        }),
-        nonce: &proof.nonce,
-        platform: Some(params.client.platform.as_str()),
-        device_family: params.client.device_family.as_deref(),
-    };
+    // As the gateway builds them (`conn.rs` `prove_device`).
+    let fields = SignedFields::of_connect(&params, &proof);
     if let Ok(device) = device_auth::verify(&proof, &fields, NONCE, NOW_MS) {
         // The normalised key is the same key: it hashes to the verified id.
         let key =

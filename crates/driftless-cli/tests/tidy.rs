@@ -209,16 +209,12 @@ const EXPOSE_ALLOWED: &[(&str, &str)] = &[
         "writes OpenClaw's own credential",
     ),
     (
-        "crates/driftless-ops/src/doctor/openclaw_checks.rs",
-        "writes OpenClaw's own credential",
+        "crates/driftless-ops/src/rotation.rs",
+        "writes the rotated token's own source",
     ),
     (
         "crates/driftless-ops/src/backup.rs",
         "scrubs backups (a redactor)",
-    ),
-    (
-        "crates/driftless-cli/src/cmd/token.rs",
-        "writes the rotated token's own source",
     ),
     // supervisor: the child's environment is the secret's destination.
     (
@@ -237,6 +233,10 @@ const EXPOSE_ALLOWED: &[(&str, &str)] = &[
     (
         "crates/driftless-bench/src/proxy.rs",
         "bench: its proxy's key",
+    ),
+    (
+        "crates/driftless-bench/src/wire.rs",
+        "bench: presents the device token its own server issued",
     ),
 ];
 

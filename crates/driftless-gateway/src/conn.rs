@@ -545,23 +545,7 @@ fn prove_device(
     let proof = device_auth::DeviceProof::deserialize(raw).map_err(|e| {
         Rejection::InvalidParams(format!("device: {}", proto::without_values(&e.to_string())))
     })?;
-    let fields = device_auth::SignedFields {
-        client_id: &params.client.id,
-        client_mode: &params.client.mode,
-        role: &params.role,
-        scopes: &params.scopes,
-        signed_at_ms: proof.signed_at,
-        token: params.auth.as_ref().and_then(|a| {
-            device_auth::signature_token(
-                a.token.as_deref(),
-                a.device_token.as_deref(),
-                a.bootstrap_token.as_deref(),
-            )
-        }),
-        nonce: &proof.nonce,
-        platform: Some(params.client.platform.as_str()),
-        device_family: params.client.device_family.as_deref(),
-    };
+    let fields = device_auth::SignedFields::of_connect(params, &proof);
     device_auth::verify(&proof, &fields, nonce, now_ms()).map_err(Rejection::DeviceProof)
 }
 

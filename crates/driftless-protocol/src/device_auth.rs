@@ -51,6 +51,30 @@ pub struct SignedFields<'a> {
     pub device_family: Option<&'a str>,
 }
 
+impl<'a> SignedFields<'a> {
+    /// What a `connect` request's signature must cover, as the gateway checks it: the request's
+    /// client, role, scopes and credential, and the proof's own time and nonce.
+    pub fn of_connect(params: &'a crate::ConnectParams, proof: &'a DeviceProof) -> Self {
+        SignedFields {
+            client_id: &params.client.id,
+            client_mode: &params.client.mode,
+            role: &params.role,
+            scopes: &params.scopes,
+            signed_at_ms: proof.signed_at,
+            token: params.auth.as_ref().and_then(|a| {
+                signature_token(
+                    a.token.as_deref(),
+                    a.device_token.as_deref(),
+                    a.bootstrap_token.as_deref(),
+                )
+            }),
+            nonce: &proof.nonce,
+            platform: Some(params.client.platform.as_str()),
+            device_family: params.client.device_family.as_deref(),
+        }
+    }
+}
+
 /// The token a signature covers: `auth.token ?? auth.deviceToken ?? auth.bootstrapToken`.
 pub fn signature_token<'a>(
     token: Option<&'a str>,
