@@ -20,6 +20,7 @@ use base64::Engine;
 use driftless_core::Env;
 use driftless_core::secret::Fingerprint;
 use serde_json::Value;
+use support::{chart_dir, workspace_root};
 
 const RELEASE: &str = "rel";
 const NAMESPACE: &str = "demo";
@@ -28,17 +29,6 @@ const SECRET_KEY: &str = "gateway-token";
 
 // ---------------------------------------------------------------------------------------------
 // Finding the tools
-
-fn workspace_root() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR"))
-        .join("../..")
-        .canonicalize()
-        .expect("workspace root")
-}
-
-fn chart_dir() -> PathBuf {
-    workspace_root().join("deploy/helm/driftless")
-}
 
 struct Tools {
     env: Env,

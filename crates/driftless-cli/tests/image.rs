@@ -27,6 +27,7 @@ use std::time::{Duration, Instant};
 
 use driftless_core::Env;
 use serde_json::Value;
+use support::{chart_dir, workspace_root};
 
 /// The image this test builds, in its own store.
 const IMAGE: &str = "localhost/driftless-image-test:latest";
@@ -34,17 +35,6 @@ const IMAGE: &str = "localhost/driftless-image-test:latest";
 const NEW_CANARY: &str = "canary-image-rotated-token-41d8e2";
 /// A generous bound for start-up on a loaded machine (a functional timeout, not a benchmark).
 const READY_WITHIN: Duration = Duration::from_secs(60);
-
-fn workspace_root() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR"))
-        .join("../..")
-        .canonicalize()
-        .expect("workspace root")
-}
-
-fn chart_dir() -> PathBuf {
-    workspace_root().join("deploy/helm/driftless")
-}
 
 /// A tool on PATH, or `None` after saying why the test cannot run (a failure under
 /// `DRIFTLESS_REQUIRE_TOOLS=1`).

@@ -16,6 +16,19 @@ pub mod home;
 #[allow(unused_imports)] // each test file uses a different subset
 pub use home::{BIN, Home, Run, write_file, write_secret};
 
+/// The checkout's root.
+pub fn workspace_root() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("../..")
+        .canonicalize()
+        .expect("workspace root")
+}
+
+/// The Helm chart's directory.
+pub fn chart_dir() -> PathBuf {
+    workspace_root().join("deploy/helm/driftless")
+}
+
 /// The gateway token of most tests. It must never appear in a log or a response.
 pub const CANARY: &str = "canary-gw-token-5b1f0c9e7d3a";
 /// A wrong token tests present. It must never appear in a log or a response either.
