@@ -261,7 +261,7 @@ impl Gateway {
             .route("/readyz", get(readyz))
             .route("/metrics", get(metrics_handler))
             .merge(openai::routes())
-            .fallback(accept::upgrade)
+            .fallback(accept::not_an_upgrade)
             .with_state(state.clone());
         let (stop_tx, stop_rx) = tokio::sync::oneshot::channel::<()>();
         let server = tokio::spawn(accept::accept_loop(
