@@ -799,6 +799,7 @@ impl DeviceStore for PostgresStore {
             let req = pending_by_id(tx, request_id)
                 .await?
                 .ok_or(StoreError::UnknownRequest)?;
+            rules::test_pause();
             tx.execute("DELETE FROM pending WHERE request_id = $1", &[&request_id])
                 .await?;
             // A re-pair under a new key replaces the record and its tokens.
@@ -967,6 +968,7 @@ impl DeviceStore for PostgresStore {
             if let Some(token) = current(tx).await? {
                 return Ok(token);
             }
+            rules::test_pause();
             let record = rules::issued_by(actor, "token.issued");
             self.mint_audited(tx, device_id, role, scopes, record, now_ms)
                 .await

@@ -26,6 +26,25 @@ pub(super) fn hash(token: &str) -> [u8; 32] {
     Sha256::digest(token.as_bytes()).into()
 }
 
+#[cfg(test)]
+thread_local! {
+    /// Milliseconds a store waits inside a writing transaction at [`test_pause`], on this thread
+    /// only: race tests widen the window between a transaction's read and its write, so two
+    /// stores' transactions surely overlap.
+    pub(super) static TEST_PAUSE_MS: std::cell::Cell<u64> = const { std::cell::Cell::new(0) };
+}
+
+/// Where a race test's pause takes effect (nothing outside tests).
+pub(super) fn test_pause() {
+    #[cfg(test)]
+    {
+        let ms = TEST_PAUSE_MS.with(|p| p.get());
+        if ms > 0 {
+            std::thread::sleep(std::time::Duration::from_millis(ms));
+        }
+    }
+}
+
 /// The hash a token row stores for `issued`.
 pub(super) fn stored_hash(issued: &IssuedToken) -> [u8; 32] {
     hash(issued.token.expose())

@@ -546,6 +546,7 @@ impl DeviceStore for SqliteStore {
                 .optional()
                 .map_err(|e| self.err(e))?
                 .ok_or(StoreError::UnknownRequest)?;
+            rules::test_pause();
             let run = || -> rusqlite::Result<Option<IssuedToken>> {
                 tx.execute("DELETE FROM pending WHERE request_id = ?1", [request_id])?;
                 #[cfg(test)]
@@ -738,6 +739,7 @@ impl DeviceStore for SqliteStore {
             {
                 return Ok(current);
             }
+            rules::test_pause();
             self.mint_audited(
                 tx,
                 device_id,

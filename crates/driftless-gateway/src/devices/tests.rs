@@ -7,8 +7,8 @@ use std::net::IpAddr;
 
 use serde_json::json;
 
-use super::token_key;
 use super::*;
+use super::{rules, token_key};
 use driftless_core::SecretValue;
 
 const T0: u64 = 1_700_000_000_000;
@@ -1165,7 +1165,9 @@ fn two_processes_approving_one_request_approve_it_once(f: &mut Fixture) {
         else {
             panic!("expected a pending request")
         };
+        // Both transactions read the request, then wait, so they surely overlap.
         let results = at_once(2, |i| {
+            rules::TEST_PAUSE_MS.with(|p| p.set(300));
             stores[i].approve(&request_id, &format!("op-{i}"), true, T0 + 1)
         });
         let ok = results.iter().filter(|r| r.is_ok()).count();
@@ -1240,7 +1242,9 @@ fn concurrent_first_connects_share_one_token(f: &mut Fixture) {
     };
     // Approved without a token: the device's next connects mint one.
     stores[0].approve(&request_id, "op", false, T0 + 1).unwrap();
+    // Each transaction finds no token, then waits before minting, so they surely overlap.
     let tokens = at_once(4, |i| {
+        rules::TEST_PAUSE_MS.with(|p| p.set(300));
         stores[i % 2]
             .ensure_token("dev-first", "operator", &sc, "gateway (connect)", T0 + 2)
             .unwrap()
