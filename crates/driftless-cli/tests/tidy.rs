@@ -183,7 +183,15 @@ const EXPOSE_ALLOWED: &[(&str, &str)] = &[
     // core: the redactor.
     ("crates/driftless-core/src/redact.rs", "redactor"),
     // gateway: the device-token verifier, tokens issued to a device, provider keys upstream.
-    ("crates/driftless-gateway/src/devices/sqlite.rs", "verifier"),
+    ("crates/driftless-gateway/src/devices/rules.rs", "verifier"),
+    (
+        "crates/driftless-gateway/src/devices/token_key.rs",
+        "reads the device token key from its reference",
+    ),
+    (
+        "crates/driftless-gateway/src/devices/postgres.rs",
+        "presents the database password to its server",
+    ),
     (
         "crates/driftless-gateway/src/methods.rs",
         "issues a device token",
