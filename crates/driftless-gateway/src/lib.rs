@@ -67,7 +67,7 @@ pub enum GatewayError {
         #[source]
         source: std::io::Error,
     },
-    #[error("cannot open the device store: {0}; check that the state directory is writable")]
+    #[error("cannot open the device store: {0}; {hint}", hint = .0.open_hint())]
     Devices(#[from] devices::StoreError),
     #[error(
         "cannot set up the HTTP client for [providers]: {0}; install the system's CA certificates \

@@ -180,6 +180,20 @@ pub enum StoreError {
     Task(String),
 }
 
+impl StoreError {
+    /// What to check when the store cannot be opened at start.
+    pub fn open_hint(&self) -> &'static str {
+        match self {
+            StoreError::Sqlite { .. } => "check that the state directory is writable",
+            StoreError::Postgres { .. } => {
+                "check [gateway.devices.postgres] (url, password) and that the server is reachable"
+            }
+            StoreError::TokenKey(_) => "check the device token key's reference",
+            _ => "start again, and report it if it repeats",
+        }
+    }
+}
+
 /// Storage of paired devices, pending requests, token hashes and the audit trail. Each method is
 /// one atomic transaction (a state change is durable when it returns), so replicas sharing a server
 /// database can implement it too.
