@@ -79,7 +79,8 @@ fn status(state: &State) -> Status {
         },
         secrets,
         last_reload: state.secrets.last_reload(),
-        connections: state.connections.load(Ordering::SeqCst),
+        connections: Some(state.connections.load(Ordering::SeqCst)),
+        ..Status::default()
     }
 }
 
@@ -122,6 +123,7 @@ pub(crate) fn hello_ok_text(state: &State, session: &Session) -> String {
                 health: 1,
             },
             uptime_ms: uptime_ms(state),
+            auth_mode: None,
         },
         auth: Some(hello_auth(state, session)),
         policy: Policy {

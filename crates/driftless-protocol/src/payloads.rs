@@ -61,6 +61,10 @@ pub struct HelloSnapshot {
     pub state_version: StateVersion,
     #[serde(default)]
     pub uptime_ms: u64,
+    /// OpenClaw sends it to `operator.admin` connections only; driftless reports its mode in
+    /// `status` instead.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub auth_mode: Option<String>,
 }
 
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
@@ -161,7 +165,8 @@ pub struct PresenceEntry {
 }
 
 /// The `status` result. driftless's own shape; OpenClaw's `status` is a different summary, so
-/// every field defaults (a client reading OpenClaw gets `None`s, not made-up values).
+/// every field defaults (a client reading OpenClaw gets `None`s, not made-up values). The last
+/// three fields are OpenClaw's, which driftless does not send.
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
 #[serde(rename_all = "camelCase")]
 pub struct Status {
@@ -175,8 +180,24 @@ pub struct Status {
     pub secrets: Vec<SecretStatus>,
     #[serde(default)]
     pub last_reload: Option<ReloadStatus>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub connections: Option<u64>,
+    /// OpenClaw: its runtime's version (it has no `version`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub runtime_version: Option<String>,
+    /// OpenClaw: its session store summary.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub sessions: Option<StatusSessions>,
+    /// OpenClaw: one line per channel.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub channel_summary: Vec<String>,
+}
+
+/// OpenClaw's `status.sessions` (only the count is read; paths and recent sessions are ignored).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct StatusSessions {
     #[serde(default)]
-    pub connections: u64,
+    pub count: Option<u64>,
 }
 
 /// `status.auth`.
@@ -356,6 +377,28 @@ pub struct DevicePairList {
     pub pending: Vec<PendingRequest>,
     #[serde(default)]
     pub paired: Vec<PairedDevice>,
+}
+
+/// `params` of a method that takes none but wants an object (`device.pair.list`): `{}`.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct EmptyParams {}
+
+/// `params` naming a device (`device.pair.remove`).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct DeviceIdParams {
+    pub device_id: String,
+}
+
+/// `params` naming one role's token of a device (`device.token.rotate`, `device.token.revoke`).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct DeviceRoleParams {
+    pub device_id: String,
+    pub role: String,
+    /// `device.token.rotate` only: the new token's scopes (default: the current token's).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub scopes: Option<Vec<String>>,
 }
 
 /// `params` naming a pairing request (`device.pair.approve`, `device.pair.reject`).

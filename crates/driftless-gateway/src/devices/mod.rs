@@ -15,9 +15,12 @@ mod pairing;
 mod sqlite;
 mod token_key;
 
+use driftless_protocol::payloads::{PairRequested, PairResolved};
 pub use driftless_protocol::payloads::{PairedDevice, PendingRequest, TokenSummary};
 pub use driftless_protocol::scopes::{covers_all as scopes_allow, normalize as normalize_scopes};
-pub use methods::{Caller, Disconnect, MethodError, handle as handle_method, is_device_method};
+pub use methods::{
+    Caller, DeviceResult, Disconnect, MethodError, handle as handle_method, is_device_method,
+};
 pub use pairing::{ConnectingDevice, PairingOutcome, on_connect, verify_device_token};
 pub use sqlite::{AUDIT_KEEP_ROWS, AUDIT_TRIM_EVERY, LAST_USED_COALESCE_MS, SqliteStore};
 pub use token_key::{KeyError, TOKEN_KEY_FILE};
@@ -53,16 +56,22 @@ pub enum PairingEvent {
     },
 }
 
+/// A pairing event's payload, serialized as the payload itself.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
+#[serde(untagged)]
+pub enum PairingPayload {
+    Requested(PairRequested),
+    Resolved(PairResolved),
+}
+
 impl PairingEvent {
     /// The event name and payload in OpenClaw's shape. Nothing secret: a pending request carries
     /// the device's public key and metadata, and no event carries a token.
-    pub fn to_wire(&self) -> (&'static str, serde_json::Value) {
-        use driftless_protocol::payloads::{PairRequested, PairResolved};
-        let to_value = |v: Result<serde_json::Value, _>| v.expect("event payloads serialize");
+    pub fn to_wire(&self) -> (&'static str, PairingPayload) {
         match self {
             PairingEvent::Requested(r) => (
                 "device.pair.requested",
-                to_value(serde_json::to_value(PairRequested {
+                PairingPayload::Requested(PairRequested {
                     request_id: r.request_id.clone(),
                     device_id: r.device_id.clone(),
                     public_key: r.public_key.clone(),
@@ -78,7 +87,7 @@ impl PairingEvent {
                     client_id: r.client_id.clone(),
                     client_mode: r.client_mode.clone(),
                     remote_ip: r.remote_ip.clone(),
-                })),
+                }),
             ),
             PairingEvent::Resolved {
                 request_id,
@@ -87,12 +96,12 @@ impl PairingEvent {
                 ts,
             } => (
                 "device.pair.resolved",
-                to_value(serde_json::to_value(PairResolved {
+                PairingPayload::Resolved(PairResolved {
                     request_id: request_id.clone(),
                     device_id: device_id.clone(),
                     decision: if *approved { "approved" } else { "rejected" }.into(),
                     ts: *ts,
-                })),
+                }),
             ),
         }
     }
