@@ -340,7 +340,7 @@ impl Connection {
     /// The device token the gateway issued in `hello-ok.auth`, if any (it is shown only once).
     pub fn issued(&self) -> Option<Issued> {
         let auth = self.hello_ok()?.auth?;
-        let token = SecretValue::new(auth.device_token?);
+        let token = SecretValue::new(auth.device_token?.0);
         driftless_core::redact::register(&token);
         Some(Issued {
             token,

@@ -2,11 +2,12 @@
 //! them; clients deserialize them, from driftless or from OpenClaw (whose payloads carry more and
 //! sometimes less, so every field a peer may omit has a default).
 //!
-//! Types that can carry a token (`HelloAuth`, `DeviceTokenRotated`) print `<set>` in `Debug`.
+//! Fields that can carry a token (`HelloAuth::device_token`, `DeviceTokenRotated::token`) are
+//! [`Redacted`]: `<set>` in `Debug`, the value itself on the wire.
 
 use std::borrow::Cow;
-use std::fmt;
 
+pub use driftless_core::redact::Redacted;
 use serde::{Deserialize, Serialize};
 use serde_json::{Map, Value};
 
@@ -76,7 +77,7 @@ pub struct StateVersion {
 }
 
 /// `hello-ok.auth`: how the client authenticated, and its device token when one goes back.
-#[derive(Clone, Default, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
 #[serde(rename_all = "camelCase")]
 pub struct HelloAuth {
     /// `token`, `password`, `none` or `device-token` (OpenClaw 2026.9 sends it; older ones not).
@@ -87,21 +88,9 @@ pub struct HelloAuth {
     #[serde(default)]
     pub scopes: Vec<String>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub device_token: Option<String>,
+    pub device_token: Option<Redacted<String>>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub issued_at_ms: Option<u64>,
-}
-
-impl fmt::Debug for HelloAuth {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.debug_struct("HelloAuth")
-            .field("method", &self.method)
-            .field("role", &self.role)
-            .field("scopes", &self.scopes)
-            .field("device_token", &self.device_token.as_ref().map(|_| "<set>"))
-            .field("issued_at_ms", &self.issued_at_ms)
-            .finish()
-    }
 }
 
 /// `hello-ok.policy`.
@@ -268,13 +257,11 @@ pub struct SecretsReloadResult {
     pub changed: Vec<String>,
 }
 
-/// A paired device, as `device.pair.list` and `device.pair.approve` show it.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+/// What a device said about itself when it last connected, shared by [`PairedDevice`] and
+/// [`PendingRequest`] (flattened into them; `null` where unknown).
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "camelCase")]
-pub struct PairedDevice {
-    pub device_id: String,
-    /// base64url raw Ed25519 key.
-    pub public_key: String,
+pub struct DeviceMetadata {
     #[serde(default)]
     pub display_name: Option<String>,
     #[serde(default)]
@@ -286,11 +273,22 @@ pub struct PairedDevice {
     #[serde(default)]
     pub client_mode: Option<String>,
     #[serde(default)]
+    pub remote_ip: Option<String>,
+}
+
+/// A paired device, as `device.pair.list` and `device.pair.approve` show it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct PairedDevice {
+    pub device_id: String,
+    /// base64url raw Ed25519 key.
+    pub public_key: String,
+    #[serde(flatten)]
+    pub metadata: DeviceMetadata,
+    #[serde(default)]
     pub roles: Vec<String>,
     #[serde(default)]
     pub approved_scopes: Vec<String>,
-    #[serde(default)]
-    pub remote_ip: Option<String>,
     #[serde(default)]
     pub created_at_ms: u64,
     #[serde(default)]
@@ -343,22 +341,12 @@ pub struct PendingRequest {
     pub device_id: String,
     #[serde(default)]
     pub public_key: String,
-    #[serde(default)]
-    pub display_name: Option<String>,
-    #[serde(default)]
-    pub platform: Option<String>,
-    #[serde(default)]
-    pub device_family: Option<String>,
-    #[serde(default)]
-    pub client_id: Option<String>,
-    #[serde(default)]
-    pub client_mode: Option<String>,
+    #[serde(flatten)]
+    pub metadata: DeviceMetadata,
     #[serde(default)]
     pub role: String,
     #[serde(default)]
     pub scopes: Vec<String>,
-    #[serde(default)]
-    pub remote_ip: Option<String>,
     #[serde(default)]
     pub silent: bool,
     #[serde(default)]
@@ -433,7 +421,7 @@ pub struct DevicePairRemoved {
 }
 
 /// The `device.token.rotate` result. `token` goes only to the device it belongs to.
-#[derive(Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "camelCase")]
 pub struct DeviceTokenRotated {
     pub device_id: String,
@@ -445,20 +433,7 @@ pub struct DeviceTokenRotated {
     #[serde(default)]
     pub fingerprint: String,
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub token: Option<String>,
-}
-
-impl fmt::Debug for DeviceTokenRotated {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.debug_struct("DeviceTokenRotated")
-            .field("device_id", &self.device_id)
-            .field("role", &self.role)
-            .field("scopes", &self.scopes)
-            .field("rotated_at_ms", &self.rotated_at_ms)
-            .field("fingerprint", &self.fingerprint)
-            .field("token", &self.token.as_ref().map(|_| "<set>"))
-            .finish()
-    }
+    pub token: Option<Redacted<String>>,
 }
 
 /// The `device.token.revoke` result.
@@ -584,7 +559,7 @@ mod tests {
     #[test]
     fn token_carrying_payloads_hide_the_token_in_debug() {
         let auth = HelloAuth {
-            device_token: Some("canary-hello-auth".into()),
+            device_token: Some(Redacted("canary-hello-auth".into())),
             ..HelloAuth::default()
         };
         assert!(!format!("{auth:?}").contains("canary-hello-auth"));
@@ -594,7 +569,7 @@ mod tests {
             scopes: vec![],
             rotated_at_ms: 1,
             fingerprint: "sha256:x".into(),
-            token: Some("canary-rotated".into()),
+            token: Some(Redacted("canary-rotated".into())),
         };
         assert!(!format!("{rotated:?}").contains("canary-rotated"));
     }

@@ -124,7 +124,7 @@ pub fn run(ctx: &Ctx, cmd: Command) -> CmdResult {
         let mut rotated: DeviceTokenRotated = result_as(method, &payload)?;
         let stored_locally = match rotated.token.take() {
             Some(token) => {
-                let token = SecretValue::new(token);
+                let token = SecretValue::new(token.0);
                 driftless_core::redact::register(&token);
                 let role = Some(rotated.role.as_str())
                     .filter(|r| !r.is_empty())
@@ -200,7 +200,7 @@ fn print_list(p: &DevicePairList) {
                 short(&d(&r.device_id)),
                 d(&r.role),
                 r.scopes.join(","),
-                s(&r.remote_ip),
+                s(&r.metadata.remote_ip),
                 d(&r.reason),
             ]);
         }
@@ -228,10 +228,10 @@ fn print_list(p: &DevicePairList) {
                 .collect();
             t.add_row(vec![
                 d(&dev.device_id),
-                s(&dev.client_id),
+                s(&dev.metadata.client_id),
                 dev.roles.join(","),
                 tokens.join(", "),
-                s(&dev.remote_ip),
+                s(&dev.metadata.remote_ip),
             ]);
         }
         say!("{t}");

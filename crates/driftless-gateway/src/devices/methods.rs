@@ -2,7 +2,7 @@
 
 use driftless_protocol::payloads::{
     DeviceIdParams, DevicePairApproved, DevicePairList, DevicePairRejected, DevicePairRemoved,
-    DeviceRoleParams, DeviceTokenRevoked, DeviceTokenRotated, RequestIdParams,
+    DeviceRoleParams, DeviceTokenRevoked, DeviceTokenRotated, Redacted, RequestIdParams,
 };
 use driftless_protocol::scopes::{ADMIN as ADMIN_SCOPE, PAIRING as PAIRING_SCOPE};
 use serde::Deserialize;
@@ -254,7 +254,7 @@ pub fn handle(
                 role: role.to_owned(),
                 // The new token goes only to the device it belongs to.
                 token: (caller.device_id.as_deref() == Some(device_id))
-                    .then(|| issued.token.expose().to_owned()),
+                    .then(|| Redacted(issued.token.expose().to_owned())),
                 scopes: issued.scopes,
                 rotated_at_ms: issued.issued_at_ms,
                 fingerprint: issued.token.fingerprint().to_string(),

@@ -15,8 +15,10 @@ mod pairing;
 mod sqlite;
 mod token_key;
 
+pub use driftless_protocol::payloads::{
+    DeviceMetadata, PairedDevice, PendingRequest, TokenSummary,
+};
 use driftless_protocol::payloads::{PairRequested, PairResolved};
-pub use driftless_protocol::payloads::{PairedDevice, PendingRequest, TokenSummary};
 pub use driftless_protocol::scopes::{covers_all as scopes_allow, normalize as normalize_scopes};
 pub use methods::{
     Caller, DeviceResult, Disconnect, MethodError, handle as handle_method, is_device_method,
@@ -81,12 +83,12 @@ impl PairingEvent {
                     silent: r.silent,
                     is_repair: r.is_repair,
                     ts: r.ts,
-                    display_name: r.display_name.clone(),
-                    platform: r.platform.clone(),
-                    device_family: r.device_family.clone(),
-                    client_id: r.client_id.clone(),
-                    client_mode: r.client_mode.clone(),
-                    remote_ip: r.remote_ip.clone(),
+                    display_name: r.metadata.display_name.clone(),
+                    platform: r.metadata.platform.clone(),
+                    device_family: r.metadata.device_family.clone(),
+                    client_id: r.metadata.client_id.clone(),
+                    client_mode: r.metadata.client_mode.clone(),
+                    remote_ip: r.metadata.remote_ip.clone(),
                 }),
             ),
             PairingEvent::Resolved {

@@ -26,8 +26,9 @@ use subtle::ConstantTimeEq;
 
 use super::token_key::{self, TOKEN_KEY_FILE, TokenKey};
 use super::{
-    AuditEvent, DeviceStore, IssuedToken, NewAuditEvent, PENDING_TTL_MS, PairedDevice,
-    PendingRequest, StoreError, TokenCheck, TokenSummary, normalize_scopes, scopes_allow,
+    AuditEvent, DeviceMetadata, DeviceStore, IssuedToken, NewAuditEvent, PENDING_TTL_MS,
+    PairedDevice, PendingRequest, StoreError, TokenCheck, TokenSummary, normalize_scopes,
+    scopes_allow,
 };
 
 const SCHEMA: &str = "
@@ -300,14 +301,16 @@ fn read_paired(tx: &Connection, device_id: &str) -> rusqlite::Result<Option<Pair
             Ok(PairedDevice {
                 device_id: r.get(0)?,
                 public_key: r.get(1)?,
-                display_name: r.get(2)?,
-                platform: r.get(3)?,
-                device_family: r.get(4)?,
-                client_id: r.get(5)?,
-                client_mode: r.get(6)?,
+                metadata: DeviceMetadata {
+                    display_name: r.get(2)?,
+                    platform: r.get(3)?,
+                    device_family: r.get(4)?,
+                    client_id: r.get(5)?,
+                    client_mode: r.get(6)?,
+                    remote_ip: r.get(9)?,
+                },
                 roles: unjson(r.get(7)?),
                 approved_scopes: unjson(r.get(8)?),
-                remote_ip: r.get(9)?,
                 created_at_ms: r.get::<_, i64>(10)? as u64,
                 approved_at_ms: r.get::<_, i64>(11)? as u64,
                 tokens: Vec::new(),
@@ -344,14 +347,16 @@ fn row_pending(r: &rusqlite::Row<'_>) -> rusqlite::Result<PendingRequest> {
         request_id: r.get(0)?,
         device_id: r.get(1)?,
         public_key: r.get(2)?,
-        display_name: r.get(3)?,
-        platform: r.get(4)?,
-        device_family: r.get(5)?,
-        client_id: r.get(6)?,
-        client_mode: r.get(7)?,
+        metadata: DeviceMetadata {
+            display_name: r.get(3)?,
+            platform: r.get(4)?,
+            device_family: r.get(5)?,
+            client_id: r.get(6)?,
+            client_mode: r.get(7)?,
+            remote_ip: r.get(10)?,
+        },
         role: r.get(8)?,
         scopes: unjson(r.get(9)?),
-        remote_ip: r.get(10)?,
         silent: r.get(11)?,
         is_repair: r.get(12)?,
         reason: r.get(13)?,
@@ -678,7 +683,7 @@ impl DeviceStore for SqliteStore {
                             detail: Some(format!(
                                 "reason={} remote_ip={}",
                                 req.reason,
-                                req.remote_ip.as_deref().unwrap_or("-")
+                                req.metadata.remote_ip.as_deref().unwrap_or("-")
                             )),
                             ..Default::default()
                         },
@@ -694,14 +699,14 @@ impl DeviceStore for SqliteStore {
                         out.request_id,
                         out.device_id,
                         out.public_key,
-                        out.display_name,
-                        out.platform,
-                        out.device_family,
-                        out.client_id,
-                        out.client_mode,
+                        out.metadata.display_name,
+                        out.metadata.platform,
+                        out.metadata.device_family,
+                        out.metadata.client_id,
+                        out.metadata.client_mode,
                         out.role,
                         json(&out.scopes),
-                        out.remote_ip,
+                        out.metadata.remote_ip,
                         out.silent,
                         out.is_repair,
                         out.reason,
@@ -768,14 +773,14 @@ impl DeviceStore for SqliteStore {
                     params![
                         req.device_id,
                         req.public_key,
-                        req.display_name,
-                        req.platform,
-                        req.device_family,
-                        req.client_id,
-                        req.client_mode,
+                        req.metadata.display_name,
+                        req.metadata.platform,
+                        req.metadata.device_family,
+                        req.metadata.client_id,
+                        req.metadata.client_mode,
                         json(&roles),
                         json(&scopes),
-                        req.remote_ip,
+                        req.metadata.remote_ip,
                         now_ms as i64
                     ],
                 )?;
@@ -1044,10 +1049,10 @@ impl DeviceStore for SqliteStore {
                    remote_ip = ?5 WHERE device_id = ?1",
                 params![
                     d.device_id,
-                    d.display_name,
-                    d.client_id,
-                    d.client_mode,
-                    d.remote_ip
+                    d.metadata.display_name,
+                    d.metadata.client_id,
+                    d.metadata.client_mode,
+                    d.metadata.remote_ip
                 ],
             )
             .map_err(|e| self.err(e))?;

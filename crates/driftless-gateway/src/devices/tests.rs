@@ -446,7 +446,7 @@ fn a_superseding_request_is_announced_with_merged_scopes() {
     assert_eq!(req.request_id, second);
     assert_eq!(req.scopes, ["operator.approvals", "operator.read"]);
     assert_eq!(req.ts, T0 + 10);
-    assert_eq!(req.display_name.as_deref(), Some("laptop"));
+    assert_eq!(req.metadata.display_name.as_deref(), Some("laptop"));
     let (_, wire) = wire(&PairingEvent::Requested(req));
     assert_eq!(wire["displayName"], "laptop");
 }
@@ -631,7 +631,7 @@ fn reconnects_within_the_window_write_nothing() {
     ));
     assert_ne!(data_version(&watcher), before);
     let dev = store.paired("dev-w").unwrap().unwrap();
-    assert_eq!(dev.remote_ip.as_deref(), Some("192.168.1.20"));
+    assert_eq!(dev.metadata.remote_ip.as_deref(), Some("192.168.1.20"));
 
     // A use once the window has passed is recorded again.
     let later = first + LAST_USED_COALESCE_MS;
