@@ -586,4 +586,56 @@ mod tests {
         let s: Status = serde_json::from_str(r#"{"heartbeat":{}}"#).unwrap();
         assert_eq!((s.version, s.uptime_ms, s.auth.mode), (None, None, None));
     }
+
+    #[test]
+    fn openclaw_status_and_admin_snapshot_fields_parse() {
+        // OpenClaw's status summary (shared design §3.4) and the admin-only `snapshot.authMode`.
+        let text = r#"{"runtimeVersion":"2026.9.6","heartbeat":{"defaultAgentId":"main","agents":[]},"channelSummary":["telegram: linked"],"queuedSystemEvents":[],"sessions":{"paths":[],"count":3,"recent":[]}}"#;
+        let s: Status = serde_json::from_str(text).unwrap();
+        assert_eq!(s.runtime_version.as_deref(), Some("2026.9.6"));
+        assert_eq!(s.sessions.and_then(|x| x.count), Some(3));
+        assert_eq!(s.channel_summary, ["telegram: linked"]);
+        assert_eq!(s.connections, None);
+        let snap: HelloSnapshot =
+            serde_json::from_str(r#"{"presence":[],"health":{},"uptimeMs":5,"authMode":"token"}"#)
+                .unwrap();
+        assert_eq!(snap.auth_mode.as_deref(), Some("token"));
+        // driftless's own status keeps its JSON: none of OpenClaw's fields appear.
+        let ours = serde_json::to_value(Status {
+            connections: Some(2),
+            ..Status::default()
+        })
+        .unwrap();
+        assert_eq!(
+            ours,
+            serde_json::json!({"auth": {"fingerprint": null, "grace": null}, "secrets": [],
+                "lastReload": null, "connections": 2})
+        );
+    }
+
+    #[test]
+    fn device_metadata_is_flattened_with_nulls_kept() {
+        let d = PairedDevice {
+            device_id: "d".into(),
+            public_key: "pk".into(),
+            metadata: DeviceMetadata {
+                platform: Some("linux".into()),
+                ..DeviceMetadata::default()
+            },
+            roles: vec!["operator".into()],
+            approved_scopes: vec![],
+            created_at_ms: 1,
+            approved_at_ms: 2,
+            tokens: vec![],
+        };
+        let v = serde_json::to_value(&d).unwrap();
+        assert_eq!(
+            v,
+            serde_json::json!({"deviceId": "d", "publicKey": "pk", "displayName": null,
+                "platform": "linux", "deviceFamily": null, "clientId": null, "clientMode": null,
+                "roles": ["operator"], "approvedScopes": [], "remoteIp": null, "createdAtMs": 1,
+                "approvedAtMs": 2, "tokens": []})
+        );
+        assert_eq!(serde_json::from_value::<PairedDevice>(v).unwrap(), d);
+    }
 }
