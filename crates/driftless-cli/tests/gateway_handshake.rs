@@ -639,3 +639,121 @@ async fn a_node_role_gets_role_refusals_and_a_flood_closes_it() {
     let mut op = session(&gw.url, cli_params(Some(CANARY))).await;
     assert_eq!(op.call("s", "status", None).await["ok"], true);
 }
+
+/// `GET path` from this machine's main loopback address, answered within `within` or `None`.
+async fn http_get_within(port: u16, path: &str, within: Duration) -> Option<String> {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    tokio::time::timeout(within, async {
+        let mut s = tokio::net::TcpStream::connect(("127.0.0.1", port))
+            .await
+            .ok()?;
+        let req = format!("GET {path} HTTP/1.1\r\nHost: 127.0.0.1\r\nConnection: close\r\n\r\n");
+        s.write_all(req.as_bytes()).await.ok()?;
+        let mut text = String::new();
+        s.read_to_string(&mut text).await.ok()?;
+        Some(text)
+    })
+    .await
+    .ok()
+    .flatten()
+}
+
+/// Issue 15, finding 1: 1,100 silent or half-sent sockets from one address against a gateway
+/// limited to 1,024 descriptors (what a unit gets by default). Before the per-address cap, every
+/// descriptor went to the attacker and `accept` failed with "Too many open files": `/healthz` and
+/// correct-token connects from anywhere else timed out until the attacker let go.
+#[tokio::test]
+async fn one_address_cannot_take_the_descriptor_budget() {
+    use rustix::process::{Resource, getrlimit, setrlimit};
+    use tokio::io::AsyncWriteExt;
+    const SOCKETS: usize = 1_100;
+    // This test process holds the attacker's sockets: lift its own soft limit.
+    let mut limit = getrlimit(Resource::Nofile);
+    let hard = limit.maximum.unwrap_or(u64::MAX);
+    assert!(
+        hard >= 4_096,
+        "this test needs an open-file hard limit of at least 4096 (it is {hard}); raise `ulimit -Hn`"
+    );
+    limit.current = Some(hard);
+    setrlimit(Resource::Nofile, limit).unwrap();
+
+    let home = Home::new();
+    home.token_config(CANARY, "");
+    let gw = Gateway::start_with_fd_limit(&home, 1_024, &[]);
+    let limits = std::fs::read_to_string(format!("/proc/{}/limits", gw.child.id())).unwrap();
+    assert!(
+        limits
+            .lines()
+            .any(|l| l.starts_with("Max open files") && l.split_whitespace().nth(3) == Some("1024")),
+        "the gateway does not run under a 1024-descriptor limit:\n{limits}"
+    );
+
+    // The attacker: another loopback address, every other socket sending half a request.
+    let target = std::net::SocketAddr::from(([127, 0, 0, 1], gw.port));
+    let mut held = Vec::with_capacity(SOCKETS);
+    for i in 0..SOCKETS {
+        let socket = tokio::net::TcpSocket::new_v4().unwrap();
+        socket.bind(([127, 0, 0, 3], 0).into()).unwrap();
+        let mut tcp = socket.connect(target).await.unwrap();
+        if i % 2 == 1 {
+            // Ignored: the gateway may already have closed a socket over the cap.
+            let _ = tcp
+                .write_all(b"GET / HTTP/1.1\r\nHost: x\r\nUpgrade: web")
+                .await;
+        }
+        held.push(tcp);
+    }
+    // Everything past the cap is closed on accept.
+    assert!(
+        eventually(Duration::from_secs(10), || async {
+            gw.metric("driftless_gateway_address_cap_rejections_total") >= (SOCKETS - 256) as f64
+        })
+        .await,
+        "the gateway did not close the sockets over the per-address cap: {} closed",
+        gw.metric("driftless_gateway_address_cap_rejections_total")
+    );
+    // While all of them are held, other clients are served within a second, every time.
+    for round in 0..5 {
+        let health = http_get_within(gw.port, "/healthz", Duration::from_secs(1)).await;
+        assert!(
+            health
+                .as_deref()
+                .is_some_and(|t| t.starts_with("HTTP/1.1 200")),
+            "round {round}: /healthz did not answer within a second: {health:?}"
+        );
+        let hello = tokio::time::timeout(Duration::from_secs(1), accepted(&gw.url, CANARY)).await;
+        assert_eq!(
+            hello,
+            Ok(true),
+            "round {round}: a correct-token connect did not get hello-ok within a second"
+        );
+    }
+    drop(held);
+    gw.finish();
+}
+
+/// Below the upgrade, a socket that sends no request (or stops halfway) is closed after the
+/// handshake timeout, like a WebSocket that never sends `connect`.
+#[tokio::test]
+async fn a_silent_or_half_sent_request_is_closed_after_the_handshake_timeout() {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let home = Home::new();
+    home.token_config(CANARY, "");
+    let gw = Gateway::start(&home, &[], &[("DRIFTLESS_HANDSHAKE_TIMEOUT_MS", "1000")]);
+    let addr = gw.url.trim_start_matches("ws://").to_owned();
+    let silent = tokio::net::TcpStream::connect(&addr).await.unwrap();
+    let mut half = tokio::net::TcpStream::connect(&addr).await.unwrap();
+    half.write_all(b"GET /healthz HTTP/1.1\r\nHost: x\r\n")
+        .await
+        .unwrap();
+    for (name, mut tcp) in [("silent", silent), ("half-sent", half)] {
+        let mut buf = Vec::new();
+        // Generous: a functional bound on a loaded machine, not a latency check.
+        let read = tokio::time::timeout(Duration::from_secs(15), tcp.read_to_end(&mut buf)).await;
+        assert!(
+            matches!(read, Ok(Ok(_)) | Ok(Err(_))),
+            "the {name} socket was still open after 15 s"
+        );
+    }
+    gw.finish();
+}

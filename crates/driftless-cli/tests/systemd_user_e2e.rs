@@ -384,10 +384,11 @@ fn d1_doctor_fix_persists_the_embedded_token_and_restarts_the_service_healthy() 
     assert!(out.contains("No changes"), "{out}");
     let environ = std::fs::read(format!("/proc/{}/environ", h.main_pid())).unwrap();
     assert!(!String::from_utf8_lossy(&environ).contains(canary));
-    // The service's log (the private journal) has the gateway's lines, and never the canary.
+    // The service's log (the private journal) has the gateway's lines (the restart stopped the
+    // first gateway), and never the canary.
     let journal = h.journal();
     assert!(
-        journal.contains("connection closed"),
+        journal.contains("shutting down: closing every connection with 1012"),
         "no gateway lines in the journal:\n{journal}"
     );
     assert!(

@@ -17,8 +17,18 @@ fn root() -> PathBuf {
         .expect("workspace root")
 }
 
-/// Folders never walked: build output, fetched test tools, VCS data.
-const SKIP_DIRS: &[&str] = &["target", ".tools", ".git", "node_modules", "fuzz/target"];
+/// Folders never walked: build output, fetched test tools, VCS data, and what long fuzz runs
+/// write (ignored by git, and changing while a fuzzer runs).
+const SKIP_DIRS: &[&str] = &[
+    "target",
+    ".tools",
+    ".git",
+    "node_modules",
+    "fuzz/target",
+    "fuzz/work",
+    "fuzz/artifacts",
+    "fuzz/coverage",
+];
 
 /// Every regular file of the repository (relative paths, `/`-separated, sorted), text or not.
 fn repo_files() -> Vec<String> {

@@ -11,16 +11,13 @@
 //! read fails and the connection closes with 1009, as an oversized pre-auth frame does.
 
 use std::io;
-use std::net::SocketAddr;
 use std::pin::Pin;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::task::{Context, Poll};
 
-use axum::extract::connect_info::Connected;
-use axum::serve::{IncomingStream, Listener};
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
-use tokio::net::{TcpListener, TcpStream};
+use tokio::net::TcpStream;
 
 /// Bytes a WebSocket may read between its upgrade and `hello-ok`: one maximal pre-auth frame,
 /// its header, and a few control frames. A read may overshoot by one buffer (a few KiB).
@@ -34,7 +31,7 @@ const UNLIMITED: u64 = u64::MAX;
 pub(crate) struct ReadBudget(Arc<AtomicU64>);
 
 impl ReadBudget {
-    fn unlimited() -> ReadBudget {
+    pub(crate) fn unlimited() -> ReadBudget {
         ReadBudget(Arc::new(AtomicU64::new(UNLIMITED)))
     }
 
@@ -65,6 +62,12 @@ impl ReadBudget {
 pub(crate) struct BudgetedStream {
     inner: TcpStream,
     budget: ReadBudget,
+}
+
+impl BudgetedStream {
+    pub(crate) fn new(inner: TcpStream, budget: ReadBudget) -> BudgetedStream {
+        BudgetedStream { inner, budget }
+    }
 }
 
 impl AsyncRead for BudgetedStream {
@@ -115,45 +118,6 @@ impl AsyncWrite for BudgetedStream {
 
     fn is_write_vectored(&self) -> bool {
         self.inner.is_write_vectored()
-    }
-}
-
-/// The gateway's listener: TCP with `TCP_NODELAY` and a read budget per socket.
-pub(crate) struct BudgetListener(pub TcpListener);
-
-impl Listener for BudgetListener {
-    type Io = BudgetedStream;
-    type Addr = SocketAddr;
-
-    async fn accept(&mut self) -> (BudgetedStream, SocketAddr) {
-        let (tcp, addr) = Listener::accept(&mut self.0).await;
-        // Small frames (handshake replies, SSE chunks) must not wait for Nagle + delayed ACK.
-        let _ = tcp.set_nodelay(true);
-        let stream = BudgetedStream {
-            inner: tcp,
-            budget: ReadBudget::unlimited(),
-        };
-        (stream, addr)
-    }
-
-    fn local_addr(&self) -> io::Result<SocketAddr> {
-        self.0.local_addr()
-    }
-}
-
-/// What a handler knows about its socket (axum `ConnectInfo`).
-#[derive(Debug, Clone)]
-pub(crate) struct Peer {
-    pub addr: SocketAddr,
-    pub budget: ReadBudget,
-}
-
-impl Connected<IncomingStream<'_, BudgetListener>> for Peer {
-    fn connect_info(stream: IncomingStream<'_, BudgetListener>) -> Peer {
-        Peer {
-            addr: *stream.remote_addr(),
-            budget: stream.io().budget.clone(),
-        }
     }
 }
 

@@ -10,17 +10,20 @@ use std::sync::Arc;
 use std::sync::atomic::Ordering;
 use std::time::Duration;
 
-use axum::extract::ws::{CloseFrame, Message, WebSocket};
 use driftless_core::config::AuthMode;
 use driftless_protocol::device_auth::{self, DeviceAuthError, VerifiedDevice};
 use driftless_protocol::{
     self as proto, AuthFailure, ConnectParams, ErrorDetails, ErrorShape, IncomingRequest,
     NotARequest, close, codes,
 };
+use futures_util::{SinkExt, StreamExt};
 use serde::Deserialize;
+use tokio_tungstenite::tungstenite::Message;
 use tokio_tungstenite::tungstenite::error::{Error as WsError, ProtocolError};
+use tokio_tungstenite::tungstenite::protocol::CloseFrame;
 
 use crate::State;
+use crate::accept::{Preauth, WebSocket};
 use crate::auth::{self, SharedRefusal};
 use crate::devices::{self, TokenCheck};
 use crate::metrics::HandshakeLabels;
@@ -195,12 +198,7 @@ impl Drop for OpenGuard {
     }
 }
 
-pub(crate) async fn run(
-    mut ws: WebSocket,
-    peer: SocketAddr,
-    state: Arc<State>,
-    preauth: crate::PreauthSlot,
-) {
+pub(crate) async fn run(mut ws: WebSocket, peer: SocketAddr, state: Arc<State>, preauth: Preauth) {
     state.connections.fetch_add(1, Ordering::SeqCst);
     state.metrics.connections_open.inc();
     let _open = OpenGuard(state.clone());
@@ -252,7 +250,8 @@ pub(crate) async fn run(
     } else if matches!(end, End::PeerClosed) {
         answer_close(&mut ws).await;
     }
-    tracing::info!(
+    // Per session, so debug: at info it would cost every session a formatted line.
+    tracing::debug!(
         %peer, conn_id, auth_method = method, role = %session.role,
         close_code = close.as_ref().map_or(0, |c| c.0),
         reason = close.as_ref().map_or(end.describe(), |c| &*c.1),
@@ -280,7 +279,7 @@ async fn finish(ws: &mut WebSocket, close: Option<&(u16, Cow<'static, str>)>, wh
 /// The peer sent Close: tungstenite queued the answering Close frame (RFC 6455 §5.5.1, echoing
 /// the peer's code); one more read writes it and then sees the end of the connection.
 async fn answer_close(ws: &mut WebSocket) {
-    let _ = tokio::time::timeout(CLOSE_REPLY_DEADLINE, ws.recv()).await;
+    let _ = tokio::time::timeout(CLOSE_REPLY_DEADLINE, ws.next()).await;
 }
 
 async fn send_close(ws: &mut WebSocket, code: u16, reason: &str) {
@@ -291,7 +290,7 @@ async fn send_close(ws: &mut WebSocket, code: u16, reason: &str) {
     }
     let _ = ws
         .send(Message::Close(Some(CloseFrame {
-            code,
+            code: code.into(),
             reason: reason[..end].into(),
         })))
         .await;
@@ -304,9 +303,8 @@ async fn send_text(ws: &mut WebSocket, text: String) -> bool {
 /// A read error as RFC 6455 sees it: a violation to close with a code (invalid UTF-8 in a text
 /// message → 1007; bad opcode, unmasked client frame, reserved bits, bad fragmentation → 1002;
 /// over the size cap → 1009), or a connection that is simply gone.
-fn violation(e: axum::Error) -> Option<(u16, &'static str)> {
-    let e = e.into_inner();
-    match e.downcast_ref::<WsError>()? {
+fn violation(e: WsError) -> Option<(u16, &'static str)> {
+    match e {
         WsError::Utf8(_) => Some((1007, "invalid UTF-8 in a text message")),
         WsError::Capacity(_) => Some((close::TOO_LARGE, "message too large")),
         WsError::Protocol(
@@ -327,7 +325,7 @@ async fn handshake(
     peer: SocketAddr,
     state: &Arc<State>,
     conn_id: &str,
-    preauth: &crate::PreauthSlot,
+    preauth: &Preauth,
 ) -> Result<Session, Refused> {
     let nonce = uuid::Uuid::new_v4().to_string();
     if !send_text(ws, proto::challenge_text(&nonce, now_ms())).await {
@@ -359,7 +357,7 @@ async fn handshake(
 async fn read_first_frame(
     ws: &mut WebSocket,
     state: &State,
-    preauth: &crate::PreauthSlot,
+    preauth: &Preauth,
 ) -> Result<String, Rejection> {
     let mut control = state.secrets.control.subscribe();
     let timeout = tokio::time::sleep(state.handshake_timeout);
@@ -373,7 +371,7 @@ async fn read_first_frame(
                 }
                 continue;
             }
-            msg = ws.recv() => msg,
+            msg = ws.next() => msg,
         };
         return match msg {
             // The socket stopped reading mid-frame: a frame far over the pre-auth cap.
@@ -390,7 +388,7 @@ async fn read_first_frame(
             Some(Ok(Message::Close(_))) => Err(Rejection::Closed {
                 peer_sent_close: true,
             }),
-            Some(Ok(Message::Ping(_) | Message::Pong(_))) => continue,
+            Some(Ok(Message::Ping(_) | Message::Pong(_) | Message::Frame(_))) => continue,
             Some(Ok(Message::Text(t))) if t.len() > proto::MAX_PREAUTH_PAYLOAD_BYTES => {
                 Err(Rejection::TooLarge)
             }
@@ -778,7 +776,7 @@ async fn serve(ws: &mut WebSocket, state: &Arc<State>, session: &Session) -> End
                     }
                 }
             }
-            msg = ws.recv() => {
+            msg = ws.next() => {
                 let text = match msg {
                     None => return End::Lost,
                     Some(Err(e)) => return match violation(e) {
@@ -787,7 +785,9 @@ async fn serve(ws: &mut WebSocket, state: &Arc<State>, session: &Session) -> End
                     },
                     Some(Ok(Message::Close(_))) => return End::PeerClosed,
                     Some(Ok(Message::Text(t))) => t,
-                    Some(Ok(Message::Binary(_) | Message::Ping(_) | Message::Pong(_))) => continue,
+                    Some(Ok(
+                        Message::Binary(_) | Message::Ping(_) | Message::Pong(_) | Message::Frame(_),
+                    )) => continue,
                 };
                 let Ok(req) = proto::parse_request(text.as_str()) else {
                     // Responses/events from a client and malformed frames are ignored.

@@ -5,6 +5,7 @@
 //! through a `watch` (auth generation, shutdown: never lost) and a `broadcast` (ticks and pairing
 //! events: droppable, each filtered by the scope its event needs).
 
+mod accept;
 mod auth;
 mod budget;
 mod conn;
@@ -22,7 +23,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
 use axum::Router;
-use axum::extract::{ConnectInfo, State as AxState, WebSocketUpgrade};
+use axum::extract::State as AxState;
 use axum::http::{StatusCode, header};
 use axum::response::IntoResponse;
 use axum::routing::get;
@@ -64,8 +65,6 @@ pub enum GatewayError {
         #[source]
         source: std::io::Error,
     },
-    #[error("the gateway stopped serving: {0}")]
-    Serve(std::io::Error),
     #[error("cannot open the device store: {0}; check that the state directory is writable")]
     Devices(#[from] devices::StoreError),
     #[error(
@@ -91,8 +90,8 @@ pub(crate) struct State {
     pub instance_id: String,
     pub connections: AtomicU64,
     pub bind: String,
-    /// Sockets per address that have not completed `connect` yet.
-    pub preauth: std::sync::Mutex<std::collections::HashMap<IpAddr, u32>>,
+    /// Connections per address that have not authenticated yet.
+    pub addresses: accept::AddressBook,
     /// Paired devices, pending requests, token hashes, audit trail.
     pub devices: Arc<dyn devices::DeviceStore>,
     /// Device sessions to close (rotate/revoke/remove).
@@ -131,53 +130,6 @@ impl State {
     pub(crate) fn announce(&self, event: devices::PairingEvent) {
         let (name, payload) = event.to_wire();
         self.broadcast(name, &payload);
-    }
-}
-
-/// Unauthenticated sockets one address may hold (OpenClaw's default); more get HTTP 503.
-const MAX_PREAUTH_PER_IP: u32 = 32;
-
-/// A reserved pre-auth slot and the socket's read budget; both are released when the handshake
-/// ends either way.
-pub(crate) struct PreauthSlot {
-    state: Arc<State>,
-    ip: IpAddr,
-    budget: budget::ReadBudget,
-}
-
-impl PreauthSlot {
-    fn take(state: &Arc<State>, peer: &budget::Peer) -> Option<PreauthSlot> {
-        let ip = peer.addr.ip().to_canonical();
-        let mut map = state.preauth.lock().unwrap_or_else(|e| e.into_inner());
-        let n = map.entry(ip).or_insert(0);
-        if *n >= MAX_PREAUTH_PER_IP {
-            return None;
-        }
-        *n += 1;
-        peer.budget.limit(budget::PREAUTH_READ_BUDGET);
-        Some(PreauthSlot {
-            state: state.clone(),
-            ip,
-            budget: peer.budget.clone(),
-        })
-    }
-
-    /// The socket read more than a handshake may: the client sent an oversized pre-auth frame.
-    pub(crate) fn over_budget(&self) -> bool {
-        self.budget.exhausted()
-    }
-}
-
-impl Drop for PreauthSlot {
-    fn drop(&mut self) {
-        self.budget.lift();
-        let mut map = self.state.preauth.lock().unwrap_or_else(|e| e.into_inner());
-        if let Some(n) = map.get_mut(&self.ip) {
-            *n -= 1;
-            if *n == 0 {
-                map.remove(&self.ip);
-            }
-        }
     }
 }
 
@@ -252,7 +204,7 @@ impl Gateway {
             instance_id: uuid::Uuid::new_v4().to_string(),
             connections: AtomicU64::new(0),
             bind,
-            preauth: Default::default(),
+            addresses: Default::default(),
             devices: Arc::new(device_store),
             device_events: broadcast::Sender::new(16),
             local_addresses: cfg.gateway.devices.local_addresses.clone(),
@@ -303,19 +255,15 @@ impl Gateway {
             .route("/readyz", get(readyz))
             .route("/metrics", get(metrics_handler))
             .merge(openai::routes())
-            .fallback(ws_upgrade)
+            .fallback(accept::upgrade)
             .with_state(state.clone());
         let (stop_tx, stop_rx) = tokio::sync::oneshot::channel::<()>();
-        let server = tokio::spawn(
-            axum::serve(
-                budget::BudgetListener(self.listener),
-                app.into_make_service_with_connect_info::<budget::Peer>(),
-            )
-            .with_graceful_shutdown(async move {
-                let _ = stop_rx.await;
-            })
-            .into_future(),
-        );
+        let server = tokio::spawn(accept::accept_loop(
+            self.listener,
+            app,
+            state.clone(),
+            stop_rx,
+        ));
         shutdown.await;
         tracing::info!("shutting down: closing every connection with 1012");
         state.secrets.control.send_modify(|c| c.shutdown = true);
@@ -326,11 +274,8 @@ impl Gateway {
         let _ = stop_tx.send(());
         ticker.abort();
         drop(background);
-        // Upgraded sockets are not tracked by graceful shutdown; the drain above covered them.
-        match tokio::time::timeout(Duration::from_secs(1), server).await {
-            Ok(Ok(Err(e))) => Err(GatewayError::Serve(e)),
-            _ => Ok(()),
-        }
+        let _ = tokio::time::timeout(Duration::from_secs(1), server).await;
+        Ok(())
     }
 }
 
@@ -374,28 +319,4 @@ async fn metrics_handler(AxState(state): AxState<Arc<State>>) -> impl IntoRespon
         )],
         state.metrics.encode(),
     )
-}
-
-async fn ws_upgrade(
-    AxState(state): AxState<Arc<State>>,
-    ConnectInfo(peer): ConnectInfo<budget::Peer>,
-    ws: WebSocketUpgrade,
-) -> axum::response::Response {
-    let Some(slot) = PreauthSlot::take(&state, &peer) else {
-        state.metrics.preauth_rejections.inc();
-        return (
-            StatusCode::SERVICE_UNAVAILABLE,
-            "Too many unauthenticated sockets",
-        )
-            .into_response();
-    };
-    // Small buffers keep an idle connection at a few KB; the message cap is the post-handshake
-    // one (before it, the socket's read budget bounds what a frame can make us buffer, and the
-    // 64 KiB cap is checked per frame in `conn`).
-    ws.read_buffer_size(4096)
-        .write_buffer_size(0)
-        .max_write_buffer_size(proto::MAX_BUFFERED_BYTES)
-        .max_message_size(proto::MAX_PAYLOAD_BYTES)
-        .max_frame_size(proto::MAX_PAYLOAD_BYTES)
-        .on_upgrade(move |socket| conn::run(socket, peer.addr, state, slot))
 }

@@ -31,6 +31,7 @@ pub struct Metrics {
     pub auth_checks: Family<OutcomeLabels, Counter>,
     pub limiter_rejections: Counter,
     pub preauth_rejections: Counter,
+    pub address_cap_rejections: Counter,
     pub reloads: Family<OutcomeLabels, Counter>,
     pub secret_generation: Family<SecretLabels, Gauge>,
     pub secret_last_rotation: Family<SecretLabels, Gauge>,
@@ -52,6 +53,7 @@ impl Metrics {
             auth_checks: Family::default(),
             limiter_rejections: Counter::default(),
             preauth_rejections: Counter::default(),
+            address_cap_rejections: Counter::default(),
             reloads: Family::default(),
             secret_generation: Family::default(),
             secret_last_rotation: Family::default(),
@@ -80,6 +82,11 @@ impl Metrics {
             "preauth_rejections",
             "WebSocket upgrades refused because the address holds too many unauthenticated sockets",
             m.preauth_rejections.clone(),
+        );
+        registry.register(
+            "address_cap_rejections",
+            "Connections closed on accept because the address holds too many unauthenticated ones",
+            m.address_cap_rejections.clone(),
         );
         registry.register(
             "secret_reloads",

@@ -408,7 +408,7 @@ fn with_model(json: &[u8], model: &str) -> Option<Vec<u8>> {
 
 async fn chat_completions(
     AxState(state): AxState<Arc<State>>,
-    ConnectInfo(crate::budget::Peer { addr: peer, .. }): ConnectInfo<crate::budget::Peer>,
+    ConnectInfo(crate::accept::Peer { addr: peer, .. }): ConnectInfo<crate::accept::Peer>,
     headers: HeaderMap,
     body: Body,
 ) -> Response {
@@ -612,7 +612,7 @@ async fn list_models(
 /// reached, stalls or sends too much fails the request (502/504 naming it).
 async fn models(
     AxState(state): AxState<Arc<State>>,
-    ConnectInfo(crate::budget::Peer { addr: peer, .. }): ConnectInfo<crate::budget::Peer>,
+    ConnectInfo(crate::accept::Peer { addr: peer, .. }): ConnectInfo<crate::accept::Peer>,
     headers: HeaderMap,
 ) -> Response {
     if let Err(r) = authorize(&state, peer.ip(), &headers).await {

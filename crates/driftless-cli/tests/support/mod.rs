@@ -71,6 +71,31 @@ impl Gateway {
 
     /// Like `start`, but returns the log text when the process exits instead of listening.
     pub fn try_start(home: &Home, args: &[&str], env: &[(&str, &str)]) -> Result<Gateway, String> {
+        let mut cmd = home.command();
+        cmd.args(["gateway", "run"]).args(args);
+        for (k, v) in env {
+            cmd.env(k, v);
+        }
+        Gateway::launch(home, cmd)
+    }
+
+    /// Like `start`, under an open-file limit of `limit` (soft and hard, as `ulimit -n` in a
+    /// shell that then execs the gateway), plus `env`.
+    pub fn start_with_fd_limit(home: &Home, limit: u32, env: &[(&str, &str)]) -> Gateway {
+        let mut cmd = home.cmd("sh");
+        cmd.env("DRIFTLESS_LOG", "debug").args([
+            "-c",
+            &format!("ulimit -n {limit} && exec \"$0\" gateway run"),
+            BIN,
+        ]);
+        for (k, v) in env {
+            cmd.env(k, v);
+        }
+        Gateway::launch(home, cmd).unwrap_or_else(|e| panic!("gateway did not start: {e}"))
+    }
+
+    /// Spawns `cmd` (a gateway) and waits for its `listening on` line.
+    fn launch(home: &Home, mut cmd: Command) -> Result<Gateway, String> {
         let log = home.path().join(format!(
             "gateway-{}.log",
             std::time::SystemTime::now()
@@ -78,11 +103,6 @@ impl Gateway {
                 .unwrap()
                 .as_nanos()
         ));
-        let mut cmd = home.command();
-        cmd.args(["gateway", "run"]).args(args);
-        for (k, v) in env {
-            cmd.env(k, v);
-        }
         let mut child = cmd
             .stdout(Stdio::piped())
             .stderr(std::fs::File::create(&log).unwrap())
