@@ -253,10 +253,29 @@ pub fn connect_params(opts: &ConnectOptions, nonce: &str) -> proto::ConnectParam
     }
 }
 
+/// A result that does not have its method's payload shape.
+#[derive(Debug, thiserror::Error)]
+#[error("unexpected {method} result: {message}")]
+pub struct UnexpectedResult {
+    method: String,
+    message: String,
+}
+
+impl From<UnexpectedResult> for ClientError {
+    fn from(e: UnexpectedResult) -> ClientError {
+        ClientError::Protocol(e.to_string())
+    }
+}
+
 /// A `method`'s result `payload` read as `R`.
-pub fn result_as<R: DeserializeOwned>(method: &str, payload: &Value) -> Result<R, ClientError> {
-    R::deserialize(payload)
-        .map_err(|e| ClientError::Protocol(format!("unexpected {method} result: {e}")))
+pub fn result_as<R: DeserializeOwned>(
+    method: &str,
+    payload: &Value,
+) -> Result<R, UnexpectedResult> {
+    R::deserialize(payload).map_err(|e| UnexpectedResult {
+        method: method.to_owned(),
+        message: e.to_string(),
+    })
 }
 
 /// `client.id`: OpenClaw accepts only its own list of ids; `cli` is the one for a command line.
@@ -390,7 +409,7 @@ impl Connection {
             .transpose()
             .map_err(|e| ClientError::Protocol(format!("{method} params: {e}")))?;
         let payload = self.request(method, params).await?;
-        result_as(method, &payload)
+        Ok(result_as(method, &payload)?)
     }
 
     /// Waits for the next event (or the close), for callers that watch the connection.

@@ -62,7 +62,7 @@ pub enum PairingEvent {
 #[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
 #[serde(untagged)]
 pub enum PairingPayload {
-    Requested(PairRequested),
+    Requested(Box<PairRequested>),
     Resolved(PairResolved),
 }
 
@@ -73,7 +73,7 @@ impl PairingEvent {
         match self {
             PairingEvent::Requested(r) => (
                 "device.pair.requested",
-                PairingPayload::Requested(PairRequested {
+                PairingPayload::Requested(Box::new(PairRequested {
                     request_id: r.request_id.clone(),
                     device_id: r.device_id.clone(),
                     public_key: r.public_key.clone(),
@@ -89,7 +89,7 @@ impl PairingEvent {
                     client_id: r.metadata.client_id.clone(),
                     client_mode: r.metadata.client_mode.clone(),
                     remote_ip: r.metadata.remote_ip.clone(),
-                }),
+                })),
             ),
             PairingEvent::Resolved {
                 request_id,

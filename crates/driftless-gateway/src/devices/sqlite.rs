@@ -294,23 +294,16 @@ fn read_paired(tx: &Connection, device_id: &str) -> rusqlite::Result<Option<Pair
     let dev = tx
         .prepare_cached(
             "SELECT device_id, public_key, display_name, platform, device_family, client_id,
-               client_mode, roles, approved_scopes, remote_ip, created_at_ms, approved_at_ms
+               client_mode, remote_ip, roles, approved_scopes, created_at_ms, approved_at_ms
              FROM paired WHERE device_id = ?1",
         )?
         .query_row([device_id], |r| {
             Ok(PairedDevice {
                 device_id: r.get(0)?,
                 public_key: r.get(1)?,
-                metadata: DeviceMetadata {
-                    display_name: r.get(2)?,
-                    platform: r.get(3)?,
-                    device_family: r.get(4)?,
-                    client_id: r.get(5)?,
-                    client_mode: r.get(6)?,
-                    remote_ip: r.get(9)?,
-                },
-                roles: unjson(r.get(7)?),
-                approved_scopes: unjson(r.get(8)?),
+                metadata: row_metadata(r, 2)?,
+                roles: unjson(r.get(8)?),
+                approved_scopes: unjson(r.get(9)?),
                 created_at_ms: r.get::<_, i64>(10)? as u64,
                 approved_at_ms: r.get::<_, i64>(11)? as u64,
                 tokens: Vec::new(),
@@ -339,24 +332,30 @@ fn read_paired(tx: &Connection, device_id: &str) -> rusqlite::Result<Option<Pair
     Ok(Some(dev))
 }
 
+/// A device's metadata from the six columns starting at `first` (`display_name, platform,
+/// device_family, client_id, client_mode, remote_ip`, in that order in every query).
+fn row_metadata(r: &rusqlite::Row<'_>, first: usize) -> rusqlite::Result<DeviceMetadata> {
+    Ok(DeviceMetadata {
+        display_name: r.get(first)?,
+        platform: r.get(first + 1)?,
+        device_family: r.get(first + 2)?,
+        client_id: r.get(first + 3)?,
+        client_mode: r.get(first + 4)?,
+        remote_ip: r.get(first + 5)?,
+    })
+}
+
 const PENDING_COLS: &str = "request_id, device_id, public_key, display_name, platform,
-  device_family, client_id, client_mode, role, scopes, remote_ip, silent, is_repair, reason, ts_ms";
+  device_family, client_id, client_mode, remote_ip, role, scopes, silent, is_repair, reason, ts_ms";
 
 fn row_pending(r: &rusqlite::Row<'_>) -> rusqlite::Result<PendingRequest> {
     Ok(PendingRequest {
         request_id: r.get(0)?,
         device_id: r.get(1)?,
         public_key: r.get(2)?,
-        metadata: DeviceMetadata {
-            display_name: r.get(3)?,
-            platform: r.get(4)?,
-            device_family: r.get(5)?,
-            client_id: r.get(6)?,
-            client_mode: r.get(7)?,
-            remote_ip: r.get(10)?,
-        },
-        role: r.get(8)?,
-        scopes: unjson(r.get(9)?),
+        metadata: row_metadata(r, 3)?,
+        role: r.get(9)?,
+        scopes: unjson(r.get(10)?),
         silent: r.get(11)?,
         is_repair: r.get(12)?,
         reason: r.get(13)?,
