@@ -923,6 +923,81 @@ fn unparsable_plist_is_reported_and_never_rewritten() {
     assert_eq!(read(&h.plist()), broken);
 }
 
+/// Runs `doctor args…` to completion within 30 s (killed and failed otherwise: it used to hang).
+fn doctor_bounded(h: &Home, args: &[&str]) -> (i32, String) {
+    let mut child = h
+        .cmd(BIN)
+        .arg("doctor")
+        .args(args)
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
+    while child.try_wait().unwrap().is_none() {
+        if std::time::Instant::now() > deadline {
+            let _ = child.kill();
+            let _ = child.wait();
+            panic!("doctor {args:?} did not finish within 30 s");
+        }
+        std::thread::sleep(std::time::Duration::from_millis(20));
+    }
+    let out = child.wait_with_output().unwrap();
+    (
+        out.status.code().unwrap_or(-1),
+        format!(
+            "{}{}",
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        ),
+    )
+}
+
+/// Issue 15: a unit whose `EnvironmentFile=` is a FIFO hung `doctor` for ever; one pointing at
+/// `/dev/zero` read until memory ran out. Now doctor finishes with a finding that names the file
+/// and what it is, and `--fix` leaves the unit as it was.
+#[test]
+fn an_environment_file_that_is_a_fifo_or_dev_zero_is_a_finding_not_a_hang() {
+    let h = Home::new();
+    h.ok(&["init"]);
+    let fifo = h.root().join("gw.env");
+    let made = std::process::Command::new("mkfifo")
+        .arg(&fifo)
+        .status()
+        .unwrap();
+    assert!(made.success(), "mkfifo failed");
+    for (env_file, kind) in [
+        (fifo.as_path(), "a FIFO"),
+        (Path::new("/dev/zero"), "a character device"),
+    ] {
+        let unit = format!(
+            "[Service]\nEnvironmentFile={}\nExecStart=/usr/bin/true\n",
+            env_file.display()
+        );
+        write_file(&h.unit(), &unit, 0o644);
+        let (code, out) = doctor_bounded(&h, &["--json"]);
+        assert_eq!(code, 1, "{out}");
+        let v: serde_json::Value = serde_json::from_str(&out)
+            .unwrap_or_else(|e| panic!("doctor --json printed no JSON ({e}):\n{out}"));
+        let f = findings(&v, "unit-secret");
+        let message = f
+            .iter()
+            .filter_map(|r| r["finding"].as_str())
+            .find(|m| m.contains("cannot be scanned"))
+            .unwrap_or_else(|| panic!("no unit-secret finding for {kind}: {v:#}"));
+        assert!(
+            message.contains(&env_file.display().to_string()) && message.contains(kind),
+            "{message}"
+        );
+        let (_, out) = doctor_bounded(&h, &["--fix"]);
+        assert_eq!(
+            read(&h.unit()),
+            unit,
+            "doctor --fix rewrote the unit:\n{out}"
+        );
+    }
+}
+
 fn is_symlink(p: &Path) -> bool {
     std::fs::symlink_metadata(p)
         .unwrap()

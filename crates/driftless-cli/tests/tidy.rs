@@ -183,7 +183,15 @@ const EXPOSE_ALLOWED: &[(&str, &str)] = &[
     // core: the redactor.
     ("crates/driftless-core/src/redact.rs", "redactor"),
     // gateway: the device-token verifier, tokens issued to a device, provider keys upstream.
-    ("crates/driftless-gateway/src/devices/sqlite.rs", "verifier"),
+    ("crates/driftless-gateway/src/devices/rules.rs", "verifier"),
+    (
+        "crates/driftless-gateway/src/devices/token_key.rs",
+        "reads the device token key from its reference",
+    ),
+    (
+        "crates/driftless-gateway/src/devices/postgres.rs",
+        "presents the database password to its server",
+    ),
     (
         "crates/driftless-gateway/src/methods.rs",
         "issues a device token",
@@ -456,6 +464,11 @@ const JSON_BY_NAME_ALLOWED: &[(&str, &str)] = &[
     ),
     // launchd property lists.
     ("crates/driftless-ops/src/scan.rs", "launchd plists"),
+    // Test support for a private PostgreSQL: `Env::get` of variables, not JSON.
+    (
+        "crates/driftless-gateway/src/testing/postgres.rs",
+        "environment lookups",
+    ),
     // The supervisor's own control socket reply.
     (
         "crates/driftless-supervisor/src/control.rs",

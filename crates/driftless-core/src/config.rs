@@ -43,6 +43,44 @@ pub struct DevicesConfig {
     /// shared secret. Empty (the default) means every loopback address.
     #[serde(skip_serializing_if = "Vec::is_empty")]
     pub local_addresses: Vec<std::net::IpAddr>,
+    /// Where paired devices, pending requests, token hashes and the audit trail live: `sqlite`
+    /// (the default, a file in the state directory, for one gateway) or `postgres` (one database
+    /// shared by several gateway replicas; needs `[gateway.devices.postgres]`).
+    pub store: DeviceStoreKind,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub postgres: Option<PostgresConfig>,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Deserialize, Serialize, JsonSchema)]
+#[serde(rename_all = "lowercase")]
+pub enum DeviceStoreKind {
+    #[default]
+    Sqlite,
+    Postgres,
+}
+
+/// The PostgreSQL device store (`[gateway.devices.postgres]`).
+#[derive(Debug, Clone, Deserialize, Serialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct PostgresConfig {
+    /// libpq connection string without the password, as a URL
+    /// (`postgres://driftless@db.internal/driftless`) or `key=value` pairs
+    /// (`host=/run/postgresql user=driftless dbname=driftless`).
+    pub url: String,
+    /// The role's password. Read again for each new connection, so rotating it at its source
+    /// needs no restart.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub password: Option<SecretInput>,
+    /// The key device tokens are derived with (32 random bytes, base64url), the same for every
+    /// replica; it is never stored in the database, so the database alone yields no token.
+    pub token_key: SecretInput,
+    /// Connections each gateway keeps open at most.
+    #[serde(default = "default_pool_size")]
+    pub pool_size: u32,
+}
+
+fn default_pool_size() -> u32 {
+    8
 }
 
 impl Default for GatewayConfig {
@@ -286,6 +324,17 @@ impl Config {
                 ));
             }
         }
+        let devices = &self.gateway.devices;
+        if devices.store == DeviceStoreKind::Postgres && devices.postgres.is_none() {
+            return invalid(
+                "gateway.devices.store = \"postgres\" needs a [gateway.devices.postgres] table \
+                 with url and token_key"
+                    .into(),
+            );
+        }
+        if devices.postgres.as_ref().is_some_and(|p| p.pool_size == 0) {
+            return invalid("gateway.devices.postgres.pool_size must be at least 1".into());
+        }
         for (id, p) in &self.providers {
             if !(p.base_url.starts_with("http://") || p.base_url.starts_with("https://")) {
                 return invalid(format!(
@@ -310,6 +359,15 @@ impl Config {
             if let Some(i) = input {
                 out.push((name.to_owned(), i));
             }
+        }
+        if let Some(p) = &g.devices.postgres {
+            if let Some(pw) = &p.password {
+                out.push(("gateway.devices.postgres.password".to_owned(), pw));
+            }
+            out.push((
+                "gateway.devices.postgres.token_key".to_owned(),
+                &p.token_key,
+            ));
         }
         for (id, p) in &self.providers {
             if let Some(k) = &p.api_key {
@@ -357,6 +415,9 @@ impl Config {
             ) || (path.starts_with("gateway.auth.token.")
                 || path.starts_with("gateway.auth.password."))
                 || path.starts_with("gateway.remote.")
+                // Read again for each new database connection.
+                || path == "gateway.devices.postgres.password"
+                || path.starts_with("gateway.devices.postgres.password.")
                 || (path.starts_with("providers.")
                     && (path.ends_with(".api_key") || path.contains(".api_key.")));
             !secret

@@ -26,6 +26,7 @@ use axum::extract::ConnectInfo;
 use axum::http::{HeaderMap, HeaderValue, Method, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use driftless_protocol as proto;
+use futures_util::future::Either;
 use hyper::body::Incoming;
 use hyper_util::rt::{TokioIo, TokioTimer};
 use tokio::net::{TcpListener, TcpStream};
@@ -198,10 +199,17 @@ async fn connection(
         upgrade: Arc::default(),
     };
     let upgrade = peer.upgrade.clone();
+    let upgrade_state = state.clone();
     let service = hyper::service::service_fn(move |mut req: hyper::Request<Incoming>| {
+        // Any request asking to upgrade is a WebSocket upgrade, whatever its path (OpenClaw's
+        // server takes every `upgrade` request the same way); it needs no router.
+        if req.headers().contains_key(header::UPGRADE) {
+            let res = upgrade_or_refusal(&upgrade_state, &peer, req.method(), req.headers());
+            return Either::Left(std::future::ready(Ok(res)));
+        }
         req.extensions_mut().insert(ConnectInfo(peer.clone()));
         // A `Router` is always ready (axum's documented contract), so no `poll_ready` first.
-        app.clone().call(req)
+        Either::Right(app.clone().call(req))
     });
     let mut http = hyper::server::conn::http1::Builder::new()
         .timer(TokioTimer::new())
@@ -251,15 +259,26 @@ async fn connection(
     crate::conn::run(ws, addr, state, preauth).await;
 }
 
-/// Every request no route claims: a WebSocket upgrade (OpenClaw serves its WebSocket on any
-/// path). Refusals keep the statuses and texts clients saw from axum's extractor.
-pub(crate) async fn upgrade(
+/// Every request no route claims and that does not ask to upgrade: the refusal a WebSocket
+/// upgrade without its headers gets (the statuses and texts clients saw from axum's extractor).
+pub(crate) async fn not_an_upgrade(
     axum::extract::State(state): axum::extract::State<Arc<State>>,
     ConnectInfo(peer): ConnectInfo<Peer>,
-    method: Method,
-    headers: HeaderMap,
+    req: axum::extract::Request,
 ) -> Response {
-    let key = match websocket_key(&method, &headers) {
+    upgrade_or_refusal(&state, &peer, req.method(), req.headers())
+}
+
+/// A `101 Switching Protocols` that reserves the socket's pre-auth slot and read budget for the
+/// connection's task, or the refusal: not a valid upgrade, or too many handshakes from the
+/// address (503).
+fn upgrade_or_refusal(
+    state: &Arc<State>,
+    peer: &Peer,
+    method: &Method,
+    headers: &HeaderMap,
+) -> Response {
+    let key = match websocket_key(method, headers) {
         Ok(key) => key,
         Err(refusal) => return refusal.into_response(),
     };

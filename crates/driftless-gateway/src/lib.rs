@@ -16,6 +16,8 @@ pub mod metrics;
 mod openai;
 mod reload;
 pub mod secrets;
+#[cfg(any(test, feature = "test-support"))]
+pub mod testing;
 
 use std::net::{IpAddr, SocketAddr};
 use std::sync::Arc;
@@ -189,7 +191,12 @@ impl Gateway {
         let reload_debounce = millis(RELOAD_DEBOUNCE_ENV, reload::DEBOUNCE_MS);
         let metrics = Metrics::new();
         secrets.init_metrics(&metrics);
-        let device_store = devices::SqliteStore::open_in(&driftless_core::paths::state_dir(env))?;
+        let device_store = devices::open_configured(
+            cfg,
+            env,
+            loaded.base_dir(),
+            &driftless_core::paths::state_dir(env),
+        )?;
         let state = Arc::new(State {
             limiter: Limiter::new(&cfg.gateway.auth.rate_limit),
             secrets,
@@ -205,7 +212,7 @@ impl Gateway {
             connections: AtomicU64::new(0),
             bind,
             addresses: Default::default(),
-            devices: Arc::new(device_store),
+            devices: device_store,
             device_events: broadcast::Sender::new(16),
             local_addresses: cfg.gateway.devices.local_addresses.clone(),
             openai: openai::Providers::new(cfg).map_err(GatewayError::HttpClient)?,
@@ -255,7 +262,7 @@ impl Gateway {
             .route("/readyz", get(readyz))
             .route("/metrics", get(metrics_handler))
             .merge(openai::routes())
-            .fallback(accept::upgrade)
+            .fallback(accept::not_an_upgrade)
             .with_state(state.clone());
         let (stop_tx, stop_rx) = tokio::sync::oneshot::channel::<()>();
         let server = tokio::spawn(accept::accept_loop(

@@ -24,7 +24,7 @@ pub enum BackupError {
 /// Copies `path` to `path.bak-<unix seconds>[-n]` (0600), with each of `moved` replaced by
 /// `[redacted sha256:…]`, and returns the backup's path.
 pub fn backup(path: &Path, moved: &[&SecretValue]) -> Result<PathBuf, BackupError> {
-    let bytes = std::fs::read(path).map_err(|source| BackupError::Read {
+    let bytes = crate::input::read(path).map_err(|source| BackupError::Read {
         path: path.to_owned(),
         source,
     })?;

@@ -61,6 +61,15 @@ pub enum MigrateError {
          Nothing was changed"
     )]
     TargetHoldsOther { path: PathBuf, existing: String },
+    #[error(
+        "{path} exists but cannot be read ({source}); move it away or migrate to an env var. \
+         Nothing was changed"
+    )]
+    TargetUnreadable {
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
     #[error(transparent)]
     Write(#[from] atomic::WriteError),
     #[error(transparent)]
@@ -89,7 +98,17 @@ pub fn default_file(name: &str, state_dir: &Path) -> PathBuf {
 /// Writes `value` to `path` (0600, directory 0700) unless the file already holds it. Returns
 /// whether it wrote. A file holding another value is never overwritten.
 pub fn persist_file(path: &Path, value: &SecretValue) -> Result<bool, MigrateError> {
-    if let Ok(mut existing) = std::fs::read_to_string(path) {
+    let existing = match crate::input::read_to_string(path) {
+        Ok(text) => Some(text),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => None,
+        Err(source) => {
+            return Err(MigrateError::TargetUnreadable {
+                path: path.to_owned(),
+                source,
+            });
+        }
+    };
+    if let Some(mut existing) = existing {
         if existing.ends_with('\n') {
             existing.pop();
         }

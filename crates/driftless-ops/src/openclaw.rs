@@ -145,7 +145,7 @@ fn json5_depth(text: &str) -> usize {
 
 /// Parses JSON5; the error names the line and column and never quotes the text.
 pub(crate) fn parse_json5(path: &Path) -> Result<Option<Value>, String> {
-    let text = match std::fs::read_to_string(path) {
+    let text = match crate::input::read_to_string(path) {
         Ok(t) => t,
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(None),
         Err(e) => return Err(format!("{}: {e}", path.display())),
@@ -266,7 +266,7 @@ pub(crate) fn definitions(inst: &Install, env: &Env) -> Vec<Def> {
     ]
     .into_iter()
     .filter_map(|(format, path)| {
-        let bytes = std::fs::read(path).ok()?;
+        let bytes = crate::input::read(path).ok()?;
         let embedded = scan::scan_definition(format, &bytes, env, &inst.live).unwrap_or_default();
         Some(Def {
             format,

@@ -232,8 +232,20 @@ fn scan_args(words: &[String], key: &str, live: &Live, out: &mut Vec<Embedded>) 
     }
 }
 
-/// Every secret in a systemd unit. Environment files the unit names are read too.
+/// Every secret in a systemd unit. Environment files the unit names are read too; one that is
+/// missing holds nothing, one that cannot be read (a FIFO, a device, too large) is skipped here
+/// and reported by [`scan_definition`].
 pub fn scan_systemd(text: &str, env: &Env, live: &Live) -> Vec<Embedded> {
+    scan_systemd_reporting(text, env, live, &mut Vec::new())
+}
+
+/// [`scan_systemd`], with each environment file that could not be read added to `unreadable`.
+fn scan_systemd_reporting(
+    text: &str,
+    env: &Env,
+    live: &Live,
+    unreadable: &mut Vec<ScanError>,
+) -> Vec<Embedded> {
     let mut out = Vec::new();
     for (key, value) in service_settings(text) {
         if key == "Environment" {
@@ -252,17 +264,23 @@ pub fn scan_systemd(text: &str, env: &Env, live: &Live) -> Vec<Embedded> {
         } else if key == "EnvironmentFile" {
             let path = expand_specifiers(value.trim_start_matches('-'), env);
             let path = PathBuf::from(path);
-            if let Ok(contents) = std::fs::read_to_string(&path) {
-                for (name, v) in env_file_vars(&contents) {
-                    out.extend(candidate(
-                        format!("EnvironmentFile={}: {name}", path.display()),
-                        &name,
-                        &v,
-                        live,
-                        Some(&path),
-                        name_looks_secret(&name),
-                    ));
+            let contents = match crate::input::read(&path) {
+                Ok(bytes) => String::from_utf8_lossy(&bytes).into_owned(),
+                Err(e) if e.kind() == std::io::ErrorKind::NotFound => continue,
+                Err(e) => {
+                    unreadable.push(ScanError::EnvironmentFile { path, source: e });
+                    continue;
                 }
+            };
+            for (name, v) in env_file_vars(&contents) {
+                out.extend(candidate(
+                    format!("EnvironmentFile={}: {name}", path.display()),
+                    &name,
+                    &v,
+                    live,
+                    Some(&path),
+                    name_looks_secret(&name),
+                ));
             }
         } else if key.starts_with("Exec") {
             let cmd = value.trim_start_matches(['@', '-', ':', '+', '!']);
@@ -279,16 +297,25 @@ pub enum Format {
     Plist,
 }
 
-/// Every secret in a service definition of `format`. Fails only when a plist does not parse or nests
-/// too deep.
+/// Every secret in a service definition of `format`. Fails when a plist does not parse or nests
+/// too deep, or when an environment file a unit names exists but cannot be read (what it holds is
+/// unknown, so the definition must not be called clean or rewritten).
 pub fn scan_definition(
     format: Format,
     bytes: &[u8],
     env: &Env,
     live: &Live,
-) -> Result<Vec<Embedded>, PlistError> {
+) -> Result<Vec<Embedded>, ScanError> {
     match format {
-        Format::Systemd => Ok(scan_systemd(&String::from_utf8_lossy(bytes), env, live)),
+        Format::Systemd => {
+            let mut unreadable = Vec::new();
+            let found =
+                scan_systemd_reporting(&String::from_utf8_lossy(bytes), env, live, &mut unreadable);
+            match unreadable.into_iter().next() {
+                Some(e) => Err(e),
+                None => Ok(found),
+            }
+        }
         Format::Plist => scan_plist(bytes, live),
     }
 }
@@ -298,13 +325,18 @@ pub fn scan_definition(
 /// `plist::from_bytes`.
 const MAX_PLIST_DEPTH: usize = 128;
 
-/// Why a plist was not scanned.
+/// Why a service definition was not scanned.
 #[derive(Debug, thiserror::Error)]
-pub enum PlistError {
-    #[error(transparent)]
+pub enum ScanError {
+    #[error("it does not parse: {0}")]
     Parse(#[from] plist::Error),
     #[error("it nests deeper than {MAX_PLIST_DEPTH} levels, which no launchd plist does")]
     TooDeep,
+    #[error("its EnvironmentFile {} cannot be read: {source}", path.display())]
+    EnvironmentFile {
+        path: PathBuf,
+        source: std::io::Error,
+    },
 }
 
 /// Whether `value` nests deeper than [`MAX_PLIST_DEPTH`], walked without recursion.
@@ -336,12 +368,12 @@ fn dismantle(value: plist::Value) {
 }
 
 /// Every secret in a launchd plist. Fails only when the plist does not parse or nests too deep.
-pub fn scan_plist(bytes: &[u8], live: &Live) -> Result<Vec<Embedded>, PlistError> {
+pub fn scan_plist(bytes: &[u8], live: &Live) -> Result<Vec<Embedded>, ScanError> {
     // `from_reader` builds the value without recursing (`plist::from_bytes` recurses per level).
     let value = plist::Value::from_reader(std::io::Cursor::new(bytes))?;
     if too_deep(&value) {
         dismantle(value);
-        return Err(PlistError::TooDeep);
+        return Err(ScanError::TooDeep);
     }
     let mut out = Vec::new();
     let Some(d) = value.as_dictionary() else {
@@ -460,6 +492,68 @@ mod tests {
         assert!(found[3].value.matches("canary-arg-1"));
     }
 
+    /// Runs `f` on its own thread and fails the test when it does not return within 10 s (a hang
+    /// guard: the scan used to block for ever on a FIFO).
+    fn within<T: Send + 'static>(what: &str, f: impl FnOnce() -> T + Send + 'static) -> T {
+        let (tx, rx) = std::sync::mpsc::channel();
+        std::thread::spawn(move || {
+            let _ = tx.send(f());
+        });
+        rx.recv_timeout(std::time::Duration::from_secs(10))
+            .unwrap_or_else(|_| panic!("{what} did not return within 10 s"))
+    }
+
+    /// Issue 15: an `EnvironmentFile=` that is a FIFO blocked the scan (and `doctor`) for ever in
+    /// `open()`, one that is `/dev/zero` read until memory ran out. Each is now refused at once, the
+    /// definition is reported as not scanned (naming the file and what it is), and a missing file
+    /// still holds nothing.
+    #[test]
+    fn an_environment_file_that_is_a_fifo_or_a_device_is_reported_not_read() {
+        let dir = tempfile::tempdir().unwrap();
+        let fifo = dir.path().join("gw.env");
+        let made = std::process::Command::new("mkfifo")
+            .arg(&fifo)
+            .status()
+            .unwrap();
+        assert!(made.success(), "mkfifo failed");
+        for (path, kind) in [
+            (fifo.as_path(), "FIFO"),
+            (Path::new("/dev/zero"), "character device"),
+        ] {
+            let unit = format!(
+                "[Service]\nEnvironment=API_TOKEN=canary-inline-still-found\nEnvironmentFile={}\n",
+                path.display()
+            );
+            let err = within(&format!("scanning a unit naming {kind}"), move || {
+                scan_definition(
+                    Format::Systemd,
+                    unit.as_bytes(),
+                    &Env::default(),
+                    &Vec::new(),
+                )
+                .map(|found| found.len())
+            })
+            .unwrap_err()
+            .to_string();
+            assert!(
+                err.contains(&path.display().to_string()) && err.contains(kind),
+                "{err}"
+            );
+        }
+        let unit = format!(
+            "[Service]\nEnvironmentFile=-{}\n",
+            dir.path().join("absent.env").display()
+        );
+        let found = scan_definition(
+            Format::Systemd,
+            unit.as_bytes(),
+            &Env::default(),
+            &Vec::new(),
+        )
+        .unwrap();
+        assert!(found.is_empty());
+    }
+
     #[test]
     fn removes_only_named_assignments() {
         let unit =
@@ -482,11 +576,11 @@ mod tests {
                 close.repeat(20_000)
             );
             let err = scan_plist(plist.as_bytes(), &Vec::new()).unwrap_err();
-            assert!(matches!(err, PlistError::TooDeep), "{err}");
+            assert!(matches!(err, ScanError::TooDeep), "{err}");
             // Never closed: a parse error, and no overflow either.
             let plist = format!("<plist version=\"1.0\">{}", open.repeat(20_000));
             let err = scan_plist(plist.as_bytes(), &Vec::new()).unwrap_err();
-            assert!(matches!(err, PlistError::Parse(_)), "{err}");
+            assert!(matches!(err, ScanError::Parse(_)), "{err}");
         }
         let ok = format!(
             "<?xml version=\"1.0\"?><plist version=\"1.0\">{}<dict><key>ProgramArguments</key>\

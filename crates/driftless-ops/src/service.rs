@@ -561,7 +561,11 @@ pub fn install(
 ) -> Result<InstallReport, ServiceError> {
     let path = manager.definition_path(env);
     let wanted = manager.render(spec);
-    let current = std::fs::read(&path).ok();
+    let current = match crate::input::read(&path) {
+        Ok(bytes) => Some(bytes),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => None,
+        Err(e) => return Err(FileError::of("read", &path)(e).into()),
+    };
     let mut report = InstallReport {
         path: path.clone(),
         wrote: false,

@@ -85,7 +85,10 @@ impl MethodError {
             StoreError::UnknownRequest | StoreError::UnknownDevice => {
                 MethodError::invalid(e.to_string())
             }
-            StoreError::Sqlite { .. } | StoreError::TokenKey(_) | StoreError::Task(_) => {
+            StoreError::Sqlite { .. }
+            | StoreError::Postgres { .. }
+            | StoreError::TokenKey(_)
+            | StoreError::Task(_) => {
                 tracing::error!(error = %e, "device store failed");
                 MethodError {
                     code: "UNAVAILABLE",

@@ -10,11 +10,15 @@
 //! event is appended to a bounded audit trail (the newest `AUDIT_KEEP_ROWS`); token uses are
 //! recorded at most once per `LAST_USED_COALESCE_MS`, rejections always.
 
+mod backend;
 mod methods;
 mod pairing;
+mod postgres;
+mod rules;
 mod sqlite;
 mod token_key;
 
+pub use backend::open_configured;
 pub use driftless_protocol::payloads::{
     DeviceMetadata, PairedDevice, PendingRequest, TokenSummary,
 };
@@ -24,8 +28,9 @@ pub use methods::{
     Caller, DeviceResult, Disconnect, MethodError, handle as handle_method, is_device_method,
 };
 pub use pairing::{ConnectingDevice, PairingOutcome, on_connect, verify_device_token};
+pub use postgres::{MIGRATIONS, PasswordSource, PostgresOptions, PostgresStore};
 pub use sqlite::{AUDIT_KEEP_ROWS, AUDIT_TRIM_EVERY, LAST_USED_COALESCE_MS, SqliteStore};
-pub use token_key::{KeyError, TOKEN_KEY_FILE};
+pub use token_key::{KeyError, TOKEN_KEY_FILE, TokenKey};
 
 use driftless_core::SecretValue;
 
@@ -172,6 +177,10 @@ pub enum StoreError {
         #[source]
         source: rusqlite::Error,
     },
+    /// The PostgreSQL store: `what` names the server and database (never a password), `detail`
+    /// what went wrong.
+    #[error("device store {what}: {detail}")]
+    Postgres { what: String, detail: String },
     #[error("unknown requestId")]
     UnknownRequest,
     #[error("unknown deviceId/role")]

@@ -19,16 +19,13 @@
 use std::path::{Path, PathBuf};
 use std::sync::Mutex;
 
-use driftless_core::Fingerprint;
 use rusqlite::{Connection, OptionalExtension, Transaction, params};
-use sha2::{Digest, Sha256};
-use subtle::ConstantTimeEq;
 
-use super::token_key::{self, TOKEN_KEY_FILE, TokenKey};
+use super::rules::{self, RequestPlan, TokenRow, json, key_fingerprint, unjson};
+use super::token_key::{TOKEN_KEY_FILE, TokenKey};
 use super::{
     AuditEvent, DeviceMetadata, DeviceStore, IssuedToken, NewAuditEvent, PENDING_TTL_MS,
-    PairedDevice, PendingRequest, StoreError, TokenCheck, TokenSummary, normalize_scopes,
-    scopes_allow,
+    PairedDevice, PendingRequest, StoreError, TokenCheck, TokenSummary,
 };
 
 const SCHEMA: &str = "
@@ -103,23 +100,6 @@ impl std::fmt::Debug for SqliteStore {
             .field("path", &self.path)
             .finish()
     }
-}
-
-fn json(v: &[String]) -> String {
-    serde_json::to_string(v).expect("string lists serialize")
-}
-
-fn unjson(s: String) -> Vec<String> {
-    serde_json::from_str(&s).unwrap_or_default()
-}
-
-fn hash(token: &str) -> [u8; 32] {
-    Sha256::digest(token.as_bytes()).into()
-}
-
-/// Fingerprint of a device's public key, for the audit trail.
-pub(crate) fn key_fingerprint(public_key: &str) -> String {
-    Fingerprint::of(public_key.as_bytes()).to_string()
 }
 
 impl SqliteStore {
@@ -235,30 +215,10 @@ impl SqliteStore {
             .ok_or(StoreError::UnknownDevice)?;
         let run = || -> rusqlite::Result<IssuedToken> {
             let issued = mint_in(tx, &self.key, device_id, role, scopes, now_ms)?;
-            audit_in(
-                tx,
-                &NewAuditEvent {
-                    device_id: Some(device_id.to_owned()),
-                    role: Some(role.to_owned()),
-                    key_fingerprint: Some(key_fingerprint(&dev.public_key)),
-                    token_fingerprint: Some(issued.token.fingerprint().to_string()),
-                    outcome: "ok",
-                    ..record
-                },
-                now_ms,
-            )?;
+            audit_in(tx, &rules::token_audit(record, &dev, &issued), now_ms)?;
             Ok(issued)
         };
         run().map_err(|e| self.err(e))
-    }
-}
-
-/// The event and actor of a token issuance, for [`SqliteStore::mint_audited`].
-fn issued_by(actor: &str, event: &'static str) -> NewAuditEvent {
-    NewAuditEvent {
-        event,
-        actor: actor.to_owned(),
-        ..Default::default()
     }
 }
 
@@ -374,20 +334,7 @@ fn prune(tx: &Transaction<'_>, now_ms: u64) -> rusqlite::Result<()> {
     };
     for p in expired {
         tx.execute("DELETE FROM pending WHERE request_id = ?1", [&p.request_id])?;
-        audit_in(
-            tx,
-            &NewAuditEvent {
-                event: "pair.expired",
-                actor: "gateway".into(),
-                device_id: Some(p.device_id),
-                request_id: Some(p.request_id),
-                role: Some(p.role),
-                key_fingerprint: Some(key_fingerprint(&p.public_key)),
-                outcome: "expired",
-                ..Default::default()
-            },
-            now_ms,
-        )?;
+        audit_in(tx, &rules::expired_audit(p), now_ms)?;
     }
     Ok(())
 }
@@ -400,10 +347,7 @@ fn mint_in(
     scopes: &[String],
     now_ms: u64,
 ) -> rusqlite::Result<IssuedToken> {
-    // A new nonce is a new token: the old one no longer matches the stored hash.
-    let nonce = token_key::random_bytes();
-    let token = key.derive(device_id, role, &nonce);
-    let scopes = normalize_scopes(scopes);
+    let (issued, nonce) = rules::new_token(key, device_id, role, scopes, now_ms);
     let existed: bool = tx
         .query_row(
             "SELECT 1 FROM tokens WHERE device_id = ?1 AND role = ?2",
@@ -423,38 +367,41 @@ fn mint_in(
         params![
             device_id,
             role,
-            &hash(token.expose())[..],
-            token.fingerprint().as_str(),
-            json(&scopes),
+            &rules::stored_hash(&issued)[..],
+            issued.token.fingerprint().as_str(),
+            json(&issued.scopes),
             now_ms as i64,
             existed.then_some(now_ms as i64),
             &nonce[..],
         ],
     )?;
-    Ok(IssuedToken {
-        device_id: device_id.to_owned(),
-        role: role.to_owned(),
-        token,
-        scopes,
-        issued_at_ms: now_ms,
-    })
+    Ok(issued)
 }
 
-/// A `tokens` row as [`current_token`] reads it: hash, scopes (JSON), revoked at, nonce, created
-/// at, rotated at.
-type CurrentRow = (
-    Vec<u8>,
-    String,
-    Option<i64>,
-    Option<Vec<u8>>,
-    i64,
-    Option<i64>,
-);
+/// The token row of `device_id`'s `role`, if any. Runs on every device connect, so its statement
+/// is cached.
+fn token_row(tx: &Connection, device_id: &str, role: &str) -> rusqlite::Result<Option<TokenRow>> {
+    let opt = |v: Option<i64>| v.map(|v| v as u64);
+    tx.prepare_cached(
+        "SELECT token_hash, scopes, revoked_at_ms, fingerprint, last_used_at_ms, token_nonce,
+           created_at_ms, rotated_at_ms FROM tokens WHERE device_id = ?1 AND role = ?2",
+    )?
+    .query_row(params![device_id, role], |r| {
+        Ok(TokenRow {
+            hash: r.get(0)?,
+            scopes: unjson(r.get(1)?),
+            revoked_at_ms: opt(r.get(2)?),
+            fingerprint: r.get(3)?,
+            last_used_at_ms: opt(r.get(4)?),
+            nonce: r.get(5)?,
+            created_at_ms: r.get::<_, i64>(6)? as u64,
+            rotated_at_ms: opt(r.get(7)?),
+        })
+    })
+    .optional()
+}
 
-/// The device's active token for `role` recomputed from its nonce, when it covers `scopes` (within
-/// the approved scopes too, as [`check_token`] requires); `None` when there is none to return: no
-/// row, revoked, scopes not covered, a row from before derived tokens (no nonce), or a nonce whose
-/// token no longer matches the stored hash (the key file was replaced). Reads only.
+/// The device's active token for `role`, recomputed ([`rules::recompute_token`]); reads only.
 fn current_token(
     tx: &Connection,
     key: &TokenKey,
@@ -462,134 +409,36 @@ fn current_token(
     role: &str,
     scopes: &[String],
 ) -> rusqlite::Result<Option<IssuedToken>> {
-    let Some(dev) = read_paired(tx, device_id)? else {
-        return Ok(None);
+    let dev = read_paired(tx, device_id)?;
+    let row = match &dev {
+        Some(_) => token_row(tx, device_id, role)?,
+        None => None,
     };
-    if !dev.roles.iter().any(|r| r == role) {
-        return Ok(None);
-    }
-    let row: Option<CurrentRow> = tx
-        .prepare_cached(
-            "SELECT token_hash, scopes, revoked_at_ms, token_nonce, created_at_ms, rotated_at_ms
-             FROM tokens WHERE device_id = ?1 AND role = ?2",
-        )?
-        .query_row(params![device_id, role], |r| {
-            Ok((
-                r.get(0)?,
-                r.get(1)?,
-                r.get(2)?,
-                r.get(3)?,
-                r.get(4)?,
-                r.get(5)?,
-            ))
-        })
-        .optional()?;
-    let Some((stored, token_scopes, None, Some(nonce), created, rotated)) = row else {
-        return Ok(None);
-    };
-    let token_scopes = unjson(token_scopes);
-    if !scopes_allow(&dev.approved_scopes, &token_scopes)
-        || !scopes_allow(&token_scopes, &normalize_scopes(scopes))
-    {
-        return Ok(None);
-    }
-    let token = key.derive(device_id, role, &nonce);
-    if !bool::from(stored.ct_eq(&hash(token.expose())[..])) {
-        return Ok(None);
-    }
-    Ok(Some(IssuedToken {
-        device_id: device_id.to_owned(),
-        role: role.to_owned(),
-        token,
-        scopes: token_scopes,
-        issued_at_ms: rotated.unwrap_or(created) as u64,
-    }))
+    Ok(rules::recompute_token(
+        key,
+        dev.as_ref(),
+        device_id,
+        role,
+        row,
+        scopes,
+    ))
 }
 
-/// A presented device token checked against the store, before anything is recorded.
-struct Checked {
-    check: TokenCheck,
-    /// The paired device and its token row; `None` when the device is not paired or lacks the role
-    /// (nothing to record the attempt against).
-    known: Option<KnownToken>,
-}
-
-struct KnownToken {
-    public_key: String,
-    token_fingerprint: String,
-    last_used_at_ms: Option<u64>,
-}
-
-impl Checked {
-    /// Whether this use goes into the store: every rejection, and an accepted use only when the
-    /// recorded last use is missing or older than [`LAST_USED_COALESCE_MS`] (a clock that stepped
-    /// back counts as within the window).
-    fn to_record(&self, now_ms: u64) -> bool {
-        let Some(known) = &self.known else {
-            return false;
-        };
-        match self.check {
-            TokenCheck::Rejected(_) => true,
-            TokenCheck::Ok => known
-                .last_used_at_ms
-                .is_none_or(|t| now_ms.saturating_sub(t) >= LAST_USED_COALESCE_MS),
-        }
-    }
-}
-
-/// A `tokens` row: hash, scopes (JSON), revoked at, fingerprint, last used at.
-type TokenRow = (Vec<u8>, String, Option<i64>, String, Option<i64>);
-
-/// Checks `token` for `device_id`/`role` and the requested `scopes`; reads only.
+/// Checks `token` for `device_id`/`role` and the requested `scopes` ([`rules::judge_token`]);
+/// reads only.
 fn check_token(
     tx: &Connection,
     device_id: &str,
     role: &str,
     token: &str,
     scopes: &[String],
-) -> rusqlite::Result<Checked> {
-    let rejected = |r| Checked {
-        check: TokenCheck::Rejected(r),
-        known: None,
+) -> rusqlite::Result<rules::Checked> {
+    let dev = read_paired(tx, device_id)?;
+    let row = match &dev {
+        Some(_) => token_row(tx, device_id, role)?,
+        None => None,
     };
-    let Some(dev) = read_paired(tx, device_id)? else {
-        return Ok(rejected("device-not-paired"));
-    };
-    if !dev.roles.iter().any(|r| r == role) {
-        return Ok(rejected("role-missing"));
-    }
-    let row: Option<TokenRow> = tx
-        .prepare_cached(
-            "SELECT token_hash, scopes, revoked_at_ms, fingerprint, last_used_at_ms FROM tokens
-             WHERE device_id = ?1 AND role = ?2",
-        )?
-        .query_row(params![device_id, role], |r| {
-            Ok((r.get(0)?, r.get(1)?, r.get(2)?, r.get(3)?, r.get(4)?))
-        })
-        .optional()?;
-    let Some((stored, token_scopes, revoked, fp, last_used)) = row else {
-        return Ok(rejected("token-missing"));
-    };
-    let token_scopes = unjson(token_scopes);
-    let check = if revoked.is_some() {
-        TokenCheck::Rejected("token-revoked")
-    } else if token.trim().is_empty() || !bool::from(stored.ct_eq(&hash(token)[..])) {
-        TokenCheck::Rejected("token-mismatch")
-    } else if !scopes_allow(&dev.approved_scopes, &token_scopes)
-        || !scopes_allow(&token_scopes, &normalize_scopes(scopes))
-    {
-        TokenCheck::Rejected("scope-mismatch")
-    } else {
-        TokenCheck::Ok
-    };
-    Ok(Checked {
-        check,
-        known: Some(KnownToken {
-            public_key: dev.public_key,
-            token_fingerprint: fp,
-            last_used_at_ms: last_used.map(|v| v as u64),
-        }),
-    })
+    Ok(rules::judge_token(dev.as_ref(), role, row, token, scopes))
 }
 
 impl DeviceStore for SqliteStore {
@@ -645,50 +494,14 @@ impl DeviceStore for SqliteStore {
                     ))?
                     .query_map([&req.device_id], row_pending)?
                     .collect::<rusqlite::Result<_>>()?;
-                let same = |p: &PendingRequest| {
-                    p.public_key == req.public_key
-                        && p.role == req.role
-                        && normalize_scopes(&p.scopes) == normalize_scopes(&req.scopes)
-                };
-                let mut out = req.clone();
-                if let [only] = existing.as_slice()
-                    && same(only)
-                {
-                    // Refreshed in place: same requestId, original time kept.
-                    out.request_id = only.request_id.clone();
-                    out.ts = only.ts;
-                    out.silent = only.silent && req.silent;
-                } else {
-                    out.ts = now_ms;
-                    // Superseded requests merge their scopes into the new one.
-                    let mut scopes = req.scopes.clone();
-                    for p in &existing {
-                        if p.role == req.role {
-                            scopes.extend(p.scopes.iter().cloned());
-                        }
+                let out = match rules::plan_request(&existing, &req, now_ms) {
+                    RequestPlan::Refresh(out) => out,
+                    RequestPlan::Replace(out) => {
+                        tx.execute("DELETE FROM pending WHERE device_id = ?1", [&req.device_id])?;
+                        audit_in(tx, &rules::requested_audit(&out, &req), now_ms)?;
+                        out
                     }
-                    out.scopes = normalize_scopes(&scopes);
-                    tx.execute("DELETE FROM pending WHERE device_id = ?1", [&req.device_id])?;
-                    audit_in(
-                        tx,
-                        &NewAuditEvent {
-                            event: "pair.requested",
-                            actor: format!("device:{}", &req.device_id[..req.device_id.len().min(12)]),
-                            device_id: Some(req.device_id.clone()),
-                            request_id: Some(out.request_id.clone()),
-                            role: Some(req.role.clone()),
-                            key_fingerprint: Some(key_fingerprint(&req.public_key)),
-                            outcome: "pending",
-                            detail: Some(format!(
-                                "reason={} remote_ip={}",
-                                req.reason,
-                                req.metadata.remote_ip.as_deref().unwrap_or("-")
-                            )),
-                            ..Default::default()
-                        },
-                        now_ms,
-                    )?;
-                }
+                };
                 tx.execute(
                     "INSERT OR REPLACE INTO pending (request_id, device_id, public_key, display_name,
                        platform, device_family, client_id, client_mode, role, scopes, remote_ip,
@@ -736,6 +549,7 @@ impl DeviceStore for SqliteStore {
                 .optional()
                 .map_err(|e| self.err(e))?
                 .ok_or(StoreError::UnknownRequest)?;
+            rules::test_pause();
             let run = || -> rusqlite::Result<Option<IssuedToken>> {
                 tx.execute("DELETE FROM pending WHERE request_id = ?1", [request_id])?;
                 #[cfg(test)]
@@ -746,17 +560,7 @@ impl DeviceStore for SqliteStore {
                 // A different key under the same id cannot happen (id = hash of key), but a
                 // re-pair replaces the record and its tokens rather than merging into them.
                 let prev = prev.filter(|p| p.public_key == req.public_key);
-                let mut roles = prev.as_ref().map(|p| p.roles.clone()).unwrap_or_default();
-                if !roles.contains(&req.role) {
-                    roles.push(req.role.clone());
-                }
-                roles.sort();
-                let mut scopes = prev
-                    .as_ref()
-                    .map(|p| p.approved_scopes.clone())
-                    .unwrap_or_default();
-                scopes.extend(req.scopes.iter().cloned());
-                let scopes = normalize_scopes(&scopes);
+                let (roles, scopes) = rules::approval_grants(prev.as_ref(), &req);
                 if prev.is_none() {
                     tx.execute("DELETE FROM paired WHERE device_id = ?1", [&req.device_id])?;
                 }
@@ -788,41 +592,15 @@ impl DeviceStore for SqliteStore {
                     "DELETE FROM tokens WHERE device_id = ?1 AND role = ?2 AND revoked_at_ms IS NOT NULL",
                     params![req.device_id, req.role],
                 )?;
-                let key_fp = Some(key_fingerprint(&req.public_key));
-                audit_in(
-                    tx,
-                    &NewAuditEvent {
-                        event: "pair.approved",
-                        actor: actor.to_owned(),
-                        device_id: Some(req.device_id.clone()),
-                        request_id: Some(request_id.to_owned()),
-                        role: Some(req.role.clone()),
-                        key_fingerprint: key_fp.clone(),
-                        outcome: "ok",
-                        detail: Some(format!("reason={} scopes={}", req.reason, req.scopes.join(","))),
-                        ..Default::default()
-                    },
-                    now_ms,
-                )?;
+                audit_in(tx, &rules::approved_audit(&req, actor), now_ms)?;
                 if !mint {
                     return Ok(None);
                 }
                 let issued =
                     mint_in(tx, &self.key, &req.device_id, &req.role, &req.scopes, now_ms)?;
-                audit_in(
-                    tx,
-                    &NewAuditEvent {
-                        event: "token.issued",
-                        actor: actor.to_owned(),
-                        device_id: Some(req.device_id.clone()),
-                        role: Some(req.role.clone()),
-                        key_fingerprint: key_fp,
-                        token_fingerprint: Some(issued.token.fingerprint().to_string()),
-                        outcome: "ok",
-                        ..Default::default()
-                    },
-                    now_ms,
-                )?;
+                let dev = read_paired(tx, &req.device_id)?.expect("written above");
+                let record = rules::issued_by(actor, "token.issued");
+                audit_in(tx, &rules::token_audit(record, &dev, &issued), now_ms)?;
                 Ok(Some(issued))
             };
             let issued = run().map_err(|e| self.err(e))?;
@@ -851,22 +629,7 @@ impl DeviceStore for SqliteStore {
                 .map_err(|e| self.err(e))?
                 .ok_or(StoreError::UnknownRequest)?;
             tx.execute("DELETE FROM pending WHERE request_id = ?1", [request_id])
-                .and_then(|_| {
-                    audit_in(
-                        tx,
-                        &NewAuditEvent {
-                            event: "pair.rejected",
-                            actor: actor.to_owned(),
-                            device_id: Some(req.device_id.clone()),
-                            request_id: Some(request_id.to_owned()),
-                            role: Some(req.role.clone()),
-                            key_fingerprint: Some(key_fingerprint(&req.public_key)),
-                            outcome: "rejected",
-                            ..Default::default()
-                        },
-                        now_ms,
-                    )
-                })
+                .and_then(|_| audit_in(tx, &rules::rejected_audit(&req, actor), now_ms))
                 .map_err(|e| self.err(e))?;
             Ok(req)
         })
@@ -918,36 +681,16 @@ impl DeviceStore for SqliteStore {
         self.tx(|tx| {
             let run = || -> rusqlite::Result<TokenCheck> {
                 let c = check_token(tx, device_id, role, token, scopes)?;
-                let Some(known) = c.known.as_ref().filter(|_| c.to_record(now_ms)) else {
+                let Some(record) = c.audit(device_id, role).filter(|_| c.to_record(now_ms)) else {
                     return Ok(c.check);
                 };
-                let (outcome, detail) = match c.check {
-                    TokenCheck::Ok => {
-                        tx.execute(
-                            "UPDATE tokens SET last_used_at_ms = ?3 WHERE device_id = ?1 AND role = ?2",
-                            params![device_id, role, now_ms as i64],
-                        )?;
-                        ("ok", None)
-                    }
-                    TokenCheck::Rejected(r) => ("rejected", Some(r.to_owned())),
-                };
-                audit_in(
-                    tx,
-                    &NewAuditEvent {
-                        event: "token.used",
-                        actor: format!("device:{}", &device_id[..device_id.len().min(12)]),
-                        device_id: Some(device_id.to_owned()),
-                        role: Some(role.to_owned()),
-                        key_fingerprint: Some(key_fingerprint(&known.public_key)),
-                        // The fingerprint of what was presented, when it is the stored one.
-                        token_fingerprint: (c.check == TokenCheck::Ok)
-                            .then(|| known.token_fingerprint.clone()),
-                        outcome,
-                        detail,
-                        ..Default::default()
-                    },
-                    now_ms,
-                )?;
+                if c.check == TokenCheck::Ok {
+                    tx.execute(
+                        "UPDATE tokens SET last_used_at_ms = ?3 WHERE device_id = ?1 AND role = ?2",
+                        params![device_id, role, now_ms as i64],
+                    )?;
+                }
+                audit_in(tx, &record, now_ms)?;
                 Ok(c.check)
             };
             run().map_err(|e| self.err(e))
@@ -964,7 +707,14 @@ impl DeviceStore for SqliteStore {
         now_ms: u64,
     ) -> Result<IssuedToken, StoreError> {
         self.tx(|tx| {
-            self.mint_audited(tx, device_id, role, scopes, issued_by(actor, event), now_ms)
+            self.mint_audited(
+                tx,
+                device_id,
+                role,
+                scopes,
+                rules::issued_by(actor, event),
+                now_ms,
+            )
         })
     }
 
@@ -992,12 +742,13 @@ impl DeviceStore for SqliteStore {
             {
                 return Ok(current);
             }
+            rules::test_pause();
             self.mint_audited(
                 tx,
                 device_id,
                 role,
                 scopes,
-                issued_by(actor, "token.issued"),
+                rules::issued_by(actor, "token.issued"),
                 now_ms,
             )
         })

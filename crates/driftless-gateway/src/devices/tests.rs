@@ -1,10 +1,15 @@
-//! Store, pairing and method tests against a real SQLite file.
+//! Store, pairing and method tests: one suite run against both backends (a real SQLite file, and
+//! a real PostgreSQL server started by `testing::postgres`; [`suite!`] instantiates each test for
+//! both), then what only one backend has (files, migrations of old databases, the token key file,
+//! races between two processes or replicas on one database).
 
 use std::net::IpAddr;
 
 use serde_json::json;
 
 use super::*;
+use super::{rules, token_key};
+use driftless_core::SecretValue;
 
 const T0: u64 = 1_700_000_000_000;
 
@@ -55,7 +60,7 @@ fn device<'a>(id: &'a str, sc: &'a [String], ip: IpAddr) -> ConnectingDevice<'a>
 }
 
 /// Pairs `d` silently (loopback, shared secret proven) at `T0` and returns its issued token.
-fn paired_silently(store: &SqliteStore, d: &ConnectingDevice<'_>) -> IssuedToken {
+fn paired_silently(store: &dyn DeviceStore, d: &ConnectingDevice<'_>) -> IssuedToken {
     let PairingOutcome::Paired {
         issued: Some(token),
         ..
@@ -74,7 +79,7 @@ fn admin() -> Caller {
     }
 }
 
-fn events(store: &SqliteStore) -> Vec<String> {
+fn events(store: &dyn DeviceStore) -> Vec<String> {
     store
         .audit()
         .unwrap()
@@ -83,15 +88,226 @@ fn events(store: &SqliteStore) -> Vec<String> {
         .collect()
 }
 
-#[test]
-fn silent_loopback_pairing_then_stable_token() {
-    let (dir, store) = open();
+/// One backend under test, with what the suite needs to look beneath the trait: another
+/// connection for raw SQL, a counter of committed writes, the files that hold the data.
+pub(super) struct Fixture {
+    store: Option<Box<dyn DeviceStore>>,
+    backend: Backend,
+}
+
+enum Backend {
+    Sqlite {
+        dir: tempfile::TempDir,
+    },
+    Postgres {
+        cluster: crate::testing::postgres::Cluster,
+        db: String,
+        key: String,
+    },
+}
+
+/// A fresh token key in its text form (what `token_key`'s secret holds).
+fn new_key_text() -> String {
+    use base64::Engine;
+    base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(token_key::random_bytes())
+}
+
+fn sqlite_fixture() -> Fixture {
+    let dir = tempfile::tempdir().unwrap();
+    let store = SqliteStore::open_in(dir.path()).unwrap();
+    Fixture {
+        store: Some(Box::new(store)),
+        backend: Backend::Sqlite { dir },
+    }
+}
+
+/// `None` (the test skips, saying why) only when PostgreSQL is not installed.
+fn postgres_fixture() -> Option<Fixture> {
+    let cluster = crate::testing::postgres::Cluster::start()?;
+    let db = cluster.create_database();
+    let key = new_key_text();
+    let store = open_postgres(&cluster, &db, &key);
+    // Counts committed write statements, as SQLite's `data_version` shows commits: a statement
+    // trigger on every table bumps it in the writing transaction.
+    cluster.psql(
+        &db,
+        "CREATE TABLE test_writes (n BIGINT NOT NULL); INSERT INTO test_writes VALUES (0);
+         CREATE FUNCTION test_bump() RETURNS trigger LANGUAGE plpgsql AS $$
+           BEGIN UPDATE test_writes SET n = n + 1; RETURN NULL; END $$;
+         CREATE TRIGGER w AFTER INSERT OR UPDATE OR DELETE ON paired
+           FOR EACH STATEMENT EXECUTE FUNCTION test_bump();
+         CREATE TRIGGER w AFTER INSERT OR UPDATE OR DELETE ON tokens
+           FOR EACH STATEMENT EXECUTE FUNCTION test_bump();
+         CREATE TRIGGER w AFTER INSERT OR UPDATE OR DELETE ON pending
+           FOR EACH STATEMENT EXECUTE FUNCTION test_bump();
+         CREATE TRIGGER w AFTER INSERT OR UPDATE OR DELETE ON audit
+           FOR EACH STATEMENT EXECUTE FUNCTION test_bump();",
+    );
+    Some(Fixture {
+        store: Some(Box::new(store)),
+        backend: Backend::Postgres { cluster, db, key },
+    })
+}
+
+fn open_postgres(
+    cluster: &crate::testing::postgres::Cluster,
+    db: &str,
+    key: &str,
+) -> PostgresStore {
+    let password = SecretValue::new(cluster.password().to_owned());
+    PostgresStore::open(PostgresOptions {
+        url: cluster.url(db),
+        password: Box::new(move || Ok(Some(password.clone()))),
+        token_key: TokenKey::parse(key).unwrap(),
+        pool_size: 4,
+    })
+    .unwrap()
+}
+
+impl Fixture {
+    fn store(&self) -> &dyn DeviceStore {
+        self.store.as_deref().expect("the store is open")
+    }
+
+    /// Another store on the same data: a second gateway process on one state directory, or a
+    /// second replica on one database.
+    fn another(&self) -> Box<dyn DeviceStore> {
+        match &self.backend {
+            Backend::Sqlite { dir } => Box::new(SqliteStore::open_in(dir.path()).unwrap()),
+            Backend::Postgres { cluster, db, key } => Box::new(open_postgres(cluster, db, key)),
+        }
+    }
+
+    /// Closes the store and opens it again (a gateway restart).
+    fn reopen(&mut self) {
+        self.store = None;
+        self.store = Some(self.another());
+    }
+
+    /// A number that changes exactly when something is committed to the store.
+    fn writes(&self) -> i64 {
+        match &self.backend {
+            Backend::Sqlite { dir } => {
+                // `PRAGMA data_version` of one connection changes when another commits; a fresh
+                // connection starts from the file's state, so compare through one kept open.
+                thread_local! {
+                    static WATCHER: std::cell::RefCell<Option<(std::path::PathBuf, rusqlite::Connection)>> =
+                        const { std::cell::RefCell::new(None) };
+                }
+                let path = dir.path().join("devices/devices.sqlite3");
+                WATCHER.with(|w| {
+                    let mut w = w.borrow_mut();
+                    if w.as_ref().is_none_or(|(p, _)| *p != path) {
+                        *w = Some((path.clone(), rusqlite::Connection::open(&path).unwrap()));
+                    }
+                    data_version(&w.as_ref().unwrap().1)
+                })
+            }
+            Backend::Postgres { cluster, db, .. } => cluster
+                .psql(db, "SELECT n FROM test_writes")
+                .parse()
+                .unwrap(),
+        }
+    }
+
+    /// Runs `sql` on another connection (an operator with a SQL client).
+    fn raw(&self, sql: &str) -> Result<(), String> {
+        match &self.backend {
+            Backend::Sqlite { dir } => {
+                rusqlite::Connection::open(dir.path().join("devices/devices.sqlite3"))
+                    .unwrap()
+                    .execute_batch(sql)
+                    .map_err(|e| e.to_string())
+            }
+            Backend::Postgres { cluster, db, .. } => cluster.try_psql(db, sql).map(drop),
+        }
+    }
+
+    /// The SQLite database file (`None` for PostgreSQL).
+    fn sqlite_file(&self) -> Option<std::path::PathBuf> {
+        match &self.backend {
+            Backend::Sqlite { dir } => Some(dir.path().join("devices/devices.sqlite3")),
+            Backend::Postgres { .. } => None,
+        }
+    }
+
+    /// Every file the data is kept in (for PostgreSQL after a checkpoint, so the tables' files
+    /// hold what the log held).
+    fn files(&self) -> Vec<std::path::PathBuf> {
+        fn walk(dir: &std::path::Path, out: &mut Vec<std::path::PathBuf>) {
+            for entry in std::fs::read_dir(dir).unwrap() {
+                let entry = entry.unwrap();
+                let kind = entry.file_type().unwrap();
+                if kind.is_dir() {
+                    walk(&entry.path(), out);
+                } else if kind.is_file() {
+                    out.push(entry.path());
+                }
+            }
+        }
+        let mut out = Vec::new();
+        match &self.backend {
+            Backend::Sqlite { dir } => walk(&dir.path().join("devices"), &mut out),
+            Backend::Postgres { cluster, db, .. } => {
+                cluster.psql(db, "CHECKPOINT");
+                walk(&cluster.data_dir(), &mut out);
+            }
+        }
+        assert!(!out.is_empty());
+        out
+    }
+}
+
+/// Instantiates each named suite test (`fn name(f: &mut Fixture)`) once per backend:
+/// `devices::tests::sqlite::name` and `devices::tests::postgres::name`.
+macro_rules! suite {
+    ($($name:ident),* $(,)?) => {
+        mod sqlite {
+            $(
+                #[test]
+                fn $name() {
+                    super::$name(&mut super::sqlite_fixture());
+                }
+            )*
+        }
+        mod postgres {
+            $(
+                #[test]
+                fn $name() {
+                    if let Some(mut f) = super::postgres_fixture() {
+                        super::$name(&mut f);
+                    }
+                }
+            )*
+        }
+    };
+}
+
+suite!(
+    silent_loopback_pairing_then_stable_token,
+    remote_device_needs_approval_and_requests_expire,
+    unauthenticated_loopback_device_is_not_silently_paired,
+    methods_scopes_rotate_revoke_remove,
+    approver_cannot_grant_scopes_it_lacks,
+    a_superseding_request_is_announced_with_merged_scopes,
+    audit_trail_is_append_only,
+    reconnects_within_the_window_write_nothing,
+    every_rejection_is_recorded,
+    shared_secret_connects_get_the_same_token_across_restarts,
+    two_processes_approving_one_request_approve_it_once,
+    concurrent_rotations_each_apply_and_the_last_one_holds,
+    concurrent_first_connects_share_one_token,
+    a_revocation_racing_reconnects_is_never_undone,
+);
+
+fn silent_loopback_pairing_then_stable_token(f: &mut Fixture) {
+    let store = f.store();
     let sc = scopes(&["operator.read"]);
     let d = device("dev-1", &sc, LOOPBACK);
     let PairingOutcome::Paired {
         issued: Some(tok),
         event: Some(event),
-    } = on_connect(&store, &d, true, false, true, T0).unwrap()
+    } = on_connect(store, &d, true, false, true, T0).unwrap()
     else {
         panic!("expected silent pairing with a token and an event")
     };
@@ -108,22 +324,22 @@ fn silent_loopback_pairing_then_stable_token() {
     assert_eq!(tok.scopes, sc);
     // Reconnect with the device token: verified, and no new token (stable).
     assert_eq!(
-        verify_device_token(&store, &d, tok.token.expose(), T0 + 1).unwrap(),
+        verify_device_token(store, &d, tok.token.expose(), T0 + 1).unwrap(),
         TokenCheck::Ok
     );
     assert!(matches!(
-        on_connect(&store, &d, false, true, true, T0 + 1).unwrap(),
+        on_connect(store, &d, false, true, true, T0 + 1).unwrap(),
         PairingOutcome::Paired {
             issued: None,
             event: None
         }
     ));
     assert_eq!(
-        verify_device_token(&store, &d, "wrong-token", T0 + 2).unwrap(),
+        verify_device_token(store, &d, "wrong-token", T0 + 2).unwrap(),
         TokenCheck::Rejected("token-mismatch")
     );
     assert_eq!(
-        events(&store),
+        events(store),
         [
             "pair.requested",
             "pair.approved",
@@ -140,28 +356,27 @@ fn silent_loopback_pairing_then_stable_token() {
     );
     assert_eq!(audit[4].outcome, "rejected");
     // Only hashes are on disk: the token is nowhere in the database files.
-    drop(store);
-    for entry in std::fs::read_dir(dir.path().join("devices")).unwrap() {
-        let bytes = std::fs::read(entry.unwrap().path()).unwrap();
+    for path in f.files() {
+        let bytes = std::fs::read(&path).unwrap();
         assert!(
             !bytes
                 .windows(43)
                 .any(|w| w == tok.token.expose().as_bytes()),
-            "token value found on disk"
+            "token value found on disk in {}",
+            path.display()
         );
     }
 }
 
-#[test]
-fn remote_device_needs_approval_and_requests_expire() {
-    let (_dir, store) = open();
+fn remote_device_needs_approval_and_requests_expire(f: &mut Fixture) {
+    let store = f.store();
     let sc = scopes(&["operator.read"]);
     let d = device("dev-2", &sc, LAN);
     let PairingOutcome::Required {
         request_id,
         reason,
         event: Some(event),
-    } = on_connect(&store, &d, true, false, false, T0).unwrap()
+    } = on_connect(store, &d, true, false, false, T0).unwrap()
     else {
         panic!("expected pairing required, announced")
     };
@@ -184,7 +399,7 @@ fn remote_device_needs_approval_and_requests_expire() {
         request_id: again,
         event: None,
         ..
-    } = on_connect(&store, &d, true, false, false, T0 + 1000).unwrap()
+    } = on_connect(store, &d, true, false, false, T0 + 1000).unwrap()
     else {
         panic!("expected the same request, not announced")
     };
@@ -196,19 +411,19 @@ fn remote_device_needs_approval_and_requests_expire() {
             .unwrap()
             .is_none()
     );
-    assert!(events(&store).contains(&"pair.expired".to_string()));
+    assert!(events(store).contains(&"pair.expired".to_string()));
     // A fresh request, approved by an operator: no token yet; the next connect gets one.
     let PairingOutcome::Required {
         request_id,
         event: Some(PairingEvent::Requested(_)),
         ..
-    } = on_connect(&store, &d, true, false, false, T0 + PENDING_TTL_MS + 2).unwrap()
+    } = on_connect(store, &d, true, false, false, T0 + PENDING_TTL_MS + 2).unwrap()
     else {
         panic!()
     };
     let now = T0 + PENDING_TTL_MS + 3;
     let (out, disc, event) = handle_method(
-        &store,
+        store,
         "device.pair.approve",
         &json!({"requestId": request_id}),
         &admin(),
@@ -230,7 +445,7 @@ fn remote_device_needs_approval_and_requests_expire() {
     let PairingOutcome::Paired {
         issued: Some(_),
         event: None,
-    } = on_connect(&store, &d, true, false, false, now).unwrap()
+    } = on_connect(store, &d, true, false, false, now).unwrap()
     else {
         panic!("expected a token after approval")
     };
@@ -238,7 +453,7 @@ fn remote_device_needs_approval_and_requests_expire() {
     let wider = scopes(&["operator.admin"]);
     let up = device("dev-2", &wider, LOOPBACK);
     assert!(matches!(
-        on_connect(&store, &up, true, false, true, now).unwrap(),
+        on_connect(store, &up, true, false, true, now).unwrap(),
         PairingOutcome::Required {
             reason: "scope-upgrade",
             ..
@@ -246,13 +461,12 @@ fn remote_device_needs_approval_and_requests_expire() {
     ));
 }
 
-#[test]
-fn unauthenticated_loopback_device_is_not_silently_paired() {
-    let (_dir, store) = open();
+fn unauthenticated_loopback_device_is_not_silently_paired(f: &mut Fixture) {
+    let store = f.store();
     let sc = scopes(&[]);
     let d = device("dev-3", &sc, LOOPBACK);
     assert!(matches!(
-        on_connect(&store, &d, false, false, true, T0).unwrap(),
+        on_connect(store, &d, false, false, true, T0).unwrap(),
         PairingOutcome::Required {
             reason: "not-paired",
             ..
@@ -260,21 +474,20 @@ fn unauthenticated_loopback_device_is_not_silently_paired() {
     ));
 }
 
-#[test]
-fn methods_scopes_rotate_revoke_remove() {
-    let (_dir, store) = open();
+fn methods_scopes_rotate_revoke_remove(f: &mut Fixture) {
+    let store = f.store();
     let sc = scopes(&["operator.read"]);
     let d = device("dev-4", &sc, LOOPBACK);
-    let old = paired_silently(&store, &d);
+    let old = paired_silently(store, &d);
     let reader = Caller {
         scopes: scopes(&["operator.read"]),
         device_id: None,
         label: "reader".into(),
     };
-    let err = handle_method(&store, "device.pair.list", &json!({}), &reader, T0).unwrap_err();
+    let err = handle_method(store, "device.pair.list", &json!({}), &reader, T0).unwrap_err();
     assert_eq!(err.message, "missing scope: operator.pairing");
 
-    let (list, _, _) = handle_method(&store, "device.pair.list", &json!({}), &admin(), T0).unwrap();
+    let (list, _, _) = handle_method(store, "device.pair.list", &json!({}), &admin(), T0).unwrap();
     assert_eq!(list["paired"][0]["deviceId"], "dev-4");
     assert_eq!(
         list["paired"][0]["tokens"][0]["fingerprint"],
@@ -285,7 +498,7 @@ fn methods_scopes_rotate_revoke_remove() {
     // Rotation by an operator: token not echoed, device's operator sessions closed.
     let params = json!({"deviceId": "dev-4", "role": "operator"});
     let (out, disc, event) =
-        handle_method(&store, "device.token.rotate", &params, &admin(), T0 + 1).unwrap();
+        handle_method(store, "device.token.rotate", &params, &admin(), T0 + 1).unwrap();
     assert!(out.get("token").is_none());
     assert_eq!(event, None);
     assert_eq!(
@@ -297,7 +510,7 @@ fn methods_scopes_rotate_revoke_remove() {
         }]
     );
     assert_eq!(
-        verify_device_token(&store, &d, old.token.expose(), T0 + 2).unwrap(),
+        verify_device_token(store, &d, old.token.expose(), T0 + 2).unwrap(),
         TokenCheck::Rejected("token-mismatch")
     );
     // The device rotating its own token gets the new one.
@@ -306,10 +519,10 @@ fn methods_scopes_rotate_revoke_remove() {
         device_id: Some("dev-4".into()),
         label: "device:dev-4".into(),
     };
-    let (out, _, _) = handle_method(&store, "device.token.rotate", &params, &own, T0 + 3).unwrap();
+    let (out, _, _) = handle_method(store, "device.token.rotate", &params, &own, T0 + 3).unwrap();
     let fresh = out["token"].as_str().unwrap().to_owned();
     assert_eq!(
-        verify_device_token(&store, &d, &fresh, T0 + 4).unwrap(),
+        verify_device_token(store, &d, &fresh, T0 + 4).unwrap(),
         TokenCheck::Ok
     );
     // Another device may not touch it; widening beyond the approval is denied.
@@ -318,29 +531,29 @@ fn methods_scopes_rotate_revoke_remove() {
         ..own.clone()
     };
     assert_eq!(
-        handle_method(&store, "device.token.revoke", &params, &other, T0)
+        handle_method(store, "device.token.revoke", &params, &other, T0)
             .unwrap_err()
             .message,
         "device token revocation denied"
     );
     let wide = json!({"deviceId": "dev-4", "role": "operator", "scopes": ["operator.admin"]});
     assert_eq!(
-        handle_method(&store, "device.token.rotate", &wide, &admin(), T0)
+        handle_method(store, "device.token.rotate", &wide, &admin(), T0)
             .unwrap_err()
             .message,
         "device token rotation denied"
     );
 
     let (_, disc, _) =
-        handle_method(&store, "device.token.revoke", &params, &admin(), T0 + 5).unwrap();
+        handle_method(store, "device.token.revoke", &params, &admin(), T0 + 5).unwrap();
     assert_eq!(disc[0].reason, "device token revoked");
     assert_eq!(
-        verify_device_token(&store, &d, &fresh, T0 + 6).unwrap(),
+        verify_device_token(store, &d, &fresh, T0 + 6).unwrap(),
         TokenCheck::Rejected("token-revoked")
     );
     // A revoked role needs approval again (silent from loopback with the shared secret).
     assert!(matches!(
-        on_connect(&store, &d, true, false, false, T0 + 7).unwrap(),
+        on_connect(store, &d, true, false, false, T0 + 7).unwrap(),
         PairingOutcome::Required {
             reason: "role-upgrade",
             ..
@@ -348,7 +561,7 @@ fn methods_scopes_rotate_revoke_remove() {
     ));
 
     let rm = json!({"deviceId": "dev-4"});
-    let (_, disc, _) = handle_method(&store, "device.pair.remove", &rm, &admin(), T0 + 8).unwrap();
+    let (_, disc, _) = handle_method(store, "device.pair.remove", &rm, &admin(), T0 + 8).unwrap();
     assert_eq!(
         disc[0],
         Disconnect {
@@ -360,7 +573,7 @@ fn methods_scopes_rotate_revoke_remove() {
     assert!(store.paired("dev-4").unwrap().is_none());
     assert_eq!(
         handle_method(
-            &store,
+            store,
             "device.pair.approve",
             &json!({"requestId": "nope"}),
             &admin(),
@@ -370,19 +583,18 @@ fn methods_scopes_rotate_revoke_remove() {
         .message,
         "unknown requestId"
     );
-    let ev = events(&store);
+    let ev = events(store);
     for e in ["token.rotated", "token.revoked", "device.removed"] {
         assert!(ev.iter().any(|x| x == e), "{e} missing from {ev:?}");
     }
 }
 
-#[test]
-fn approver_cannot_grant_scopes_it_lacks() {
-    let (_dir, store) = open();
+fn approver_cannot_grant_scopes_it_lacks(f: &mut Fixture) {
+    let store = f.store();
     let sc = scopes(&["operator.admin"]);
     let d = device("dev-5", &sc, LAN);
     let PairingOutcome::Required { request_id, .. } =
-        on_connect(&store, &d, true, false, false, T0).unwrap()
+        on_connect(store, &d, true, false, false, T0).unwrap()
     else {
         panic!()
     };
@@ -392,7 +604,7 @@ fn approver_cannot_grant_scopes_it_lacks() {
         label: "pairer".into(),
     };
     let err = handle_method(
-        &store,
+        store,
         "device.pair.approve",
         &json!({"requestId": request_id}),
         &pairer,
@@ -401,7 +613,7 @@ fn approver_cannot_grant_scopes_it_lacks() {
     .unwrap_err();
     assert_eq!(err.message, "missing scope: operator.admin");
     let (out, _, event) = handle_method(
-        &store,
+        store,
         "device.pair.reject",
         &json!({"requestId": request_id}),
         &pairer,
@@ -419,13 +631,12 @@ fn approver_cannot_grant_scopes_it_lacks() {
     assert!(store.pending(&request_id, T0).unwrap().is_none());
 }
 
-#[test]
-fn a_superseding_request_is_announced_with_merged_scopes() {
-    let (_dir, store) = open();
+fn a_superseding_request_is_announced_with_merged_scopes(f: &mut Fixture) {
+    let store = f.store();
     let read = scopes(&["operator.read"]);
     let PairingOutcome::Required {
         request_id: first, ..
-    } = on_connect(&store, &device("dev-6", &read, LAN), true, false, false, T0).unwrap()
+    } = on_connect(store, &device("dev-6", &read, LAN), true, false, false, T0).unwrap()
     else {
         panic!()
     };
@@ -438,7 +649,7 @@ fn a_superseding_request_is_announced_with_merged_scopes() {
         request_id: second,
         event: Some(PairingEvent::Requested(req)),
         ..
-    } = on_connect(&store, &d, true, false, false, T0 + 10).unwrap()
+    } = on_connect(store, &d, true, false, false, T0 + 10).unwrap()
     else {
         panic!("expected a new, announced request")
     };
@@ -451,10 +662,8 @@ fn a_superseding_request_is_announced_with_merged_scopes() {
     assert_eq!(wire["displayName"], "laptop");
 }
 
-#[test]
-fn audit_trail_is_append_only() {
-    let (dir, store) = open();
-    store
+fn audit_trail_is_append_only(f: &mut Fixture) {
+    f.store()
         .append_audit(
             NewAuditEvent {
                 event: "test",
@@ -465,18 +674,14 @@ fn audit_trail_is_append_only() {
             T0,
         )
         .unwrap();
-    drop(store);
-    let conn = rusqlite::Connection::open(dir.path().join("devices/devices.sqlite3")).unwrap();
-    assert!(conn.execute("UPDATE audit SET outcome = 'x'", []).is_err());
-    assert!(conn.execute("DELETE FROM audit", []).is_err());
-    let n: i64 = conn
-        .query_row("SELECT count(*) FROM audit", [], |r| r.get(0))
-        .unwrap();
-    assert_eq!(n, 1);
-    let mode = std::os::unix::fs::MetadataExt::mode(
-        &std::fs::metadata(dir.path().join("devices/devices.sqlite3")).unwrap(),
-    );
-    assert_eq!(mode & 0o777, 0o600);
+    // Another connection, as an operator's SQL client.
+    assert!(f.raw("UPDATE audit SET outcome = 'x'").is_err());
+    assert!(f.raw("DELETE FROM audit").is_err());
+    assert_eq!(f.store().audit().unwrap().len(), 1);
+    if let Some(path) = f.sqlite_file() {
+        let mode = std::os::unix::fs::MetadataExt::mode(&std::fs::metadata(path).unwrap());
+        assert_eq!(mode & 0o777, 0o600);
+    }
 }
 
 /// Child half of [`sigkill_mid_approval_leaves_pending_or_paired`]: approves with a pause inside
@@ -568,7 +773,7 @@ fn data_version(conn: &rusqlite::Connection) -> i64 {
         .unwrap()
 }
 
-fn used(store: &SqliteStore, outcome: &str) -> usize {
+fn used(store: &dyn DeviceStore, outcome: &str) -> usize {
     store
         .audit()
         .unwrap()
@@ -577,95 +782,88 @@ fn used(store: &SqliteStore, outcome: &str) -> usize {
         .count()
 }
 
-fn last_used(store: &SqliteStore, device_id: &str) -> Option<u64> {
+fn last_used(store: &dyn DeviceStore, device_id: &str) -> Option<u64> {
     store.paired(device_id).unwrap().unwrap().tokens[0].last_used_at_ms
 }
 
-#[test]
-fn reconnects_within_the_window_write_nothing() {
-    let (dir, store) = open();
+fn reconnects_within_the_window_write_nothing(f: &mut Fixture) {
+    let store = f.store();
     let sc = scopes(&["operator.read"]);
     let d = device("dev-w", &sc, LOOPBACK);
-    let tok = paired_silently(&store, &d);
+    let tok = paired_silently(store, &d);
     let tok = tok.token.expose().to_owned();
     // The first use has no recorded last use: recorded.
     let first = T0 + 10;
     assert_eq!(
-        verify_device_token(&store, &d, &tok, first).unwrap(),
+        verify_device_token(store, &d, &tok, first).unwrap(),
         TokenCheck::Ok
     );
     assert!(matches!(
-        on_connect(&store, &d, false, true, true, first).unwrap(),
+        on_connect(store, &d, false, true, true, first).unwrap(),
         PairingOutcome::Paired { issued: None, .. }
     ));
-    assert_eq!(used(&store, "ok"), 1);
-    assert_eq!(last_used(&store, "dev-w"), Some(first));
+    assert_eq!(used(store, "ok"), 1);
+    assert_eq!(last_used(store, "dev-w"), Some(first));
 
     // Reconnects up to the end of the window, and one with a clock that stepped back: nothing
     // is committed (no audit row, no last-use update, no touch of unchanged metadata).
-    let watcher = rusqlite::Connection::open(dir.path().join("devices/devices.sqlite3")).unwrap();
-    let before = data_version(&watcher);
+    let before = f.writes();
     for now in [first + 1, first + LAST_USED_COALESCE_MS - 1, first - 5] {
         assert_eq!(
-            verify_device_token(&store, &d, &tok, now).unwrap(),
+            verify_device_token(store, &d, &tok, now).unwrap(),
             TokenCheck::Ok
         );
         assert!(matches!(
-            on_connect(&store, &d, false, true, true, now).unwrap(),
+            on_connect(store, &d, false, true, true, now).unwrap(),
             PairingOutcome::Paired { issued: None, .. }
         ));
     }
-    assert_eq!(
-        data_version(&watcher),
-        before,
-        "a reconnect wrote to the store"
-    );
-    assert_eq!(used(&store, "ok"), 1);
-    assert_eq!(last_used(&store, "dev-w"), Some(first));
+    assert_eq!(f.writes(), before, "a reconnect wrote to the store");
+    assert_eq!(used(store, "ok"), 1);
+    assert_eq!(last_used(store, "dev-w"), Some(first));
 
     // Changed metadata is still recorded.
     let moved = device("dev-w", &sc, LAN);
     assert!(matches!(
-        on_connect(&store, &moved, false, true, true, first + 2).unwrap(),
+        on_connect(store, &moved, false, true, true, first + 2).unwrap(),
         PairingOutcome::Paired { issued: None, .. }
     ));
-    assert_ne!(data_version(&watcher), before);
+    assert_ne!(f.writes(), before);
     let dev = store.paired("dev-w").unwrap().unwrap();
     assert_eq!(dev.metadata.remote_ip.as_deref(), Some("192.168.1.20"));
 
     // A use once the window has passed is recorded again.
     let later = first + LAST_USED_COALESCE_MS;
     assert_eq!(
-        verify_device_token(&store, &d, &tok, later).unwrap(),
+        verify_device_token(store, &d, &tok, later).unwrap(),
         TokenCheck::Ok
     );
-    assert_eq!(used(&store, "ok"), 2);
-    assert_eq!(last_used(&store, "dev-w"), Some(later));
+    assert_eq!(used(store, "ok"), 2);
+    assert_eq!(last_used(store, "dev-w"), Some(later));
     let audit = store.audit().unwrap();
     let last = audit.last().unwrap();
     assert_eq!((last.event.as_str(), last.at_ms), ("token.used", later));
 }
 
-#[test]
-fn every_rejection_is_recorded() {
-    let (_dir, store) = open();
+fn every_rejection_is_recorded(f: &mut Fixture) {
+    let store = f.store();
     let sc = scopes(&["operator.read"]);
     let d = device("dev-r", &sc, LOOPBACK);
-    let tok = paired_silently(&store, &d);
+    let tok = paired_silently(store, &d);
     assert_eq!(
-        verify_device_token(&store, &d, tok.token.expose(), T0 + 1).unwrap(),
+        verify_device_token(store, &d, tok.token.expose(), T0 + 1).unwrap(),
         TokenCheck::Ok
     );
     for now in [T0 + 2, T0 + 2, T0 + 3] {
         assert_eq!(
-            verify_device_token(&store, &d, "wrong-token", now).unwrap(),
+            verify_device_token(store, &d, "wrong-token", now).unwrap(),
             TokenCheck::Rejected("token-mismatch")
         );
     }
     let wider = scopes(&["operator.admin"]);
     let greedy = device("dev-r", &wider, LOOPBACK);
     assert_eq!(
-        verify_device_token(&store, &greedy, tok.token.expose(), T0 + 4).unwrap(),
+        verify_device_token(store, &greedy, tok.token.expose(), T0 + 4).unwrap(),
         TokenCheck::Rejected("scope-mismatch")
     );
     let rejected: Vec<_> = store
@@ -685,7 +883,7 @@ fn every_rejection_is_recorded() {
         ]
     );
     // The rejections did not move the last accepted use.
-    assert_eq!(last_used(&store, "dev-r"), Some(T0 + 1));
+    assert_eq!(last_used(store, "dev-r"), Some(T0 + 1));
 }
 
 #[test]
@@ -754,7 +952,7 @@ fn audit_trail_keeps_the_newest_rows() {
 }
 
 /// A shared-secret connect of the paired device `d` that must hand out a token (no event).
-fn shared_connect(store: &SqliteStore, d: &ConnectingDevice<'_>, now: u64) -> IssuedToken {
+fn shared_connect(store: &dyn DeviceStore, d: &ConnectingDevice<'_>, now: u64) -> IssuedToken {
     match on_connect(store, d, true, false, true, now).unwrap() {
         PairingOutcome::Paired {
             issued: Some(t),
@@ -764,27 +962,25 @@ fn shared_connect(store: &SqliteStore, d: &ConnectingDevice<'_>, now: u64) -> Is
     }
 }
 
-fn issued_count(store: &SqliteStore) -> usize {
+fn issued_count(store: &dyn DeviceStore) -> usize {
     events(store)
         .iter()
         .filter(|e| *e == "token.issued")
         .count()
 }
 
-#[test]
-fn shared_secret_connects_get_the_same_token_across_restarts() {
-    let (dir, store) = open();
+fn shared_secret_connects_get_the_same_token_across_restarts(f: &mut Fixture) {
+    let store = f.store();
     let sc = scopes(&["operator.read", "operator.write"]);
     let d = device("dev-s", &sc, LOOPBACK);
-    let first = paired_silently(&store, &d);
-    assert_eq!(issued_count(&store), 1);
+    let first = paired_silently(store, &d);
+    assert_eq!(issued_count(store), 1);
 
     // Again with the shared secret (another process sharing this identity, or a client that did
     // not keep the token): the same token, and nothing committed to the store.
-    let watcher = rusqlite::Connection::open(dir.path().join("devices/devices.sqlite3")).unwrap();
-    let before = data_version(&watcher);
+    let before = f.writes();
     for now in [T0 + 1, T0 + 2] {
-        let again = shared_connect(&store, &d, now);
+        let again = shared_connect(store, &d, now);
         assert!(again.token.same_as(&first.token), "a new token was minted");
         assert_eq!(again.issued_at_ms, T0);
         assert_eq!(again.scopes, sc);
@@ -793,24 +989,23 @@ fn shared_secret_connects_get_the_same_token_across_restarts() {
     let read = scopes(&["operator.read"]);
     let narrow = device("dev-s", &read, LOOPBACK);
     assert!(
-        shared_connect(&store, &narrow, T0 + 3)
+        shared_connect(store, &narrow, T0 + 3)
             .token
             .same_as(&first.token)
     );
-    assert_eq!(data_version(&watcher), before, "a shared connect wrote");
-    assert_eq!(issued_count(&store), 1);
+    assert_eq!(f.writes(), before, "a shared connect wrote");
+    assert_eq!(issued_count(store), 1);
 
     // A gateway restart (the store reopened) derives the same token from the same key.
-    drop(watcher);
-    drop(store);
-    let store = SqliteStore::open_in(dir.path()).unwrap();
+    f.reopen();
+    let store = f.store();
     assert!(
-        shared_connect(&store, &d, T0 + 4)
+        shared_connect(store, &d, T0 + 4)
             .token
             .same_as(&first.token)
     );
     assert_eq!(
-        verify_device_token(&store, &d, first.token.expose(), T0 + 5).unwrap(),
+        verify_device_token(store, &d, first.token.expose(), T0 + 5).unwrap(),
         TokenCheck::Ok
     );
 
@@ -821,39 +1016,39 @@ fn shared_secret_connects_get_the_same_token_across_restarts() {
         label: "device:dev-s".into(),
     };
     let params = json!({"deviceId": "dev-s", "role": "operator"});
-    let (out, _, _) = handle_method(&store, "device.token.rotate", &params, &own, T0 + 6).unwrap();
+    let (out, _, _) = handle_method(store, "device.token.rotate", &params, &own, T0 + 6).unwrap();
     let rotated = out["token"].as_str().unwrap().to_owned();
     assert_ne!(rotated, first.token.expose());
     assert_eq!(
-        verify_device_token(&store, &d, first.token.expose(), T0 + 7).unwrap(),
+        verify_device_token(store, &d, first.token.expose(), T0 + 7).unwrap(),
         TokenCheck::Rejected("token-mismatch")
     );
     // The shared secret now hands out the rotated token, not the old one and not a third.
-    let after = shared_connect(&store, &d, T0 + 8);
+    let after = shared_connect(store, &d, T0 + 8);
     assert!(after.token.matches(&rotated));
     assert_eq!(after.issued_at_ms, T0 + 6);
-    assert_eq!(issued_count(&store), 1);
+    assert_eq!(issued_count(store), 1);
 
     // A token narrower than the request (rotated down by an operator) is replaced once, with the
     // requested scopes, and that one is then stable.
     let down = json!({"deviceId": "dev-s", "role": "operator", "scopes": ["operator.read"]});
-    handle_method(&store, "device.token.rotate", &down, &admin(), T0 + 9).unwrap();
-    let wide = shared_connect(&store, &d, T0 + 10);
+    handle_method(store, "device.token.rotate", &down, &admin(), T0 + 9).unwrap();
+    let wide = shared_connect(store, &d, T0 + 10);
     assert!(!wide.token.matches(&rotated));
     assert_eq!(wide.scopes, sc);
-    assert_eq!(issued_count(&store), 2);
+    assert_eq!(issued_count(store), 2);
     assert!(
-        shared_connect(&store, &d, T0 + 11)
+        shared_connect(store, &d, T0 + 11)
             .token
             .same_as(&wide.token)
     );
-    assert_eq!(issued_count(&store), 2);
+    assert_eq!(issued_count(store), 2);
 
     // A revoked token is never handed out again: the role needs approval again.
-    handle_method(&store, "device.token.revoke", &params, &admin(), T0 + 12).unwrap();
+    handle_method(store, "device.token.revoke", &params, &admin(), T0 + 12).unwrap();
     let remote = device("dev-s", &sc, LAN);
     assert!(matches!(
-        on_connect(&store, &remote, true, false, false, T0 + 13).unwrap(),
+        on_connect(store, &remote, true, false, false, T0 + 13).unwrap(),
         PairingOutcome::Required {
             reason: "role-upgrade",
             ..
@@ -960,3 +1155,161 @@ fn the_token_key_is_private_and_never_printed() {
     assert!(e.to_string().contains(TOKEN_KEY_FILE), "{e}");
     assert!(key_path.is_dir());
 }
+
+/// Runs `f(i)` on `n` threads released together, and returns their results in order.
+fn at_once<T: Send>(n: usize, f: impl Fn(usize) -> T + Sync) -> Vec<T> {
+    let barrier = std::sync::Barrier::new(n);
+    std::thread::scope(|s| {
+        let handles: Vec<_> = (0..n)
+            .map(|i| {
+                let (barrier, f) = (&barrier, &f);
+                s.spawn(move || {
+                    barrier.wait();
+                    f(i)
+                })
+            })
+            .collect();
+        handles.into_iter().map(|h| h.join().unwrap()).collect()
+    })
+}
+
+fn two_processes_approving_one_request_approve_it_once(f: &mut Fixture) {
+    let other = f.another();
+    let stores = [f.store(), &*other];
+    for round in 0..5 {
+        let id = format!("dev-race-{round}");
+        let sc = scopes(&["operator.read"]);
+        let PairingOutcome::Required { request_id, .. } =
+            on_connect(stores[0], &device(&id, &sc, LAN), true, false, false, T0).unwrap()
+        else {
+            panic!("expected a pending request")
+        };
+        // Both transactions read the request, then wait, so they surely overlap.
+        let results = at_once(2, |i| {
+            rules::TEST_PAUSE_MS.with(|p| p.set(300));
+            stores[i].approve(&request_id, &format!("op-{i}"), true, T0 + 1)
+        });
+        let ok = results.iter().filter(|r| r.is_ok()).count();
+        assert_eq!(ok, 1, "round {round}: {results:?}");
+        assert!(
+            results
+                .iter()
+                .any(|r| matches!(r, Err(StoreError::UnknownRequest))),
+            "round {round}: {results:?}"
+        );
+        let approved = stores[1]
+            .audit()
+            .unwrap()
+            .into_iter()
+            .filter(|e| e.device_id.as_deref() == Some(id.as_str()))
+            .map(|e| e.event)
+            .collect::<Vec<_>>();
+        assert_eq!(
+            approved,
+            ["pair.requested", "pair.approved", "token.issued"]
+        );
+        assert!(stores[0].pending(&request_id, T0 + 2).unwrap().is_none());
+    }
+}
+
+fn concurrent_rotations_each_apply_and_the_last_one_holds(f: &mut Fixture) {
+    let other = f.another();
+    let stores = [f.store(), &*other];
+    let sc = scopes(&["operator.read"]);
+    let d = device("dev-rot", &sc, LOOPBACK);
+    paired_silently(stores[0], &d);
+    let n = 6;
+    let tokens = at_once(n, |i| {
+        stores[i % 2]
+            .mint("dev-rot", "operator", &sc, "op", "token.rotated", T0 + 1)
+            .unwrap()
+    });
+    // Every rotation was applied, one after the other: each is in the audit trail, and the one
+    // that holds is the last one recorded. No other rotated token verifies.
+    let rotated: Vec<String> = stores[1]
+        .audit()
+        .unwrap()
+        .into_iter()
+        .filter(|e| e.event == "token.rotated")
+        .map(|e| e.token_fingerprint.unwrap())
+        .collect();
+    assert_eq!(rotated.len(), n);
+    let valid: Vec<_> = tokens
+        .iter()
+        .filter(|t| {
+            verify_device_token(stores[0], &d, t.token.expose(), T0 + 2).unwrap() == TokenCheck::Ok
+        })
+        .collect();
+    assert_eq!(valid.len(), 1, "exactly one rotated token holds");
+    assert_eq!(
+        valid[0].token.fingerprint().as_str(),
+        rotated.last().unwrap()
+    );
+    let listed = stores[1].paired("dev-rot").unwrap().unwrap();
+    assert_eq!(&listed.tokens[0].fingerprint, rotated.last().unwrap());
+}
+
+fn concurrent_first_connects_share_one_token(f: &mut Fixture) {
+    let other = f.another();
+    let stores = [f.store(), &*other];
+    let sc = scopes(&["operator.read"]);
+    let d = device("dev-first", &sc, LAN);
+    let PairingOutcome::Required { request_id, .. } =
+        on_connect(stores[0], &d, true, false, false, T0).unwrap()
+    else {
+        panic!("expected a pending request")
+    };
+    // Approved without a token: the device's next connects mint one.
+    stores[0].approve(&request_id, "op", false, T0 + 1).unwrap();
+    // Each transaction finds no token, then waits before minting, so they surely overlap.
+    let tokens = at_once(4, |i| {
+        rules::TEST_PAUSE_MS.with(|p| p.set(300));
+        stores[i % 2]
+            .ensure_token("dev-first", "operator", &sc, "gateway (connect)", T0 + 2)
+            .unwrap()
+    });
+    for t in &tokens {
+        assert!(
+            t.token.same_as(&tokens[0].token),
+            "two connects minted two tokens"
+        );
+    }
+    assert_eq!(issued_count(stores[1]), 1);
+}
+
+fn a_revocation_racing_reconnects_is_never_undone(f: &mut Fixture) {
+    let other = f.another();
+    let stores = [f.store(), &*other];
+    let sc = scopes(&["operator.read"]);
+    let d = device("dev-rev", &sc, LOOPBACK);
+    let tok = paired_silently(stores[0], &d);
+    let tok = tok.token.expose();
+    let revoked = std::sync::atomic::AtomicBool::new(false);
+    at_once(2, |i| {
+        if i == 0 {
+            std::thread::sleep(std::time::Duration::from_millis(20));
+            stores[0]
+                .revoke("dev-rev", "operator", "op", T0 + 5)
+                .unwrap();
+            revoked.store(true, std::sync::atomic::Ordering::SeqCst);
+        } else {
+            // Each use is a window apart, so each one records (a write racing the revocation).
+            for k in 1..40u64 {
+                let was_revoked = revoked.load(std::sync::atomic::Ordering::SeqCst);
+                let check = verify_device_token(stores[1], &d, tok, T0 + k * LAST_USED_COALESCE_MS)
+                    .unwrap();
+                if was_revoked {
+                    assert_eq!(check, TokenCheck::Rejected("token-revoked"), "use {k}");
+                }
+            }
+        }
+    });
+    let dev = stores[0].paired("dev-rev").unwrap().unwrap();
+    assert_eq!(dev.tokens[0].revoked_at_ms, Some(T0 + 5));
+    assert_eq!(
+        verify_device_token(stores[0], &d, tok, T0 + 100 * LAST_USED_COALESCE_MS).unwrap(),
+        TokenCheck::Rejected("token-revoked")
+    );
+}
+
+mod postgres_only;

@@ -58,20 +58,9 @@ impl TokenKey {
         };
         match std::fs::read_to_string(path) {
             Ok(mut text) => {
-                let decoded = b64().decode(text.trim());
+                let key = TokenKey::parse(&text);
                 text.zeroize();
-                match decoded {
-                    Ok(mut bytes) if bytes.len() == KEY_LEN => {
-                        let key = TokenKey(hmac::Key::new(hmac::HMAC_SHA256, &bytes));
-                        bytes.zeroize();
-                        Ok(key)
-                    }
-                    Ok(mut bytes) => {
-                        bytes.zeroize();
-                        Err(err(invalid()))
-                    }
-                    Err(_) => Err(err(invalid())),
-                }
+                key.ok_or_else(|| err(invalid()))
             }
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
                 let mut bytes = random_bytes();
@@ -86,6 +75,21 @@ impl TokenKey {
             }
             Err(e) => Err(err(e)),
         }
+    }
+
+    /// A key written as [`TokenKey::load_or_create`] writes it: 32 bytes, base64url, surrounding
+    /// whitespace ignored. `None` for anything else.
+    pub fn parse(text: &str) -> Option<TokenKey> {
+        let mut bytes = b64().decode(text.trim()).ok()?;
+        let key =
+            (bytes.len() == KEY_LEN).then(|| TokenKey(hmac::Key::new(hmac::HMAC_SHA256, &bytes)));
+        bytes.zeroize();
+        key
+    }
+
+    /// A key held by a secret reference (`gateway.devices.postgres.token_key`).
+    pub fn from_secret(value: &SecretValue) -> Option<TokenKey> {
+        TokenKey::parse(value.expose())
     }
 
     /// The token for `device_id`'s `role` with `nonce`. Each field is length-prefixed, so no two

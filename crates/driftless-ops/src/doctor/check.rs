@@ -80,7 +80,8 @@ pub(crate) struct Definition {
     /// Only the platform's own manager is checked for drift (a plist on Linux is only scanned).
     pub platform: bool,
     pub embedded: Vec<Embedded>,
-    /// Why the definition could not be parsed; such a file is reported and never rewritten.
+    /// Why the definition could not be read or scanned; such a file is reported and never
+    /// rewritten.
     pub unreadable: Option<String>,
 }
 
@@ -262,14 +263,18 @@ impl Doctor {
         let mut definitions = Vec::new();
         for manager in managers {
             let path = manager.definition_path(&self.env);
-            let Ok(current) = std::fs::read(&path) else {
-                continue;
+            let (current, read_error) = match crate::input::read(&path) {
+                Ok(bytes) => (bytes, None),
+                Err(e) if e.kind() == std::io::ErrorKind::NotFound => continue,
+                Err(e) => (Vec::new(), Some(e.to_string())),
             };
-            let (embedded, unreadable) =
-                match scan::scan_definition(manager.format(), &current, &self.env, &live) {
+            let (embedded, unreadable) = match read_error {
+                Some(why) => (Vec::new(), Some(why)),
+                None => match scan::scan_definition(manager.format(), &current, &self.env, &live) {
                     Ok(found) => (found, None),
                     Err(e) => (Vec::new(), Some(e.to_string())),
-                };
+                },
+            };
             for e in &embedded {
                 driftless_core::redact::register(&e.value);
             }

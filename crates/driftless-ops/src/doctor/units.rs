@@ -99,7 +99,7 @@ impl Check for Units {
             if let Some(why) = &def.unreadable {
                 rows.push(Row::finding(
                     "unit-secret",
-                    format!("{} does not parse: {why}", def.path.display()),
+                    format!("{} cannot be scanned: {why}", def.path.display()),
                     "fix or remove it by hand; doctor never rewrites a file it cannot read",
                 ));
                 continue;

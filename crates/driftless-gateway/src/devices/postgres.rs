@@ -1,0 +1,1086 @@
+//! [`DeviceStore`] in a PostgreSQL database, shared by several gateway replicas.
+//!
+//! The same guarantees as the SQLite store (`sqlite.rs`), across processes on different machines:
+//! every state change is one transaction, run at SERIALIZABLE and retried on a serialization
+//! failure or deadlock, so two replicas approving, rotating or revoking the same device at once
+//! apply one after the other and neither update is lost (a second approval of one request finds it
+//! gone: `unknown requestId`). The connect path only reads: a reconnect with a valid token, or a
+//! shared-secret connect of a device whose token can be recomputed, runs one READ ONLY transaction
+//! and writes nothing (within [`LAST_USED_COALESCE_MS`]). Tokens are derived as in SQLite
+//! (`token_key`), with a key every replica reads from the same secret reference
+//! (`gateway.devices.postgres.token_key`); the database holds hashes and nonces only. The audit
+//! trail is append-only for its newest [`AUDIT_KEEP_ROWS`] rows (a trigger refuses updates,
+//! truncation and deletes of those rows) and trimmed by the transaction that appends.
+//!
+//! The schema is versioned ([`MIGRATIONS`], the applied ones in `driftless_schema`) and migrated at
+//! open under a transaction-scoped advisory lock, so replicas starting together apply each
+//! migration once.
+//!
+//! Driving an async driver from a synchronous trait: [`DeviceStore`]'s calls already run on
+//! blocking threads (the handshake and the methods call it through `spawn_blocking`), so each call
+//! blocks its thread on its future with [`tokio::runtime::Runtime::block_on`] of a one-thread
+//! runtime this store owns; the driver's connection tasks run there. The gateway's workers never
+//! wait on the database, and the store works the same from a test without a runtime.
+
+use std::future::Future;
+use std::time::Duration;
+
+use driftless_core::SecretValue;
+use tokio_postgres::error::SqlState;
+use tokio_postgres::{IsolationLevel, NoTls, Row, Transaction};
+
+#[cfg(doc)]
+use super::LAST_USED_COALESCE_MS;
+use super::rules::{self, RequestPlan, TokenRow, json, key_fingerprint, unjson};
+use super::token_key::TokenKey;
+use super::{
+    AUDIT_KEEP_ROWS, AUDIT_TRIM_EVERY, AuditEvent, DeviceMetadata, DeviceStore, IssuedToken,
+    NewAuditEvent, PENDING_TTL_MS, PairedDevice, PendingRequest, StoreError, TokenCheck,
+    TokenSummary,
+};
+
+/// The schema, one migration per version (index + 1). Append only: an applied migration never
+/// changes.
+pub const MIGRATIONS: &[&str] = &[
+    // 1: the SQLite schema, typed for PostgreSQL.
+    "CREATE TABLE paired (
+       device_id TEXT PRIMARY KEY, public_key TEXT NOT NULL, display_name TEXT, platform TEXT,
+       device_family TEXT, client_id TEXT, client_mode TEXT, roles TEXT NOT NULL,
+       approved_scopes TEXT NOT NULL, remote_ip TEXT, created_at_ms BIGINT NOT NULL,
+       approved_at_ms BIGINT NOT NULL);
+     CREATE TABLE tokens (
+       device_id TEXT NOT NULL REFERENCES paired(device_id) ON DELETE CASCADE, role TEXT NOT NULL,
+       token_hash BYTEA NOT NULL, fingerprint TEXT NOT NULL, scopes TEXT NOT NULL,
+       created_at_ms BIGINT NOT NULL, rotated_at_ms BIGINT, revoked_at_ms BIGINT,
+       last_used_at_ms BIGINT, token_nonce BYTEA, PRIMARY KEY (device_id, role));
+     CREATE TABLE pending (
+       request_id TEXT PRIMARY KEY, device_id TEXT NOT NULL, public_key TEXT NOT NULL,
+       display_name TEXT, platform TEXT, device_family TEXT, client_id TEXT, client_mode TEXT,
+       role TEXT NOT NULL, scopes TEXT NOT NULL, remote_ip TEXT, silent BOOLEAN NOT NULL,
+       is_repair BOOLEAN NOT NULL, reason TEXT NOT NULL, ts_ms BIGINT NOT NULL);
+     CREATE INDEX pending_device ON pending (device_id);
+     CREATE INDEX pending_ts ON pending (ts_ms);
+     CREATE TABLE audit (
+       seq BIGINT GENERATED ALWAYS AS IDENTITY PRIMARY KEY, at_ms BIGINT NOT NULL,
+       event TEXT NOT NULL, actor TEXT NOT NULL, device_id TEXT, request_id TEXT, role TEXT,
+       key_fingerprint TEXT, token_fingerprint TEXT, outcome TEXT NOT NULL, detail TEXT);
+     CREATE FUNCTION driftless_audit_guard() RETURNS trigger LANGUAGE plpgsql AS $$
+     BEGIN
+       IF TG_OP = 'DELETE' AND OLD.seq <= (SELECT max(seq) FROM audit) - 10000 THEN
+         RETURN OLD;
+       END IF;
+       RAISE EXCEPTION 'the audit trail is append-only (only rows older than the newest 10000 are trimmed)';
+     END $$;
+     CREATE TRIGGER audit_append_only BEFORE UPDATE OR DELETE ON audit
+       FOR EACH ROW EXECUTE FUNCTION driftless_audit_guard();
+     CREATE TRIGGER audit_no_truncate BEFORE TRUNCATE ON audit
+       FOR EACH STATEMENT EXECUTE FUNCTION driftless_audit_guard();",
+];
+
+/// The advisory lock key migrations run under ("dftless" in ASCII).
+const MIGRATION_LOCK: i64 = 0x0064_6674_6c65_7373;
+
+/// How often a transaction that lost a serialization conflict is tried again.
+const MAX_ATTEMPTS: u32 = 20;
+
+/// How long a call waits for a pooled connection, and a new connection for its server.
+const CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// Reads the role's password for each new connection (`None`: no password, e.g. peer or trust
+/// authentication), so a rotated password is used from the next connection on.
+pub type PasswordSource = Box<dyn Fn() -> Result<Option<SecretValue>, String> + Send + Sync>;
+
+/// What to connect to.
+pub struct PostgresOptions {
+    /// A libpq connection string (URL or `key=value`) without a password.
+    pub url: String,
+    pub password: PasswordSource,
+    /// The key tokens are derived with, the same on every replica.
+    pub token_key: TokenKey,
+    pub pool_size: usize,
+}
+
+/// The PostgreSQL-backed device store.
+pub struct PostgresStore {
+    /// The server and database, for errors (never a password: the URL may not hold one).
+    what: String,
+    pool: deadpool::managed::Pool<Manager>,
+    key: TokenKey,
+    /// Runs the driver's connection tasks; `None` only while dropping.
+    rt: Option<tokio::runtime::Runtime>,
+}
+
+impl std::fmt::Debug for PostgresStore {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("PostgresStore")
+            .field("database", &self.what)
+            .finish_non_exhaustive()
+    }
+}
+
+impl Drop for PostgresStore {
+    fn drop(&mut self) {
+        self.pool.close();
+        // Dropping a runtime blocks, which is refused on an async worker (the gateway's state may
+        // be dropped there); the connection tasks have nothing left to finish.
+        if let Some(rt) = self.rt.take() {
+            rt.shutdown_background();
+        }
+    }
+}
+
+/// Opens connections with the password read at that moment, and drops closed ones.
+struct Manager {
+    config: tokio_postgres::Config,
+    password: PasswordSource,
+    handle: tokio::runtime::Handle,
+}
+
+#[derive(Debug)]
+enum ConnectError {
+    Password(String),
+    Db(tokio_postgres::Error),
+}
+
+impl deadpool::managed::Manager for Manager {
+    type Type = tokio_postgres::Client;
+    type Error = ConnectError;
+
+    async fn create(&self) -> Result<tokio_postgres::Client, ConnectError> {
+        let mut config = self.config.clone();
+        if let Some(pw) = (self.password)().map_err(ConnectError::Password)? {
+            config.password(pw.expose());
+        }
+        let (client, connection) = config.connect(NoTls).await.map_err(ConnectError::Db)?;
+        drop(config);
+        self.handle.spawn(async move {
+            // Ends when the client is dropped or the server goes away; the pool then sees the
+            // client closed and replaces it.
+            let _ = connection.await;
+        });
+        Ok(client)
+    }
+
+    async fn recycle(
+        &self,
+        client: &mut tokio_postgres::Client,
+        _: &deadpool::managed::Metrics,
+    ) -> deadpool::managed::RecycleResult<ConnectError> {
+        if client.is_closed() {
+            return Err(deadpool::managed::RecycleError::message(
+                "connection closed",
+            ));
+        }
+        Ok(())
+    }
+}
+
+/// Why one attempt of a transaction failed.
+enum Fail {
+    Db(tokio_postgres::Error),
+    Store(StoreError),
+}
+
+impl From<tokio_postgres::Error> for Fail {
+    fn from(e: tokio_postgres::Error) -> Fail {
+        Fail::Db(e)
+    }
+}
+
+impl From<StoreError> for Fail {
+    fn from(e: StoreError) -> Fail {
+        Fail::Store(e)
+    }
+}
+
+/// A driver error as one line: the server's message and code when it sent one.
+fn describe(e: &tokio_postgres::Error) -> String {
+    match e.as_db_error() {
+        Some(db) => format!("{}: {} ({})", db.severity(), db.message(), db.code().code()),
+        None => match std::error::Error::source(e) {
+            Some(source) => format!("{e}: {source}"),
+            None => e.to_string(),
+        },
+    }
+}
+
+fn retryable(e: &tokio_postgres::Error) -> bool {
+    matches!(
+        e.code(),
+        Some(c) if *c == SqlState::T_R_SERIALIZATION_FAILURE || *c == SqlState::T_R_DEADLOCK_DETECTED
+    )
+}
+
+impl PostgresStore {
+    /// Connects, applies pending migrations, and returns the store. Blocks (call it before
+    /// serving, or on a blocking thread).
+    pub fn open(options: PostgresOptions) -> Result<PostgresStore, StoreError> {
+        let config: tokio_postgres::Config =
+            options
+                .url
+                .parse()
+                .map_err(|e: tokio_postgres::Error| StoreError::Postgres {
+                    what: "gateway.devices.postgres.url".into(),
+                    detail: format!("not a connection string: {}", describe(&e)),
+                })?;
+        let what = describe_target(&config);
+        if config.get_password().is_some() {
+            return Err(StoreError::Postgres {
+                what,
+                detail: "the url holds a password; remove it from the url and set \
+                         gateway.devices.postgres.password to a secret reference"
+                    .into(),
+            });
+        }
+        let mut config = config;
+        config.connect_timeout(CONNECT_TIMEOUT);
+        if config.get_application_name().is_none() {
+            config.application_name("driftless-gateway");
+        }
+        let rt = tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(1)
+            .thread_name("driftless-postgres")
+            .enable_all()
+            .build()
+            .map_err(|e| StoreError::Task(format!("cannot start the PostgreSQL runtime: {e}")))?;
+        let manager = Manager {
+            config,
+            password: options.password,
+            handle: rt.handle().clone(),
+        };
+        let pool = deadpool::managed::Pool::builder(manager)
+            .max_size(options.pool_size.max(1))
+            .runtime(deadpool::Runtime::Tokio1)
+            .wait_timeout(Some(CONNECT_TIMEOUT))
+            .create_timeout(Some(CONNECT_TIMEOUT))
+            .build()
+            .map_err(|e| StoreError::Task(format!("cannot build the connection pool: {e}")))?;
+        let store = PostgresStore {
+            what,
+            pool,
+            key: options.token_key,
+            rt: Some(rt),
+        };
+        // On a thread of its own: `open` may be called on an async worker (the gateway's start),
+        // where blocking on a runtime is refused.
+        std::thread::scope(|s| {
+            s.spawn(|| store.migrate())
+                .join()
+                .unwrap_or_else(|_| Err(StoreError::Task("the migration panicked".into())))
+        })?;
+        Ok(store)
+    }
+
+    fn block_on<F: Future>(&self, f: F) -> F::Output {
+        self.rt
+            .as_ref()
+            .expect("the runtime lives until the store is dropped")
+            .block_on(f)
+    }
+
+    fn err(&self, e: &tokio_postgres::Error) -> StoreError {
+        StoreError::Postgres {
+            what: self.what.clone(),
+            detail: describe(e),
+        }
+    }
+
+    async fn client(&self) -> Result<deadpool::managed::Object<Manager>, StoreError> {
+        self.pool.get().await.map_err(|e| {
+            let detail = match e {
+                deadpool::managed::PoolError::Backend(ConnectError::Db(e)) => describe(&e),
+                deadpool::managed::PoolError::Backend(ConnectError::Password(e)) => {
+                    format!("cannot read gateway.devices.postgres.password: {e}")
+                }
+                deadpool::managed::PoolError::Timeout(_) => {
+                    "no connection within 10 s; is the server up and reachable?".into()
+                }
+                // Closed, or no runtime: cannot happen while the store lives.
+                other => format!("{other:?}"),
+            };
+            StoreError::Postgres {
+                what: self.what.clone(),
+                detail,
+            }
+        })
+    }
+
+    /// Applies every migration not yet recorded, under an advisory lock held until commit.
+    fn migrate(&self) -> Result<(), StoreError> {
+        self.block_on(async {
+            let mut client = self.client().await?;
+            let run = async {
+                let tx = client.transaction().await?;
+                tx.execute("SELECT pg_advisory_xact_lock($1)", &[&MIGRATION_LOCK])
+                    .await?;
+                tx.batch_execute(
+                    "CREATE TABLE IF NOT EXISTS driftless_schema (
+                       version INTEGER PRIMARY KEY, applied_at TIMESTAMPTZ NOT NULL DEFAULT now())",
+                )
+                .await?;
+                let applied: Option<i32> = tx
+                    .query_one("SELECT max(version) FROM driftless_schema", &[])
+                    .await?
+                    .get(0);
+                let applied = applied.unwrap_or(0);
+                for (i, sql) in MIGRATIONS.iter().enumerate() {
+                    let version = i as i32 + 1;
+                    if version <= applied {
+                        continue;
+                    }
+                    tx.batch_execute(sql).await?;
+                    tx.execute(
+                        "INSERT INTO driftless_schema (version) VALUES ($1)",
+                        &[&version],
+                    )
+                    .await?;
+                }
+                tx.commit().await?;
+                Ok::<_, tokio_postgres::Error>(applied)
+            };
+            let applied = run.await.map_err(|e| self.err(&e))?;
+            if applied as usize > MIGRATIONS.len() {
+                return Err(StoreError::Postgres {
+                    what: self.what.clone(),
+                    detail: format!(
+                        "the database has schema version {applied}, newer than this gateway's \
+                         {}; upgrade this gateway",
+                        MIGRATIONS.len()
+                    ),
+                });
+            }
+            Ok(())
+        })
+    }
+
+    /// Runs `f` in one transaction: SERIALIZABLE for a write (retried on a serialization failure
+    /// or deadlock), REPEATABLE READ READ ONLY for a read. Commit on Ok, rollback on Err.
+    fn run<T>(
+        &self,
+        write: bool,
+        f: impl AsyncFn(&Transaction<'_>) -> Result<T, Fail>,
+    ) -> Result<T, StoreError> {
+        self.block_on(async {
+            let mut client = self.client().await?;
+            let mut attempt = 0;
+            loop {
+                attempt += 1;
+                // Set once COMMIT is sent: a connection lost after that may have committed, so
+                // the transaction is not tried again.
+                let mut committing = false;
+                let result = async {
+                    let tx = client
+                        .build_transaction()
+                        .isolation_level(if write {
+                            IsolationLevel::Serializable
+                        } else {
+                            IsolationLevel::RepeatableRead
+                        })
+                        .read_only(!write)
+                        .start()
+                        .await?;
+                    let out = f(&tx).await?;
+                    committing = true;
+                    tx.commit().await?;
+                    Ok(out)
+                }
+                .await;
+                match result {
+                    Ok(out) => return Ok(out),
+                    Err(Fail::Store(e)) => return Err(e),
+                    // The server closed this connection (restarted, or ended the session): once
+                    // more on another one, which the pool opens if none is left.
+                    Err(Fail::Db(e)) if e.is_closed() && !committing && attempt < MAX_ATTEMPTS => {
+                        drop(client);
+                        client = self.client().await?;
+                    }
+                    Err(Fail::Db(e)) if retryable(&e) && attempt < MAX_ATTEMPTS => {
+                        // Spread the retries of replicas that collided.
+                        let jitter = u64::from(super::token_key::random_bytes()[0]) % 20;
+                        tokio::time::sleep(Duration::from_millis(u64::from(attempt) * 5 + jitter))
+                            .await;
+                    }
+                    Err(Fail::Db(e)) => return Err(self.err(&e)),
+                }
+            }
+        })
+    }
+
+    fn write<T>(
+        &self,
+        f: impl AsyncFn(&Transaction<'_>) -> Result<T, Fail>,
+    ) -> Result<T, StoreError> {
+        self.run(true, f)
+    }
+
+    fn read<T>(
+        &self,
+        f: impl AsyncFn(&Transaction<'_>) -> Result<T, Fail>,
+    ) -> Result<T, StoreError> {
+        self.run(false, f)
+    }
+
+    /// Mints a token for a paired device's role and appends `record`, in the caller's transaction.
+    async fn mint_audited(
+        &self,
+        tx: &Transaction<'_>,
+        device_id: &str,
+        role: &str,
+        scopes: &[String],
+        record: NewAuditEvent,
+        now_ms: u64,
+    ) -> Result<IssuedToken, Fail> {
+        let dev = read_paired(tx, device_id)
+            .await?
+            .filter(|d| d.roles.iter().any(|r| r == role))
+            .ok_or(StoreError::UnknownDevice)?;
+        let issued = mint_in(tx, &self.key, device_id, role, scopes, now_ms).await?;
+        audit_in(tx, &rules::token_audit(record, &dev, &issued), now_ms).await?;
+        Ok(issued)
+    }
+}
+
+/// `host … dbname …` of a connection config, for messages.
+fn describe_target(config: &tokio_postgres::Config) -> String {
+    let hosts: Vec<String> = config
+        .get_hosts()
+        .iter()
+        .map(|h| match h {
+            tokio_postgres::config::Host::Tcp(h) => h.clone(),
+            tokio_postgres::config::Host::Unix(p) => p.display().to_string(),
+        })
+        .collect();
+    format!(
+        "postgres {} database {}",
+        if hosts.is_empty() {
+            "localhost".to_owned()
+        } else {
+            hosts.join(",")
+        },
+        config
+            .get_dbname()
+            .or(config.get_user())
+            .unwrap_or("(default)")
+    )
+}
+
+fn ms(v: u64) -> i64 {
+    v as i64
+}
+
+fn opt_ms(v: Option<i64>) -> Option<u64> {
+    v.map(|v| v as u64)
+}
+
+async fn audit_in(
+    tx: &Transaction<'_>,
+    e: &NewAuditEvent,
+    now_ms: u64,
+) -> Result<(), tokio_postgres::Error> {
+    let seq: i64 = tx
+        .query_one(
+            "INSERT INTO audit (at_ms, event, actor, device_id, request_id, role, key_fingerprint,
+               token_fingerprint, outcome, detail) VALUES ($1,$2,$3,$4,$5,$6,$7,$8,$9,$10)
+             RETURNING seq",
+            &[
+                &ms(now_ms),
+                &e.event,
+                &e.actor,
+                &e.device_id,
+                &e.request_id,
+                &e.role,
+                &e.key_fingerprint,
+                &e.token_fingerprint,
+                &e.outcome,
+                &e.detail,
+            ],
+        )
+        .await?
+        .get(0);
+    // A sequence value taken by a transaction that rolled back is never seen, so a trim can be
+    // skipped once; the next multiple catches up.
+    if seq % AUDIT_TRIM_EVERY == 0 {
+        tx.execute(
+            "DELETE FROM audit WHERE seq <= $1",
+            &[&(seq - AUDIT_KEEP_ROWS)],
+        )
+        .await?;
+    }
+    Ok(())
+}
+
+const PAIRED_COLS: &str = "device_id, public_key, display_name, platform, device_family,
+  client_id, client_mode, roles, approved_scopes, remote_ip, created_at_ms, approved_at_ms";
+
+fn row_paired(r: &Row) -> PairedDevice {
+    PairedDevice {
+        device_id: r.get(0),
+        public_key: r.get(1),
+        metadata: DeviceMetadata {
+            display_name: r.get(2),
+            platform: r.get(3),
+            device_family: r.get(4),
+            client_id: r.get(5),
+            client_mode: r.get(6),
+            remote_ip: r.get(9),
+        },
+        roles: unjson(r.get(7)),
+        approved_scopes: unjson(r.get(8)),
+        created_at_ms: r.get::<_, i64>(10) as u64,
+        approved_at_ms: r.get::<_, i64>(11) as u64,
+        tokens: Vec::new(),
+    }
+}
+
+async fn read_paired(
+    tx: &Transaction<'_>,
+    device_id: &str,
+) -> Result<Option<PairedDevice>, tokio_postgres::Error> {
+    let Some(row) = tx
+        .query_opt(
+            &format!("SELECT {PAIRED_COLS} FROM paired WHERE device_id = $1"),
+            &[&device_id],
+        )
+        .await?
+    else {
+        return Ok(None);
+    };
+    let mut dev = row_paired(&row);
+    dev.tokens = tx
+        .query(
+            "SELECT role, scopes, fingerprint, created_at_ms, rotated_at_ms, revoked_at_ms,
+               last_used_at_ms FROM tokens WHERE device_id = $1 ORDER BY role",
+            &[&device_id],
+        )
+        .await?
+        .iter()
+        .map(|r| TokenSummary {
+            role: r.get(0),
+            scopes: unjson(r.get(1)),
+            fingerprint: r.get(2),
+            created_at_ms: r.get::<_, i64>(3) as u64,
+            rotated_at_ms: opt_ms(r.get(4)),
+            revoked_at_ms: opt_ms(r.get(5)),
+            last_used_at_ms: opt_ms(r.get(6)),
+        })
+        .collect();
+    Ok(Some(dev))
+}
+
+async fn token_row(
+    tx: &Transaction<'_>,
+    device_id: &str,
+    role: &str,
+) -> Result<Option<TokenRow>, tokio_postgres::Error> {
+    Ok(tx
+        .query_opt(
+            "SELECT token_hash, scopes, revoked_at_ms, fingerprint, last_used_at_ms, token_nonce,
+               created_at_ms, rotated_at_ms FROM tokens WHERE device_id = $1 AND role = $2",
+            &[&device_id, &role],
+        )
+        .await?
+        .map(|r| TokenRow {
+            hash: r.get(0),
+            scopes: unjson(r.get(1)),
+            revoked_at_ms: opt_ms(r.get(2)),
+            fingerprint: r.get(3),
+            last_used_at_ms: opt_ms(r.get(4)),
+            nonce: r.get(5),
+            created_at_ms: r.get::<_, i64>(6) as u64,
+            rotated_at_ms: opt_ms(r.get(7)),
+        }))
+}
+
+/// The device and its token row for `role` (no row when the device is not paired).
+async fn device_and_token(
+    tx: &Transaction<'_>,
+    device_id: &str,
+    role: &str,
+) -> Result<(Option<PairedDevice>, Option<TokenRow>), tokio_postgres::Error> {
+    let dev = read_paired(tx, device_id).await?;
+    let row = match &dev {
+        Some(_) => token_row(tx, device_id, role).await?,
+        None => None,
+    };
+    Ok((dev, row))
+}
+
+const PENDING_COLS: &str = "request_id, device_id, public_key, display_name, platform,
+  device_family, client_id, client_mode, role, scopes, remote_ip, silent, is_repair, reason, ts_ms";
+
+fn row_pending(r: &Row) -> PendingRequest {
+    PendingRequest {
+        request_id: r.get(0),
+        device_id: r.get(1),
+        public_key: r.get(2),
+        metadata: DeviceMetadata {
+            display_name: r.get(3),
+            platform: r.get(4),
+            device_family: r.get(5),
+            client_id: r.get(6),
+            client_mode: r.get(7),
+            remote_ip: r.get(10),
+        },
+        role: r.get(8),
+        scopes: unjson(r.get(9)),
+        silent: r.get(11),
+        is_repair: r.get(12),
+        reason: r.get(13),
+        ts: r.get::<_, i64>(14) as u64,
+    }
+}
+
+async fn pending_by_id(
+    tx: &Transaction<'_>,
+    request_id: &str,
+) -> Result<Option<PendingRequest>, tokio_postgres::Error> {
+    Ok(tx
+        .query_opt(
+            &format!("SELECT {PENDING_COLS} FROM pending WHERE request_id = $1"),
+            &[&request_id],
+        )
+        .await?
+        .map(|r| row_pending(&r)))
+}
+
+/// Deletes requests older than [`PENDING_TTL_MS`], recording each as `pair.expired`.
+async fn prune(tx: &Transaction<'_>, now_ms: u64) -> Result<(), tokio_postgres::Error> {
+    let cutoff = ms(now_ms.saturating_sub(PENDING_TTL_MS));
+    let expired = tx
+        .query(
+            &format!("DELETE FROM pending WHERE ts_ms < $1 RETURNING {PENDING_COLS}"),
+            &[&cutoff],
+        )
+        .await?;
+    let mut expired: Vec<PendingRequest> = expired.iter().map(row_pending).collect();
+    expired.sort_by(|a, b| (a.ts, &a.request_id).cmp(&(b.ts, &b.request_id)));
+    for p in expired {
+        audit_in(tx, &rules::expired_audit(p), now_ms).await?;
+    }
+    Ok(())
+}
+
+async fn mint_in(
+    tx: &Transaction<'_>,
+    key: &TokenKey,
+    device_id: &str,
+    role: &str,
+    scopes: &[String],
+    now_ms: u64,
+) -> Result<IssuedToken, tokio_postgres::Error> {
+    let (issued, nonce) = rules::new_token(key, device_id, role, scopes, now_ms);
+    tx.execute(
+        "INSERT INTO tokens (device_id, role, token_hash, fingerprint, scopes, created_at_ms,
+           rotated_at_ms, revoked_at_ms, last_used_at_ms, token_nonce)
+         VALUES ($1, $2, $3, $4, $5, $6, NULL, NULL, NULL, $7)
+         ON CONFLICT (device_id, role) DO UPDATE SET token_hash = excluded.token_hash,
+           fingerprint = excluded.fingerprint, scopes = excluded.scopes,
+           rotated_at_ms = excluded.created_at_ms, revoked_at_ms = NULL, last_used_at_ms = NULL,
+           token_nonce = excluded.token_nonce",
+        &[
+            &device_id,
+            &role,
+            &&rules::stored_hash(&issued)[..],
+            &issued.token.fingerprint().as_str(),
+            &json(&issued.scopes),
+            &ms(now_ms),
+            &&nonce[..],
+        ],
+    )
+    .await?;
+    Ok(issued)
+}
+
+impl DeviceStore for PostgresStore {
+    fn paired(&self, device_id: &str) -> Result<Option<PairedDevice>, StoreError> {
+        self.read(async |tx| Ok(read_paired(tx, device_id).await?))
+    }
+
+    fn list(&self, now_ms: u64) -> Result<(Vec<PendingRequest>, Vec<PairedDevice>), StoreError> {
+        self.write(async |tx| {
+            prune(tx, now_ms).await?;
+            let pending = tx
+                .query(
+                    &format!("SELECT {PENDING_COLS} FROM pending ORDER BY ts_ms, request_id"),
+                    &[],
+                )
+                .await?
+                .iter()
+                .map(row_pending)
+                .collect();
+            let ids = tx
+                .query(
+                    "SELECT device_id FROM paired ORDER BY approved_at_ms, device_id",
+                    &[],
+                )
+                .await?;
+            let mut paired = Vec::new();
+            for id in ids {
+                paired.extend(read_paired(tx, id.get(0)).await?);
+            }
+            Ok((pending, paired))
+        })
+    }
+
+    fn pending(&self, request_id: &str, now_ms: u64) -> Result<Option<PendingRequest>, StoreError> {
+        self.write(async |tx| {
+            prune(tx, now_ms).await?;
+            Ok(pending_by_id(tx, request_id).await?)
+        })
+    }
+
+    fn request(&self, req: PendingRequest, now_ms: u64) -> Result<PendingRequest, StoreError> {
+        self.write(async |tx| {
+            prune(tx, now_ms).await?;
+            let existing: Vec<PendingRequest> = tx
+                .query(
+                    &format!(
+                        "SELECT {PENDING_COLS} FROM pending WHERE device_id = $1
+                         ORDER BY ts_ms, request_id"
+                    ),
+                    &[&req.device_id],
+                )
+                .await?
+                .iter()
+                .map(row_pending)
+                .collect();
+            let out = match rules::plan_request(&existing, &req, now_ms) {
+                RequestPlan::Refresh(out) => out,
+                RequestPlan::Replace(out) => {
+                    tx.execute(
+                        "DELETE FROM pending WHERE device_id = $1",
+                        &[&req.device_id],
+                    )
+                    .await?;
+                    audit_in(tx, &rules::requested_audit(&out, &req), now_ms).await?;
+                    out
+                }
+            };
+            tx.execute(
+                "INSERT INTO pending (request_id, device_id, public_key, display_name, platform,
+                   device_family, client_id, client_mode, role, scopes, remote_ip, silent,
+                   is_repair, reason, ts_ms)
+                 VALUES ($1,$2,$3,$4,$5,$6,$7,$8,$9,$10,$11,$12,$13,$14,$15)
+                 ON CONFLICT (request_id) DO UPDATE SET device_id = excluded.device_id,
+                   public_key = excluded.public_key, display_name = excluded.display_name,
+                   platform = excluded.platform, device_family = excluded.device_family,
+                   client_id = excluded.client_id, client_mode = excluded.client_mode,
+                   role = excluded.role, scopes = excluded.scopes,
+                   remote_ip = excluded.remote_ip, silent = excluded.silent,
+                   is_repair = excluded.is_repair, reason = excluded.reason,
+                   ts_ms = excluded.ts_ms",
+                &[
+                    &out.request_id,
+                    &out.device_id,
+                    &out.public_key,
+                    &out.metadata.display_name,
+                    &out.metadata.platform,
+                    &out.metadata.device_family,
+                    &out.metadata.client_id,
+                    &out.metadata.client_mode,
+                    &out.role,
+                    &json(&out.scopes),
+                    &out.metadata.remote_ip,
+                    &out.silent,
+                    &out.is_repair,
+                    &out.reason,
+                    &ms(out.ts),
+                ],
+            )
+            .await?;
+            Ok(out)
+        })
+    }
+
+    fn approve(
+        &self,
+        request_id: &str,
+        actor: &str,
+        mint: bool,
+        now_ms: u64,
+    ) -> Result<(PairedDevice, Option<IssuedToken>), StoreError> {
+        self.write(async |tx| {
+            prune(tx, now_ms).await?;
+            let req = pending_by_id(tx, request_id)
+                .await?
+                .ok_or(StoreError::UnknownRequest)?;
+            rules::test_pause();
+            tx.execute("DELETE FROM pending WHERE request_id = $1", &[&request_id])
+                .await?;
+            // A re-pair under a new key replaces the record and its tokens.
+            let prev = read_paired(tx, &req.device_id)
+                .await?
+                .filter(|p| p.public_key == req.public_key);
+            let (roles, scopes) = rules::approval_grants(prev.as_ref(), &req);
+            if prev.is_none() {
+                tx.execute("DELETE FROM paired WHERE device_id = $1", &[&req.device_id])
+                    .await?;
+            }
+            tx.execute(
+                "INSERT INTO paired (device_id, public_key, display_name, platform,
+                   device_family, client_id, client_mode, roles, approved_scopes, remote_ip,
+                   created_at_ms, approved_at_ms)
+                 VALUES ($1,$2,$3,$4,$5,$6,$7,$8,$9,$10,$11,$11)
+                 ON CONFLICT (device_id) DO UPDATE SET roles = excluded.roles,
+                   approved_scopes = excluded.approved_scopes,
+                   approved_at_ms = excluded.approved_at_ms,
+                   platform = excluded.platform, device_family = excluded.device_family",
+                &[
+                    &req.device_id,
+                    &req.public_key,
+                    &req.metadata.display_name,
+                    &req.metadata.platform,
+                    &req.metadata.device_family,
+                    &req.metadata.client_id,
+                    &req.metadata.client_mode,
+                    &json(&roles),
+                    &json(&scopes),
+                    &req.metadata.remote_ip,
+                    &ms(now_ms),
+                ],
+            )
+            .await?;
+            // A re-approval (role upgrade after a revocation) starts from a clean token row.
+            tx.execute(
+                "DELETE FROM tokens WHERE device_id = $1 AND role = $2
+                   AND revoked_at_ms IS NOT NULL",
+                &[&req.device_id, &req.role],
+            )
+            .await?;
+            audit_in(tx, &rules::approved_audit(&req, actor), now_ms).await?;
+            let issued = if mint {
+                let record = rules::issued_by(actor, "token.issued");
+                Some(
+                    self.mint_audited(tx, &req.device_id, &req.role, &req.scopes, record, now_ms)
+                        .await?,
+                )
+            } else {
+                None
+            };
+            let dev = read_paired(tx, &req.device_id)
+                .await?
+                .expect("just written in this transaction");
+            Ok((dev, issued))
+        })
+    }
+
+    fn reject(
+        &self,
+        request_id: &str,
+        actor: &str,
+        now_ms: u64,
+    ) -> Result<PendingRequest, StoreError> {
+        self.write(async |tx| {
+            prune(tx, now_ms).await?;
+            let req = pending_by_id(tx, request_id)
+                .await?
+                .ok_or(StoreError::UnknownRequest)?;
+            tx.execute("DELETE FROM pending WHERE request_id = $1", &[&request_id])
+                .await?;
+            audit_in(tx, &rules::rejected_audit(&req, actor), now_ms).await?;
+            Ok(req)
+        })
+    }
+
+    fn remove(&self, device_id: &str, actor: &str, now_ms: u64) -> Result<bool, StoreError> {
+        self.write(async |tx| {
+            let Some(dev) = read_paired(tx, device_id).await? else {
+                return Ok(false);
+            };
+            tx.execute("DELETE FROM tokens WHERE device_id = $1", &[&device_id])
+                .await?;
+            tx.execute("DELETE FROM paired WHERE device_id = $1", &[&device_id])
+                .await?;
+            audit_in(
+                tx,
+                &NewAuditEvent {
+                    event: "device.removed",
+                    actor: actor.to_owned(),
+                    device_id: Some(device_id.to_owned()),
+                    key_fingerprint: Some(key_fingerprint(&dev.public_key)),
+                    outcome: "ok",
+                    ..Default::default()
+                },
+                now_ms,
+            )
+            .await?;
+            Ok(true)
+        })
+    }
+
+    fn verify_token(
+        &self,
+        device_id: &str,
+        role: &str,
+        token: &str,
+        scopes: &[String],
+        now_ms: u64,
+    ) -> Result<TokenCheck, StoreError> {
+        // The common case, a device reconnecting with its valid token, ends here: one read-only
+        // transaction.
+        let read = self.read(async |tx| {
+            let (dev, row) = device_and_token(tx, device_id, role).await?;
+            Ok(rules::judge_token(dev.as_ref(), role, row, token, scopes))
+        })?;
+        if !read.to_record(now_ms) {
+            return Ok(read.check);
+        }
+        // Checked again in the writing transaction: a rotation, or another replica's record of
+        // the same use, may have landed meanwhile.
+        self.write(async |tx| {
+            let (dev, row) = device_and_token(tx, device_id, role).await?;
+            let c = rules::judge_token(dev.as_ref(), role, row, token, scopes);
+            let Some(record) = c.audit(device_id, role).filter(|_| c.to_record(now_ms)) else {
+                return Ok(c.check);
+            };
+            if c.check == TokenCheck::Ok {
+                tx.execute(
+                    "UPDATE tokens SET last_used_at_ms = $3 WHERE device_id = $1 AND role = $2",
+                    &[&device_id, &role, &ms(now_ms)],
+                )
+                .await?;
+            }
+            audit_in(tx, &record, now_ms).await?;
+            Ok(c.check)
+        })
+    }
+
+    fn ensure_token(
+        &self,
+        device_id: &str,
+        role: &str,
+        scopes: &[String],
+        actor: &str,
+        now_ms: u64,
+    ) -> Result<IssuedToken, StoreError> {
+        let current = async |tx: &Transaction<'_>| -> Result<Option<IssuedToken>, Fail> {
+            let (dev, row) = device_and_token(tx, device_id, role).await?;
+            Ok(rules::recompute_token(
+                &self.key,
+                dev.as_ref(),
+                device_id,
+                role,
+                row,
+                scopes,
+            ))
+        };
+        // The common case: the current token recomputed, nothing written.
+        if let Some(token) = self.read(async |tx| current(tx).await)? {
+            return Ok(token);
+        }
+        self.write(async |tx| {
+            // Another replica may have just minted one, which this connect then shares.
+            if let Some(token) = current(tx).await? {
+                return Ok(token);
+            }
+            rules::test_pause();
+            let record = rules::issued_by(actor, "token.issued");
+            self.mint_audited(tx, device_id, role, scopes, record, now_ms)
+                .await
+        })
+    }
+
+    fn mint(
+        &self,
+        device_id: &str,
+        role: &str,
+        scopes: &[String],
+        actor: &str,
+        event: &'static str,
+        now_ms: u64,
+    ) -> Result<IssuedToken, StoreError> {
+        self.write(async |tx| {
+            let record = rules::issued_by(actor, event);
+            self.mint_audited(tx, device_id, role, scopes, record, now_ms)
+                .await
+        })
+    }
+
+    fn revoke(
+        &self,
+        device_id: &str,
+        role: &str,
+        actor: &str,
+        now_ms: u64,
+    ) -> Result<u64, StoreError> {
+        self.write(async |tx| {
+            let dev = read_paired(tx, device_id)
+                .await?
+                .ok_or(StoreError::UnknownDevice)?;
+            let n = tx
+                .execute(
+                    "UPDATE tokens SET revoked_at_ms = $3 WHERE device_id = $1 AND role = $2",
+                    &[&device_id, &role, &ms(now_ms)],
+                )
+                .await?;
+            if n == 0 {
+                return Err(StoreError::UnknownDevice.into());
+            }
+            audit_in(
+                tx,
+                &NewAuditEvent {
+                    event: "token.revoked",
+                    actor: actor.to_owned(),
+                    device_id: Some(device_id.to_owned()),
+                    role: Some(role.to_owned()),
+                    key_fingerprint: Some(key_fingerprint(&dev.public_key)),
+                    outcome: "ok",
+                    ..Default::default()
+                },
+                now_ms,
+            )
+            .await?;
+            Ok(now_ms)
+        })
+    }
+
+    fn touch(&self, d: &PairedDevice) -> Result<(), StoreError> {
+        self.write(async |tx| {
+            tx.execute(
+                "UPDATE paired SET display_name = $2, client_id = $3, client_mode = $4,
+                   remote_ip = $5 WHERE device_id = $1",
+                &[
+                    &d.device_id,
+                    &d.metadata.display_name,
+                    &d.metadata.client_id,
+                    &d.metadata.client_mode,
+                    &d.metadata.remote_ip,
+                ],
+            )
+            .await?;
+            Ok(())
+        })
+    }
+
+    fn append_audit(&self, event: NewAuditEvent, now_ms: u64) -> Result<(), StoreError> {
+        self.write(async |tx| Ok(audit_in(tx, &event, now_ms).await?))
+    }
+
+    fn audit(&self) -> Result<Vec<AuditEvent>, StoreError> {
+        self.read(async |tx| {
+            Ok(tx
+                .query(
+                    "SELECT seq, at_ms, event, actor, device_id, request_id, role,
+                       key_fingerprint, token_fingerprint, outcome, detail
+                     FROM audit ORDER BY seq",
+                    &[],
+                )
+                .await?
+                .iter()
+                .map(|r| AuditEvent {
+                    seq: r.get(0),
+                    at_ms: r.get::<_, i64>(1) as u64,
+                    event: r.get(2),
+                    actor: r.get(3),
+                    device_id: r.get(4),
+                    request_id: r.get(5),
+                    role: r.get(6),
+                    key_fingerprint: r.get(7),
+                    token_fingerprint: r.get(8),
+                    outcome: r.get(9),
+                    detail: r.get(10),
+                })
+                .collect())
+        })
+    }
+}

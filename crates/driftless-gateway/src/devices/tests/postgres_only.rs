@@ -1,0 +1,218 @@
+//! What only the PostgreSQL store has: migrations shared by replicas, the audit trigger, the
+//! config's secret references (a password rotated live), and its errors.
+
+use super::*;
+use crate::testing::postgres::Cluster;
+
+fn fixture() -> Option<(Cluster, String)> {
+    let cluster = Cluster::start()?;
+    let db = cluster.create_database();
+    Some((cluster, db))
+}
+
+#[test]
+fn migrations_apply_once_with_replicas_starting_together() {
+    let Some((cluster, db)) = fixture() else {
+        return;
+    };
+    let key = new_key_text();
+    let stores = at_once(4, |_| open_postgres(&cluster, &db, &key));
+    assert_eq!(
+        cluster.psql(&db, "SELECT count(*), max(version) FROM driftless_schema"),
+        format!("{n}|{n}", n = MIGRATIONS.len())
+    );
+    drop(stores);
+    // Opening again applies nothing.
+    let store = open_postgres(&cluster, &db, &key);
+    assert_eq!(
+        cluster.psql(&db, "SELECT count(*) FROM driftless_schema"),
+        MIGRATIONS.len().to_string()
+    );
+    drop(store);
+    // A database migrated by a newer gateway is refused, with what to do.
+    cluster.psql(&db, "INSERT INTO driftless_schema (version) VALUES (999)");
+    let e = PostgresStore::open(PostgresOptions {
+        url: cluster.url(&db),
+        password: {
+            let pw = SecretValue::new(cluster.password().to_owned());
+            Box::new(move || Ok(Some(pw.clone())))
+        },
+        token_key: TokenKey::parse(&key).unwrap(),
+        pool_size: 1,
+    })
+    .unwrap_err();
+    assert!(e.to_string().contains("upgrade this gateway"), "{e}");
+}
+
+#[test]
+fn the_audit_trigger_keeps_the_newest_rows_and_refuses_the_rest() {
+    let Some((cluster, db)) = fixture() else {
+        return;
+    };
+    // The trigger's number is the constant's (SQL cannot read a Rust constant).
+    assert!(MIGRATIONS[0].contains(&format!("- {AUDIT_KEEP_ROWS} THEN")));
+    let store = open_postgres(&cluster, &db, &new_key_text());
+    // Seeded so that the next append has a seq that triggers the trim.
+    let seeded = (AUDIT_KEEP_ROWS / AUDIT_TRIM_EVERY + 2) * AUDIT_TRIM_EVERY - 1;
+    cluster.psql(
+        &db,
+        &format!(
+            "INSERT INTO audit (at_ms, event, actor, outcome)
+             SELECT i, 'seed', 't', 'ok' FROM generate_series(1, {seeded}) AS i"
+        ),
+    );
+    let append = |at| {
+        store
+            .append_audit(
+                NewAuditEvent {
+                    event: "test",
+                    actor: "t".into(),
+                    outcome: "ok",
+                    ..Default::default()
+                },
+                at,
+            )
+            .unwrap()
+    };
+    append(T0);
+    let a = store.audit().unwrap();
+    assert_eq!(a.len() as i64, AUDIT_KEEP_ROWS);
+    assert_eq!(a.last().unwrap().seq, seeded + 1);
+    assert_eq!(a[0].seq, seeded + 2 - AUDIT_KEEP_ROWS);
+    for i in 0..3 {
+        append(T0 + 1 + i);
+    }
+    assert_eq!(store.audit().unwrap().len() as i64, AUDIT_KEEP_ROWS + 3);
+    // By hand, the newest rows can be neither deleted, changed nor truncated.
+    for sql in [
+        "DELETE FROM audit",
+        "DELETE FROM audit WHERE seq = (SELECT max(seq) FROM audit)",
+        "UPDATE audit SET outcome = 'x'",
+        "TRUNCATE audit",
+    ] {
+        let e = cluster.psql_err(&db, sql);
+        assert!(e.contains("append-only"), "{sql}: {e}");
+    }
+    assert_eq!(
+        cluster.psql(&db, "SELECT count(*) FROM audit"),
+        (AUDIT_KEEP_ROWS + 3).to_string()
+    );
+}
+
+/// Writes a secret source file, owner-only as a secret's must be.
+fn secret_file(path: &std::path::Path, value: impl AsRef<[u8]>) {
+    std::fs::write(path, value).unwrap();
+    std::fs::set_permissions(path, std::os::unix::fs::PermissionsExt::from_mode(0o600)).unwrap();
+}
+
+/// Writes a config choosing the PostgreSQL store with file references beside it.
+fn config_in(dir: &std::path::Path, url: &str, extra: &str) -> driftless_core::Config {
+    let text = format!(
+        "[gateway.devices]\nstore = \"postgres\"\n[gateway.devices.postgres]\nurl = {url:?}\n\
+         password = {{ source = \"file\", path = \"pg-password\" }}\n\
+         token_key = {{ source = \"file\", path = \"token-key\" }}\npool_size = 1\n{extra}"
+    );
+    let path = dir.join("config.toml");
+    std::fs::write(&path, &text).unwrap();
+    driftless_core::Config::load(&path).unwrap().config
+}
+
+#[test]
+fn the_config_chooses_postgres_and_a_rotated_password_needs_no_restart() {
+    let Some((mut cluster, db)) = fixture() else {
+        return;
+    };
+    let dir = tempfile::tempdir().unwrap();
+    let env = driftless_core::Env::from_pairs([("HOME", "/nonexistent")]);
+    secret_file(&dir.path().join("pg-password"), cluster.password());
+    secret_file(&dir.path().join("token-key"), new_key_text() + "\n");
+    let config = config_in(dir.path(), &cluster.url(&db), "");
+    assert!(
+        config
+            .secret_inputs()
+            .iter()
+            .any(|(n, _)| n == "gateway.devices.postgres.password")
+    );
+    let state = dir.path().join("state");
+    let store = open_configured(&config, &env, dir.path(), &state).unwrap();
+    assert!(
+        !state.exists(),
+        "the PostgreSQL store wrote to the state directory"
+    );
+    let sc = scopes(&["operator.read"]);
+    let d = device("dev-pw", &sc, LOOPBACK);
+    let tok = paired_silently(&*store, &d);
+
+    // The password is rotated at the server and at its source; the gateway's open connection
+    // ends. The next call logs in again with the new password, without a restart.
+    let rotated = "rotated-password-canary-7f3a";
+    cluster.set_password(rotated);
+    secret_file(&dir.path().join("pg-password"), rotated);
+    cluster.psql(
+        "postgres",
+        "SELECT pg_terminate_backend(pid) FROM pg_stat_activity
+         WHERE application_name = 'driftless-gateway'",
+    );
+    assert_eq!(
+        verify_device_token(&*store, &d, tok.token.expose(), T0 + 1).unwrap(),
+        TokenCheck::Ok
+    );
+    drop(store);
+
+    // A wrong password fails with the server's reason, naming the database, never the password.
+    secret_file(
+        &dir.path().join("pg-password"),
+        "wrong-password-canary-91c2",
+    );
+    let Err(e) = open_configured(&config, &env, dir.path(), &state) else {
+        panic!("opened")
+    };
+    let shown = format!("{e} {e:?}");
+    assert!(shown.contains("password authentication failed"), "{shown}");
+    assert!(shown.contains(&db), "{shown}");
+    for secret in ["wrong-password-canary-91c2", rotated] {
+        assert!(!shown.contains(secret), "{shown}");
+    }
+}
+
+#[test]
+fn bad_settings_are_refused_without_echoing_secrets() {
+    let Some((cluster, db)) = fixture() else {
+        return;
+    };
+    let dir = tempfile::tempdir().unwrap();
+    let env = driftless_core::Env::from_pairs([("HOME", "/nonexistent")]);
+    secret_file(&dir.path().join("pg-password"), cluster.password());
+    let state = dir.path().join("state");
+
+    // A token key that is not one names the field, not its content.
+    let garbage = "not-a-key-canary-d41d8cd98f00b204";
+    secret_file(&dir.path().join("token-key"), garbage);
+    let config = config_in(dir.path(), &cluster.url(&db), "");
+    let Err(e) = open_configured(&config, &env, dir.path(), &state) else {
+        panic!("opened")
+    };
+    let shown = format!("{e} {e:?}");
+    assert!(
+        shown.contains("gateway.devices.postgres.token_key"),
+        "{shown}"
+    );
+    assert!(!shown.contains(garbage), "{shown}");
+
+    // A password in the URL is refused and not repeated.
+    secret_file(&dir.path().join("token-key"), new_key_text());
+    let url = "postgres://driftless:url-password-canary-55e1@localhost/driftless";
+    let config = config_in(dir.path(), url, "");
+    let Err(e) = open_configured(&config, &env, dir.path(), &state) else {
+        panic!("opened")
+    };
+    let shown = format!("{e} {e:?}");
+    assert!(shown.contains("password"), "{shown}");
+    assert!(!shown.contains("url-password-canary-55e1"), "{shown}");
+
+    // `store = "postgres"` without its table is a config error.
+    let path = dir.path().join("bare.toml");
+    std::fs::write(&path, "[gateway.devices]\nstore = \"postgres\"\n").unwrap();
+    let e = driftless_core::Config::load(&path).unwrap_err();
+    assert!(e.to_string().contains("[gateway.devices.postgres]"), "{e}");
+}

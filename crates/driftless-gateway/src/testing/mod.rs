@@ -1,0 +1,3 @@
+//! Test support shared with other crates' tests (feature `test-support`).
+
+pub mod postgres;
