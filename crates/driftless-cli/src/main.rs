@@ -110,9 +110,12 @@ fn main() -> ExitCode {
     exit::finish(result)
 }
 
+/// The `tracing` filter (`info` unless set).
+const LOG_ENV: &str = "DRIFTLESS_LOG";
+
 fn init_logging(format: LogFormat, env: &Env) {
     use tracing_subscriber::EnvFilter;
-    let filter = EnvFilter::try_new(env.get("DRIFTLESS_LOG").unwrap_or("info"))
+    let filter = EnvFilter::try_new(env.get(LOG_ENV).unwrap_or("info"))
         .unwrap_or_else(|_| EnvFilter::new("info"));
     let writer = driftless_core::redact::RedactingWriter::new(std::io::stderr());
     let builder = tracing_subscriber::fmt()

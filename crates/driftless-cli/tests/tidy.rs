@@ -439,3 +439,138 @@ fn the_tidy_walk_sees_the_repository() {
     }
     assert!(!files.iter().any(|f| f.starts_with("target/")));
 }
+
+/// Files outside driftless-protocol whose non-test code may build or read JSON by field name,
+/// and why: each speaks a format other than the gateway wire (ARCHITECTURE.md: "only the protocol
+/// crate knows wire field names").
+const JSON_BY_NAME_ALLOWED: &[(&str, &str)] = &[
+    // OpenAI's HTTP API: request bodies are proxied to providers as they came (an open schema),
+    // and errors take OpenAI's exact shape.
+    ("crates/driftless-gateway/src/openai.rs", "OpenAI HTTP API"),
+    (
+        "crates/driftless-gateway/src/openai/sse.rs",
+        "OpenAI HTTP API",
+    ),
+    // The `/healthz` and `/readyz` probe bodies (HTTP, for orchestrators).
+    ("crates/driftless-gateway/src/lib.rs", "HTTP probe bodies"),
+    // OpenClaw's own config file (`openclaw.json`), which doctor audits and repairs.
+    (
+        "crates/driftless-ops/src/openclaw.rs",
+        "OpenClaw's config file",
+    ),
+    (
+        "crates/driftless-ops/src/doctor/openclaw_checks.rs",
+        "OpenClaw's config file",
+    ),
+    // launchd property lists.
+    ("crates/driftless-ops/src/scan.rs", "launchd plists"),
+    // Test support for a private PostgreSQL: `Env::get` of variables, not JSON.
+    (
+        "crates/driftless-gateway/src/testing/postgres.rs",
+        "environment lookups",
+    ),
+    // The supervisor's own control socket reply.
+    (
+        "crates/driftless-supervisor/src/control.rs",
+        "supervisor control socket",
+    ),
+    // bench: the floor server is protocol-free on purpose (it measures the stack, not our code);
+    // the others write OpenClaw's config, fake an OpenAI provider, or send empty params.
+    ("crates/driftless-bench/src/floor.rs", "bench: the floor"),
+    (
+        "crates/driftless-bench/src/server.rs",
+        "bench: OpenClaw's config",
+    ),
+    (
+        "crates/driftless-bench/src/proxy.rs",
+        "bench: fake OpenAI provider",
+    ),
+    ("crates/driftless-bench/src/wire.rs", "bench: empty params"),
+];
+
+/// Where `line` builds JSON with `json!` or looks a field up by a string literal: `.get("…")`,
+/// `.get_mut("…")`, `.pointer("…")`, or indexing `x["…"]` (not an array literal such as
+/// `&["a"]` or `vec!["a"]`: indexing follows a name, `)` or `]`).
+fn json_by_name(line: &str) -> Option<&'static str> {
+    if line.contains(concat!("json", "!(")) {
+        return Some("json!");
+    }
+    for call in [
+        concat!(".get", "(\""),
+        concat!(".get_mut", "(\""),
+        concat!(".pointer", "(\""),
+    ] {
+        if line.contains(call) {
+            return Some("lookup by name");
+        }
+    }
+    let bytes = line.as_bytes();
+    let indexed = line.match_indices(concat!("[", "\"")).any(|(i, _)| {
+        i > 0 && {
+            let b = bytes[i - 1];
+            b.is_ascii_alphanumeric() || b == b'_' || b == b')' || b == b']'
+        }
+    });
+    indexed.then_some("index by name")
+}
+
+#[test]
+fn no_wire_field_names_outside_the_protocol_crate() {
+    let allowed: BTreeSet<&str> = JSON_BY_NAME_ALLOWED.iter().map(|(f, _)| *f).collect();
+    let mut off = Offences::new(
+        "no JSON built with json! or read by field name (`.get(\"…\")`, `[\"…\"]`) outside \
+         driftless-protocol: wire payloads are the typed structs of driftless_protocol::payloads",
+        "serialize or deserialize a payload type of driftless_protocol::payloads (add one there, \
+         tolerant of what OpenClaw sends); for a format that is not the gateway wire, add the \
+         file to JSON_BY_NAME_ALLOWED with the reason",
+    );
+    let mut used = BTreeSet::new();
+    let mut checked = 0;
+    for (rel, text) in source_files() {
+        if rel.starts_with("crates/driftless-protocol/") || is_test_file(&rel) {
+            continue;
+        }
+        checked += 1;
+        for (i, line) in non_test_code(&text).lines().enumerate() {
+            let code = line.split("//").next().unwrap_or("");
+            let Some(what) = json_by_name(code) else {
+                continue;
+            };
+            if allowed.contains(rel.as_str()) {
+                used.insert(rel.clone());
+            } else {
+                off.add(format!("{rel}:{}: {what}: {}", i + 1, line.trim()));
+            }
+        }
+    }
+    assert!(checked >= 50, "too few source files checked: {checked}");
+    for stale in allowed.iter().filter(|f| !used.contains(**f)) {
+        off.add(format!(
+            "{stale}: listed in JSON_BY_NAME_ALLOWED but builds or reads no JSON by name; remove \
+             it from the list"
+        ));
+    }
+    off.check();
+}
+
+#[test]
+fn the_json_by_name_rule_sees_what_it_should() {
+    // Guards the rule above against passing vacuously, and against array literals.
+    for hit in [
+        concat!("let v = serde_json::json", "!({\"a\": 1});"),
+        concat!("payload", "[\"deviceId\"].as_str()"),
+        concat!("p[\"auth\"]", "[\"mode\"]"),
+        concat!("f(x)", "[\"k\"]"),
+        concat!("v.get", "(\"token\")"),
+    ] {
+        assert!(json_by_name(hit).is_some(), "missed: {hit}");
+    }
+    for miss in [
+        concat!("run(\"launchctl\", &", "[\"version\"])"),
+        concat!("vec!", "[\"a\", \"b\"]"),
+        "let x = [\"a\"];",
+        "map.get(&key)",
+    ] {
+        assert!(json_by_name(miss).is_none(), "false hit: {miss}");
+    }
+}

@@ -10,6 +10,8 @@ use crate::heal::Issued;
 use crate::identity::DeviceIdentity;
 use crate::wire::{Incoming, OpenOptions, Wire, WireError, display_url};
 use driftless_protocol::{self as proto, ConnectAuth, ErrorShape, Frame};
+use serde::de::DeserializeOwned;
+use serde::{Deserialize, Serialize};
 use serde_json::Value;
 use tokio::time::Instant;
 
@@ -251,6 +253,31 @@ pub fn connect_params(opts: &ConnectOptions, nonce: &str) -> proto::ConnectParam
     }
 }
 
+/// A result that does not have its method's payload shape.
+#[derive(Debug, thiserror::Error)]
+#[error("unexpected {method} result: {message}")]
+pub struct UnexpectedResult {
+    method: String,
+    message: String,
+}
+
+impl From<UnexpectedResult> for ClientError {
+    fn from(e: UnexpectedResult) -> ClientError {
+        ClientError::Protocol(e.to_string())
+    }
+}
+
+/// A `method`'s result `payload` read as `R`.
+pub fn result_as<R: DeserializeOwned>(
+    method: &str,
+    payload: &Value,
+) -> Result<R, UnexpectedResult> {
+    R::deserialize(payload).map_err(|e| UnexpectedResult {
+        method: method.to_owned(),
+        message: e.to_string(),
+    })
+}
+
 /// `client.id`: OpenClaw accepts only its own list of ids; `cli` is the one for a command line.
 const CLIENT_ID: &str = "cli";
 
@@ -275,10 +302,9 @@ async fn connect_once(opts: &ConnectOptions, deadline: Instant) -> Result<Connec
         Frame::Event(e) if e.event == "connect.challenge" => e
             .payload
             .as_ref()
-            .and_then(|p| p.get("nonce"))
-            .and_then(Value::as_str)
+            .and_then(|p| proto::Challenge::deserialize(p).ok())
+            .map(|c| c.nonce)
             .filter(|n| !n.trim().is_empty())
-            .map(str::to_owned)
             .ok_or_else(|| ClientError::Protocol("connect challenge missing nonce".into()))?,
         Frame::Event(e) => {
             return Err(ClientError::Protocol(format!(
@@ -325,23 +351,22 @@ impl Connection {
         &self.hello
     }
 
+    /// The hello-ok payload, typed; `None` when it does not have hello-ok's shape.
+    pub fn hello_ok(&self) -> Option<proto::HelloOk> {
+        proto::HelloOk::deserialize(&self.hello).ok()
+    }
+
     /// The device token the gateway issued in `hello-ok.auth`, if any (it is shown only once).
     pub fn issued(&self) -> Option<Issued> {
-        let auth = self.hello.get("auth")?;
-        let token = auth.get("deviceToken")?.as_str()?.to_owned();
-        let token = SecretValue::new(token);
+        let auth = self.hello_ok()?.auth?;
+        let token = SecretValue::new(auth.device_token?.0);
         driftless_core::redact::register(&token);
         Some(Issued {
             token,
-            role: auth
-                .get("role")
-                .and_then(Value::as_str)
-                .unwrap_or(ROLE)
-                .to_owned(),
-            scopes: auth
-                .get("scopes")
-                .and_then(|s| serde_json::from_value(s.clone()).ok())
-                .unwrap_or_default(),
+            role: Some(auth.role)
+                .filter(|r| !r.is_empty())
+                .unwrap_or_else(|| ROLE.to_owned()),
+            scopes: auth.scopes,
         })
     }
 
@@ -370,6 +395,21 @@ impl Connection {
                 }),
             })
         }
+    }
+
+    /// Sends one request with typed `params` and reads its result as `R` (what a peer adds
+    /// beyond `R`'s fields is ignored).
+    pub async fn call<R: DeserializeOwned>(
+        &mut self,
+        method: &str,
+        params: Option<&impl Serialize>,
+    ) -> Result<R, ClientError> {
+        let params = params
+            .map(serde_json::to_value)
+            .transpose()
+            .map_err(|e| ClientError::Protocol(format!("{method} params: {e}")))?;
+        let payload = self.request(method, params).await?;
+        Ok(result_as(method, &payload)?)
     }
 
     /// Waits for the next event (or the close), for callers that watch the connection.

@@ -2,6 +2,7 @@
 
 pub mod connection;
 pub mod credentials;
+pub mod explain;
 pub mod heal;
 pub mod identity;
 pub mod session;

@@ -3,6 +3,8 @@
 //! The gateway, the CLI, every probe and `credentials explain` call these functions; nothing else
 //! decides which source of a credential wins.
 
+use std::path::Path;
+
 use crate::config::AuthMode;
 use crate::{Config, Env, SecretInput, SecretRef};
 
@@ -33,13 +35,66 @@ impl ServerSecretOrigin {
     }
 }
 
-/// The config path under which the gateway's shared secret for `mode` is kept in the snapshot.
-pub fn server_secret_name(mode: AuthMode) -> Option<&'static str> {
+/// Where the gateway's shared secret of one auth mode is set: the one mapping from an auth mode
+/// to its config field, environment variable and `gateway run` flag.
+#[derive(Debug, Clone, Copy)]
+pub struct SecretSlot {
+    /// `token` or `password`: the key under `[gateway.auth]`.
+    pub field: &'static str,
+    /// `gateway.auth.token`: the config path, also the secret's name in the snapshot.
+    pub path: &'static str,
+    /// The environment variable used when config sets none.
+    pub env: &'static str,
+    /// The `gateway run` flag that overrides both.
+    pub flag: &'static str,
+    input: fn(&Config) -> &Option<SecretInput>,
+    input_mut: fn(&mut Config) -> &mut Option<SecretInput>,
+}
+
+const TOKEN_SLOT: SecretSlot = SecretSlot {
+    field: "token",
+    path: "gateway.auth.token",
+    env: GATEWAY_TOKEN_ENV,
+    flag: "--token",
+    input: |c| &c.gateway.auth.token,
+    input_mut: |c| &mut c.gateway.auth.token,
+};
+
+const PASSWORD_SLOT: SecretSlot = SecretSlot {
+    field: "password",
+    path: "gateway.auth.password",
+    env: GATEWAY_PASSWORD_ENV,
+    flag: "--password",
+    input: |c| &c.gateway.auth.password,
+    input_mut: |c| &mut c.gateway.auth.password,
+};
+
+impl SecretSlot {
+    /// The input config sets for this secret, if any.
+    pub fn configured<'a>(&self, config: &'a Config) -> Option<&'a SecretInput> {
+        (self.input)(config).as_ref()
+    }
+}
+
+/// Where the shared secret of `mode` is set (`None` for mode `none`, which has none).
+pub fn secret_slot(mode: AuthMode) -> Option<&'static SecretSlot> {
     match mode {
-        AuthMode::Token => Some("gateway.auth.token"),
-        AuthMode::Password => Some("gateway.auth.password"),
+        AuthMode::Token => Some(&TOKEN_SLOT),
+        AuthMode::Password => Some(&PASSWORD_SLOT),
         AuthMode::None => None,
     }
+}
+
+/// The slot a credential named by its environment variable or its flag belongs to.
+pub fn slot_named(name: &str) -> Option<&'static SecretSlot> {
+    [&TOKEN_SLOT, &PASSWORD_SLOT]
+        .into_iter()
+        .find(|s| s.env == name || s.flag == name)
+}
+
+/// The config path under which the gateway's shared secret for `mode` is kept in the snapshot.
+pub fn server_secret_name(mode: AuthMode) -> Option<&'static str> {
+    secret_slot(mode).map(|s| s.path)
 }
 
 /// The gateway's shared secret input for its auth mode: explicit > config > env.
@@ -48,24 +103,20 @@ pub fn server_secret(
     env: &Env,
     explicit: Option<&SecretInput>,
 ) -> Option<(SecretInput, ServerSecretOrigin)> {
-    let (configured, env_name) = match config.gateway.auth.mode {
-        AuthMode::Token => (&config.gateway.auth.token, GATEWAY_TOKEN_ENV),
-        AuthMode::Password => (&config.gateway.auth.password, GATEWAY_PASSWORD_ENV),
-        AuthMode::None => return None,
-    };
+    let slot = secret_slot(config.gateway.auth.mode)?;
     if let Some(e) = explicit {
         return Some((e.clone(), ServerSecretOrigin::Explicit));
     }
-    if let Some(c) = configured {
+    if let Some(c) = slot.configured(config) {
         return Some((c.clone(), ServerSecretOrigin::Config));
     }
-    env.non_empty(env_name).map(|_| {
-        (
-            SecretInput::Ref(SecretRef::Env {
-                id: env_name.to_owned(),
-            }),
-            ServerSecretOrigin::Env,
-        )
+    env.non_empty(slot.env)
+        .map(|_| (env_input(slot.env), ServerSecretOrigin::Env))
+}
+
+fn env_input(name: &str) -> SecretInput {
+    SecretInput::Ref(SecretRef::Env {
+        id: name.to_owned(),
     })
 }
 
@@ -77,14 +128,130 @@ pub fn with_effective_server_secret(
     explicit: Option<&SecretInput>,
 ) -> Config {
     let mut out = config.clone();
-    if let Some((input, _)) = server_secret(config, env, explicit) {
-        match config.gateway.auth.mode {
-            AuthMode::Token => out.gateway.auth.token = Some(input),
-            AuthMode::Password => out.gateway.auth.password = Some(input),
-            AuthMode::None => {}
-        }
+    if let (Some((input, _)), Some(slot)) = (
+        server_secret(config, env, explicit),
+        secret_slot(config.gateway.auth.mode),
+    ) {
+        *(slot.input_mut)(&mut out) = Some(input);
     }
     out
+}
+
+/// One candidate source in `credentials explain`: where it comes from and its fingerprint, never
+/// its value.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
+pub struct Row {
+    /// 1 = highest precedence.
+    pub rank: usize,
+    pub source: String,
+    /// Where the value comes from (`file:/…`, `env:NAME`, …), never the value.
+    pub origin: Option<String>,
+    pub set: bool,
+    pub fingerprint: Option<String>,
+    pub error: Option<String>,
+    pub wins: bool,
+    pub note: Option<String>,
+}
+
+/// One table of `credentials explain` (the gateway's, or this client's), with its winner and why.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
+pub struct Side {
+    pub subject: String,
+    pub candidates: Vec<Row>,
+    pub winner: Option<String>,
+    pub why: String,
+}
+
+/// The fingerprint of `input` resolved relative to `base`, or why it does not resolve.
+pub fn fingerprint_of(
+    input: &SecretInput,
+    env: &Env,
+    base: &Path,
+) -> (Option<String>, Option<String>) {
+    match input.resolve(env, base) {
+        Ok(v) => (Some(v.fingerprint().to_string()), None),
+        Err(e) => (None, Some(e.to_string())),
+    }
+}
+
+/// The server table for `config` as `credentials explain` shows it: flag, config, environment,
+/// which one wins and why. Disagreements the gateway would hide go to `warnings`.
+pub fn explain_server(config: &Config, env: &Env, base: &Path, warnings: &mut Vec<String>) -> Side {
+    let mode = config.gateway.auth.mode;
+    let subject = format!("the gateway configured here (auth mode {})", mode.as_str());
+    let Some(slot) = secret_slot(mode) else {
+        return Side {
+            subject,
+            candidates: vec![],
+            winner: None,
+            why: "auth mode none: no shared secret (allowed only on a loopback bind)".into(),
+        };
+    };
+    let (name, env_name) = (slot.path, slot.env);
+    let configured = slot.configured(config);
+    let winner = server_secret(config, env, None).map(|(_, o)| o);
+    let mut rows = vec![Row {
+        rank: 1,
+        source: format!("{} on gateway run", slot.flag),
+        origin: None,
+        set: false,
+        fingerprint: None,
+        error: None,
+        wins: false,
+        note: Some("only the running gateway's command line shows it".into()),
+    }];
+    let (cfg_fp, cfg_err) = configured
+        .map(|i| fingerprint_of(i, env, base))
+        .unwrap_or((None, None));
+    rows.push(Row {
+        rank: 2,
+        source: name.into(),
+        origin: configured.map(SecretInput::describe),
+        set: configured.is_some(),
+        fingerprint: cfg_fp.clone(),
+        error: cfg_err,
+        wins: winner == Some(ServerSecretOrigin::Config),
+        note: None,
+    });
+    let env_input = env_input(env_name);
+    let env_set = env.non_empty(env_name).is_some();
+    let env_fp = env_set
+        .then(|| fingerprint_of(&env_input, env, base).0)
+        .flatten();
+    rows.push(Row {
+        rank: 3,
+        source: env_name.into(),
+        origin: env_set.then(|| env_input.describe()),
+        set: env_set,
+        fingerprint: env_fp.clone(),
+        error: None,
+        wins: winner == Some(ServerSecretOrigin::Env),
+        note: (env_set && configured.is_some())
+            .then(|| "ignored: config sets a value, and config comes first".into()),
+    });
+    if let (Some(c), Some(e)) = (&cfg_fp, &env_fp)
+        && c != e
+    {
+        warnings.push(format!(
+            "{env_name} ({e}) differs from {name} ({c}); the gateway uses the config value. Remove the variable (or make them equal) so nothing presents the wrong one."
+        ));
+    }
+    let why = match winner {
+        Some(ServerSecretOrigin::Config) => {
+            format!("{name} is set in config; config comes before the environment")
+        }
+        Some(ServerSecretOrigin::Env) => format!("config sets no {name}, so {env_name} is used"),
+        Some(ServerSecretOrigin::Explicit) => "an explicit flag".into(),
+        None => format!(
+            "nothing is set: `driftless init` (or `driftless gateway run`) creates {name} as a file reference"
+        ),
+    };
+    Side {
+        subject,
+        candidates: rows,
+        winner: winner.map(|o| o.as_str().to_owned()),
+        why,
+    }
 }
 
 /// Whether the gateway a client talks to is this machine's own (its config is the gateway's) or
@@ -204,14 +371,9 @@ pub fn client_passive_input(
             .map(|(input, _)| (input, config.gateway.auth.mode == AuthMode::Password)),
         ClientSource::RemoteToken => config.gateway.remote.token.clone().map(|i| (i, false)),
         ClientSource::RemotePassword => config.gateway.remote.password.clone().map(|i| (i, true)),
-        ClientSource::EnvToken => env.non_empty(GATEWAY_TOKEN_ENV).map(|_| {
-            (
-                SecretInput::Ref(SecretRef::Env {
-                    id: GATEWAY_TOKEN_ENV.to_owned(),
-                }),
-                false,
-            )
-        }),
+        ClientSource::EnvToken => env
+            .non_empty(GATEWAY_TOKEN_ENV)
+            .map(|_| (env_input(GATEWAY_TOKEN_ENV), false)),
         _ => None,
     }
 }

@@ -27,6 +27,20 @@ static REGISTRY: RwLock<Registry> = RwLock::new(Registry {
     extra: Vec::new(),
 });
 
+/// A secret-bearing value that `Debug` shows as `<set>`, never the value; serde sees the value
+/// itself (`transparent`), so a wire field can hold one and keep its JSON. The one way a type
+/// derives a `Debug` that cannot leak a token: wrap the field, or wrap a reference to it in a
+/// `Debug` impl that must stay hand-written.
+#[derive(Clone, Copy, Default, PartialEq, Eq, Hash, serde::Serialize, serde::Deserialize)]
+#[serde(transparent)]
+pub struct Redacted<T>(pub T);
+
+impl<T> std::fmt::Debug for Redacted<T> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("<set>")
+    }
+}
+
 /// Replaces the snapshot-derived values (current and previous snapshot).
 pub fn set_snapshot_values(values: Vec<SecretValue>) {
     let mut r = REGISTRY.write().unwrap_or_else(|e| e.into_inner());

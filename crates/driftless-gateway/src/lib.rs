@@ -163,16 +163,10 @@ impl Gateway {
             return Err(GatewayError::NoneOnNonLoopback(bind));
         }
         let secrets = Secrets::load(cfg, loaded.path.clone(), env.clone(), explicit)?;
-        if driftless_core::precedence::server_secret_name(mode).is_some()
+        if let Some(slot) = driftless_core::precedence::secret_slot(mode)
             && secrets.current().is_none()
         {
-            let (field, var) = match mode {
-                AuthMode::Password => {
-                    ("password", driftless_core::precedence::GATEWAY_PASSWORD_ENV)
-                }
-                _ => ("token", driftless_core::precedence::GATEWAY_TOKEN_ENV),
-            };
-            return Err(GatewayError::NoSecret(field, var));
+            return Err(GatewayError::NoSecret(slot.field, slot.env));
         }
         let addr = SocketAddr::new(
             host_ip.unwrap_or(IpAddr::from([127, 0, 0, 1])),

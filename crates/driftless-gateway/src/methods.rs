@@ -5,8 +5,8 @@ use std::sync::atomic::Ordering;
 
 use driftless_protocol::payloads::{
     Features, Grace, HELLO_OK, Health, HelloAuth, HelloOk, HelloSnapshot, Policy, PresenceEntry,
-    SecretStatus, SecretsReloadParams, SecretsReloadResult, ServerInfo, StateVersion, Status,
-    StatusAuth,
+    Redacted, SecretStatus, SecretsReloadParams, SecretsReloadResult, ServerInfo, StateVersion,
+    Status, StatusAuth,
 };
 use driftless_protocol::scopes::{self, EVENTS, METHODS};
 use driftless_protocol::{
@@ -79,7 +79,8 @@ fn status(state: &State) -> Status {
         },
         secrets,
         last_reload: state.secrets.last_reload(),
-        connections: state.connections.load(Ordering::SeqCst),
+        connections: Some(state.connections.load(Ordering::SeqCst)),
+        ..Status::default()
     }
 }
 
@@ -96,7 +97,10 @@ fn hello_auth(state: &State, session: &Session) -> HelloAuth {
         method: Some(method.into()),
         role: session.role.clone(),
         scopes: session.scopes.clone(),
-        device_token: session.issued.as_ref().map(|t| t.token.expose().to_owned()),
+        device_token: session
+            .issued
+            .as_ref()
+            .map(|t| Redacted(t.token.expose().to_owned())),
         issued_at_ms: session.issued.as_ref().map(|t| t.issued_at_ms),
     }
 }
@@ -122,6 +126,7 @@ pub(crate) fn hello_ok_text(state: &State, session: &Session) -> String {
                 health: 1,
             },
             uptime_ms: uptime_ms(state),
+            auth_mode: None,
         },
         auth: Some(hello_auth(state, session)),
         policy: Policy {

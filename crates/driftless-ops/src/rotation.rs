@@ -19,7 +19,7 @@ use driftless_core::{
     Config, ConfigError, Env, Fingerprint, ResolveError, SecretInput, SecretRef, SecretValue,
     atomic, redact, secret,
 };
-use serde_json::json;
+use driftless_protocol::payloads::{SecretsReloadParams, SecretsReloadResult, Status};
 
 /// How long to wait for the running gateway to pick the new token up.
 const ACCEPT_DEADLINE: Duration = Duration::from_secs(10);
@@ -250,10 +250,11 @@ async fn confirm(
         }
     };
     if no_grace {
-        conn.request("secrets.reload", Some(json!({"endGrace": true})))
+        let params = SecretsReloadParams { end_grace: true };
+        conn.call::<SecretsReloadResult>("secrets.reload", Some(&params))
             .await?;
     }
-    let status = conn.request("status", None).await?;
+    let status: Status = conn.call("status", None::<&()>).await?;
     conn.close().await;
-    Ok(Some(status["auth"]["grace"]["endsAtMs"].as_u64()))
+    Ok(Some(status.auth.grace.map(|g| g.ends_at_ms)))
 }

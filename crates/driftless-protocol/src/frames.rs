@@ -9,7 +9,7 @@ use serde::{Deserialize, Serialize};
 use serde_json::Value;
 use serde_json::value::RawValue;
 
-use crate::payloads::{Challenge, ErrorDetails};
+use crate::payloads::{Challenge, ErrorDetails, Redacted};
 
 /// Lowest protocol version served (nodes and probes of current OpenClaw still speak 3).
 pub const MIN_PROTOCOL: u32 = 3;
@@ -272,12 +272,12 @@ pub struct ConnectAuth {
 impl fmt::Debug for ConnectAuth {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("ConnectAuth")
-            .field("token", &self.token.as_ref().map(|_| "<set>"))
-            .field("password", &self.password.as_ref().map(|_| "<set>"))
-            .field("device_token", &self.device_token.as_ref().map(|_| "<set>"))
+            .field("token", &self.token.as_ref().map(Redacted))
+            .field("password", &self.password.as_ref().map(Redacted))
+            .field("device_token", &self.device_token.as_ref().map(Redacted))
             .field(
                 "bootstrap_token",
-                &self.bootstrap_token.as_ref().map(|_| "<set>"),
+                &self.bootstrap_token.as_ref().map(Redacted),
             )
             .finish()
     }

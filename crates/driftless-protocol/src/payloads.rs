@@ -2,11 +2,12 @@
 //! them; clients deserialize them, from driftless or from OpenClaw (whose payloads carry more and
 //! sometimes less, so every field a peer may omit has a default).
 //!
-//! Types that can carry a token (`HelloAuth`, `DeviceTokenRotated`) print `<set>` in `Debug`.
+//! Fields that can carry a token (`HelloAuth::device_token`, `DeviceTokenRotated::token`) are
+//! [`Redacted`]: `<set>` in `Debug`, the value itself on the wire.
 
 use std::borrow::Cow;
-use std::fmt;
 
+pub use driftless_core::redact::Redacted;
 use serde::{Deserialize, Serialize};
 use serde_json::{Map, Value};
 
@@ -61,6 +62,10 @@ pub struct HelloSnapshot {
     pub state_version: StateVersion,
     #[serde(default)]
     pub uptime_ms: u64,
+    /// OpenClaw sends it to `operator.admin` connections only; driftless reports its mode in
+    /// `status` instead.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub auth_mode: Option<String>,
 }
 
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
@@ -72,7 +77,7 @@ pub struct StateVersion {
 }
 
 /// `hello-ok.auth`: how the client authenticated, and its device token when one goes back.
-#[derive(Clone, Default, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
 #[serde(rename_all = "camelCase")]
 pub struct HelloAuth {
     /// `token`, `password`, `none` or `device-token` (OpenClaw 2026.9 sends it; older ones not).
@@ -83,21 +88,9 @@ pub struct HelloAuth {
     #[serde(default)]
     pub scopes: Vec<String>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub device_token: Option<String>,
+    pub device_token: Option<Redacted<String>>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub issued_at_ms: Option<u64>,
-}
-
-impl fmt::Debug for HelloAuth {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.debug_struct("HelloAuth")
-            .field("method", &self.method)
-            .field("role", &self.role)
-            .field("scopes", &self.scopes)
-            .field("device_token", &self.device_token.as_ref().map(|_| "<set>"))
-            .field("issued_at_ms", &self.issued_at_ms)
-            .finish()
-    }
 }
 
 /// `hello-ok.policy`.
@@ -161,7 +154,8 @@ pub struct PresenceEntry {
 }
 
 /// The `status` result. driftless's own shape; OpenClaw's `status` is a different summary, so
-/// every field defaults (a client reading OpenClaw gets `None`s, not made-up values).
+/// every field defaults (a client reading OpenClaw gets `None`s, not made-up values). The last
+/// three fields are OpenClaw's, which driftless does not send.
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
 #[serde(rename_all = "camelCase")]
 pub struct Status {
@@ -175,8 +169,24 @@ pub struct Status {
     pub secrets: Vec<SecretStatus>,
     #[serde(default)]
     pub last_reload: Option<ReloadStatus>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub connections: Option<u64>,
+    /// OpenClaw: its runtime's version (it has no `version`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub runtime_version: Option<String>,
+    /// OpenClaw: its session store summary.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub sessions: Option<StatusSessions>,
+    /// OpenClaw: one line per channel.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub channel_summary: Vec<String>,
+}
+
+/// OpenClaw's `status.sessions` (only the count is read; paths and recent sessions are ignored).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct StatusSessions {
     #[serde(default)]
-    pub connections: u64,
+    pub count: Option<u64>,
 }
 
 /// `status.auth`.
@@ -247,13 +257,11 @@ pub struct SecretsReloadResult {
     pub changed: Vec<String>,
 }
 
-/// A paired device, as `device.pair.list` and `device.pair.approve` show it.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+/// What a device said about itself when it last connected, shared by [`PairedDevice`] and
+/// [`PendingRequest`] (flattened into them; `null` where unknown).
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "camelCase")]
-pub struct PairedDevice {
-    pub device_id: String,
-    /// base64url raw Ed25519 key.
-    pub public_key: String,
+pub struct DeviceMetadata {
     #[serde(default)]
     pub display_name: Option<String>,
     #[serde(default)]
@@ -265,11 +273,22 @@ pub struct PairedDevice {
     #[serde(default)]
     pub client_mode: Option<String>,
     #[serde(default)]
+    pub remote_ip: Option<String>,
+}
+
+/// A paired device, as `device.pair.list` and `device.pair.approve` show it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct PairedDevice {
+    pub device_id: String,
+    /// base64url raw Ed25519 key.
+    pub public_key: String,
+    #[serde(flatten)]
+    pub metadata: DeviceMetadata,
+    #[serde(default)]
     pub roles: Vec<String>,
     #[serde(default)]
     pub approved_scopes: Vec<String>,
-    #[serde(default)]
-    pub remote_ip: Option<String>,
     #[serde(default)]
     pub created_at_ms: u64,
     #[serde(default)]
@@ -322,22 +341,12 @@ pub struct PendingRequest {
     pub device_id: String,
     #[serde(default)]
     pub public_key: String,
-    #[serde(default)]
-    pub display_name: Option<String>,
-    #[serde(default)]
-    pub platform: Option<String>,
-    #[serde(default)]
-    pub device_family: Option<String>,
-    #[serde(default)]
-    pub client_id: Option<String>,
-    #[serde(default)]
-    pub client_mode: Option<String>,
+    #[serde(flatten)]
+    pub metadata: DeviceMetadata,
     #[serde(default)]
     pub role: String,
     #[serde(default)]
     pub scopes: Vec<String>,
-    #[serde(default)]
-    pub remote_ip: Option<String>,
     #[serde(default)]
     pub silent: bool,
     #[serde(default)]
@@ -356,6 +365,28 @@ pub struct DevicePairList {
     pub pending: Vec<PendingRequest>,
     #[serde(default)]
     pub paired: Vec<PairedDevice>,
+}
+
+/// `params` of a method that takes none but wants an object (`device.pair.list`): `{}`.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct EmptyParams {}
+
+/// `params` naming a device (`device.pair.remove`).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct DeviceIdParams {
+    pub device_id: String,
+}
+
+/// `params` naming one role's token of a device (`device.token.rotate`, `device.token.revoke`).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct DeviceRoleParams {
+    pub device_id: String,
+    pub role: String,
+    /// `device.token.rotate` only: the new token's scopes (default: the current token's).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub scopes: Option<Vec<String>>,
 }
 
 /// `params` naming a pairing request (`device.pair.approve`, `device.pair.reject`).
@@ -390,7 +421,7 @@ pub struct DevicePairRemoved {
 }
 
 /// The `device.token.rotate` result. `token` goes only to the device it belongs to.
-#[derive(Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "camelCase")]
 pub struct DeviceTokenRotated {
     pub device_id: String,
@@ -402,20 +433,7 @@ pub struct DeviceTokenRotated {
     #[serde(default)]
     pub fingerprint: String,
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub token: Option<String>,
-}
-
-impl fmt::Debug for DeviceTokenRotated {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.debug_struct("DeviceTokenRotated")
-            .field("device_id", &self.device_id)
-            .field("role", &self.role)
-            .field("scopes", &self.scopes)
-            .field("rotated_at_ms", &self.rotated_at_ms)
-            .field("fingerprint", &self.fingerprint)
-            .field("token", &self.token.as_ref().map(|_| "<set>"))
-            .finish()
-    }
+    pub token: Option<Redacted<String>>,
 }
 
 /// The `device.token.revoke` result.
@@ -541,7 +559,7 @@ mod tests {
     #[test]
     fn token_carrying_payloads_hide_the_token_in_debug() {
         let auth = HelloAuth {
-            device_token: Some("canary-hello-auth".into()),
+            device_token: Some(Redacted("canary-hello-auth".into())),
             ..HelloAuth::default()
         };
         assert!(!format!("{auth:?}").contains("canary-hello-auth"));
@@ -551,7 +569,7 @@ mod tests {
             scopes: vec![],
             rotated_at_ms: 1,
             fingerprint: "sha256:x".into(),
-            token: Some("canary-rotated".into()),
+            token: Some(Redacted("canary-rotated".into())),
         };
         assert!(!format!("{rotated:?}").contains("canary-rotated"));
     }
@@ -567,5 +585,57 @@ mod tests {
         assert_eq!(h.policy.tick_interval_ms, 30_000);
         let s: Status = serde_json::from_str(r#"{"heartbeat":{}}"#).unwrap();
         assert_eq!((s.version, s.uptime_ms, s.auth.mode), (None, None, None));
+    }
+
+    #[test]
+    fn openclaw_status_and_admin_snapshot_fields_parse() {
+        // OpenClaw's status summary (shared design §3.4) and the admin-only `snapshot.authMode`.
+        let text = r#"{"runtimeVersion":"2026.9.6","heartbeat":{"defaultAgentId":"main","agents":[]},"channelSummary":["telegram: linked"],"queuedSystemEvents":[],"sessions":{"paths":[],"count":3,"recent":[]}}"#;
+        let s: Status = serde_json::from_str(text).unwrap();
+        assert_eq!(s.runtime_version.as_deref(), Some("2026.9.6"));
+        assert_eq!(s.sessions.and_then(|x| x.count), Some(3));
+        assert_eq!(s.channel_summary, ["telegram: linked"]);
+        assert_eq!(s.connections, None);
+        let snap: HelloSnapshot =
+            serde_json::from_str(r#"{"presence":[],"health":{},"uptimeMs":5,"authMode":"token"}"#)
+                .unwrap();
+        assert_eq!(snap.auth_mode.as_deref(), Some("token"));
+        // driftless's own status keeps its JSON: none of OpenClaw's fields appear.
+        let ours = serde_json::to_value(Status {
+            connections: Some(2),
+            ..Status::default()
+        })
+        .unwrap();
+        assert_eq!(
+            ours,
+            serde_json::json!({"auth": {"fingerprint": null, "grace": null}, "secrets": [],
+                "lastReload": null, "connections": 2})
+        );
+    }
+
+    #[test]
+    fn device_metadata_is_flattened_with_nulls_kept() {
+        let d = PairedDevice {
+            device_id: "d".into(),
+            public_key: "pk".into(),
+            metadata: DeviceMetadata {
+                platform: Some("linux".into()),
+                ..DeviceMetadata::default()
+            },
+            roles: vec!["operator".into()],
+            approved_scopes: vec![],
+            created_at_ms: 1,
+            approved_at_ms: 2,
+            tokens: vec![],
+        };
+        let v = serde_json::to_value(&d).unwrap();
+        assert_eq!(
+            v,
+            serde_json::json!({"deviceId": "d", "publicKey": "pk", "displayName": null,
+                "platform": "linux", "deviceFamily": null, "clientId": null, "clientMode": null,
+                "roles": ["operator"], "approvedScopes": [], "remoteIp": null, "createdAtMs": 1,
+                "approvedAtMs": 2, "tokens": []})
+        );
+        assert_eq!(serde_json::from_value::<PairedDevice>(v).unwrap(), d);
     }
 }

@@ -1,7 +1,12 @@
 //! `driftless devices list|approve|reject|remove|rotate|revoke`: device pairing on a gateway.
 
+use driftless_client::connection::result_as;
 use driftless_core::SecretValue;
-use serde_json::{Value, json};
+use driftless_protocol::payloads::{
+    DeviceIdParams, DevicePairApproved, DevicePairList, DeviceRoleParams, DeviceTokenRotated,
+    EmptyParams, RequestIdParams,
+};
+use serde_json::Value;
 
 use crate::cmd::gateway::{ClientArgs, with_connection};
 use crate::exit::{CmdResult, OK};
@@ -51,22 +56,45 @@ pub enum Command {
     },
 }
 
+/// `devices rotate --json`: the result without its token, and whether it was this device's own
+/// and stored (only when a token came back).
+#[derive(serde::Serialize, serde::Deserialize)]
+#[serde(rename_all = "camelCase")]
+struct RotateOutput {
+    #[serde(flatten)]
+    rotated: DeviceTokenRotated,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    stored_locally: Option<bool>,
+}
+
+fn params(p: &impl serde::Serialize) -> Value {
+    serde_json::to_value(p).expect("params serialize")
+}
+
 pub fn run(ctx: &Ctx, cmd: Command) -> CmdResult {
     let (a, method, params) = match &cmd {
-        Command::List(a) => (a, "device.pair.list", json!({})),
+        Command::List(a) => (a, "device.pair.list", params(&EmptyParams {})),
         Command::Approve { request_id, client } => (
             client,
             "device.pair.approve",
-            json!({"requestId": request_id}),
+            params(&RequestIdParams {
+                request_id: request_id.clone(),
+            }),
         ),
         Command::Reject { request_id, client } => (
             client,
             "device.pair.reject",
-            json!({"requestId": request_id}),
+            params(&RequestIdParams {
+                request_id: request_id.clone(),
+            }),
         ),
-        Command::Remove { device_id, client } => {
-            (client, "device.pair.remove", json!({"deviceId": device_id}))
-        }
+        Command::Remove { device_id, client } => (
+            client,
+            "device.pair.remove",
+            params(&DeviceIdParams {
+                device_id: device_id.clone(),
+            }),
+        ),
         Command::Rotate {
             device_id,
             role,
@@ -74,7 +102,7 @@ pub fn run(ctx: &Ctx, cmd: Command) -> CmdResult {
         } => (
             client,
             "device.token.rotate",
-            json!({"deviceId": device_id, "role": role}),
+            params(&role_params(device_id, role)),
         ),
         Command::Revoke {
             device_id,
@@ -83,49 +111,61 @@ pub fn run(ctx: &Ctx, cmd: Command) -> CmdResult {
         } => (
             client,
             "device.token.revoke",
-            json!({"deviceId": device_id, "role": role}),
+            params(&role_params(device_id, role)),
         ),
     };
+    let rotating = matches!(cmd, Command::Rotate { .. });
     let payload = with_connection(ctx, a, async |s| {
-        let mut payload = s.conn.request(method, Some(params.clone())).await?;
-        // A rotated token comes back only when it is this device's own: keep it, never print it.
-        if let Some(token) = payload.get("token").and_then(Value::as_str) {
-            let token = SecretValue::new(token.to_owned());
-            driftless_core::redact::register(&token);
-            let scopes = serde_json::from_value(payload["scopes"].clone()).unwrap_or_default();
-            let stored = s.store_own_token(
-                payload["deviceId"].as_str().unwrap_or_default(),
-                payload["role"].as_str().unwrap_or("operator"),
-                token,
-                scopes,
-            )?;
-            payload.as_object_mut().map(|o| o.remove("token"));
-            payload["storedLocally"] = json!(stored);
+        let payload = s.conn.request(method, Some(params.clone())).await?;
+        if !rotating {
+            return Ok(payload);
         }
-        Ok(payload)
+        // A rotated token comes back only when it is this device's own: keep it, never print it.
+        let mut rotated: DeviceTokenRotated = result_as(method, &payload)?;
+        let stored_locally = match rotated.token.take() {
+            Some(token) => {
+                let token = SecretValue::new(token.0);
+                driftless_core::redact::register(&token);
+                let role = Some(rotated.role.as_str())
+                    .filter(|r| !r.is_empty())
+                    .unwrap_or("operator");
+                Some(s.store_own_token(&rotated.device_id, role, token, rotated.scopes.clone())?)
+            }
+            None => None,
+        };
+        Ok(serde_json::to_value(RotateOutput {
+            rotated,
+            stored_locally,
+        })?)
     })?;
     if a.json {
         output::print_json(&payload);
         return Ok(OK);
     }
     match cmd {
-        Command::List(_) => print_list(&payload),
-        Command::Approve { request_id, .. } => say!(
-            "approved {request_id}: device {} is paired; it gets its device token on its next connect",
-            payload["device"]["deviceId"].as_str().unwrap_or("?")
-        ),
+        Command::List(_) => print_list(&result_as(method, &payload)?),
+        Command::Approve { request_id, .. } => {
+            let approved: DevicePairApproved = result_as(method, &payload)?;
+            say!(
+                "approved {request_id}: device {} is paired; it gets its device token on its next connect",
+                approved.device.device_id
+            )
+        }
         Command::Reject { request_id, .. } => say!("rejected {request_id}"),
         Command::Remove { device_id, .. } => say!("removed device {device_id}"),
-        Command::Rotate { device_id, .. } => say!(
-            "rotated the {} token of {device_id}: new fingerprint {}{}",
-            payload["role"].as_str().unwrap_or("?"),
-            payload["fingerprint"].as_str().unwrap_or("?"),
-            if payload["storedLocally"] == true {
-                " (this device's own; stored)"
-            } else {
-                " (the device gets a new token on its next connect with the shared secret)"
-            }
-        ),
+        Command::Rotate { device_id, .. } => {
+            let out: RotateOutput = result_as(method, &payload)?;
+            say!(
+                "rotated the {} token of {device_id}: new fingerprint {}{}",
+                or(&out.rotated.role, "?"),
+                or(&out.rotated.fingerprint, "?"),
+                if out.stored_locally == Some(true) {
+                    " (this device's own; stored)"
+                } else {
+                    " (the device gets a new token on its next connect with the shared secret)"
+                }
+            )
+        }
         Command::Revoke {
             device_id, role, ..
         } => {
@@ -135,40 +175,50 @@ pub fn run(ctx: &Ctx, cmd: Command) -> CmdResult {
     Ok(OK)
 }
 
-fn print_list(p: &Value) {
-    let empty = vec![];
-    let pending = p["pending"].as_array().unwrap_or(&empty);
-    let paired = p["paired"].as_array().unwrap_or(&empty);
-    let s = |v: &Value| v.as_str().unwrap_or("-").to_owned();
-    say!("Pending requests: {}", pending.len());
-    if !pending.is_empty() {
+fn role_params(device_id: &str, role: &str) -> DeviceRoleParams {
+    DeviceRoleParams {
+        device_id: device_id.to_owned(),
+        role: role.to_owned(),
+        scopes: None,
+    }
+}
+
+/// `value`, or `missing` for an empty one (a peer that left the field out).
+fn or<'a>(value: &'a str, missing: &'a str) -> &'a str {
+    if value.is_empty() { missing } else { value }
+}
+
+fn print_list(p: &DevicePairList) {
+    let s = |v: &Option<String>| v.as_deref().unwrap_or("-").to_owned();
+    let d = |v: &str| or(v, "-").to_owned();
+    say!("Pending requests: {}", p.pending.len());
+    if !p.pending.is_empty() {
         let mut t = output::table(&["REQUEST", "DEVICE", "ROLE", "SCOPES", "FROM", "REASON"]);
-        for r in pending {
+        for r in &p.pending {
             t.add_row(vec![
-                s(&r["requestId"]),
-                short(&s(&r["deviceId"])),
-                s(&r["role"]),
-                join(&r["scopes"]),
-                s(&r["remoteIp"]),
-                s(&r["reason"]),
+                d(&r.request_id),
+                short(&d(&r.device_id)),
+                d(&r.role),
+                r.scopes.join(","),
+                s(&r.metadata.remote_ip),
+                d(&r.reason),
             ]);
         }
         say!("{t}");
     }
-    say!("Paired devices: {}", paired.len());
-    if !paired.is_empty() {
+    say!("Paired devices: {}", p.paired.len());
+    if !p.paired.is_empty() {
         let mut t = output::table(&["DEVICE", "CLIENT", "ROLES", "TOKENS", "LAST IP"]);
-        for d in paired {
-            let tokens: Vec<String> = d["tokens"]
-                .as_array()
-                .unwrap_or(&empty)
+        for dev in &p.paired {
+            let tokens: Vec<String> = dev
+                .tokens
                 .iter()
                 .map(|tk| {
                     format!(
                         "{} {}{}",
-                        s(&tk["role"]),
-                        s(&tk["fingerprint"]),
-                        if tk.get("revokedAtMs").is_some() {
+                        d(&tk.role),
+                        d(&tk.fingerprint),
+                        if tk.revoked_at_ms.is_some() {
                             " (revoked)"
                         } else {
                             ""
@@ -177,11 +227,11 @@ fn print_list(p: &Value) {
                 })
                 .collect();
             t.add_row(vec![
-                s(&d["deviceId"]),
-                s(&d["clientId"]),
-                join(&d["roles"]),
+                d(&dev.device_id),
+                s(&dev.metadata.client_id),
+                dev.roles.join(","),
                 tokens.join(", "),
-                s(&d["remoteIp"]),
+                s(&dev.metadata.remote_ip),
             ]);
         }
         say!("{t}");
@@ -190,15 +240,4 @@ fn print_list(p: &Value) {
 
 fn short(id: &str) -> String {
     id.chars().take(16).collect()
-}
-
-fn join(v: &Value) -> String {
-    v.as_array()
-        .map(|a| {
-            a.iter()
-                .filter_map(Value::as_str)
-                .collect::<Vec<_>>()
-                .join(",")
-        })
-        .unwrap_or_default()
 }

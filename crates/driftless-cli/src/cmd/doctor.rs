@@ -1,10 +1,23 @@
 //! `driftless doctor [--fix] [--json] [--openclaw]`: every drift check, and idempotent repairs.
 
-use driftless_ops::doctor::{Audit, Doctor};
+use driftless_ops::doctor::{Action, Audit, Doctor, Row};
 
 use crate::cmd::daemon::{ScopeArgs, paths, scope};
 use crate::exit::{CHECK_FAILED, CONFIG, CmdResult, OK};
 use crate::{Ctx, output};
+
+/// `doctor --json`.
+#[derive(serde::Serialize)]
+struct Report<'a> {
+    checks: &'a [Row],
+    findings: usize,
+    stopped: bool,
+    /// With `--fix` only.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    actions: Option<&'a [Action]>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    error: Option<String>,
+}
 
 #[derive(clap::Args)]
 #[command(
@@ -42,18 +55,14 @@ pub fn run(ctx: &Ctx, args: Args) -> CmdResult {
     };
     let audit = doctor.audit();
     if args.json {
-        let mut v = serde_json::json!({
-            "checks": audit.rows,
-            "findings": audit.findings(),
-            "stopped": audit.stopped,
-        });
-        if let Some(a) = &actions {
-            v["actions"] = serde_json::to_value(a)?;
-        }
-        if let Some(e) = &fix_error {
-            v["error"] = format!("{e}").into();
-        }
-        output::print_json(&v);
+        let report = Report {
+            checks: &audit.rows,
+            findings: audit.findings(),
+            stopped: audit.stopped,
+            actions: actions.as_deref(),
+            error: fix_error.as_ref().map(|e| format!("{e}")),
+        };
+        output::print_json(&serde_json::to_value(&report)?);
     } else {
         if let Some(actions) = &actions {
             if actions.is_empty() && fix_error.is_none() {

@@ -4,11 +4,13 @@ use std::io::Write;
 use std::time::Duration;
 
 use anyhow::Context;
+use driftless_client::connection::result_as;
 use driftless_client::credentials::Explicit;
 use driftless_client::session::{self, Prepared, Session};
-use driftless_core::config::AuthMode;
+use driftless_core::precedence;
 use driftless_core::{Config, SecretInput, SecretValue, redact};
 use driftless_gateway::Gateway;
+use driftless_protocol::payloads::{Health, HelloOk, Status};
 use serde_json::Value;
 
 use crate::exit::{CmdResult, OK};
@@ -90,14 +92,17 @@ pub fn run(ctx: &Ctx, cmd: Command) -> CmdResult {
             if a.json {
                 output::print_json(&payload);
             } else {
+                let health: Health = result_as("health", &payload)?;
+                let hello = hello.as_ref();
                 // OpenClaw's health has no uptime; its hello-ok snapshot does.
-                let uptime = payload["uptimeMs"]
-                    .as_u64()
-                    .or(hello["snapshot"]["uptimeMs"].as_u64())
+                let uptime = health
+                    .uptime_ms
+                    .or(hello.map(|h| h.snapshot.uptime_ms))
                     .map(|ms| format!(", uptime {}", output::span(ms / 1000)))
                     .unwrap_or_default();
-                let server = hello["server"]["version"]
-                    .as_str()
+                let server = hello
+                    .map(|h| h.server.version.as_str())
+                    .filter(|v| !v.is_empty())
                     .map(|v| format!(" (version {v}{uptime})"))
                     .unwrap_or_else(|| {
                         uptime
@@ -114,7 +119,7 @@ pub fn run(ctx: &Ctx, cmd: Command) -> CmdResult {
             if a.json {
                 output::print_json(&payload);
             } else {
-                print_status(&hello, &payload);
+                print_status(hello.as_ref(), &result_as("status", &payload)?);
             }
             Ok(OK)
         }
@@ -138,73 +143,64 @@ pub fn run(ctx: &Ctx, cmd: Command) -> CmdResult {
 
 /// Prints a `status` payload: driftless's, or OpenClaw's (which has no uptime or auth block; those
 /// come from its hello-ok when it sends them). A field neither has is left out, never `null`.
-fn print_status(hello: &Value, p: &Value) {
-    let s = |v: &Value| {
-        v.as_str()
-            .map(str::to_owned)
-            .unwrap_or_else(|| v.to_string())
-    };
-    let text = |v: &Value| v.as_str().map(str::to_owned);
-    let version = text(&p["version"])
-        .or(text(&p["runtimeVersion"]))
-        .or(text(&hello["server"]["version"]));
+fn print_status(hello: Option<&HelloOk>, p: &Status) {
+    let version = p
+        .version
+        .as_deref()
+        .or(p.runtime_version.as_deref())
+        .or(hello.map(|h| h.server.version.as_str()))
+        .filter(|v| !v.is_empty());
     if let Some(v) = version {
         say!("version      {v}");
     }
-    if let Some(ms) = p["uptimeMs"]
-        .as_u64()
-        .or(hello["snapshot"]["uptimeMs"].as_u64())
-    {
+    if let Some(ms) = p.uptime_ms.or(hello.map(|h| h.snapshot.uptime_ms)) {
         say!("uptime       {}", output::span(ms / 1000));
     }
-    if let Some(mode) = text(&p["auth"]["mode"]).or(text(&hello["snapshot"]["authMode"])) {
+    let mode = p
+        .auth
+        .mode
+        .as_deref()
+        .or(hello.and_then(|h| h.snapshot.auth_mode.as_deref()));
+    if let Some(mode) = mode {
         say!("auth mode    {mode}");
     }
-    if let Some(fp) = p["auth"]["fingerprint"].as_str() {
+    if let Some(fp) = &p.auth.fingerprint {
         say!("secret       {fp}");
     }
-    if let Some(g) = p["auth"]["grace"].as_object() {
+    if let Some(g) = &p.auth.grace {
         say!(
             "grace        previous {} accepted until {}",
-            s(&g["previousFingerprint"]),
-            g["endsAtMs"]
-                .as_u64()
-                .map(output::when)
-                .unwrap_or_else(|| s(&g["endsAtMs"]))
+            g.previous_fingerprint,
+            output::when(g.ends_at_ms)
         );
     }
-    if let Some(r) = p["lastReload"].as_object() {
+    if let Some(r) = &p.last_reload {
         say!(
             "last reload  {} ({}) at {}{}",
-            s(&r["outcome"]),
-            s(&r["trigger"]),
-            r.get("atMs")
-                .and_then(Value::as_u64)
-                .map(output::when)
-                .unwrap_or_else(|| "?".into()),
-            r.get("error")
-                .map(|e| format!(": {}", s(e)))
+            r.outcome,
+            r.trigger,
+            output::when(r.at_ms),
+            r.error
+                .as_ref()
+                .map(|e| format!(": {e}"))
                 .unwrap_or_default()
         );
-        if let Some(settings) = r.get("restartRequiredFor").and_then(Value::as_array) {
-            let names: Vec<&str> = settings.iter().filter_map(Value::as_str).collect();
+        if !r.restart_required_for.is_empty() {
             say!(
                 "restart      needed to apply {} (`driftless daemon restart`)",
-                names.join(", ")
+                r.restart_required_for.join(", ")
             );
         }
     }
-    if let Some(n) = p["connections"].as_u64() {
+    if let Some(n) = p.connections {
         say!("connections  {n}");
     }
     // OpenClaw's summary.
-    if let Some(n) = p["sessions"]["count"].as_u64() {
+    if let Some(n) = p.sessions.and_then(|s| s.count) {
         say!("sessions     {n}");
     }
-    for line in p["channelSummary"].as_array().into_iter().flatten() {
-        if let Some(line) = line.as_str() {
-            say!("channel      {line}");
-        }
+    for line in &p.channel_summary {
+        say!("channel      {line}");
     }
 }
 
@@ -260,11 +256,16 @@ pub(crate) fn with_connection<T>(
     })
 }
 
-/// Calls `method` and returns the hello-ok payload with its result (status output uses both).
-fn call_with_hello(ctx: &Ctx, a: &ClientArgs, method: &str) -> anyhow::Result<(Value, Value)> {
+/// Calls `method` and returns the hello-ok payload (when it has hello-ok's shape) with its result
+/// (status output uses both).
+fn call_with_hello(
+    ctx: &Ctx,
+    a: &ClientArgs,
+    method: &str,
+) -> anyhow::Result<(Option<HelloOk>, Value)> {
     with_connection(ctx, a, async |s| {
         let payload = s.conn.request(method, None).await?;
-        Ok((s.conn.hello().clone(), payload))
+        Ok((s.conn.hello_ok(), payload))
     })
 }
 
@@ -294,22 +295,27 @@ fn serve(
         loaded.config.gateway.port = p;
     }
     let mode = loaded.config.gateway.auth.mode;
-    let explicit = match (token, password, mode) {
-        (None, None, _) => None,
-        (Some(t), None, AuthMode::Token) => Some(t),
-        (None, Some(p), AuthMode::Password) => Some(p),
-        (_, _, AuthMode::None) => {
+    // clap makes --token and --password exclusive.
+    let given = match (token, password) {
+        (Some(t), _) => Some(("--token", t)),
+        (None, Some(p)) => Some(("--password", p)),
+        (None, None) => None,
+    };
+    let explicit = match (given, precedence::secret_slot(mode)) {
+        (None, _) => None,
+        (Some((flag, value)), Some(slot)) if slot.flag == flag => Some(value),
+        (Some(_), None) => {
             return Err(anyhow::anyhow!(
                 "gateway.auth.mode is \"none\", which uses no token or password; drop the flag or set the mode in {}",
                 loaded.path.display()
             )
             .into());
         }
-        _ => {
+        (Some(_), Some(slot)) => {
             return Err(anyhow::anyhow!(
-                "gateway.auth.mode is {:?}: pass --{} instead (or change the mode in {})",
+                "gateway.auth.mode is {:?}: pass {} instead (or change the mode in {})",
                 mode.as_str(),
-                mode.as_str(),
+                slot.flag,
                 loaded.path.display()
             )
             .into());

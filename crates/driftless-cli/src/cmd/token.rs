@@ -1,7 +1,7 @@
 //! `driftless token rotate`: parses its flags, calls [`driftless_ops::rotation::rotate`], prints.
 
+use driftless_core::Fingerprint;
 use driftless_ops::rotation::{self, Rotated};
-use serde_json::json;
 
 use crate::exit::{CmdResult, OK, UNREACHABLE};
 use crate::{Ctx, output};
@@ -22,6 +22,17 @@ pub enum Command {
     },
 }
 
+/// `token rotate --json`.
+#[derive(serde::Serialize)]
+#[serde(rename_all = "camelCase")]
+struct RotateReport<'a> {
+    old_fingerprint: &'a Fingerprint,
+    new_fingerprint: &'a Fingerprint,
+    written_to: &'a str,
+    gateway_accepted: bool,
+    grace_ends_at_ms: Option<u64>,
+}
+
 pub fn run(ctx: &Ctx, cmd: Command) -> CmdResult {
     let Command::Rotate { no_grace, json } = cmd;
     let r = rotation::rotate(
@@ -37,13 +48,13 @@ pub fn run(ctx: &Ctx, cmd: Command) -> CmdResult {
         },
     )?;
     if json {
-        output::print_json(&json!({
-            "oldFingerprint": r.old_fingerprint,
-            "newFingerprint": r.new_fingerprint,
-            "writtenTo": r.written_to,
-            "gatewayAccepted": r.gateway_accepted,
-            "graceEndsAtMs": r.grace_ends_at_ms,
-        }));
+        output::print_json(&serde_json::to_value(RotateReport {
+            old_fingerprint: &r.old_fingerprint,
+            new_fingerprint: &r.new_fingerprint,
+            written_to: &r.written_to,
+            gateway_accepted: r.gateway_accepted,
+            grace_ends_at_ms: r.grace_ends_at_ms,
+        })?);
     } else {
         print_human(&r);
     }

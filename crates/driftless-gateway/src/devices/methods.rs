@@ -1,10 +1,11 @@
 //! `device.pair.list|approve|reject|remove` and `device.token.rotate|revoke`.
 
 use driftless_protocol::payloads::{
-    DevicePairApproved, DevicePairList, DevicePairRejected, DevicePairRemoved, DeviceTokenRevoked,
-    DeviceTokenRotated,
+    DeviceIdParams, DevicePairApproved, DevicePairList, DevicePairRejected, DevicePairRemoved,
+    DeviceRoleParams, DeviceTokenRevoked, DeviceTokenRotated, Redacted, RequestIdParams,
 };
 use driftless_protocol::scopes::{ADMIN as ADMIN_SCOPE, PAIRING as PAIRING_SCOPE};
+use serde::Deserialize;
 use serde_json::Value;
 
 use super::{DeviceStore, PairingEvent, StoreError, normalize_scopes, scopes_allow};
@@ -99,25 +100,31 @@ impl MethodError {
     }
 }
 
-fn str_param<'a>(params: &'a Value, name: &str) -> Result<&'a str, MethodError> {
-    params
-        .get(name)
-        .and_then(Value::as_str)
-        .filter(|s| !s.trim().is_empty())
-        .ok_or_else(|| MethodError::invalid(format!("invalid params: {name} (string) required")))
+/// `params` as `P`: what is missing or of the wrong type is named in the error.
+fn params<'a, P: Deserialize<'a>>(params: &'a Value) -> Result<P, MethodError> {
+    P::deserialize(params).map_err(|e| MethodError::invalid(format!("invalid params: {e}")))
 }
 
-fn scopes_param(params: &Value) -> Result<Option<Vec<String>>, MethodError> {
-    match params.get("scopes") {
-        None | Some(Value::Null) => Ok(None),
-        Some(v) => serde_json::from_value(v.clone())
-            .map(Some)
-            .map_err(|_| MethodError::invalid("invalid params: scopes must be a list of strings")),
+/// A named id or role must say something.
+fn non_blank<'a>(value: &'a str, name: &str) -> Result<&'a str, MethodError> {
+    if value.trim().is_empty() {
+        return Err(MethodError::invalid(format!(
+            "invalid params: {name} (string) required"
+        )));
     }
+    Ok(value)
 }
 
-fn to_value(payload: impl serde::Serialize) -> Value {
-    serde_json::to_value(payload).expect("device results serialize")
+/// A device method's result, serialized as the payload itself.
+#[derive(Debug, Clone, PartialEq, serde::Serialize)]
+#[serde(untagged)]
+pub enum DeviceResult {
+    List(DevicePairList),
+    Approved(DevicePairApproved),
+    Rejected(DevicePairRejected),
+    Removed(DevicePairRemoved),
+    Rotated(DeviceTokenRotated),
+    Revoked(DeviceTokenRevoked),
 }
 
 /// Runs a device method. Returns the result payload, the sessions to close and the pairing event
@@ -125,10 +132,10 @@ fn to_value(payload: impl serde::Serialize) -> Value {
 pub fn handle(
     store: &dyn DeviceStore,
     method: &str,
-    params: &Value,
+    raw: &Value,
     caller: &Caller,
     now_ms: u64,
-) -> Result<(Value, Vec<Disconnect>, Option<PairingEvent>), MethodError> {
+) -> Result<(DeviceResult, Vec<Disconnect>, Option<PairingEvent>), MethodError> {
     if !scopes_allow(&caller.scopes, &[PAIRING_SCOPE.to_owned()]) {
         return Err(MethodError::missing_scope(PAIRING_SCOPE));
     }
@@ -136,10 +143,15 @@ pub fn handle(
     match method {
         "device.pair.list" => {
             let (pending, paired) = store.list(now_ms).map_err(s)?;
-            Ok((to_value(DevicePairList { pending, paired }), vec![], None))
+            Ok((
+                DeviceResult::List(DevicePairList { pending, paired }),
+                vec![],
+                None,
+            ))
         }
         "device.pair.approve" => {
-            let id = str_param(params, "requestId")?;
+            let p: RequestIdParams = params(raw)?;
+            let id = non_blank(&p.request_id, "requestId")?;
             let req = store
                 .pending(id, now_ms)
                 .map_err(s)?
@@ -158,7 +170,7 @@ pub fn handle(
                 ts: now_ms,
             };
             Ok((
-                to_value(DevicePairApproved {
+                DeviceResult::Approved(DevicePairApproved {
                     request_id: id.to_owned(),
                     device,
                 }),
@@ -167,10 +179,11 @@ pub fn handle(
             ))
         }
         "device.pair.reject" => {
-            let id = str_param(params, "requestId")?;
+            let p: RequestIdParams = params(raw)?;
+            let id = non_blank(&p.request_id, "requestId")?;
             let req = store.reject(id, &caller.label, now_ms).map_err(s)?;
             Ok((
-                to_value(DevicePairRejected {
+                DeviceResult::Rejected(DevicePairRejected {
                     request_id: id.to_owned(),
                     device_id: req.device_id.clone(),
                 }),
@@ -184,7 +197,8 @@ pub fn handle(
             ))
         }
         "device.pair.remove" => {
-            let device_id = str_param(params, "deviceId")?;
+            let p: DeviceIdParams = params(raw)?;
+            let device_id = non_blank(&p.device_id, "deviceId")?;
             if !caller.may_act_on(device_id) {
                 return Err(MethodError::invalid("device pairing removal denied"));
             }
@@ -192,7 +206,7 @@ pub fn handle(
                 return Err(MethodError::invalid("unknown deviceId"));
             }
             Ok((
-                to_value(DevicePairRemoved {
+                DeviceResult::Removed(DevicePairRemoved {
                     device_id: device_id.to_owned(),
                     removed: true,
                 }),
@@ -205,8 +219,9 @@ pub fn handle(
             ))
         }
         "device.token.rotate" => {
-            let device_id = str_param(params, "deviceId")?;
-            let role = str_param(params, "role")?;
+            let p: DeviceRoleParams = params(raw)?;
+            let device_id = non_blank(&p.device_id, "deviceId")?;
+            let role = non_blank(&p.role, "role")?;
             let denied = || MethodError::invalid("device token rotation denied");
             if !caller.may_act_on(device_id) {
                 return Err(denied());
@@ -216,8 +231,8 @@ pub fn handle(
                 return Err(denied());
             }
             let current = dev.tokens.iter().find(|t| t.role == role);
-            let scopes = match scopes_param(params)? {
-                Some(sc) => normalize_scopes(&sc),
+            let scopes = match &p.scopes {
+                Some(sc) => normalize_scopes(sc),
                 None => current
                     .map(|t| t.scopes.clone())
                     .unwrap_or_else(|| dev.approved_scopes.clone()),
@@ -242,13 +257,13 @@ pub fn handle(
                 role: role.to_owned(),
                 // The new token goes only to the device it belongs to.
                 token: (caller.device_id.as_deref() == Some(device_id))
-                    .then(|| issued.token.expose().to_owned()),
+                    .then(|| Redacted(issued.token.expose().to_owned())),
                 scopes: issued.scopes,
                 rotated_at_ms: issued.issued_at_ms,
                 fingerprint: issued.token.fingerprint().to_string(),
             };
             Ok((
-                to_value(out),
+                DeviceResult::Rotated(out),
                 vec![Disconnect {
                     device_id: device_id.to_owned(),
                     role: Some(role.to_owned()),
@@ -258,8 +273,9 @@ pub fn handle(
             ))
         }
         "device.token.revoke" => {
-            let device_id = str_param(params, "deviceId")?;
-            let role = str_param(params, "role")?;
+            let p: DeviceRoleParams = params(raw)?;
+            let device_id = non_blank(&p.device_id, "deviceId")?;
+            let role = non_blank(&p.role, "role")?;
             if !caller.may_act_on(device_id) {
                 return Err(MethodError::invalid("device token revocation denied"));
             }
@@ -267,7 +283,7 @@ pub fn handle(
                 .revoke(device_id, role, &caller.label, now_ms)
                 .map_err(s)?;
             Ok((
-                to_value(DeviceTokenRevoked {
+                DeviceResult::Revoked(DeviceTokenRevoked {
                     device_id: device_id.to_owned(),
                     role: role.to_owned(),
                     revoked_at_ms: at,

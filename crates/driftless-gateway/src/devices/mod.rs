@@ -19,9 +19,14 @@ mod sqlite;
 mod token_key;
 
 pub use backend::open_configured;
-pub use driftless_protocol::payloads::{PairedDevice, PendingRequest, TokenSummary};
+pub use driftless_protocol::payloads::{
+    DeviceMetadata, PairedDevice, PendingRequest, TokenSummary,
+};
+use driftless_protocol::payloads::{PairRequested, PairResolved};
 pub use driftless_protocol::scopes::{covers_all as scopes_allow, normalize as normalize_scopes};
-pub use methods::{Caller, Disconnect, MethodError, handle as handle_method, is_device_method};
+pub use methods::{
+    Caller, DeviceResult, Disconnect, MethodError, handle as handle_method, is_device_method,
+};
 pub use pairing::{ConnectingDevice, PairingOutcome, on_connect, verify_device_token};
 pub use postgres::{MIGRATIONS, PasswordSource, PostgresOptions, PostgresStore};
 pub use sqlite::{AUDIT_KEEP_ROWS, AUDIT_TRIM_EVERY, LAST_USED_COALESCE_MS, SqliteStore};
@@ -58,16 +63,22 @@ pub enum PairingEvent {
     },
 }
 
+/// A pairing event's payload, serialized as the payload itself.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
+#[serde(untagged)]
+pub enum PairingPayload {
+    Requested(Box<PairRequested>),
+    Resolved(PairResolved),
+}
+
 impl PairingEvent {
     /// The event name and payload in OpenClaw's shape. Nothing secret: a pending request carries
     /// the device's public key and metadata, and no event carries a token.
-    pub fn to_wire(&self) -> (&'static str, serde_json::Value) {
-        use driftless_protocol::payloads::{PairRequested, PairResolved};
-        let to_value = |v: Result<serde_json::Value, _>| v.expect("event payloads serialize");
+    pub fn to_wire(&self) -> (&'static str, PairingPayload) {
         match self {
             PairingEvent::Requested(r) => (
                 "device.pair.requested",
-                to_value(serde_json::to_value(PairRequested {
+                PairingPayload::Requested(Box::new(PairRequested {
                     request_id: r.request_id.clone(),
                     device_id: r.device_id.clone(),
                     public_key: r.public_key.clone(),
@@ -77,12 +88,12 @@ impl PairingEvent {
                     silent: r.silent,
                     is_repair: r.is_repair,
                     ts: r.ts,
-                    display_name: r.display_name.clone(),
-                    platform: r.platform.clone(),
-                    device_family: r.device_family.clone(),
-                    client_id: r.client_id.clone(),
-                    client_mode: r.client_mode.clone(),
-                    remote_ip: r.remote_ip.clone(),
+                    display_name: r.metadata.display_name.clone(),
+                    platform: r.metadata.platform.clone(),
+                    device_family: r.metadata.device_family.clone(),
+                    client_id: r.metadata.client_id.clone(),
+                    client_mode: r.metadata.client_mode.clone(),
+                    remote_ip: r.metadata.remote_ip.clone(),
                 })),
             ),
             PairingEvent::Resolved {
@@ -92,12 +103,12 @@ impl PairingEvent {
                 ts,
             } => (
                 "device.pair.resolved",
-                to_value(serde_json::to_value(PairResolved {
+                PairingPayload::Resolved(PairResolved {
                     request_id: request_id.clone(),
                     device_id: device_id.clone(),
                     decision: if *approved { "approved" } else { "rejected" }.into(),
                     ts: *ts,
-                })),
+                }),
             ),
         }
     }

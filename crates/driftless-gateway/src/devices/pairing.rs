@@ -5,8 +5,8 @@ use std::net::IpAddr;
 use driftless_protocol::device_auth::normalize_metadata;
 
 use super::{
-    DeviceStore, IssuedToken, PairedDevice, PairingEvent, PendingRequest, StoreError, TokenCheck,
-    normalize_scopes, scopes_allow,
+    DeviceMetadata, DeviceStore, IssuedToken, PairedDevice, PairingEvent, PendingRequest,
+    StoreError, TokenCheck, normalize_scopes, scopes_allow,
 };
 
 /// Who performs a silent pairing, in the audit trail.
@@ -26,6 +26,20 @@ pub struct ConnectingDevice<'a> {
     pub role: &'a str,
     pub scopes: &'a [String],
     pub remote_ip: IpAddr,
+}
+
+impl ConnectingDevice<'_> {
+    /// What the device says about itself, as a paired device or a request records it.
+    fn metadata(&self) -> DeviceMetadata {
+        DeviceMetadata {
+            display_name: self.display_name.map(str::to_owned),
+            platform: self.platform.map(str::to_owned),
+            device_family: self.device_family.map(str::to_owned),
+            client_id: Some(self.client_id.to_owned()),
+            client_mode: Some(self.client_mode.to_owned()),
+            remote_ip: Some(self.remote_ip.to_string()),
+        }
+    }
 }
 
 /// The pairing decision for a connection. `event` is what to announce to pairing operators: the
@@ -77,8 +91,9 @@ pub fn on_connect(
         Some(p) if !p.effective_roles().contains(&device.role) => Some("role-upgrade"),
         Some(p) if !scopes_allow(&p.approved_scopes, &requested) => Some("scope-upgrade"),
         Some(p)
-            if normalize_metadata(p.platform.as_deref()) != normalize_metadata(device.platform)
-                || normalize_metadata(p.device_family.as_deref())
+            if normalize_metadata(p.metadata.platform.as_deref())
+                != normalize_metadata(device.platform)
+                || normalize_metadata(p.metadata.device_family.as_deref())
                     != normalize_metadata(device.device_family) =>
         {
             Some("metadata-upgrade")
@@ -94,14 +109,9 @@ pub fn on_connect(
                 request_id: proposed_id.clone(),
                 device_id: device.device_id.to_owned(),
                 public_key: device.public_key.to_owned(),
-                display_name: device.display_name.map(str::to_owned),
-                platform: device.platform.map(str::to_owned),
-                device_family: device.device_family.map(str::to_owned),
-                client_id: Some(device.client_id.to_owned()),
-                client_mode: Some(device.client_mode.to_owned()),
+                metadata: device.metadata(),
                 role: device.role.to_owned(),
                 scopes: requested,
-                remote_ip: Some(device.remote_ip.to_string()),
                 silent,
                 is_repair: paired.is_some(),
                 reason: reason.to_owned(),
@@ -131,11 +141,13 @@ pub fn on_connect(
         });
     }
     let p = paired.expect("no reason means paired");
+    // Platform and family changes need an approval (above); the rest is recorded as seen.
     let seen = PairedDevice {
-        display_name: device.display_name.map(str::to_owned),
-        client_id: Some(device.client_id.to_owned()),
-        client_mode: Some(device.client_mode.to_owned()),
-        remote_ip: Some(device.remote_ip.to_string()),
+        metadata: DeviceMetadata {
+            platform: p.metadata.platform.clone(),
+            device_family: p.metadata.device_family.clone(),
+            ..device.metadata()
+        },
         ..p.clone()
     };
     // A reconnect that changes none of these writes nothing (a write is a durable commit).

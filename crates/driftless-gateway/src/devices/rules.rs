@@ -264,7 +264,7 @@ pub(super) fn requested_audit(out: &PendingRequest, req: &PendingRequest) -> New
         detail: Some(format!(
             "reason={} remote_ip={}",
             req.reason,
-            req.remote_ip.as_deref().unwrap_or("-")
+            req.metadata.remote_ip.as_deref().unwrap_or("-")
         )),
         ..Default::default()
     }

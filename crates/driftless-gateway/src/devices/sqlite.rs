@@ -24,8 +24,8 @@ use rusqlite::{Connection, OptionalExtension, Transaction, params};
 use super::rules::{self, RequestPlan, TokenRow, json, key_fingerprint, unjson};
 use super::token_key::{TOKEN_KEY_FILE, TokenKey};
 use super::{
-    AuditEvent, DeviceStore, IssuedToken, NewAuditEvent, PENDING_TTL_MS, PairedDevice,
-    PendingRequest, StoreError, TokenCheck, TokenSummary,
+    AuditEvent, DeviceMetadata, DeviceStore, IssuedToken, NewAuditEvent, PENDING_TTL_MS,
+    PairedDevice, PendingRequest, StoreError, TokenCheck, TokenSummary,
 };
 
 const SCHEMA: &str = "
@@ -254,21 +254,16 @@ fn read_paired(tx: &Connection, device_id: &str) -> rusqlite::Result<Option<Pair
     let dev = tx
         .prepare_cached(
             "SELECT device_id, public_key, display_name, platform, device_family, client_id,
-               client_mode, roles, approved_scopes, remote_ip, created_at_ms, approved_at_ms
+               client_mode, remote_ip, roles, approved_scopes, created_at_ms, approved_at_ms
              FROM paired WHERE device_id = ?1",
         )?
         .query_row([device_id], |r| {
             Ok(PairedDevice {
                 device_id: r.get(0)?,
                 public_key: r.get(1)?,
-                display_name: r.get(2)?,
-                platform: r.get(3)?,
-                device_family: r.get(4)?,
-                client_id: r.get(5)?,
-                client_mode: r.get(6)?,
-                roles: unjson(r.get(7)?),
-                approved_scopes: unjson(r.get(8)?),
-                remote_ip: r.get(9)?,
+                metadata: row_metadata(r, 2)?,
+                roles: unjson(r.get(8)?),
+                approved_scopes: unjson(r.get(9)?),
                 created_at_ms: r.get::<_, i64>(10)? as u64,
                 approved_at_ms: r.get::<_, i64>(11)? as u64,
                 tokens: Vec::new(),
@@ -297,22 +292,30 @@ fn read_paired(tx: &Connection, device_id: &str) -> rusqlite::Result<Option<Pair
     Ok(Some(dev))
 }
 
+/// A device's metadata from the six columns starting at `first` (`display_name, platform,
+/// device_family, client_id, client_mode, remote_ip`, in that order in every query).
+fn row_metadata(r: &rusqlite::Row<'_>, first: usize) -> rusqlite::Result<DeviceMetadata> {
+    Ok(DeviceMetadata {
+        display_name: r.get(first)?,
+        platform: r.get(first + 1)?,
+        device_family: r.get(first + 2)?,
+        client_id: r.get(first + 3)?,
+        client_mode: r.get(first + 4)?,
+        remote_ip: r.get(first + 5)?,
+    })
+}
+
 const PENDING_COLS: &str = "request_id, device_id, public_key, display_name, platform,
-  device_family, client_id, client_mode, role, scopes, remote_ip, silent, is_repair, reason, ts_ms";
+  device_family, client_id, client_mode, remote_ip, role, scopes, silent, is_repair, reason, ts_ms";
 
 fn row_pending(r: &rusqlite::Row<'_>) -> rusqlite::Result<PendingRequest> {
     Ok(PendingRequest {
         request_id: r.get(0)?,
         device_id: r.get(1)?,
         public_key: r.get(2)?,
-        display_name: r.get(3)?,
-        platform: r.get(4)?,
-        device_family: r.get(5)?,
-        client_id: r.get(6)?,
-        client_mode: r.get(7)?,
-        role: r.get(8)?,
-        scopes: unjson(r.get(9)?),
-        remote_ip: r.get(10)?,
+        metadata: row_metadata(r, 3)?,
+        role: r.get(9)?,
+        scopes: unjson(r.get(10)?),
         silent: r.get(11)?,
         is_repair: r.get(12)?,
         reason: r.get(13)?,
@@ -508,14 +511,14 @@ impl DeviceStore for SqliteStore {
                         out.request_id,
                         out.device_id,
                         out.public_key,
-                        out.display_name,
-                        out.platform,
-                        out.device_family,
-                        out.client_id,
-                        out.client_mode,
+                        out.metadata.display_name,
+                        out.metadata.platform,
+                        out.metadata.device_family,
+                        out.metadata.client_id,
+                        out.metadata.client_mode,
                         out.role,
                         json(&out.scopes),
-                        out.remote_ip,
+                        out.metadata.remote_ip,
                         out.silent,
                         out.is_repair,
                         out.reason,
@@ -573,14 +576,14 @@ impl DeviceStore for SqliteStore {
                     params![
                         req.device_id,
                         req.public_key,
-                        req.display_name,
-                        req.platform,
-                        req.device_family,
-                        req.client_id,
-                        req.client_mode,
+                        req.metadata.display_name,
+                        req.metadata.platform,
+                        req.metadata.device_family,
+                        req.metadata.client_id,
+                        req.metadata.client_mode,
                         json(&roles),
                         json(&scopes),
-                        req.remote_ip,
+                        req.metadata.remote_ip,
                         now_ms as i64
                     ],
                 )?;
@@ -796,10 +799,10 @@ impl DeviceStore for SqliteStore {
                    remote_ip = ?5 WHERE device_id = ?1",
                 params![
                     d.device_id,
-                    d.display_name,
-                    d.client_id,
-                    d.client_mode,
-                    d.remote_ip
+                    d.metadata.display_name,
+                    d.metadata.client_id,
+                    d.metadata.client_mode,
+                    d.metadata.remote_ip
                 ],
             )
             .map_err(|e| self.err(e))?;

@@ -12,6 +12,25 @@ use super::{rules, token_key};
 use driftless_core::SecretValue;
 
 const T0: u64 = 1_700_000_000_000;
+
+/// [`super::handle_method`] with its result as the JSON the gateway sends, which the assertions
+/// below read.
+fn handle_method(
+    store: &dyn DeviceStore,
+    method: &str,
+    params: &serde_json::Value,
+    caller: &Caller,
+    now_ms: u64,
+) -> Result<(serde_json::Value, Vec<Disconnect>, Option<PairingEvent>), MethodError> {
+    super::handle_method(store, method, params, caller, now_ms)
+        .map(|(out, disc, event)| (serde_json::to_value(out).unwrap(), disc, event))
+}
+
+/// A pairing event's name and payload as sent.
+fn wire(event: &PairingEvent) -> (&'static str, serde_json::Value) {
+    let (name, payload) = event.to_wire();
+    (name, serde_json::to_value(payload).unwrap())
+}
 const LOOPBACK: IpAddr = IpAddr::V4(std::net::Ipv4Addr::LOCALHOST);
 const LAN: IpAddr = IpAddr::V4(std::net::Ipv4Addr::new(192, 168, 1, 20));
 
@@ -296,7 +315,7 @@ fn silent_loopback_pairing_then_stable_token(f: &mut Fixture) {
     // A silent pairing announces its resolution only.
     let request_id = store.audit().unwrap()[0].request_id.clone().unwrap();
     assert_eq!(
-        event.to_wire(),
+        wire(&event),
         (
             "device.pair.resolved",
             json!({"requestId": request_id, "deviceId": "dev-1", "decision": "approved", "ts": T0})
@@ -364,7 +383,7 @@ fn remote_device_needs_approval_and_requests_expire(f: &mut Fixture) {
     assert_eq!(reason, "not-paired");
     // OpenClaw's pending-request shape: absent optional fields left out, no token, no `reason`.
     assert_eq!(
-        event.to_wire(),
+        wire(&event),
         (
             "device.pair.requested",
             json!({
@@ -603,7 +622,7 @@ fn approver_cannot_grant_scopes_it_lacks(f: &mut Fixture) {
     .unwrap();
     assert_eq!(out["deviceId"], "dev-5");
     assert_eq!(
-        event.unwrap().to_wire(),
+        wire(&event.unwrap()),
         (
             "device.pair.resolved",
             json!({"requestId": request_id, "deviceId": "dev-5", "decision": "rejected", "ts": T0 + 1})
@@ -638,8 +657,8 @@ fn a_superseding_request_is_announced_with_merged_scopes(f: &mut Fixture) {
     assert_eq!(req.request_id, second);
     assert_eq!(req.scopes, ["operator.approvals", "operator.read"]);
     assert_eq!(req.ts, T0 + 10);
-    assert_eq!(req.display_name.as_deref(), Some("laptop"));
-    let (_, wire) = PairingEvent::Requested(req).to_wire();
+    assert_eq!(req.metadata.display_name.as_deref(), Some("laptop"));
+    let (_, wire) = wire(&PairingEvent::Requested(req));
     assert_eq!(wire["displayName"], "laptop");
 }
 
@@ -811,7 +830,7 @@ fn reconnects_within_the_window_write_nothing(f: &mut Fixture) {
     ));
     assert_ne!(f.writes(), before);
     let dev = store.paired("dev-w").unwrap().unwrap();
-    assert_eq!(dev.remote_ip.as_deref(), Some("192.168.1.20"));
+    assert_eq!(dev.metadata.remote_ip.as_deref(), Some("192.168.1.20"));
 
     // A use once the window has passed is recorded again.
     let later = first + LAST_USED_COALESCE_MS;

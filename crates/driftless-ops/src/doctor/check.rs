@@ -116,11 +116,7 @@ pub(crate) struct Context<'a> {
 
 /// The config field an embedded gateway credential belongs to.
 pub(crate) fn gateway_field(name: &str) -> Option<&'static str> {
-    match name {
-        precedence::GATEWAY_TOKEN_ENV | "--token" => Some("gateway.auth.token"),
-        precedence::GATEWAY_PASSWORD_ENV | "--password" => Some("gateway.auth.password"),
-        _ => None,
-    }
+    precedence::slot_named(name).map(|s| s.path)
 }
 
 pub(crate) fn config_field_set(config: &Config, field: &str) -> bool {
