@@ -31,7 +31,7 @@ use tokio_postgres::{IsolationLevel, NoTls, Row, Transaction};
 
 #[cfg(doc)]
 use super::LAST_USED_COALESCE_MS;
-use super::rules::{self, RequestPlan, TokenRow, json, key_fingerprint, unjson};
+use super::rules::{self, RequestPlan, TokenRow, json, unjson};
 use super::token_key::TokenKey;
 use super::{
     AUDIT_KEEP_ROWS, AUDIT_TRIM_EVERY, AuditEvent, DeviceMetadata, DeviceStore, IssuedToken,
@@ -891,19 +891,7 @@ impl DeviceStore for PostgresStore {
                 .await?;
             tx.execute("DELETE FROM paired WHERE device_id = $1", &[&device_id])
                 .await?;
-            audit_in(
-                tx,
-                &NewAuditEvent {
-                    event: "device.removed",
-                    actor: actor.to_owned(),
-                    device_id: Some(device_id.to_owned()),
-                    key_fingerprint: Some(key_fingerprint(&dev.public_key)),
-                    outcome: "ok",
-                    ..Default::default()
-                },
-                now_ms,
-            )
-            .await?;
+            audit_in(tx, &rules::removed_audit(&dev, actor), now_ms).await?;
             Ok(true)
         })
     }
@@ -1016,20 +1004,7 @@ impl DeviceStore for PostgresStore {
             if n == 0 {
                 return Err(StoreError::UnknownDevice.into());
             }
-            audit_in(
-                tx,
-                &NewAuditEvent {
-                    event: "token.revoked",
-                    actor: actor.to_owned(),
-                    device_id: Some(device_id.to_owned()),
-                    role: Some(role.to_owned()),
-                    key_fingerprint: Some(key_fingerprint(&dev.public_key)),
-                    outcome: "ok",
-                    ..Default::default()
-                },
-                now_ms,
-            )
-            .await?;
+            audit_in(tx, &rules::revoked_audit(&dev, role, actor), now_ms).await?;
             Ok(now_ms)
         })
     }

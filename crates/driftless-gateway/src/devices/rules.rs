@@ -333,6 +333,31 @@ pub(super) fn expired_audit(p: PendingRequest) -> NewAuditEvent {
     }
 }
 
+/// The `device.removed` audit line.
+pub(super) fn removed_audit(dev: &PairedDevice, actor: &str) -> NewAuditEvent {
+    NewAuditEvent {
+        event: "device.removed",
+        actor: actor.to_owned(),
+        device_id: Some(dev.device_id.clone()),
+        key_fingerprint: Some(key_fingerprint(&dev.public_key)),
+        outcome: "ok",
+        ..Default::default()
+    }
+}
+
+/// The `token.revoked` audit line of `dev`'s `role`.
+pub(super) fn revoked_audit(dev: &PairedDevice, role: &str, actor: &str) -> NewAuditEvent {
+    NewAuditEvent {
+        event: "token.revoked",
+        actor: actor.to_owned(),
+        device_id: Some(dev.device_id.clone()),
+        role: Some(role.to_owned()),
+        key_fingerprint: Some(key_fingerprint(&dev.public_key)),
+        outcome: "ok",
+        ..Default::default()
+    }
+}
+
 /// A token's audit line with the device, role and fingerprints filled in.
 pub(super) fn token_audit(
     record: NewAuditEvent,

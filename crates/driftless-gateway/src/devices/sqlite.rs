@@ -21,7 +21,7 @@ use std::sync::Mutex;
 
 use rusqlite::{Connection, OptionalExtension, Transaction, params};
 
-use super::rules::{self, RequestPlan, TokenRow, json, key_fingerprint, unjson};
+use super::rules::{self, RequestPlan, TokenRow, json, unjson};
 use super::token_key::{TOKEN_KEY_FILE, TokenKey};
 use super::{
     AuditEvent, DeviceMetadata, DeviceStore, IssuedToken, NewAuditEvent, PENDING_TTL_MS,
@@ -643,18 +643,7 @@ impl DeviceStore for SqliteStore {
                 };
                 tx.execute("DELETE FROM tokens WHERE device_id = ?1", [device_id])?;
                 tx.execute("DELETE FROM paired WHERE device_id = ?1", [device_id])?;
-                audit_in(
-                    tx,
-                    &NewAuditEvent {
-                        event: "device.removed",
-                        actor: actor.to_owned(),
-                        device_id: Some(device_id.to_owned()),
-                        key_fingerprint: Some(key_fingerprint(&dev.public_key)),
-                        outcome: "ok",
-                        ..Default::default()
-                    },
-                    now_ms,
-                )?;
+                audit_in(tx, &rules::removed_audit(&dev, actor), now_ms)?;
                 Ok(true)
             };
             run().map_err(|e| self.err(e))
@@ -774,20 +763,8 @@ impl DeviceStore for SqliteStore {
             if n == 0 {
                 return Err(StoreError::UnknownDevice);
             }
-            audit_in(
-                tx,
-                &NewAuditEvent {
-                    event: "token.revoked",
-                    actor: actor.to_owned(),
-                    device_id: Some(device_id.to_owned()),
-                    role: Some(role.to_owned()),
-                    key_fingerprint: Some(key_fingerprint(&dev.public_key)),
-                    outcome: "ok",
-                    ..Default::default()
-                },
-                now_ms,
-            )
-            .map_err(|e| self.err(e))?;
+            audit_in(tx, &rules::revoked_audit(&dev, role, actor), now_ms)
+                .map_err(|e| self.err(e))?;
             Ok(now_ms)
         })
     }
