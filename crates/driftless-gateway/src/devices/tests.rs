@@ -909,29 +909,7 @@ fn audit_trail_keeps_the_newest_rows() {
     .unwrap();
     drop(conn);
     let store = SqliteStore::open_in(dir.path()).unwrap();
-    let append = |at| {
-        store
-            .append_audit(
-                NewAuditEvent {
-                    event: "test",
-                    actor: "t".into(),
-                    outcome: "ok",
-                    ..Default::default()
-                },
-                at,
-            )
-            .unwrap()
-    };
-    append(T0);
-    let a = store.audit().unwrap();
-    assert_eq!(a.len() as i64, AUDIT_KEEP_ROWS);
-    assert_eq!(a.last().unwrap().seq, seeded + 1);
-    assert_eq!(a[0].seq, seeded + 2 - AUDIT_KEEP_ROWS);
-    // Between trims the trail grows by less than AUDIT_TRIM_EVERY rows.
-    for i in 0..3 {
-        append(T0 + 1 + i);
-    }
-    assert_eq!(store.audit().unwrap().len() as i64, AUDIT_KEEP_ROWS + 3);
+    appends_trim_to_the_newest_rows(&store, seeded);
     // The newest rows cannot be deleted or changed by hand (a DELETE that reaches one of them
     // aborts as a whole).
     drop(store);
@@ -1313,3 +1291,31 @@ fn a_revocation_racing_reconnects_is_never_undone(f: &mut Fixture) {
 }
 
 mod postgres_only;
+
+/// With `seeded` rows in the trail (so the next seq triggers a trim), one append keeps exactly
+/// the newest [`AUDIT_KEEP_ROWS`], and between trims the trail grows by less than
+/// [`AUDIT_TRIM_EVERY`] rows. Shared by the SQLite and PostgreSQL audit tests.
+pub(super) fn appends_trim_to_the_newest_rows(store: &dyn DeviceStore, seeded: i64) {
+    let append = |at| {
+        store
+            .append_audit(
+                NewAuditEvent {
+                    event: "test",
+                    actor: "t".into(),
+                    outcome: "ok",
+                    ..Default::default()
+                },
+                at,
+            )
+            .unwrap()
+    };
+    append(T0);
+    let a = store.audit().unwrap();
+    assert_eq!(a.len() as i64, AUDIT_KEEP_ROWS);
+    assert_eq!(a.last().unwrap().seq, seeded + 1);
+    assert_eq!(a[0].seq, seeded + 2 - AUDIT_KEEP_ROWS);
+    for i in 0..3 {
+        append(T0 + 1 + i);
+    }
+    assert_eq!(store.audit().unwrap().len() as i64, AUDIT_KEEP_ROWS + 3);
+}

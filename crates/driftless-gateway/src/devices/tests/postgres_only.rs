@@ -61,28 +61,7 @@ fn the_audit_trigger_keeps_the_newest_rows_and_refuses_the_rest() {
              SELECT i, 'seed', 't', 'ok' FROM generate_series(1, {seeded}) AS i"
         ),
     );
-    let append = |at| {
-        store
-            .append_audit(
-                NewAuditEvent {
-                    event: "test",
-                    actor: "t".into(),
-                    outcome: "ok",
-                    ..Default::default()
-                },
-                at,
-            )
-            .unwrap()
-    };
-    append(T0);
-    let a = store.audit().unwrap();
-    assert_eq!(a.len() as i64, AUDIT_KEEP_ROWS);
-    assert_eq!(a.last().unwrap().seq, seeded + 1);
-    assert_eq!(a[0].seq, seeded + 2 - AUDIT_KEEP_ROWS);
-    for i in 0..3 {
-        append(T0 + 1 + i);
-    }
-    assert_eq!(store.audit().unwrap().len() as i64, AUDIT_KEEP_ROWS + 3);
+    super::appends_trim_to_the_newest_rows(&store, seeded);
     // By hand, the newest rows can be neither deleted, changed nor truncated.
     for sql in [
         "DELETE FROM audit",
