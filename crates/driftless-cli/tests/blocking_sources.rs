@@ -75,15 +75,6 @@ async fn wrong_token_refused(url: &str) {
     assert!(close.is_some(), "no close after a refused connect: {res}");
 }
 
-fn mkfifo(path: &Path) {
-    let ok = Command::new("mkfifo")
-        .args(["-m", "600"])
-        .arg(path)
-        .status()
-        .unwrap();
-    assert!(ok.success(), "mkfifo failed");
-}
-
 fn sighup(gw: &Gateway) {
     let ok = Command::new("kill")
         .args(["-HUP", &gw.child.id().to_string()])

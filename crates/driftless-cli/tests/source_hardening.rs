@@ -93,16 +93,6 @@ async fn an_idle_gateway_whose_files_are_read_does_not_reload() {
     gw.finish();
 }
 
-fn mkfifo(path: &Path) {
-    std::fs::create_dir_all(path.parent().unwrap()).unwrap();
-    let ok = Command::new("mkfifo")
-        .args(["-m", "600"])
-        .arg(path)
-        .status()
-        .unwrap();
-    assert!(ok.success(), "mkfifo failed");
-}
-
 /// Issue 15 findings 3 and 8: a FIFO as config or as the token file used to hang `secrets check`
 /// and `gateway run` in `open()` (no writer ever comes). Now each ends at once with an error that
 /// names what the file is; a config is a config error (exit 78).

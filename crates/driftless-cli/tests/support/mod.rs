@@ -54,6 +54,18 @@ pub fn free_port() -> u16 {
         .port()
 }
 
+/// Makes a FIFO (mode 0600) at `path`, creating its folder: a secret or config "file" whose
+/// open blocks until a writer comes.
+pub fn mkfifo(path: &Path) {
+    std::fs::create_dir_all(path.parent().unwrap()).unwrap();
+    let ok = Command::new("mkfifo")
+        .args(["-m", "600"])
+        .arg(path)
+        .status()
+        .unwrap();
+    assert!(ok.success(), "mkfifo failed");
+}
+
 /// A running gateway process.
 pub struct Gateway {
     pub child: Child,
