@@ -164,11 +164,13 @@ pub(crate) async fn accept_loop(
                     last_warned = Some(Instant::now());
                 }
                 // Out of descriptors: free the reserve to accept and close the waiting
-                // connection, so the loop neither spins nor leaves it hanging.
-                if reserve.take().is_some() {
+                // connection, so the loop neither spins nor leaves it hanging. Any other error
+                // (a connection aborted before accept) concerns that connection only: the next
+                // one is served.
+                if out_of_descriptors(&e) && reserve.take().is_some() {
                     drop(listener.accept().await);
                     reserve = std::fs::File::open("/dev/null").ok();
-                } else {
+                } else if out_of_descriptors(&e) {
                     tokio::time::sleep(Duration::from_millis(50)).await;
                 }
                 continue;
@@ -180,6 +182,12 @@ pub(crate) async fn accept_loop(
         };
         tokio::spawn(connection(tcp, addr, app.clone(), state.clone(), slot));
     }
+}
+
+/// `EMFILE` (the process's descriptor limit) or `ENFILE` (the system's), Linux's numbers: std
+/// has no stable `ErrorKind` for them.
+fn out_of_descriptors(e: &std::io::Error) -> bool {
+    matches!(e.raw_os_error(), Some(23 | 24))
 }
 
 /// One connection, start to end: HTTP/1.1 requests, then the WebSocket session if one upgraded.
