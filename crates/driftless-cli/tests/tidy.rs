@@ -204,6 +204,10 @@ const EXPOSE_ALLOWED: &[(&str, &str)] = &[
         "crates/driftless-gateway/src/openai.rs",
         "presents a provider key upstream",
     ),
+    (
+        "crates/driftless-gateway/src/relay.rs",
+        "presents the upstream credential to the upstream OpenClaw gateway",
+    ),
     // client: presenting a credential, and storing the device token it was issued.
     (
         "crates/driftless-client/src/connection.rs",

@@ -11,6 +11,9 @@ use serde::{Deserialize, Serialize};
 
 use crate::SecretInput;
 
+/// The secret name (dotted config path) of the upstream's credential in a resolved snapshot.
+pub const UPSTREAM_TOKEN: &str = "upstream.token";
+
 /// The default gateway port (the same as OpenClaw's, so existing clients find it).
 pub const DEFAULT_PORT: u16 = 18789;
 
@@ -21,6 +24,20 @@ pub struct Config {
     /// Model providers, keyed by id (`[providers.openai]`).
     #[serde(skip_serializing_if = "BTreeMap::is_empty")]
     pub providers: BTreeMap<String, ProviderConfig>,
+    /// Front mode: an OpenClaw gateway that authenticated sessions are relayed to
+    /// (`docs/front-mode.md`). Unset: the gateway answers its own methods only.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub upstream: Option<UpstreamConfig>,
+}
+
+/// The OpenClaw gateway behind driftless (front mode).
+#[derive(Debug, Clone, Deserialize, Serialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct UpstreamConfig {
+    /// Its WebSocket URL, `ws://host:port` (loopback: only driftless should reach it).
+    pub url: String,
+    /// The upstream's gateway token (its `gateway.auth.token`), a reference like every secret.
+    pub token: SecretInput,
 }
 
 #[derive(Debug, Clone, Deserialize, Serialize, JsonSchema)]
@@ -335,6 +352,15 @@ impl Config {
         if devices.postgres.as_ref().is_some_and(|p| p.pool_size == 0) {
             return invalid("gateway.devices.postgres.pool_size must be at least 1".into());
         }
+        if let Some(u) = &self.upstream
+            && !u.url.starts_with("ws://")
+        {
+            return invalid(format!(
+                "upstream.url = {:?} must start with ws:// (e.g. \"ws://127.0.0.1:18790\"); \
+                 wss:// is not supported yet",
+                u.url
+            ));
+        }
         for (id, p) in &self.providers {
             if !(p.base_url.starts_with("http://") || p.base_url.starts_with("https://")) {
                 return invalid(format!(
@@ -373,6 +399,9 @@ impl Config {
             if let Some(k) = &p.api_key {
                 out.push((format!("providers.{id}.api_key"), k));
             }
+        }
+        if let Some(u) = &self.upstream {
+            out.push((UPSTREAM_TOKEN.to_owned(), &u.token));
         }
         out
     }
@@ -419,7 +448,9 @@ impl Config {
                 || path == "gateway.devices.postgres.password"
                 || path.starts_with("gateway.devices.postgres.password.")
                 || (path.starts_with("providers.")
-                    && (path.ends_with(".api_key") || path.contains(".api_key.")));
+                    && (path.ends_with(".api_key") || path.contains(".api_key.")))
+                || path == UPSTREAM_TOKEN
+                || path.starts_with("upstream.token.");
             !secret
         });
         out

@@ -49,6 +49,8 @@ pub(crate) struct Session {
     pub device_token_auth: bool,
     /// The device's token, returned in hello-ok (newly minted, or its current one).
     pub issued: Option<devices::IssuedToken>,
+    /// The `connect` params as sent, kept only for an operator session to relay (front mode).
+    pub connect_params: Option<Box<serde_json::value::RawValue>>,
 }
 
 /// Why a handshake ended without a session.
@@ -86,6 +88,8 @@ enum Rejection {
         reason: &'static str,
     },
     StoreUnavailable,
+    /// Front mode: the upstream session could not be opened.
+    Upstream(Box<ErrorShape>),
 }
 
 impl Rejection {
@@ -111,6 +115,7 @@ impl Rejection {
             Rejection::DeviceProof(_) => "device_auth",
             Rejection::PairingRequired { .. } => "pairing_required",
             Rejection::StoreUnavailable => "unavailable",
+            Rejection::Upstream(_) => "upstream_unavailable",
         }
     }
 
@@ -164,6 +169,7 @@ impl Rejection {
                 codes::UNAVAILABLE,
                 "device store unavailable (see the gateway log)",
             ),
+            Rejection::Upstream(e) => (**e).clone(),
         })
     }
 
@@ -182,6 +188,7 @@ impl Rejection {
             }
             Rejection::NotARequest => return Some((close::POLICY, "invalid request frame".into())),
             Rejection::ProtocolMismatch { .. } => close::PROTOCOL_MISMATCH,
+            Rejection::Upstream(e) => crate::relay::refusal_close(e),
             _ => close::POLICY,
         };
         Some((code, error.map_or("".into(), |e| e.message.clone().into())))
@@ -207,6 +214,17 @@ pub(crate) async fn run(mut ws: WebSocket, peer: SocketAddr, state: Arc<State>, 
 
     let outcome = handshake(&mut ws, peer, &state, &conn_id, &preauth).await;
     drop(preauth);
+    // Front mode: an operator session is relayed; its upstream session opens before hello-ok,
+    // which carries the upstream's features.
+    let outcome = match (outcome, &state.upstream) {
+        (Ok(session), Some(upstream)) if session.connect_params.is_some() => {
+            match crate::relay::open(&state, &session, upstream).await {
+                Ok((up, hello)) => Ok((session, Some((up, hello)))),
+                Err(e) => Err((Some(session.connect_id.clone()), Rejection::Upstream(e))),
+            }
+        }
+        (outcome, _) => outcome.map(|s| (s, None)),
+    };
     let handshakes = |outcome| {
         state
             .metrics
@@ -214,8 +232,8 @@ pub(crate) async fn run(mut ws: WebSocket, peer: SocketAddr, state: Arc<State>, 
             .get_or_create(&HandshakeLabels { outcome, method })
             .inc();
     };
-    let session = match outcome {
-        Ok(session) => session,
+    let (session, relayed) = match outcome {
+        Ok(ok) => ok,
         Err((id, why)) => {
             handshakes(why.outcome());
             let error = why.error();
@@ -239,7 +257,12 @@ pub(crate) async fn run(mut ws: WebSocket, peer: SocketAddr, state: Arc<State>, 
         %peer, conn_id, auth_method = method, role = %session.role,
         protocol = session.protocol, "connection accepted"
     );
-    let end = serve(&mut ws, &state, &session).await;
+    let end = match relayed {
+        Some((upstream, hello)) => {
+            crate::relay::serve(&mut ws, &state, &session, upstream, hello).await
+        }
+        None => serve(&mut ws, &state, &session).await,
+    };
     let close = match &end {
         End::Close(code, reason) => Some((*code, reason.clone())),
         End::Violation { code, reason } => Some((*code, Cow::Borrowed(*reason))),
@@ -466,7 +489,13 @@ async fn admit(
         Some(dev) => pair(dev, &params, device_token_auth, peer, state).await?,
         None => None,
     };
+    // Front mode relays operators (nodes are served by driftless alone: see docs/front-mode.md).
+    let connect_params = match (&state.upstream, req.params) {
+        (Some(_), Some(raw)) if params.role == "operator" => Some(raw.to_owned()),
+        _ => None,
+    };
     Ok(Session {
+        connect_params,
         conn_id: conn_id.to_owned(),
         role: params.role,
         scopes,
@@ -701,7 +730,7 @@ fn store_failure(e: &devices::StoreError) -> Rejection {
 }
 
 /// How an authenticated session ended.
-enum End {
+pub(crate) enum End {
     /// We close with this code and reason.
     Close(u16, Cow<'static, str>),
     /// The peer broke the WebSocket protocol; we close with this code.
@@ -722,8 +751,8 @@ impl End {
 }
 
 /// Consecutive role refusals a session may collect; the next one closes it 1008.
-const MAX_ROLE_REFUSALS: u32 = 10;
-const REPEATED_UNAUTHORIZED_REASON: &str = "repeated unauthorized calls";
+pub(crate) const MAX_ROLE_REFUSALS: u32 = 10;
+pub(crate) const REPEATED_UNAUTHORIZED_REASON: &str = "repeated unauthorized calls";
 
 /// After the handshake: hello-ok, then requests, events and control changes until close.
 async fn serve(ws: &mut WebSocket, state: &Arc<State>, session: &Session) -> End {
@@ -777,17 +806,10 @@ async fn serve(ws: &mut WebSocket, state: &Arc<State>, session: &Session) -> End
                 }
             }
             msg = ws.next() => {
-                let text = match msg {
-                    None => return End::Lost,
-                    Some(Err(e)) => return match violation(e) {
-                        Some((code, reason)) => End::Violation { code, reason },
-                        None => End::Lost,
-                    },
-                    Some(Ok(Message::Close(_))) => return End::PeerClosed,
-                    Some(Ok(Message::Text(t))) => t,
-                    Some(Ok(
-                        Message::Binary(_) | Message::Ping(_) | Message::Pong(_) | Message::Frame(_),
-                    )) => continue,
+                let text = match client_text(msg) {
+                    Ok(Some(t)) => t,
+                    Ok(None) => continue,
+                    Err(end) => return end,
                 };
                 let Ok(req) = proto::parse_request(text.as_str()) else {
                     // Responses/events from a client and malformed frames are ignored.
@@ -809,9 +831,28 @@ async fn serve(ws: &mut WebSocket, state: &Arc<State>, session: &Session) -> End
     }
 }
 
+/// What a message read from an authenticated client means: a text frame (`Some`), nothing to act
+/// on (`None`: binary, ping, pong), or the end of the session.
+pub(crate) fn client_text(
+    msg: Option<Result<Message, WsError>>,
+) -> Result<Option<tokio_tungstenite::tungstenite::Utf8Bytes>, End> {
+    match msg {
+        None => Err(End::Lost),
+        Some(Err(e)) => Err(match violation(e) {
+            Some((code, reason)) => End::Violation { code, reason },
+            None => End::Lost,
+        }),
+        Some(Ok(Message::Close(_))) => Err(End::PeerClosed),
+        Some(Ok(Message::Text(t))) => Ok(Some(t)),
+        Some(Ok(Message::Binary(_) | Message::Ping(_) | Message::Pong(_) | Message::Frame(_))) => {
+            Ok(None)
+        }
+    }
+}
+
 /// Acts on a control state of an authenticated session: on shutdown sends the `shutdown` event
 /// and closes 1012; a session on a secret whose grace has ended closes 4001.
-async fn control_event(
+pub(crate) async fn control_event(
     ws: &mut WebSocket,
     c: &crate::secrets::Control,
     session: &Session,

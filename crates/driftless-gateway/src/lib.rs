@@ -14,6 +14,7 @@ pub mod limiter;
 mod methods;
 pub mod metrics;
 mod openai;
+mod relay;
 mod reload;
 pub mod secrets;
 #[cfg(any(test, feature = "test-support"))]
@@ -102,6 +103,8 @@ pub(crate) struct State {
     pub local_addresses: Vec<IpAddr>,
     /// `[providers.*]` and the HTTP client for the OpenAI-compatible endpoints.
     pub openai: openai::Providers,
+    /// Front mode: the OpenClaw gateway operator sessions are relayed to.
+    pub upstream: Option<relay::Upstream>,
 }
 
 /// An event frame for every session allowed to see it. A session that lags skips it (OpenClaw's
@@ -216,6 +219,7 @@ impl Gateway {
             device_events: broadcast::Sender::new(16),
             local_addresses: cfg.gateway.devices.local_addresses.clone(),
             openai: openai::Providers::new(cfg).map_err(GatewayError::HttpClient)?,
+            upstream: cfg.upstream.as_ref().map(relay::Upstream::new),
         });
         let background = reload::spawn(state.clone());
         Ok(Gateway {
@@ -305,11 +309,18 @@ async fn healthz() -> impl IntoResponse {
 }
 
 async fn readyz(AxState(state): AxState<Arc<State>>) -> impl IntoResponse {
-    if state.secrets.control.borrow().shutdown {
+    let not_ready = |reason: &str| {
         (
             StatusCode::SERVICE_UNAVAILABLE,
-            axum::Json(serde_json::json!({"ready": false, "reason": "shutting down"})),
+            axum::Json(serde_json::json!({"ready": false, "reason": reason})),
         )
+    };
+    if state.secrets.control.borrow().shutdown {
+        not_ready("shutting down")
+    } else if let Some(upstream) = &state.upstream
+        && let Some(reason) = upstream.not_ready().await
+    {
+        not_ready(&reason)
     } else {
         (
             StatusCode::OK,

@@ -86,7 +86,7 @@ fn status(state: &State) -> Status {
 
 /// `hello-ok.auth`: how the client authenticated, and its device token when one goes back (a
 /// newly issued one, or its current one).
-fn hello_auth(state: &State, session: &Session) -> HelloAuth {
+pub(crate) fn hello_auth(state: &State, session: &Session) -> HelloAuth {
     let method = if session.device_token_auth {
         "device-token"
     } else {
@@ -156,10 +156,21 @@ impl Reply {
         }
     }
 
-    fn err(id: &str, error: ErrorShape) -> Reply {
+    pub(crate) fn err(id: &str, error: ErrorShape) -> Reply {
         Reply {
             text: err_text(id, &error),
             role_refusal: false,
+        }
+    }
+
+    /// OpenClaw's refusal of a method the session's role may not call.
+    pub(crate) fn role_refusal(id: &str, role: &str) -> Reply {
+        Reply {
+            role_refusal: true,
+            ..Reply::err(
+                id,
+                ErrorShape::new(codes::INVALID_REQUEST, format!("{UNAUTHORIZED_ROLE}{role}")),
+            )
         }
     }
 }
@@ -180,16 +191,7 @@ pub(crate) async fn dispatch(
     };
     // Every method but `health` is an operator method (OpenClaw's `authorizeGatewayMethod`).
     if scope.is_some() && session.role != "operator" {
-        return Reply {
-            role_refusal: true,
-            ..Reply::err(
-                id,
-                ErrorShape::new(
-                    codes::INVALID_REQUEST,
-                    format!("{UNAUTHORIZED_ROLE}{}", session.role),
-                ),
-            )
-        };
+        return Reply::role_refusal(id, &session.role);
     }
     if let Some(scope) = scope
         && !scopes::any_covers(&session.scopes, scope)

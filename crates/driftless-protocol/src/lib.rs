@@ -5,6 +5,7 @@
 pub mod device_auth;
 pub mod frames;
 pub mod payloads;
+pub mod relay;
 pub mod scopes;
 
 pub use frames::*;

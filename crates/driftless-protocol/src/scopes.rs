@@ -9,13 +9,76 @@ pub const READ: &str = "operator.read";
 pub const WRITE: &str = "operator.write";
 /// `operator.pairing`: the device and pairing methods and events.
 pub const PAIRING: &str = "operator.pairing";
+/// `operator.approvals`: exec and plugin approvals.
+pub const APPROVALS: &str = "operator.approvals";
+/// `operator.questions`.
+pub const QUESTIONS: &str = "operator.questions";
+/// `operator.talk`: covered by write.
+pub const TALK: &str = "operator.talk";
+/// `operator.sessions.read`: covered by read, write and `operator.sessions.write`.
+pub const SESSIONS_READ: &str = "operator.sessions.read";
+/// `operator.sessions.write`: covered by write.
+pub const SESSIONS_WRITE: &str = "operator.sessions.write";
 
-/// Whether a granted scope covers a needed one: admin covers every `operator.*`, write covers
-/// read, anything else only itself. A non-operator scope is never covered by admin.
+mod openclaw_methods;
+pub use openclaw_methods::OPENCLAW_METHODS;
+
+/// What calling one of OpenClaw's methods needs.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Need {
+    /// This operator scope (or one covering it).
+    Scope(&'static str),
+    /// A scope OpenClaw derives from the params at call time (`agent`, `sessions.patch`, ...).
+    Dynamic,
+    /// Only node clients may call it.
+    Node,
+}
+
+/// What OpenClaw's method `method` needs (`None`: not a core method of the OpenClaw release the
+/// table was taken from, e.g. a plugin's).
+pub fn openclaw_method_need(method: &str) -> Option<Need> {
+    OPENCLAW_METHODS
+        .binary_search_by(|(m, _)| (*m).cmp(method))
+        .ok()
+        .map(|i| OPENCLAW_METHODS[i].1)
+}
+
+/// Whether an operator session holding `granted` may have `method` relayed to OpenClaw, as
+/// OpenClaw's `authorizeGatewayMethod` decides before the method's handler runs: `Err` carries the
+/// scope it lacks. `health` and the scope-upgrade methods are open to every session; admin opens
+/// everything; a dynamic method needs at least read (OpenClaw checks the rest against the same
+/// scopes, which are exactly the upstream session's); a method outside the table needs admin
+/// (OpenClaw's default for an unclassified method). Node-only methods are refused by role before
+/// this is asked.
+pub fn relay_allowed(method: &str, granted: &[String]) -> Result<(), &'static str> {
+    if matches!(
+        method,
+        "health" | "device.scopes.requestUpgrade" | "device.scopes.waitUpgrade"
+    ) || granted.iter().any(|g| g == ADMIN)
+    {
+        return Ok(());
+    }
+    let needed = match openclaw_method_need(method) {
+        Some(Need::Scope(s)) => s,
+        Some(Need::Dynamic) => READ,
+        Some(Need::Node) | None => ADMIN,
+    };
+    if any_covers(granted, needed) {
+        Ok(())
+    } else {
+        Err(needed)
+    }
+}
+
+/// Whether a granted scope covers a needed one (OpenClaw 2026.9's `operatorScopeSatisfied`): admin
+/// covers every `operator.*`; write covers read, talk and the session scopes; read and
+/// `operator.sessions.write` cover `operator.sessions.read`; anything else only itself. A
+/// non-operator scope is never covered by admin.
 pub fn covers(granted: &str, needed: &str) -> bool {
     granted == needed
         || (granted == ADMIN && needed.starts_with("operator."))
-        || (granted == WRITE && needed == READ)
+        || (granted == WRITE && matches!(needed, READ | TALK | SESSIONS_READ | SESSIONS_WRITE))
+        || ((granted == READ || granted == SESSIONS_WRITE) && needed == SESSIONS_READ)
 }
 
 /// Whether any of `granted` covers `needed`.
@@ -144,5 +207,36 @@ mod tests {
             assert_eq!(method_scope(m), Some(*s));
         }
         assert_eq!(method_scope("nope"), None);
+    }
+
+    #[test]
+    fn openclaw_table_is_sorted_and_agrees_with_ours() {
+        assert!(OPENCLAW_METHODS.windows(2).all(|w| w[0].0 < w[1].0));
+        // The methods driftless answers itself need what OpenClaw's need (`health` is open to
+        // every session in both, whatever the table says).
+        for (m, s) in METHODS.iter().filter(|(m, _)| *m != "health") {
+            assert_eq!(openclaw_method_need(m), s.map(Need::Scope), "{m}");
+        }
+    }
+
+    #[test]
+    fn relay_rules() {
+        let read = v(&[READ]);
+        assert_eq!(relay_allowed("config.get", &read), Ok(()));
+        assert_eq!(relay_allowed("sessions.list", &read), Ok(()));
+        assert_eq!(relay_allowed("health", &[]), Ok(()));
+        assert_eq!(relay_allowed("agents.create", &read), Err(ADMIN));
+        assert_eq!(relay_allowed("chat.send", &read), Err(WRITE));
+        assert_eq!(relay_allowed("chat.send", &v(&[WRITE])), Ok(()));
+        assert_eq!(relay_allowed("agent", &[]), Err(READ));
+        assert_eq!(
+            relay_allowed("plugin.unknown.method", &v(&[WRITE])),
+            Err(ADMIN)
+        );
+        assert_eq!(relay_allowed("plugin.unknown.method", &v(&[ADMIN])), Ok(()));
+        assert_eq!(
+            relay_allowed("node.invoke.result", &v(&[WRITE])),
+            Err(ADMIN)
+        );
     }
 }

@@ -13,6 +13,7 @@ use driftless_client::wire::{Incoming, OpenOptions, Wire, WireError};
 use serde_json::{Value, json};
 
 pub mod home;
+pub mod openclaw;
 #[allow(unused_imports)] // each test file uses a different subset
 pub use home::{BIN, Home, Run, write_file, write_secret};
 
