@@ -8,7 +8,6 @@
 mod support;
 
 use std::path::{Path, PathBuf};
-use std::process::Command;
 
 use driftless_client::identity::DeviceIdentity;
 use serde_json::Value;

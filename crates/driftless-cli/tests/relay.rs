@@ -10,12 +10,15 @@ mod support;
 use std::path::PathBuf;
 use std::time::Duration;
 
+use driftless_client::wire::{OpenOptions, Wire};
 use serde_json::{Value, json};
 use support::openclaw::{OPENCLAW_START_WITHIN, OpenClawGateway, call, install};
 use support::*;
 
 /// OpenClaw's own token: only driftless (and the test, calling OpenClaw directly) holds it.
 const UPSTREAM: &str = "canary-upstream-openclaw-token-5e21";
+/// driftless's token after its rotation.
+const ROTATED: &str = "canary-driftless-rotated-9b07";
 
 /// OpenClaw on a fixed port (it is restarted on it), its token in a file.
 fn start_openclaw(cli: &(PathBuf, PathBuf), home: &Home) -> OpenClawGateway {
@@ -38,15 +41,31 @@ fn front_config(home: &Home, upstream: &OpenClawGateway) {
     ));
 }
 
-/// Waits until a session through `url` with `token` gets hello-ok (OpenClaw answers
-/// `UNAVAILABLE` while it starts, and refuses connections before it listens).
+/// Waits until a session through `url` with `token` gets hello-ok (OpenClaw refuses connections
+/// before it listens, is slow to upgrade while it loads, and answers `UNAVAILABLE` while it starts).
 async fn wait_ready(url: &str, token: &str) {
-    let ok = eventually(OPENCLAW_START_WITHIN, || async {
-        let port: u16 = url.rsplit(':').next().unwrap().parse().unwrap();
-        if std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
-            return false;
+    let ok = eventually(OPENCLAW_START_WITHIN, || {
+        let (url, token) = (url.to_owned(), token.to_owned());
+        async move {
+            // One attempt in its own task: the raw client's patience ends in a panic, which here
+            // only means "not yet".
+            tokio::spawn(async move {
+                let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
+                let Ok(wire) = Wire::open(&url, &OpenOptions::default(), deadline).await else {
+                    return false;
+                };
+                let mut c = Client {
+                    wire,
+                    challenge: Value::Null,
+                };
+                if !matches!(c.next_within(Duration::from_secs(30)).await, Got::Frame(_)) {
+                    return false;
+                }
+                c.connect(cli_params(Some(&token))).await.0["ok"] == true
+            })
+            .await
+            .unwrap_or(false)
         }
-        accepted(url, token).await
     })
     .await;
     assert!(
@@ -166,6 +185,13 @@ async fn openclaw_clients_reach_openclaw_through_driftless_within_their_scopes()
             .any(|m| m == "agents.create"),
         "the refused call reached OpenClaw"
     );
+
+    // driftless's own token rotates under the running session: once the new token opens relayed
+    // sessions, the old session is still open (the grace window) and still reaches OpenClaw.
+    replace_by_rename(&home.path().join("secrets/token"), &format!("{ROTATED}\n"));
+    wait_ready(&gw.url, ROTATED).await;
+    let listed = c.call("r4", "node.list", None).await;
+    assert_eq!(listed["ok"], true, "{listed}");
     drop(c);
 
     // Neither side's token in either log.

@@ -90,7 +90,8 @@ pub const OPENCLAW_START_WITHIN: Duration = Duration::from_secs(240);
 
 impl OpenClawGateway {
     /// Writes its config under `dir` (token from the file `token_file`) and starts it on `port`
-    /// with `--verbose`, so its log shows every request it receives (`[ws] ← req <method>`).
+    /// with `--verbose --ws-log full`, so its log shows every request it receives
+    /// (`[ws] ← req <method>`).
     pub fn start(cli: &(PathBuf, PathBuf), dir: &Path, port: u16, token_file: &Path) -> Self {
         let state = dir.join("state");
         std::fs::create_dir_all(&state).unwrap();
@@ -128,7 +129,13 @@ impl OpenClawGateway {
         let child = Command::new(&self.cli.0)
             .arg(&self.cli.1)
             .args(["gateway", "run", "--bind", "loopback", "--auth", "token"])
-            .args(["--port", &self.port.to_string(), "--verbose"])
+            .args([
+                "--port",
+                &self.port.to_string(),
+                "--verbose",
+                "--ws-log",
+                "full",
+            ])
             .env_clear()
             .env("PATH", "/usr/bin:/bin")
             .env("HOME", &self.dir)
