@@ -279,12 +279,16 @@ pub(crate) async fn serve(
                 // driftless's own guarded events (pairing); `tick` and every other event come
                 // from the upstream.
                 event = events.recv() => {
-                    if let Ok(b) = event
-                        && b.scope.is_some()
-                        && crate::methods::may_receive(session, b.scope)
-                        && ws.send(Message::Text(b.text.as_ref().into())).await.is_err()
-                    {
-                        break 'session End::Lost;
+                    match event {
+                        Ok(b) if b.scope.is_some() && crate::methods::may_receive(session, b.scope) => {
+                            if ws.send(Message::Text(b.text.as_ref().into())).await.is_err() {
+                                break 'session End::Lost;
+                            }
+                        }
+                        Ok(_) | Err(tokio::sync::broadcast::error::RecvError::Lagged(_)) => {}
+                        Err(tokio::sync::broadcast::error::RecvError::Closed) => {
+                            break 'session End::Close(close::SERVICE_RESTART, close::SERVICE_RESTART_REASON.into());
+                        }
                     }
                 }
                 msg = upstream.next() => {
