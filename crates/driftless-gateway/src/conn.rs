@@ -202,10 +202,10 @@ pub(crate) async fn run(mut ws: WebSocket, peer: SocketAddr, state: Arc<State>, 
     state.connections.fetch_add(1, Ordering::SeqCst);
     state.metrics.connections_open.inc();
     let _open = OpenGuard(state.clone());
-    let conn_id = uuid::Uuid::new_v4().to_string();
+    let (conn_id, nonce) = fresh_ids();
     let method = state.secrets.mode.as_str();
 
-    let outcome = handshake(&mut ws, peer, &state, &conn_id, &preauth).await;
+    let outcome = handshake(&mut ws, peer, &state, &conn_id, &nonce, &preauth).await;
     drop(preauth);
     let handshakes = |outcome| {
         state
@@ -257,6 +257,23 @@ pub(crate) async fn run(mut ws: WebSocket, peer: SocketAddr, state: Arc<State>, 
         reason = close.as_ref().map_or(end.describe(), |c| &*c.1),
         "connection closed"
     );
+}
+
+/// The connection's id and its challenge nonce, both UUIDs as OpenClaw's, from one read of the
+/// OS's random generator rather than one each.
+fn fresh_ids() -> (String, String) {
+    let mut bytes = [0u8; 32];
+    getrandom::fill(&mut bytes).expect("the OS random generator is available");
+    let uuid = |half: [u8; 16]| {
+        uuid::Builder::from_random_bytes(half)
+            .into_uuid()
+            .to_string()
+    };
+    let (a, b) = bytes.split_at(16);
+    (
+        uuid(a.try_into().expect("16 bytes")),
+        uuid(b.try_into().expect("16 bytes")),
+    )
 }
 
 /// Ends a refused handshake: our close frame, or the answer to the peer's.
@@ -325,10 +342,10 @@ async fn handshake(
     peer: SocketAddr,
     state: &Arc<State>,
     conn_id: &str,
+    nonce: &str,
     preauth: &Preauth,
 ) -> Result<Session, Refused> {
-    let nonce = uuid::Uuid::new_v4().to_string();
-    if !send_text(ws, proto::challenge_text(&nonce, now_ms())).await {
+    if !send_text(ws, proto::challenge_text(nonce, now_ms())).await {
         return Err((
             None,
             Rejection::Closed {
@@ -347,7 +364,7 @@ async fn handshake(
         };
         (None, why)
     })?;
-    admit(&req, peer, state, conn_id, &nonce)
+    admit(&req, peer, state, conn_id, nonce)
         .await
         .map_err(|why| (Some(req.id.clone().into_owned()), why))
 }
@@ -413,9 +430,13 @@ async fn admit(
     let params = parse_connect(req)?;
     let protocol = negotiate(&params)?;
     let has_device = params.device.is_some();
-    let auth = params.auth.clone().unwrap_or_default();
-    let explicit = auth.device_token.clone().filter(|t| !t.is_empty());
-    let candidate = explicit.clone().or(auth.token.filter(|t| !t.is_empty()));
+    let auth = params.auth.as_ref();
+    let explicit = auth
+        .and_then(|a| a.device_token.as_deref())
+        .filter(|t| !t.is_empty());
+    let candidate = explicit.or(auth
+        .and_then(|a| a.token.as_deref())
+        .filter(|t| !t.is_empty()));
     // Step 5: the shared secret. A failure with nothing else to try is final here, so wrong
     // credentials are reported as such whatever the device block holds.
     let shared = shared_secret(&params, peer.ip(), state).await;
@@ -445,7 +466,7 @@ async fn admit(
             device_token(
                 dev,
                 &params,
-                candidate,
+                candidate.to_owned(),
                 explicit.is_some(),
                 failure,
                 peer,
@@ -455,16 +476,16 @@ async fn admit(
             (None, true)
         }
     };
-    // Device-less shared-secret clients keep the scopes they ask for; probes get none.
-    let scopes = if params.client.mode == "probe" && device.is_none() {
-        Vec::new()
-    } else {
-        params.scopes.clone()
-    };
     // Steps 10-11: pairing and the device's token.
     let issued = match &device {
         Some(dev) => pair(dev, &params, device_token_auth, peer, state).await?,
         None => None,
+    };
+    // Device-less shared-secret clients keep the scopes they ask for; probes get none.
+    let scopes = if params.client.mode == "probe" && device.is_none() {
+        Vec::new()
+    } else {
+        params.scopes
     };
     Ok(Session {
         conn_id: conn_id.to_owned(),
