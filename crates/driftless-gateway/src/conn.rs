@@ -676,7 +676,7 @@ async fn pair(
     match outcome {
         devices::PairingOutcome::Paired { issued, event } => {
             if let Some(event) = event {
-                state.announce(event);
+                state.changed(devices::StoreEvent::Pairing(event));
             }
             Ok(issued)
         }
@@ -687,7 +687,7 @@ async fn pair(
         } => {
             // Announced before the device hears back, so an operator sees the request first.
             if let Some(event) = event {
-                state.announce(event);
+                state.changed(devices::StoreEvent::Pairing(event));
             }
             tracing::info!(%peer, device_id = %dev.device_id, request_id, reason, "pairing required");
             Err(Rejection::PairingRequired { request_id, reason })

@@ -114,6 +114,17 @@ impl PairingEvent {
     }
 }
 
+/// A change that sessions must hear about: close a device's sessions (4001), or tell pairing
+/// operators.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum StoreEvent {
+    Disconnect(Disconnect),
+    Pairing(PairingEvent),
+}
+
+/// Where a store that several processes share delivers the events they commit.
+pub type EventSink = Box<dyn Fn(StoreEvent) + Send + Sync>;
+
 /// A device token on its way to its device: newly minted, or its current one recomputed. The value
 /// exists only here and at the client; the store keeps its hash and nonce.
 #[derive(Debug, Clone)]
@@ -280,6 +291,12 @@ pub trait DeviceStore: Send + Sync {
     fn touch(&self, device: &PairedDevice) -> Result<(), StoreError>;
     fn append_audit(&self, event: NewAuditEvent, now_ms: u64) -> Result<(), StoreError>;
     fn audit(&self) -> Result<Vec<AuditEvent>, StoreError>;
+    /// For a store several processes share: records every [`StoreEvent`] in the transaction of
+    /// its state change and, from now on, delivers those committed by any process (this one's
+    /// included) to `sink`, in commit order; returns true, and the caller then delivers none
+    /// itself (one path, one order on every replica). A store one process owns returns false:
+    /// the caller delivers its events locally, as they happen.
+    fn deliver_events(&self, sink: EventSink) -> bool;
 }
 
 #[cfg(test)]

@@ -24,7 +24,7 @@ use rusqlite::{Connection, OptionalExtension, Transaction, params};
 use super::rules::{self, RequestPlan, TokenRow, json, unjson};
 use super::token_key::{TOKEN_KEY_FILE, TokenKey};
 use super::{
-    AuditEvent, DeviceMetadata, DeviceStore, IssuedToken, NewAuditEvent, PENDING_TTL_MS,
+    AuditEvent, DeviceMetadata, DeviceStore, EventSink, IssuedToken, NewAuditEvent, PENDING_TTL_MS,
     PairedDevice, PendingRequest, StoreError, TokenCheck, TokenSummary,
 };
 
@@ -816,5 +816,10 @@ impl DeviceStore for SqliteStore {
             .collect()
         };
         run().map_err(|e| self.err(e))
+    }
+
+    /// One process owns the file: its events stay local.
+    fn deliver_events(&self, _: EventSink) -> bool {
+        false
     }
 }
