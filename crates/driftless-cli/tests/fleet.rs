@@ -23,14 +23,14 @@ use support::*;
 /// The device-token key every replica reads (the same file).
 const TOKEN_KEY: &str = "b7Kx3mQ9vR2tY8wE5nA1cF6hJ4pL0sD7gU3iO9zXk2M";
 
-/// A replica's home: the shared token as every test's, the PostgreSQL store, and only 127.0.0.1
-/// counting as this machine (127.0.0.2 plays a device on another host).
-fn replica(cluster: &Cluster, db: &str, shared: &Path) -> (Home, Gateway) {
+/// A replica's home: the shared token as every test's, `extra` config, the PostgreSQL store, and
+/// only 127.0.0.1 counting as this machine (127.0.0.2 plays a device on another host).
+fn replica(cluster: &Cluster, db: &str, shared: &Path, extra: &str) -> (Home, Gateway) {
     let home = Home::new();
     home.token_config(
         CANARY,
         &format!(
-            "[gateway.devices]\nlocal_addresses = [\"127.0.0.1\"]\nstore = \"postgres\"\n\
+            "{extra}[gateway.devices]\nlocal_addresses = [\"127.0.0.1\"]\nstore = \"postgres\"\n\
              [gateway.devices.postgres]\nurl = {url:?}\n\
              password = {{ source = \"file\", path = {pw:?} }}\n\
              token_key = {{ source = \"file\", path = {key:?} }}\n",
@@ -53,13 +53,18 @@ struct Fleet {
 
 impl Fleet {
     fn start() -> Option<Fleet> {
+        Fleet::start_with("")
+    }
+
+    /// Three replicas with `extra` config each.
+    fn start_with(extra: &str) -> Option<Fleet> {
         let cluster = Cluster::start()?;
         let db = cluster.create_database();
         let shared = tempfile::tempdir().unwrap();
         write_secret(&shared.path().join("pg-password"), cluster.password());
         write_secret(&shared.path().join("token-key"), TOKEN_KEY);
         let replicas = (0..3)
-            .map(|_| replica(&cluster, &db, shared.path()))
+            .map(|_| replica(&cluster, &db, shared.path(), extra))
             .collect();
         Some(Fleet {
             cluster,
@@ -301,5 +306,38 @@ async fn an_operator_on_c_receives_the_pairing_events_of_a_request_made_on_a() {
         resolved["seq"].as_u64().unwrap() > requested["seq"].as_u64().unwrap(),
         "{requested} {resolved}"
     );
+    fleet.finish();
+}
+
+/// 30 wrong guesses from one address that is not exempt, spread over the three replicas in turn,
+/// get the documented budget of real comparisons (10 per window) for all replicas together, not
+/// per replica; the other 20 are refused as rate-limited without a comparison, by every replica.
+#[tokio::test]
+async fn thirty_wrong_guesses_spread_over_three_replicas_get_one_budget() {
+    let Some(fleet) = Fleet::start_with("[gateway.auth.rate_limit]\nexempt_loopback = false\n")
+    else {
+        return;
+    };
+    let mut limited = 0;
+    for i in 0..30 {
+        let gw = &fleet.replicas[i % 3].1;
+        let mut c = Client::open(&gw.url).await;
+        let (res, close) = c.connect(cli_params(Some(WRONG_CANARY))).await;
+        assert_eq!(res["ok"], false, "{res}");
+        assert!(close.is_some(), "{res}");
+        if res["error"]["details"]["code"] == "AUTH_RATE_LIMITED" {
+            limited += 1;
+        }
+    }
+    let sum = |series: &str| -> f64 { fleet.replicas.iter().map(|(_, g)| g.metric(series)).sum() };
+    let compared = sum("driftless_gateway_auth_checks_total{outcome=\"mismatch\"}");
+    let refused = sum("driftless_gateway_limiter_rejections_total");
+    assert_eq!(compared, 10.0, "real comparisons, all replicas together");
+    assert_eq!(refused, 20.0);
+    assert_eq!(limited, 20);
+    // Each replica refused some: the budget is the fleet's, not the first replica's.
+    for (_, g) in &fleet.replicas {
+        assert!(g.metric("driftless_gateway_limiter_rejections_total") > 0.0);
+    }
     fleet.finish();
 }

@@ -557,8 +557,9 @@ async fn device_token(
     peer: SocketAddr,
     state: &Arc<State>,
 ) -> Result<(), Rejection> {
-    let attempt =
-        auth::begin(state, peer.ip()).map_err(|auth::RateLimited(ms)| Rejection::Unauthorized {
+    let attempt = auth::begin(state, peer.ip())
+        .await
+        .map_err(|auth::RateLimited(ms)| Rejection::Unauthorized {
             failure: AuthFailure::RateLimited { retry_after_ms: ms },
             has_device: true,
         })?;
@@ -570,15 +571,21 @@ async fn device_token(
     };
     match auth::verify_device_token(state, claim).await {
         Ok(TokenCheck::Ok) => {
-            attempt.succeeded();
+            attempt.succeeded().await;
             Ok(())
         }
-        // Reported as a device-token mismatch only when the client said it was one.
-        Ok(TokenCheck::Rejected(_)) if explicit => Err(Rejection::DeviceTokenMismatch),
-        Ok(TokenCheck::Rejected(_)) => Err(Rejection::Unauthorized {
-            failure: shared_failure,
-            has_device: true,
-        }),
+        Ok(TokenCheck::Rejected(_)) => {
+            attempt.failed().await;
+            // Reported as a device-token mismatch only when the client said it was one.
+            Err(if explicit {
+                Rejection::DeviceTokenMismatch
+            } else {
+                Rejection::Unauthorized {
+                    failure: shared_failure,
+                    has_device: true,
+                }
+            })
+        }
         Err(e) => Err(store_failure(&e)),
     }
 }

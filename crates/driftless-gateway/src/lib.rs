@@ -98,9 +98,10 @@ pub(crate) struct State {
     pub devices: Arc<dyn devices::DeviceStore>,
     /// Device sessions to close (rotate/revoke/remove).
     pub device_events: broadcast::Sender<devices::Disconnect>,
-    /// The store delivers every replica's events, this one's included (PostgreSQL): a change made
-    /// here is then not delivered locally as well.
-    pub store_delivers_events: bool,
+    /// The store is shared by several replicas (PostgreSQL): it delivers every replica's events,
+    /// this one's included (a change made here is then not delivered locally as well), and counts
+    /// the fleet's credential attempts.
+    pub shared_store: bool,
     /// `gateway.devices.local_addresses`.
     pub local_addresses: Vec<IpAddr>,
     /// `[providers.*]` and the HTTP client for the OpenAI-compatible endpoints.
@@ -151,7 +152,7 @@ impl State {
     /// An event of a change this process made: delivered here, unless the store delivers it (to
     /// every replica, in the database's order).
     pub(crate) fn changed(&self, event: devices::StoreEvent) {
-        if !self.store_delivers_events {
+        if !self.shared_store {
             self.deliver(event);
         }
     }
@@ -224,7 +225,7 @@ impl Gateway {
             let weak = weak.clone();
             // Before `State` exists (this closure) nothing is connected, so an event the store
             // delivers then has nobody to reach.
-            let store_delivers_events = device_store.deliver_events(Box::new(move |event| {
+            let shared_store = device_store.deliver_events(Box::new(move |event| {
                 if let Some(state) = weak.upgrade() {
                     state.deliver(event);
                 }
@@ -246,7 +247,7 @@ impl Gateway {
                 addresses: Default::default(),
                 devices: device_store,
                 device_events: broadcast::Sender::new(16),
-                store_delivers_events,
+                shared_store,
                 local_addresses: cfg.gateway.devices.local_addresses.clone(),
                 openai,
             }

@@ -32,7 +32,11 @@ pub use postgres::{MIGRATIONS, PasswordSource, PostgresOptions, PostgresStore};
 pub use sqlite::{AUDIT_KEEP_ROWS, AUDIT_TRIM_EVERY, LAST_USED_COALESCE_MS, SqliteStore};
 pub use token_key::{KeyError, TOKEN_KEY_FILE, TokenKey};
 
+use std::net::IpAddr;
+
 use driftless_core::SecretValue;
+
+use crate::limiter::Budget;
 
 /// Whether a client at `peer` counts as this machine for silent pairing: one of
 /// `local_addresses` when configured, else any loopback address.
@@ -297,6 +301,19 @@ pub trait DeviceStore: Send + Sync {
     /// itself (one path, one order on every replica). A store one process owns returns false:
     /// the caller delivers its events locally, as they happen.
     fn deliver_events(&self, sink: EventSink) -> bool;
+    /// For a store several processes share: counts one credential attempt from `address` in the
+    /// fleet's `budget` (one statement, atomic across replicas) and returns the milliseconds until
+    /// it may try again when this attempt is over the budget. A store one process owns counts
+    /// nothing and returns `None`: the local limiter is the whole budget.
+    fn count_attempt(
+        &self,
+        address: IpAddr,
+        budget: &Budget,
+        now_ms: u64,
+    ) -> Result<Option<u64>, StoreError>;
+    /// Forgets the attempts [`DeviceStore::count_attempt`] counted for `address` (it presented a
+    /// right credential).
+    fn forgive_attempts(&self, address: IpAddr) -> Result<(), StoreError>;
 }
 
 #[cfg(test)]

@@ -23,6 +23,7 @@
 //! wait on the database, and the store works the same from a test without a runtime.
 
 use std::future::Future;
+use std::net::IpAddr;
 use std::time::Duration;
 
 use driftless_core::SecretValue;
@@ -38,6 +39,7 @@ use super::{
     EventSink, IssuedToken, NewAuditEvent, PENDING_TTL_MS, PairedDevice, PairingEvent,
     PendingRequest, StoreError, StoreEvent, TokenCheck, TokenSummary,
 };
+use crate::limiter::Budget;
 
 /// The schema, one migration per version (index + 1). Append only: an applied migration never
 /// changes.
@@ -79,6 +81,10 @@ pub const MIGRATIONS: &[&str] = &[
     "CREATE TABLE events (
        id BIGINT GENERATED ALWAYS AS IDENTITY PRIMARY KEY, at_ms BIGINT NOT NULL,
        body TEXT NOT NULL);",
+    // 3: the fleet's credential attempts per address (`count_attempt`).
+    "CREATE TABLE attempts (
+       address TEXT PRIMARY KEY, window_start_ms BIGINT NOT NULL, count INTEGER NOT NULL,
+       locked_until_ms BIGINT);",
 ];
 
 /// The advisory lock key migrations run under ("dftless" in ASCII).
@@ -99,6 +105,29 @@ const EVENTS_TRIM_EVERY: i64 = 1_000;
 /// How often the listener reads the table without being woken (a lost notification, or a
 /// connection that died silently, costs at most this).
 const EVENTS_BACKSTOP: Duration = Duration::from_secs(1);
+
+/// Counts one attempt in one statement (the row lock orders replicas): a new window when the last
+/// one ended or its lockout passed, locked for `$4` once the count reaches `$2`. Parameters:
+/// address, max attempts, window ms, lockout ms, now ms.
+const COUNT_ATTEMPT: &str = "
+  INSERT INTO attempts AS a (address, window_start_ms, count, locked_until_ms)
+  VALUES ($1::TEXT, $5::BIGINT, 1, CASE WHEN $2::INTEGER <= 1 THEN $5::BIGINT + $4::BIGINT END)
+  ON CONFLICT (address) DO UPDATE SET
+    window_start_ms = CASE WHEN (a.locked_until_ms IS NOT NULL AND a.locked_until_ms <= $5)
+        OR (a.locked_until_ms IS NULL AND $5 - a.window_start_ms >= $3::BIGINT)
+      THEN $5 ELSE a.window_start_ms END,
+    count = CASE WHEN (a.locked_until_ms IS NOT NULL AND a.locked_until_ms <= $5)
+        OR (a.locked_until_ms IS NULL AND $5 - a.window_start_ms >= $3)
+      THEN 1 ELSE a.count + 1 END,
+    locked_until_ms = CASE WHEN (a.locked_until_ms IS NOT NULL AND a.locked_until_ms <= $5)
+        OR (a.locked_until_ms IS NULL AND $5 - a.window_start_ms >= $3)
+      THEN excluded.locked_until_ms
+      WHEN a.locked_until_ms IS NOT NULL THEN a.locked_until_ms
+      WHEN a.count + 1 >= $2 THEN $5 + $4 END
+  RETURNING count, locked_until_ms";
+
+/// Every this many counted attempts, a replica deletes the rows whose window and lockout ended.
+const ATTEMPTS_TRIM_EVERY: u64 = 256;
 
 /// How often a transaction that lost a serialization conflict is tried again.
 const MAX_ATTEMPTS: u32 = 20;
@@ -128,6 +157,8 @@ pub struct PostgresStore {
     key: TokenKey,
     /// The last event committed before this store opened: its listener delivers the later ones.
     events_from: i64,
+    /// Attempts this replica counted, for trimming `attempts`.
+    attempts_counted: std::sync::atomic::AtomicU64,
     /// Runs the driver's connection tasks; `None` only while dropping.
     rt: Option<tokio::runtime::Runtime>,
 }
@@ -296,6 +327,7 @@ impl PostgresStore {
             pool,
             key: options.token_key,
             events_from: 0,
+            attempts_counted: Default::default(),
             rt: Some(rt),
         };
         // On a thread of its own: `open` may be called on an async worker (the gateway's start),
@@ -1363,6 +1395,53 @@ impl DeviceStore for PostgresStore {
                     detail: r.get(10),
                 })
                 .collect())
+        })
+    }
+
+    fn count_attempt(
+        &self,
+        address: IpAddr,
+        budget: &Budget,
+        now_ms: u64,
+    ) -> Result<Option<u64>, StoreError> {
+        let address = address.to_canonical().to_string();
+        let max = budget.max_attempts.min(i32::MAX as u32) as i32;
+        let (window, lockout, now) = (ms(budget.window_ms), ms(budget.lockout_ms), ms(now_ms));
+        let trim = self
+            .attempts_counted
+            .fetch_add(1, std::sync::atomic::Ordering::Relaxed)
+            .is_multiple_of(ATTEMPTS_TRIM_EVERY);
+        self.block_on(async {
+            let client = self.client().await?;
+            let row = client
+                .query_one(COUNT_ATTEMPT, &[&address, &max, &window, &lockout, &now])
+                .await
+                .map_err(|e| self.err(&e))?;
+            let (count, locked_until): (i32, Option<i64>) = (row.get(0), row.get(1));
+            if trim {
+                client
+                    .execute(
+                        "DELETE FROM attempts WHERE coalesce(locked_until_ms, window_start_ms + $2) < $1",
+                        &[&now, &window],
+                    )
+                    .await
+                    .map_err(|e| self.err(&e))?;
+            }
+            Ok((count > max).then(|| {
+                locked_until.map_or(budget.lockout_ms, |until| (until - now).max(1) as u64)
+            }))
+        })
+    }
+
+    fn forgive_attempts(&self, address: IpAddr) -> Result<(), StoreError> {
+        let address = address.to_canonical().to_string();
+        self.block_on(async {
+            let client = self.client().await?;
+            client
+                .execute("DELETE FROM attempts WHERE address = $1", &[&address])
+                .await
+                .map_err(|e| self.err(&e))?;
+            Ok(())
         })
     }
 
