@@ -578,8 +578,9 @@ async fn device_token(
     peer: SocketAddr,
     state: &Arc<State>,
 ) -> Result<(), Rejection> {
-    let attempt =
-        auth::begin(state, peer.ip()).map_err(|auth::RateLimited(ms)| Rejection::Unauthorized {
+    let attempt = auth::begin(state, peer.ip())
+        .await
+        .map_err(|auth::RateLimited(ms)| Rejection::Unauthorized {
             failure: AuthFailure::RateLimited { retry_after_ms: ms },
             has_device: true,
         })?;
@@ -591,15 +592,21 @@ async fn device_token(
     };
     match auth::verify_device_token(state, claim).await {
         Ok(TokenCheck::Ok) => {
-            attempt.succeeded();
+            attempt.succeeded().await;
             Ok(())
         }
-        // Reported as a device-token mismatch only when the client said it was one.
-        Ok(TokenCheck::Rejected(_)) if explicit => Err(Rejection::DeviceTokenMismatch),
-        Ok(TokenCheck::Rejected(_)) => Err(Rejection::Unauthorized {
-            failure: shared_failure,
-            has_device: true,
-        }),
+        Ok(TokenCheck::Rejected(_)) => {
+            attempt.failed().await;
+            // Reported as a device-token mismatch only when the client said it was one.
+            Err(if explicit {
+                Rejection::DeviceTokenMismatch
+            } else {
+                Rejection::Unauthorized {
+                    failure: shared_failure,
+                    has_device: true,
+                }
+            })
+        }
         Err(e) => Err(store_failure(&e)),
     }
 }
@@ -697,7 +704,7 @@ async fn pair(
     match outcome {
         devices::PairingOutcome::Paired { issued, event } => {
             if let Some(event) = event {
-                state.announce(event);
+                state.changed(devices::StoreEvent::Pairing(event));
             }
             Ok(issued)
         }
@@ -708,7 +715,7 @@ async fn pair(
         } => {
             // Announced before the device hears back, so an operator sees the request first.
             if let Some(event) = event {
-                state.announce(event);
+                state.changed(devices::StoreEvent::Pairing(event));
             }
             tracing::info!(%peer, device_id = %dev.device_id, request_id, reason, "pairing required");
             Err(Rejection::PairingRequired { request_id, reason })

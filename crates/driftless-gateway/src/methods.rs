@@ -275,11 +275,10 @@ pub(crate) async fn dispatch(
             match result {
                 Ok(Ok((payload, disconnects, event))) => {
                     for d in disconnects {
-                        // No receivers simply means the device has no open session.
-                        let _ = state.device_events.send(d);
+                        state.changed(devices::StoreEvent::Disconnect(d));
                     }
                     if let Some(event) = event {
-                        state.announce(event);
+                        state.changed(devices::StoreEvent::Pairing(event));
                     }
                     Reply::ok(id, &payload)
                 }
