@@ -9,21 +9,28 @@
 mod support;
 
 use std::path::Path;
+use std::sync::Arc;
+use std::time::Duration;
 
+use driftless_client::connection::{ClientError, ConnectOptions, Connection, Credential, connect};
 use driftless_client::identity::DeviceIdentity;
 use driftless_client::store::TokenStore;
+use driftless_core::SecretValue;
 use driftless_gateway::testing::postgres::Cluster;
 use serde_json::Value;
 use support::*;
 
-/// A replica's home: the shared token as every test's, the PostgreSQL store, and only 127.0.0.1
-/// counting as this machine (127.0.0.2 plays a device on another host).
-fn replica(cluster: &Cluster, db: &str, shared: &Path) -> (Home, Gateway) {
+/// The device-token key every replica reads (the same file).
+const TOKEN_KEY: &str = "b7Kx3mQ9vR2tY8wE5nA1cF6hJ4pL0sD7gU3iO9zXk2M";
+
+/// A replica's home: the shared token as every test's, `extra` config, the PostgreSQL store, and
+/// only 127.0.0.1 counting as this machine (127.0.0.2 plays a device on another host).
+fn replica(cluster: &Cluster, db: &str, shared: &Path, extra: &str) -> (Home, Gateway) {
     let home = Home::new();
     home.token_config(
         CANARY,
         &format!(
-            "[gateway.devices]\nlocal_addresses = [\"127.0.0.1\"]\nstore = \"postgres\"\n\
+            "{extra}[gateway.devices]\nlocal_addresses = [\"127.0.0.1\"]\nstore = \"postgres\"\n\
              [gateway.devices.postgres]\nurl = {url:?}\n\
              password = {{ source = \"file\", path = {pw:?} }}\n\
              token_key = {{ source = \"file\", path = {key:?} }}\n",
@@ -36,21 +43,55 @@ fn replica(cluster: &Cluster, db: &str, shared: &Path) -> (Home, Gateway) {
     (home, gw)
 }
 
+/// Three replicas on one new database of a private cluster (`None`: PostgreSQL is missing).
+struct Fleet {
+    cluster: Cluster,
+    db: String,
+    _shared: tempfile::TempDir,
+    replicas: Vec<(Home, Gateway)>,
+}
+
+impl Fleet {
+    fn start() -> Option<Fleet> {
+        Fleet::start_with("")
+    }
+
+    /// Three replicas with `extra` config each.
+    fn start_with(extra: &str) -> Option<Fleet> {
+        let cluster = Cluster::start()?;
+        let db = cluster.create_database();
+        let shared = tempfile::tempdir().unwrap();
+        write_secret(&shared.path().join("pg-password"), cluster.password());
+        write_secret(&shared.path().join("token-key"), TOKEN_KEY);
+        let replicas = (0..3)
+            .map(|_| replica(&cluster, &db, shared.path(), extra))
+            .collect();
+        Some(Fleet {
+            cluster,
+            db,
+            _shared: shared,
+            replicas,
+        })
+    }
+
+    /// Stops every replica and returns their logs.
+    fn finish(self) -> Vec<String> {
+        self.replicas
+            .into_iter()
+            .map(|(_, gw)| gw.finish())
+            .collect()
+    }
+}
+
 #[test]
 fn a_device_asks_on_a_is_approved_through_b_and_connects_through_c() {
-    let Some(cluster) = Cluster::start() else {
+    let Some(fleet) = Fleet::start() else {
         return;
     };
-    let db = cluster.create_database();
-    let shared = tempfile::tempdir().unwrap();
-    write_secret(&shared.path().join("pg-password"), cluster.password());
-    write_secret(
-        &shared.path().join("token-key"),
-        "b7Kx3mQ9vR2tY8wE5nA1cF6hJ4pL0sD7gU3iO9zXk2M",
-    );
-    let (_a_home, a) = replica(&cluster, &db, shared.path());
-    let (b_home, b) = replica(&cluster, &db, shared.path());
-    let (_c_home, c) = replica(&cluster, &db, shared.path());
+    let (cluster, db) = (&fleet.cluster, &fleet.db);
+    let [(_, a), (b_home, b), (_, c)] = &fleet.replicas[..] else {
+        unreachable!()
+    };
 
     // The device asks to pair through A.
     let device = Home::new();
@@ -91,7 +132,7 @@ fn a_device_asks_on_a_is_approved_through_b_and_connects_through_c() {
         .clone();
     // One approval, by B's operator, and one token issued for the device, in the shared trail.
     let rows = cluster.psql(
-        &db,
+        db,
         &format!(
             "SELECT event, actor, token_fingerprint FROM audit WHERE device_id = '{}' ORDER BY seq",
             identity.device_id()
@@ -107,14 +148,196 @@ fn a_device_asks_on_a_is_approved_through_b_and_connects_through_c() {
     assert_ne!(rows[1][1], "gateway (silent loopback pairing)");
     assert_eq!(rows[2][2], token.fingerprint().as_str());
     // The token is nowhere in the database, only its hash.
-    let dump = cluster.psql(&db, "SELECT t::text FROM tokens t");
+    let dump = cluster.psql(db, "SELECT t::text FROM tokens t");
     assert!(!dump.contains(token.expose()), "a usable token is stored");
 
-    for gw in [a, b, c] {
-        let log = gw.finish();
+    for log in fleet.finish() {
         assert!(
             !log.contains(token.expose()),
             "a device token reached a log"
         );
     }
+}
+
+/// A device session on `url` with `token`, kept open to watch it close.
+async fn device_session(device: &Home, url: &str, token: &SecretValue) -> Connection {
+    let id = DeviceIdentity::load_existing(&device.state()).unwrap();
+    let mut opts = ConnectOptions::new(url, Credential::DeviceToken(token.clone()));
+    opts.device = Some(Arc::new(id));
+    opts.scopes = vec!["operator.read".into()];
+    connect(&opts).await.expect("device-token session")
+}
+
+/// Waits for `conn` to close, which must be 4001 with `reason` (ticks skipped).
+async fn expect_close(conn: &mut Connection, reason: &str) {
+    loop {
+        match conn.next_event(Duration::from_secs(5)).await {
+            Ok(_) => continue,
+            Err(ClientError::Closed { code, reason: r }) => {
+                assert_eq!((code, r.as_str()), (4001, reason));
+                return;
+            }
+            Err(e) => panic!("expected close 4001 {reason}, got {e}"),
+        }
+    }
+}
+
+/// A connect with the device's `token` on `url`, which must be refused; returns the error.
+async fn device_token_refused(device: &Home, url: &str, token: &SecretValue) -> Value {
+    let id = DeviceIdentity::load_existing(&device.state()).unwrap();
+    let mut opts = ConnectOptions::new(url, Credential::DeviceToken(token.clone()));
+    opts.device = Some(Arc::new(id));
+    match connect(&opts).await {
+        Err(ClientError::Rejected { error, close }) => {
+            assert_eq!(close, Some(1008));
+            serde_json::to_value(&error).unwrap()
+        }
+        other => panic!("expected a refusal, got {other:?}"),
+    }
+}
+
+/// A device token rotated through A is refused by B and C as soon as the rotation returns, and
+/// the device's sessions open on B and C close 4001, as a local session does.
+#[tokio::test]
+async fn a_token_rotated_through_a_is_refused_by_b_and_c_and_their_sessions_close_4001() {
+    let Some(fleet) = Fleet::start() else {
+        return;
+    };
+    let [(a_home, a), (_, b), (_, c)] = &fleet.replicas[..] else {
+        unreachable!()
+    };
+    // A device on this machine pairs silently through A and gets its token.
+    let device = Home::new();
+    let (st, out, err) = device.run(&["gateway", "health", "--url", &a.url, "--token", CANARY]);
+    assert!(st.success(), "{out}{err}");
+    let identity = DeviceIdentity::load_existing(&device.state()).unwrap();
+    let old = TokenStore::load(&device.state(), identity.device_id())
+        .unwrap()
+        .get(&a.url, "operator")
+        .expect("A issued a device token")
+        .token
+        .clone();
+    // The same token opens sessions on B and C: one store.
+    let mut on_b = device_session(&device, &b.url, &old).await;
+    let mut on_c = device_session(&device, &c.url, &old).await;
+
+    let (st, out, err) = a_home.run(&["devices", "rotate", identity.device_id(), "--url", &a.url]);
+    assert!(st.success(), "{out}{err}");
+    for url in [&b.url, &c.url] {
+        let e = device_token_refused(&device, url, &old).await;
+        assert_eq!(e["details"]["code"], "AUTH_DEVICE_TOKEN_MISMATCH", "{e}");
+    }
+    expect_close(&mut on_b, "device token rotated").await;
+    expect_close(&mut on_c, "device token rotated").await;
+    for log in fleet.finish() {
+        assert!(!log.contains(old.expose()), "a device token reached a log");
+    }
+}
+
+/// The next pairing event about `device_id` on `c` (ticks, and other devices' pairings such as the
+/// operators' own CLIs', skipped).
+async fn next_pairing_event(c: &mut Client, device_id: &str) -> Value {
+    loop {
+        match c.next().await {
+            Got::Frame(f)
+                if f["type"] == "event"
+                    && f["event"]
+                        .as_str()
+                        .unwrap_or("")
+                        .starts_with("device.pair.")
+                    && f["payload"]["deviceId"] == device_id =>
+            {
+                return f;
+            }
+            Got::Frame(_) => continue,
+            Got::Closed(code, reason) => panic!("closed {code} {reason}"),
+        }
+    }
+}
+
+/// An operator connected to C hears of a request made on A and of its approval through B, in
+/// that order, as OpenClaw's events.
+#[tokio::test]
+async fn an_operator_on_c_receives_the_pairing_events_of_a_request_made_on_a() {
+    let Some(fleet) = Fleet::start() else {
+        return;
+    };
+    let [(_, a), (b_home, b), (_, c)] = &fleet.replicas[..] else {
+        unreachable!()
+    };
+    let mut params = cli_params(Some(CANARY));
+    params["scopes"] = serde_json::json!(["operator.pairing"]);
+    let mut operator = session(&c.url, params).await;
+
+    // A device on another host asks through A.
+    let remote = Home::new();
+    let identity = Arc::new(DeviceIdentity::load_or_create(&remote.state()).unwrap());
+    let mut opts = ConnectOptions::new(&a.url, Credential::Token(SecretValue::new(CANARY.into())));
+    opts.device = Some(identity.clone());
+    opts.open.bind_addr = Some("127.0.0.2".parse().unwrap());
+    opts.scopes = vec!["operator.read".into()];
+    let request_id = match connect(&opts).await {
+        Err(ClientError::Rejected { error, .. }) => {
+            assert_eq!(error.detail_code(), Some("PAIRING_REQUIRED"), "{error:?}");
+            error.details.unwrap().request_id.unwrap()
+        }
+        other => panic!("expected pairing required, got {other:?}"),
+    };
+    let requested = next_pairing_event(&mut operator, identity.device_id()).await;
+    assert_eq!(requested["event"], "device.pair.requested", "{requested}");
+    assert_eq!(requested["payload"]["requestId"], request_id.as_str());
+    assert_eq!(requested["payload"]["remoteIp"], "127.0.0.2");
+    assert_eq!(
+        requested["payload"]["scopes"],
+        serde_json::json!(["operator.read"])
+    );
+
+    let (st, out, err) = b_home.run(&["devices", "approve", &request_id, "--url", &b.url]);
+    assert!(st.success(), "{out}{err}");
+    let resolved = next_pairing_event(&mut operator, identity.device_id()).await;
+    let ts = resolved["payload"]["ts"].clone();
+    assert_eq!(
+        resolved["payload"],
+        serde_json::json!({"requestId": request_id, "deviceId": identity.device_id(),
+            "decision": "approved", "ts": ts})
+    );
+    assert_eq!(resolved["event"], "device.pair.resolved");
+    assert!(
+        resolved["seq"].as_u64().unwrap() > requested["seq"].as_u64().unwrap(),
+        "{requested} {resolved}"
+    );
+    fleet.finish();
+}
+
+/// 30 wrong guesses from one address that is not exempt, spread over the three replicas in turn,
+/// get the documented budget of real comparisons (10 per window) for all replicas together, not
+/// per replica; the other 20 are refused as rate-limited without a comparison, by every replica.
+#[tokio::test]
+async fn thirty_wrong_guesses_spread_over_three_replicas_get_one_budget() {
+    let Some(fleet) = Fleet::start_with("[gateway.auth.rate_limit]\nexempt_loopback = false\n")
+    else {
+        return;
+    };
+    let mut limited = 0;
+    for i in 0..30 {
+        let gw = &fleet.replicas[i % 3].1;
+        let mut c = Client::open(&gw.url).await;
+        let (res, close) = c.connect(cli_params(Some(WRONG_CANARY))).await;
+        assert_eq!(res["ok"], false, "{res}");
+        assert!(close.is_some(), "{res}");
+        if res["error"]["details"]["code"] == "AUTH_RATE_LIMITED" {
+            limited += 1;
+        }
+    }
+    let sum = |series: &str| -> f64 { fleet.replicas.iter().map(|(_, g)| g.metric(series)).sum() };
+    let compared = sum("driftless_gateway_auth_checks_total{outcome=\"mismatch\"}");
+    let refused = sum("driftless_gateway_limiter_rejections_total");
+    assert_eq!(compared, 10.0, "real comparisons, all replicas together");
+    assert_eq!(refused, 20.0);
+    assert_eq!(limited, 20);
+    // Each replica refused some: the budget is the fleet's, not the first replica's.
+    for (_, g) in &fleet.replicas {
+        assert!(g.metric("driftless_gateway_limiter_rejections_total") > 0.0);
+    }
+    fleet.finish();
 }

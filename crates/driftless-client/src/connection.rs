@@ -352,7 +352,7 @@ impl Connection {
     }
 
     /// The hello-ok payload, typed; `None` when it does not have hello-ok's shape.
-    pub fn hello_ok(&self) -> Option<proto::HelloOk> {
+    pub fn hello_ok(&self) -> Option<proto::HelloOk<'static>> {
         proto::HelloOk::deserialize(&self.hello).ok()
     }
 
@@ -363,10 +363,10 @@ impl Connection {
         driftless_core::redact::register(&token);
         Some(Issued {
             token,
-            role: Some(auth.role)
+            role: Some(auth.role.into_owned())
                 .filter(|r| !r.is_empty())
                 .unwrap_or_else(|| ROLE.to_owned()),
-            scopes: auth.scopes,
+            scopes: auth.scopes.into_owned(),
         })
     }
 

@@ -20,10 +20,29 @@ use crate::secrets::{Check, now_ms};
 const REREAD_DEADLINE: Duration = Duration::from_secs(2);
 
 /// One counted attempt from an address (the limiter counts *before* comparing). Forgiven with
-/// [`Attempt::succeeded`]; dropped otherwise, it stays counted.
+/// [`Attempt::succeeded`]; dropped otherwise, it stays counted. A wrong credential calls
+/// [`Attempt::failed`] before it is answered.
 pub(crate) struct Attempt<'a> {
     state: &'a State,
     ip: IpAddr,
+    fleet: Fleet,
+}
+
+/// Where an attempt stands in the fleet's budget (a store several replicas share).
+///
+/// The address's first attempt in this replica's window is compared before it is counted there,
+/// so a right credential from a client that has not failed here costs no database call; a miss is
+/// counted before it is answered, and every later attempt is counted before it is compared. In a
+/// sequence of guesses the fleet therefore compares no more than the budget; concurrent first
+/// attempts on different replicas can add at most one comparison per other replica per lockout (a
+/// replica that learns the address is locked locks it locally too).
+enum Fleet {
+    /// Not counted there: an exempt address, or a store one process owns.
+    No,
+    /// Counted before the compare.
+    Counted,
+    /// Compared first, counted if it fails.
+    Deferred,
 }
 
 /// The address is locked out; retry after this many milliseconds.
@@ -31,21 +50,61 @@ pub(crate) struct Attempt<'a> {
 pub(crate) struct RateLimited(pub u64);
 
 /// Counts one attempt from `ip`, or refuses it when `ip` is locked out (then nothing may be
-/// compared).
-pub(crate) fn begin(state: &State, ip: IpAddr) -> Result<Attempt<'_>, RateLimited> {
-    match state.limiter.attempt(ip) {
-        Ok(()) => Ok(Attempt { state, ip }),
-        Err(retry_after_ms) => {
-            state.metrics.limiter_rejections.inc();
-            Err(RateLimited(retry_after_ms))
+/// compared), here or, with a shared store, in the fleet.
+pub(crate) async fn begin(state: &State, ip: IpAddr) -> Result<Attempt<'_>, RateLimited> {
+    let refused = |retry_after_ms| {
+        state.metrics.limiter_rejections.inc();
+        RateLimited(retry_after_ms)
+    };
+    let fleet = match state.limiter.attempt(ip).map_err(refused)? {
+        Some(nth) if state.shared_store && nth > 1 => {
+            count_in_fleet(state, ip).await.map_err(refused)?;
+            Fleet::Counted
+        }
+        Some(_) if state.shared_store => Fleet::Deferred,
+        _ => Fleet::No,
+    };
+    Ok(Attempt { state, ip, fleet })
+}
+
+/// Counts an attempt in the fleet's budget. `Err(retry_after_ms)` when it is spent; this replica
+/// then locks the address as well.
+async fn count_in_fleet(state: &State, ip: IpAddr) -> Result<(), u64> {
+    let store = state.devices.clone();
+    let budget = state.limiter.budget();
+    match blocking(move || store.count_attempt(ip, &budget, now_ms())).await {
+        Ok(None) => Ok(()),
+        Ok(Some(retry_after_ms)) => {
+            state.limiter.lock(ip, retry_after_ms);
+            Err(retry_after_ms)
+        }
+        // This replica's own budget still holds.
+        Err(e) => {
+            tracing::warn!(error = %e, "cannot count a credential attempt in the fleet's budget; only this replica's applies");
+            Ok(())
         }
     }
 }
 
 impl Attempt<'_> {
     /// The credential was right: forget this address's failures.
-    pub(crate) fn succeeded(self) {
+    pub(crate) async fn succeeded(self) {
         self.state.limiter.success(self.ip);
+        if let Fleet::Counted = self.fleet {
+            let (store, ip) = (self.state.devices.clone(), self.ip);
+            if let Err(e) = blocking(move || store.forgive_attempts(ip)).await {
+                tracing::warn!(error = %e, "cannot forgive an address's attempts in the fleet's budget");
+            }
+        }
+    }
+
+    /// The credential was wrong: counted in the fleet's budget now if it was not before the
+    /// compare, so the next attempt anywhere sees it.
+    pub(crate) async fn failed(self) {
+        if let Fleet::Deferred = self.fleet {
+            // Over budget: this replica is locked now too; the answer stays a mismatch.
+            let _ = count_in_fleet(self.state, self.ip).await;
+        }
     }
 }
 
@@ -102,15 +161,20 @@ pub(crate) async fn shared_secret(
     let Some(candidate) = candidate.filter(|c| !c.is_empty()) else {
         return Err(SharedRefusal::Missing);
     };
-    let attempt = begin(state, ip).map_err(|RateLimited(ms)| SharedRefusal::RateLimited(ms))?;
+    let attempt = begin(state, ip)
+        .await
+        .map_err(|RateLimited(ms)| SharedRefusal::RateLimited(ms))?;
     let checked = compare_shared(state, candidate).await;
     record(state, checked != Check::Mismatch);
     match checked {
         Check::Ok(generation) => {
-            attempt.succeeded();
+            attempt.succeeded().await;
             Ok(Some(generation))
         }
-        Check::Mismatch => Err(SharedRefusal::Mismatch),
+        Check::Mismatch => {
+            attempt.failed().await;
+            Err(SharedRefusal::Mismatch)
+        }
     }
 }
 
@@ -177,7 +241,9 @@ pub(crate) async fn http(
         return Ok(());
     }
     let presented = presented.ok_or(HttpRefusal::Unauthorized)?;
-    let attempt = begin(state, ip).map_err(|RateLimited(ms)| HttpRefusal::RateLimited(ms))?;
+    let attempt = begin(state, ip)
+        .await
+        .map_err(|RateLimited(ms)| HttpRefusal::RateLimited(ms))?;
     let ok = match (compare_shared(state, presented).await, device) {
         (Check::Ok(_), _) => true,
         (Check::Mismatch, None) => false,
@@ -200,9 +266,10 @@ pub(crate) async fn http(
     };
     record(state, ok);
     if ok {
-        attempt.succeeded();
+        attempt.succeeded().await;
         Ok(())
     } else {
+        attempt.failed().await;
         Err(HttpRefusal::Unauthorized)
     }
 }

@@ -209,10 +209,10 @@ pub(crate) async fn run(mut ws: WebSocket, peer: SocketAddr, state: Arc<State>, 
     state.connections.fetch_add(1, Ordering::SeqCst);
     state.metrics.connections_open.inc();
     let _open = OpenGuard(state.clone());
-    let conn_id = uuid::Uuid::new_v4().to_string();
+    let (conn_id, nonce) = fresh_ids();
     let method = state.secrets.mode.as_str();
 
-    let outcome = handshake(&mut ws, peer, &state, &conn_id, &preauth).await;
+    let outcome = handshake(&mut ws, peer, &state, &conn_id, &nonce, &preauth).await;
     drop(preauth);
     // Front mode: an operator session is relayed; its upstream session opens before hello-ok,
     // which carries the upstream's features.
@@ -282,6 +282,23 @@ pub(crate) async fn run(mut ws: WebSocket, peer: SocketAddr, state: Arc<State>, 
     );
 }
 
+/// The connection's id and its challenge nonce, both UUIDs as OpenClaw's, from one read of the
+/// OS's random generator rather than one each.
+fn fresh_ids() -> (String, String) {
+    let mut bytes = [0u8; 32];
+    getrandom::fill(&mut bytes).expect("the OS random generator is available");
+    let uuid = |half: [u8; 16]| {
+        uuid::Builder::from_random_bytes(half)
+            .into_uuid()
+            .to_string()
+    };
+    let (a, b) = bytes.split_at(16);
+    (
+        uuid(a.try_into().expect("16 bytes")),
+        uuid(b.try_into().expect("16 bytes")),
+    )
+}
+
 /// Ends a refused handshake: our close frame, or the answer to the peer's.
 async fn finish(ws: &mut WebSocket, close: Option<&(u16, Cow<'static, str>)>, why: &Rejection) {
     match close {
@@ -348,10 +365,10 @@ async fn handshake(
     peer: SocketAddr,
     state: &Arc<State>,
     conn_id: &str,
+    nonce: &str,
     preauth: &Preauth,
 ) -> Result<Session, Refused> {
-    let nonce = uuid::Uuid::new_v4().to_string();
-    if !send_text(ws, proto::challenge_text(&nonce, now_ms())).await {
+    if !send_text(ws, proto::challenge_text(nonce, now_ms())).await {
         return Err((
             None,
             Rejection::Closed {
@@ -370,7 +387,7 @@ async fn handshake(
         };
         (None, why)
     })?;
-    admit(&req, peer, state, conn_id, &nonce)
+    admit(&req, peer, state, conn_id, nonce)
         .await
         .map_err(|why| (Some(req.id.clone().into_owned()), why))
 }
@@ -436,9 +453,13 @@ async fn admit(
     let params = parse_connect(req)?;
     let protocol = negotiate(&params)?;
     let has_device = params.device.is_some();
-    let auth = params.auth.clone().unwrap_or_default();
-    let explicit = auth.device_token.clone().filter(|t| !t.is_empty());
-    let candidate = explicit.clone().or(auth.token.filter(|t| !t.is_empty()));
+    let auth = params.auth.as_ref();
+    let explicit = auth
+        .and_then(|a| a.device_token.as_deref())
+        .filter(|t| !t.is_empty());
+    let candidate = explicit.or(auth
+        .and_then(|a| a.token.as_deref())
+        .filter(|t| !t.is_empty()));
     // Step 5: the shared secret. A failure with nothing else to try is final here, so wrong
     // credentials are reported as such whatever the device block holds.
     let shared = shared_secret(&params, peer.ip(), state).await;
@@ -468,7 +489,7 @@ async fn admit(
             device_token(
                 dev,
                 &params,
-                candidate,
+                candidate.to_owned(),
                 explicit.is_some(),
                 failure,
                 peer,
@@ -477,12 +498,6 @@ async fn admit(
             .await?;
             (None, true)
         }
-    };
-    // Device-less shared-secret clients keep the scopes they ask for; probes get none.
-    let scopes = if params.client.mode == "probe" && device.is_none() {
-        Vec::new()
-    } else {
-        params.scopes.clone()
     };
     // Steps 10-11: pairing and the device's token.
     let issued = match &device {
@@ -493,6 +508,12 @@ async fn admit(
     let connect_params = match (&state.upstream, req.params) {
         (Some(_), Some(raw)) if params.role == "operator" => Some(raw.to_owned()),
         _ => None,
+    };
+    // Device-less shared-secret clients keep the scopes they ask for; probes get none.
+    let scopes = if params.client.mode == "probe" && device.is_none() {
+        Vec::new()
+    } else {
+        params.scopes
     };
     Ok(Session {
         connect_params,
@@ -586,8 +607,9 @@ async fn device_token(
     peer: SocketAddr,
     state: &Arc<State>,
 ) -> Result<(), Rejection> {
-    let attempt =
-        auth::begin(state, peer.ip()).map_err(|auth::RateLimited(ms)| Rejection::Unauthorized {
+    let attempt = auth::begin(state, peer.ip())
+        .await
+        .map_err(|auth::RateLimited(ms)| Rejection::Unauthorized {
             failure: AuthFailure::RateLimited { retry_after_ms: ms },
             has_device: true,
         })?;
@@ -599,15 +621,21 @@ async fn device_token(
     };
     match auth::verify_device_token(state, claim).await {
         Ok(TokenCheck::Ok) => {
-            attempt.succeeded();
+            attempt.succeeded().await;
             Ok(())
         }
-        // Reported as a device-token mismatch only when the client said it was one.
-        Ok(TokenCheck::Rejected(_)) if explicit => Err(Rejection::DeviceTokenMismatch),
-        Ok(TokenCheck::Rejected(_)) => Err(Rejection::Unauthorized {
-            failure: shared_failure,
-            has_device: true,
-        }),
+        Ok(TokenCheck::Rejected(_)) => {
+            attempt.failed().await;
+            // Reported as a device-token mismatch only when the client said it was one.
+            Err(if explicit {
+                Rejection::DeviceTokenMismatch
+            } else {
+                Rejection::Unauthorized {
+                    failure: shared_failure,
+                    has_device: true,
+                }
+            })
+        }
         Err(e) => Err(store_failure(&e)),
     }
 }
@@ -705,7 +733,7 @@ async fn pair(
     match outcome {
         devices::PairingOutcome::Paired { issued, event } => {
             if let Some(event) = event {
-                state.announce(event);
+                state.changed(devices::StoreEvent::Pairing(event));
             }
             Ok(issued)
         }
@@ -716,7 +744,7 @@ async fn pair(
         } => {
             // Announced before the device hears back, so an operator sees the request first.
             if let Some(event) = event {
-                state.announce(event);
+                state.changed(devices::StoreEvent::Pairing(event));
             }
             tracing::info!(%peer, device_id = %dev.device_id, request_id, reason, "pairing required");
             Err(Rejection::PairingRequired { request_id, reason })

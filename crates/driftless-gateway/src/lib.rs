@@ -99,6 +99,10 @@ pub(crate) struct State {
     pub devices: Arc<dyn devices::DeviceStore>,
     /// Device sessions to close (rotate/revoke/remove).
     pub device_events: broadcast::Sender<devices::Disconnect>,
+    /// The store is shared by several replicas (PostgreSQL): it delivers every replica's events,
+    /// this one's included (a change made here is then not delivered locally as well), and counts
+    /// the fleet's credential attempts.
+    pub shared_store: bool,
     /// `gateway.devices.local_addresses`.
     pub local_addresses: Vec<IpAddr>,
     /// `[providers.*]` and the HTTP client for the OpenAI-compatible endpoints.
@@ -132,9 +136,28 @@ impl State {
     }
 
     /// Tells pairing operators about a pairing change.
-    pub(crate) fn announce(&self, event: devices::PairingEvent) {
+    fn announce(&self, event: devices::PairingEvent) {
         let (name, payload) = event.to_wire();
         self.broadcast(name, &payload);
+    }
+
+    /// Delivers an event to this process's sessions.
+    fn deliver(&self, event: devices::StoreEvent) {
+        match event {
+            // No receivers simply means the device has no open session.
+            devices::StoreEvent::Disconnect(d) => {
+                let _ = self.device_events.send(d);
+            }
+            devices::StoreEvent::Pairing(p) => self.announce(p),
+        }
+    }
+
+    /// An event of a change this process made: delivered here, unless the store delivers it (to
+    /// every replica, in the database's order).
+    pub(crate) fn changed(&self, event: devices::StoreEvent) {
+        if !self.shared_store {
+            self.deliver(event);
+        }
     }
 }
 
@@ -194,32 +217,44 @@ impl Gateway {
         let reload_debounce = millis(RELOAD_DEBOUNCE_ENV, reload::DEBOUNCE_MS);
         let metrics = Metrics::new();
         secrets.init_metrics(&metrics);
+        let openai = openai::Providers::new(cfg).map_err(GatewayError::HttpClient)?;
         let device_store = devices::open_configured(
             cfg,
             env,
             loaded.base_dir(),
             &driftless_core::paths::state_dir(env),
         )?;
-        let state = Arc::new(State {
-            limiter: Limiter::new(&cfg.gateway.auth.rate_limit),
-            secrets,
-            metrics,
-            // Room for a burst of pairing events between two polls of a busy session.
-            events: broadcast::Sender::new(16),
-            event_seq: std::sync::Mutex::new(0),
-            handshake_timeout,
-            tick_interval,
-            reload_debounce,
-            started: Instant::now(),
-            instance_id: uuid::Uuid::new_v4().to_string(),
-            connections: AtomicU64::new(0),
-            bind,
-            addresses: Default::default(),
-            devices: device_store,
-            device_events: broadcast::Sender::new(16),
-            local_addresses: cfg.gateway.devices.local_addresses.clone(),
-            openai: openai::Providers::new(cfg).map_err(GatewayError::HttpClient)?,
-            upstream: cfg.upstream.as_ref().map(relay::Upstream::new),
+        let state = Arc::new_cyclic(|weak: &std::sync::Weak<State>| {
+            let weak = weak.clone();
+            // Before `State` exists (this closure) nothing is connected, so an event the store
+            // delivers then has nobody to reach.
+            let shared_store = device_store.deliver_events(Box::new(move |event| {
+                if let Some(state) = weak.upgrade() {
+                    state.deliver(event);
+                }
+            }));
+            State {
+                limiter: Limiter::new(&cfg.gateway.auth.rate_limit),
+                secrets,
+                metrics,
+                // Room for a burst of pairing events between two polls of a busy session.
+                events: broadcast::Sender::new(16),
+                event_seq: std::sync::Mutex::new(0),
+                handshake_timeout,
+                tick_interval,
+                reload_debounce,
+                started: Instant::now(),
+                instance_id: uuid::Uuid::new_v4().to_string(),
+                connections: AtomicU64::new(0),
+                bind,
+                addresses: Default::default(),
+                devices: device_store,
+                device_events: broadcast::Sender::new(16),
+                shared_store,
+                local_addresses: cfg.gateway.devices.local_addresses.clone(),
+                openai,
+                upstream: cfg.upstream.as_ref().map(relay::Upstream::new),
+            }
         });
         let background = reload::spawn(state.clone());
         Ok(Gateway {

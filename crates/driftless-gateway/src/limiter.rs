@@ -1,7 +1,8 @@
 //! Per-address brute-force limiter for shared-secret checks.
 //!
 //! An attempt is counted *before* the secret is compared (and forgiven on success), so parallel
-//! guesses from one address can never get more real checks than `max_attempts` per window.
+//! guesses from one address can never get more real checks than `max_attempts` per window. With a
+//! store several replicas share, `auth.rs` also counts attempts in the fleet's budget ([`Budget`]).
 
 use std::collections::HashMap;
 use std::net::IpAddr;
@@ -12,6 +13,14 @@ use driftless_core::config::RateLimitConfig;
 
 /// Addresses tracked before stale entries are pruned (bounds memory under a spray of sources).
 const PRUNE_AT: usize = 4096;
+
+/// The budget per address: `max_attempts` per window, then locked out.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Budget {
+    pub max_attempts: u32,
+    pub window_ms: u64,
+    pub lockout_ms: u64,
+}
 
 pub struct Limiter {
     enabled: bool,
@@ -43,16 +52,25 @@ impl Limiter {
         }
     }
 
+    pub fn budget(&self) -> Budget {
+        Budget {
+            max_attempts: self.max_attempts,
+            window_ms: self.window.as_millis() as u64,
+            lockout_ms: self.lockout.as_millis() as u64,
+        }
+    }
+
     fn is_exempt(&self, ip: IpAddr) -> bool {
         let ip = ip.to_canonical();
         !self.enabled || (self.exempt_loopback && ip.is_loopback()) || self.exempt.contains(&ip)
     }
 
-    /// Counts one attempt from `ip`. `Err(retry_after_ms)` when `ip` is locked out: then the
+    /// Counts one attempt from `ip`: `Ok(Some(n))` for the address's n-th in its window,
+    /// `Ok(None)` when it is exempt. `Err(retry_after_ms)` when `ip` is locked out: then the
     /// caller must not compare the secret at all.
-    pub fn attempt(&self, ip: IpAddr) -> Result<(), u64> {
+    pub fn attempt(&self, ip: IpAddr) -> Result<Option<u32>, u64> {
         if self.is_exempt(ip) {
-            return Ok(());
+            return Ok(None);
         }
         let now = Instant::now();
         let mut map = self.entries.lock().unwrap_or_else(|e| e.into_inner());
@@ -88,7 +106,23 @@ impl Limiter {
             // unless it succeeds (success clears the entry).
             e.locked_until = Some(now + self.lockout);
         }
-        Ok(())
+        Ok(Some(e.attempts))
+    }
+
+    /// Locks `ip` out for `retry_after_ms` (the fleet's budget for it is spent).
+    pub fn lock(&self, ip: IpAddr, retry_after_ms: u64) {
+        if self.is_exempt(ip) {
+            return;
+        }
+        let now = Instant::now();
+        let mut map = self.entries.lock().unwrap_or_else(|e| e.into_inner());
+        let e = map.entry(ip.to_canonical()).or_insert(Entry {
+            window_start: now,
+            attempts: 0,
+            locked_until: None,
+        });
+        e.attempts = e.attempts.max(self.max_attempts);
+        e.locked_until = Some(now + Duration::from_millis(retry_after_ms));
     }
 
     /// A successful check forgives the address's attempts.

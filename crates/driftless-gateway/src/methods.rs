@@ -1,7 +1,8 @@
 //! `hello-ok` and the RPC methods of this layer. No response carries a secret value.
 
-use std::sync::Arc;
+use std::borrow::Cow;
 use std::sync::atomic::Ordering;
+use std::sync::{Arc, LazyLock};
 
 use driftless_protocol::payloads::{
     Features, Grace, HELLO_OK, Health, HelloAuth, HelloOk, HelloSnapshot, Policy, PresenceEntry,
@@ -19,6 +20,19 @@ use crate::devices;
 use crate::secrets::now_ms;
 
 const VERSION: &str = env!("CARGO_PKG_VERSION");
+const PRESENCE_TEXT: &str = concat!(
+    "Gateway: driftless ",
+    env!("CARGO_PKG_VERSION"),
+    " · mode gateway · reason self"
+);
+
+/// `hello-ok.features`' two lists, built once: every session borrows them.
+static FEATURES: LazyLock<[Vec<Cow<'static, str>>; 2]> = LazyLock::new(|| {
+    [
+        METHODS.iter().map(|(m, _)| Cow::Borrowed(*m)).collect(),
+        EVENTS.iter().map(|(e, _)| Cow::Borrowed(*e)).collect(),
+    ]
+});
 
 /// Whether `session` may receive an event that needs `scope`: guarded events go only to operators
 /// holding the scope (or one covering it), never to another role.
@@ -40,16 +54,17 @@ fn health(state: &State) -> Health {
     }
 }
 
-fn presence(state: &State) -> Vec<PresenceEntry> {
+/// The gateway's own presence entry, borrowing what the state holds.
+fn presence(state: &State) -> Vec<PresenceEntry<'_>> {
     vec![PresenceEntry {
         host: "gateway".into(),
-        ip: state.bind.clone(),
+        ip: state.bind.as_str().into(),
         version: VERSION.into(),
         platform: std::env::consts::OS.into(),
         mode: "gateway".into(),
         reason: "self".into(),
-        instance_id: state.instance_id.clone(),
-        text: format!("Gateway: driftless {VERSION} · mode gateway · reason self"),
+        instance_id: state.instance_id.as_str().into(),
+        text: PRESENCE_TEXT.into(),
         ts: now_ms(),
     }]
 }
@@ -86,7 +101,7 @@ fn status(state: &State) -> Status {
 
 /// `hello-ok.auth`: how the client authenticated, and its device token when one goes back (a
 /// newly issued one, or its current one).
-pub(crate) fn hello_auth(state: &State, session: &Session) -> HelloAuth {
+pub(crate) fn hello_auth<'a>(state: &State, session: &'a Session) -> HelloAuth<'a> {
     let method = if session.device_token_auth {
         "device-token"
     } else {
@@ -95,8 +110,8 @@ pub(crate) fn hello_auth(state: &State, session: &Session) -> HelloAuth {
     // The scopes as granted, in the order asked for (OpenClaw 2026.9), also beside a token.
     HelloAuth {
         method: Some(method.into()),
-        role: session.role.clone(),
-        scopes: session.scopes.clone(),
+        role: session.role.as_str().into(),
+        scopes: session.scopes.as_slice().into(),
         device_token: session
             .issued
             .as_ref()
@@ -112,11 +127,11 @@ pub(crate) fn hello_ok_text(state: &State, session: &Session) -> String {
         protocol: session.protocol,
         server: ServerInfo {
             version: VERSION.into(),
-            conn_id: session.conn_id.clone(),
+            conn_id: session.conn_id.as_str().into(),
         },
         features: Features {
-            methods: METHODS.iter().map(|(m, _)| (*m).into()).collect(),
-            events: EVENTS.iter().map(|(e, _)| (*e).into()).collect(),
+            methods: FEATURES[0].as_slice().into(),
+            events: FEATURES[1].as_slice().into(),
         },
         snapshot: HelloSnapshot {
             presence: presence(state),
@@ -262,11 +277,10 @@ pub(crate) async fn dispatch(
             match result {
                 Ok(Ok((payload, disconnects, event))) => {
                     for d in disconnects {
-                        // No receivers simply means the device has no open session.
-                        let _ = state.device_events.send(d);
+                        state.changed(devices::StoreEvent::Disconnect(d));
                     }
                     if let Some(event) = event {
-                        state.announce(event);
+                        state.changed(devices::StoreEvent::Pairing(event));
                     }
                     Reply::ok(id, &payload)
                 }

@@ -11,21 +11,23 @@ pub use driftless_core::redact::Redacted;
 use serde::{Deserialize, Serialize};
 use serde_json::{Map, Value};
 
-/// `hello-ok`, the payload answering `connect`.
+/// `hello-ok`, the payload answering `connect`. Its strings and lists are `Cow`s so the gateway
+/// writes one per session from what it already holds, without copying (a client reads an owned
+/// `HelloOk<'static>`).
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(rename_all = "camelCase")]
-pub struct HelloOk {
+pub struct HelloOk<'a> {
     /// Always `hello-ok`.
     #[serde(rename = "type")]
     pub kind: Cow<'static, str>,
     pub protocol: u32,
-    pub server: ServerInfo,
+    pub server: ServerInfo<'a>,
     #[serde(default)]
-    pub features: Features,
+    pub features: Features<'a>,
     #[serde(default)]
-    pub snapshot: HelloSnapshot,
+    pub snapshot: HelloSnapshot<'a>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub auth: Option<HelloAuth>,
+    pub auth: Option<HelloAuth<'a>>,
     #[serde(default)]
     pub policy: Policy,
 }
@@ -35,27 +37,27 @@ pub const HELLO_OK: &str = "hello-ok";
 
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
 #[serde(rename_all = "camelCase")]
-pub struct ServerInfo {
+pub struct ServerInfo<'a> {
     #[serde(default)]
-    pub version: String,
+    pub version: Cow<'a, str>,
     #[serde(default)]
-    pub conn_id: String,
+    pub conn_id: Cow<'a, str>,
 }
 
 /// `hello-ok.features`: the method and event names served.
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
-pub struct Features {
+pub struct Features<'a> {
     #[serde(default)]
-    pub methods: Vec<Cow<'static, str>>,
+    pub methods: Cow<'a, [Cow<'a, str>]>,
     #[serde(default)]
-    pub events: Vec<Cow<'static, str>>,
+    pub events: Cow<'a, [Cow<'a, str>]>,
 }
 
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
 #[serde(rename_all = "camelCase")]
-pub struct HelloSnapshot {
+pub struct HelloSnapshot<'a> {
     #[serde(default)]
-    pub presence: Vec<PresenceEntry>,
+    pub presence: Vec<PresenceEntry<'a>>,
     #[serde(default)]
     pub health: Health,
     #[serde(default)]
@@ -79,14 +81,14 @@ pub struct StateVersion {
 /// `hello-ok.auth`: how the client authenticated, and its device token when one goes back.
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
 #[serde(rename_all = "camelCase")]
-pub struct HelloAuth {
+pub struct HelloAuth<'a> {
     /// `token`, `password`, `none` or `device-token` (OpenClaw 2026.9 sends it; older ones not).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub method: Option<Cow<'static, str>>,
     #[serde(default)]
-    pub role: String,
+    pub role: Cow<'a, str>,
     #[serde(default)]
-    pub scopes: Vec<String>,
+    pub scopes: Cow<'a, [String]>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub device_token: Option<Redacted<String>>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -132,23 +134,23 @@ pub struct Health {
 /// One `system-presence` entry (and `hello-ok.snapshot.presence`).
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
 #[serde(rename_all = "camelCase")]
-pub struct PresenceEntry {
+pub struct PresenceEntry<'a> {
     #[serde(default)]
-    pub host: String,
+    pub host: Cow<'a, str>,
     #[serde(default)]
-    pub ip: String,
+    pub ip: Cow<'a, str>,
     #[serde(default)]
-    pub version: String,
+    pub version: Cow<'a, str>,
     #[serde(default)]
-    pub platform: String,
+    pub platform: Cow<'a, str>,
     #[serde(default)]
-    pub mode: String,
+    pub mode: Cow<'a, str>,
     #[serde(default)]
-    pub reason: String,
+    pub reason: Cow<'a, str>,
     #[serde(default)]
-    pub instance_id: String,
+    pub instance_id: Cow<'a, str>,
     #[serde(default)]
-    pub text: String,
+    pub text: Cow<'a, str>,
     #[serde(default)]
     pub ts: u64,
 }

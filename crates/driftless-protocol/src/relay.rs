@@ -72,7 +72,7 @@ pub fn parse_upstream_hello(text: &str) -> Option<IncomingResponse<'_>> {
 /// replaced by driftless's own.
 pub fn relayed_hello_payload(
     upstream: &RawValue,
-    auth: &HelloAuth,
+    auth: &HelloAuth<'_>,
 ) -> Result<Box<RawValue>, String> {
     let mut payload: Map<String, Value> =
         serde_json::from_str(upstream.get()).map_err(|e| crate::without_values(&e.to_string()))?;
@@ -120,7 +120,7 @@ mod tests {
         let auth = HelloAuth {
             method: Some("token".into()),
             role: "operator".into(),
-            scopes: vec!["operator.read".into()],
+            scopes: vec!["operator.read".to_owned()].into(),
             device_token: None,
             issued_at_ms: None,
         };

@@ -101,7 +101,7 @@ pub fn run(ctx: &Ctx, cmd: Command) -> CmdResult {
                     .map(|ms| format!(", uptime {}", output::span(ms / 1000)))
                     .unwrap_or_default();
                 let server = hello
-                    .map(|h| h.server.version.as_str())
+                    .map(|h| &*h.server.version)
                     .filter(|v| !v.is_empty())
                     .map(|v| format!(" (version {v}{uptime})"))
                     .unwrap_or_else(|| {
@@ -148,7 +148,7 @@ fn print_status(hello: Option<&HelloOk>, p: &Status) {
         .version
         .as_deref()
         .or(p.runtime_version.as_deref())
-        .or(hello.map(|h| h.server.version.as_str()))
+        .or(hello.map(|h| &*h.server.version))
         .filter(|v| !v.is_empty());
     if let Some(v) = version {
         say!("version      {v}");
@@ -262,7 +262,7 @@ fn call_with_hello(
     ctx: &Ctx,
     a: &ClientArgs,
     method: &str,
-) -> anyhow::Result<(Option<HelloOk>, Value)> {
+) -> anyhow::Result<(Option<HelloOk<'static>>, Value)> {
     with_connection(ctx, a, async |s| {
         let payload = s.conn.request(method, None).await?;
         Ok((s.conn.hello_ok(), payload))

@@ -53,6 +53,39 @@ pub struct Disconnect {
     pub reason: &'static str,
 }
 
+impl Disconnect {
+    /// Every reason a device's sessions are closed for (a shared store reads them back by name).
+    pub const REASONS: [&'static str; 3] = [
+        "device removed",
+        "device token rotated",
+        "device token revoked",
+    ];
+
+    pub fn removed(device_id: &str) -> Disconnect {
+        Disconnect {
+            device_id: device_id.to_owned(),
+            role: None,
+            reason: Disconnect::REASONS[0],
+        }
+    }
+
+    pub fn rotated(device_id: &str, role: &str) -> Disconnect {
+        Disconnect {
+            device_id: device_id.to_owned(),
+            role: Some(role.to_owned()),
+            reason: Disconnect::REASONS[1],
+        }
+    }
+
+    pub fn revoked(device_id: &str, role: &str) -> Disconnect {
+        Disconnect {
+            device_id: device_id.to_owned(),
+            role: Some(role.to_owned()),
+            reason: Disconnect::REASONS[2],
+        }
+    }
+}
+
 /// A method failure: `INVALID_REQUEST` unless `code` says otherwise.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 #[error("{message}")]
@@ -210,11 +243,7 @@ pub fn handle(
                     device_id: device_id.to_owned(),
                     removed: true,
                 }),
-                vec![Disconnect {
-                    device_id: device_id.to_owned(),
-                    role: None,
-                    reason: "device removed",
-                }],
+                vec![Disconnect::removed(device_id)],
                 None,
             ))
         }
@@ -264,11 +293,7 @@ pub fn handle(
             };
             Ok((
                 DeviceResult::Rotated(out),
-                vec![Disconnect {
-                    device_id: device_id.to_owned(),
-                    role: Some(role.to_owned()),
-                    reason: "device token rotated",
-                }],
+                vec![Disconnect::rotated(device_id, role)],
                 None,
             ))
         }
@@ -288,11 +313,7 @@ pub fn handle(
                     role: role.to_owned(),
                     revoked_at_ms: at,
                 }),
-                vec![Disconnect {
-                    device_id: device_id.to_owned(),
-                    role: Some(role.to_owned()),
-                    reason: "device token revoked",
-                }],
+                vec![Disconnect::revoked(device_id, role)],
                 None,
             ))
         }

@@ -32,7 +32,11 @@ pub use postgres::{MIGRATIONS, PasswordSource, PostgresOptions, PostgresStore};
 pub use sqlite::{AUDIT_KEEP_ROWS, AUDIT_TRIM_EVERY, LAST_USED_COALESCE_MS, SqliteStore};
 pub use token_key::{KeyError, TOKEN_KEY_FILE, TokenKey};
 
+use std::net::IpAddr;
+
 use driftless_core::SecretValue;
+
+use crate::limiter::Budget;
 
 /// Whether a client at `peer` counts as this machine for silent pairing: one of
 /// `local_addresses` when configured, else any loopback address.
@@ -113,6 +117,17 @@ impl PairingEvent {
         }
     }
 }
+
+/// A change that sessions must hear about: close a device's sessions (4001), or tell pairing
+/// operators.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum StoreEvent {
+    Disconnect(Disconnect),
+    Pairing(PairingEvent),
+}
+
+/// Where a store that several processes share delivers the events they commit.
+pub type EventSink = Box<dyn Fn(StoreEvent) + Send + Sync>;
 
 /// A device token on its way to its device: newly minted, or its current one recomputed. The value
 /// exists only here and at the client; the store keeps its hash and nonce.
@@ -280,6 +295,25 @@ pub trait DeviceStore: Send + Sync {
     fn touch(&self, device: &PairedDevice) -> Result<(), StoreError>;
     fn append_audit(&self, event: NewAuditEvent, now_ms: u64) -> Result<(), StoreError>;
     fn audit(&self) -> Result<Vec<AuditEvent>, StoreError>;
+    /// For a store several processes share: records every [`StoreEvent`] in the transaction of
+    /// its state change and, from now on, delivers those committed by any process (this one's
+    /// included) to `sink`, in commit order; returns true, and the caller then delivers none
+    /// itself (one path, one order on every replica). A store one process owns returns false:
+    /// the caller delivers its events locally, as they happen.
+    fn deliver_events(&self, sink: EventSink) -> bool;
+    /// For a store several processes share: counts one credential attempt from `address` in the
+    /// fleet's `budget` (one statement, atomic across replicas) and returns the milliseconds until
+    /// it may try again when this attempt is over the budget. A store one process owns counts
+    /// nothing and returns `None`: the local limiter is the whole budget.
+    fn count_attempt(
+        &self,
+        address: IpAddr,
+        budget: &Budget,
+        now_ms: u64,
+    ) -> Result<Option<u64>, StoreError>;
+    /// Forgets the attempts [`DeviceStore::count_attempt`] counted for `address` (it presented a
+    /// right credential).
+    fn forgive_attempts(&self, address: IpAddr) -> Result<(), StoreError>;
 }
 
 #[cfg(test)]

@@ -23,6 +23,7 @@
 //! wait on the database, and the store works the same from a test without a runtime.
 
 use std::future::Future;
+use std::net::IpAddr;
 use std::time::Duration;
 
 use driftless_core::SecretValue;
@@ -34,10 +35,11 @@ use super::LAST_USED_COALESCE_MS;
 use super::rules::{self, RequestPlan, TokenRow, json, unjson};
 use super::token_key::TokenKey;
 use super::{
-    AUDIT_KEEP_ROWS, AUDIT_TRIM_EVERY, AuditEvent, DeviceMetadata, DeviceStore, IssuedToken,
-    NewAuditEvent, PENDING_TTL_MS, PairedDevice, PendingRequest, StoreError, TokenCheck,
-    TokenSummary,
+    AUDIT_KEEP_ROWS, AUDIT_TRIM_EVERY, AuditEvent, DeviceMetadata, DeviceStore, Disconnect,
+    EventSink, IssuedToken, NewAuditEvent, PENDING_TTL_MS, PairedDevice, PairingEvent,
+    PendingRequest, StoreError, StoreEvent, TokenCheck, TokenSummary,
 };
+use crate::limiter::Budget;
 
 /// The schema, one migration per version (index + 1). Append only: an applied migration never
 /// changes.
@@ -75,10 +77,57 @@ pub const MIGRATIONS: &[&str] = &[
        FOR EACH ROW EXECUTE FUNCTION driftless_audit_guard();
      CREATE TRIGGER audit_no_truncate BEFORE TRUNCATE ON audit
        FOR EACH STATEMENT EXECUTE FUNCTION driftless_audit_guard();",
+    // 2: the events every replica delivers to its sessions (`StoreEvent`), in id order.
+    "CREATE TABLE events (
+       id BIGINT GENERATED ALWAYS AS IDENTITY PRIMARY KEY, at_ms BIGINT NOT NULL,
+       body TEXT NOT NULL);",
+    // 3: the fleet's credential attempts per address (`count_attempt`).
+    "CREATE TABLE attempts (
+       address TEXT PRIMARY KEY, window_start_ms BIGINT NOT NULL, count INTEGER NOT NULL,
+       locked_until_ms BIGINT);",
 ];
 
 /// The advisory lock key migrations run under ("dftless" in ASCII).
 const MIGRATION_LOCK: i64 = 0x0064_6674_6c65_7373;
+
+/// The advisory lock an event's id is taken under, held until its transaction ends.
+const EVENTS_LOCK: i64 = MIGRATION_LOCK + 1;
+
+/// The channel a committed event is announced on (the payload is empty: the table is the truth).
+const EVENTS_CHANNEL: &str = "driftless_events";
+
+/// Events kept: a replica that was cut off from the server catches up on this many (at least
+/// [`EVENTS_KEEP_ROWS`] - [`EVENTS_TRIM_EVERY`]).
+pub const EVENTS_KEEP_ROWS: i64 = 10_000;
+/// The events table is trimmed when an id is a multiple of this.
+const EVENTS_TRIM_EVERY: i64 = 1_000;
+
+/// How often the listener reads the table without being woken (a lost notification, or a
+/// connection that died silently, costs at most this).
+const EVENTS_BACKSTOP: Duration = Duration::from_secs(1);
+
+/// Counts one attempt in one statement (the row lock orders replicas): a new window when the last
+/// one ended or its lockout passed, locked for `$4` once the count reaches `$2`. Parameters:
+/// address, max attempts, window ms, lockout ms, now ms.
+const COUNT_ATTEMPT: &str = "
+  INSERT INTO attempts AS a (address, window_start_ms, count, locked_until_ms)
+  VALUES ($1::TEXT, $5::BIGINT, 1, CASE WHEN $2::INTEGER <= 1 THEN $5::BIGINT + $4::BIGINT END)
+  ON CONFLICT (address) DO UPDATE SET
+    window_start_ms = CASE WHEN (a.locked_until_ms IS NOT NULL AND a.locked_until_ms <= $5)
+        OR (a.locked_until_ms IS NULL AND $5 - a.window_start_ms >= $3::BIGINT)
+      THEN $5 ELSE a.window_start_ms END,
+    count = CASE WHEN (a.locked_until_ms IS NOT NULL AND a.locked_until_ms <= $5)
+        OR (a.locked_until_ms IS NULL AND $5 - a.window_start_ms >= $3)
+      THEN 1 ELSE a.count + 1 END,
+    locked_until_ms = CASE WHEN (a.locked_until_ms IS NOT NULL AND a.locked_until_ms <= $5)
+        OR (a.locked_until_ms IS NULL AND $5 - a.window_start_ms >= $3)
+      THEN excluded.locked_until_ms
+      WHEN a.locked_until_ms IS NOT NULL THEN a.locked_until_ms
+      WHEN a.count + 1 >= $2 THEN $5 + $4 END
+  RETURNING count, locked_until_ms";
+
+/// Every this many counted attempts, a replica deletes the rows whose window and lockout ended.
+const ATTEMPTS_TRIM_EVERY: u64 = 256;
 
 /// How often a transaction that lost a serialization conflict is tried again.
 const MAX_ATTEMPTS: u32 = 20;
@@ -106,6 +155,10 @@ pub struct PostgresStore {
     what: String,
     pool: deadpool::managed::Pool<Manager>,
     key: TokenKey,
+    /// The last event committed before this store opened: its listener delivers the later ones.
+    events_from: i64,
+    /// Attempts this replica counted, for trimming `attempts`.
+    attempts_counted: std::sync::atomic::AtomicU64,
     /// Runs the driver's connection tasks; `None` only while dropping.
     rt: Option<tokio::runtime::Runtime>,
 }
@@ -136,6 +189,25 @@ struct Manager {
     handle: tokio::runtime::Handle,
 }
 
+impl Manager {
+    /// A new connection with the password read now; the caller drives it.
+    async fn connect(
+        &self,
+    ) -> Result<
+        (
+            tokio_postgres::Client,
+            tokio_postgres::Connection<tokio_postgres::Socket, tokio_postgres::tls::NoTlsStream>,
+        ),
+        ConnectError,
+    > {
+        let mut config = self.config.clone();
+        if let Some(pw) = (self.password)().map_err(ConnectError::Password)? {
+            config.password(pw.expose());
+        }
+        config.connect(NoTls).await.map_err(ConnectError::Db)
+    }
+}
+
 #[derive(Debug)]
 enum ConnectError {
     Password(String),
@@ -147,12 +219,7 @@ impl deadpool::managed::Manager for Manager {
     type Error = ConnectError;
 
     async fn create(&self) -> Result<tokio_postgres::Client, ConnectError> {
-        let mut config = self.config.clone();
-        if let Some(pw) = (self.password)().map_err(ConnectError::Password)? {
-            config.password(pw.expose());
-        }
-        let (client, connection) = config.connect(NoTls).await.map_err(ConnectError::Db)?;
-        drop(config);
+        let (client, connection) = self.connect().await?;
         self.handle.spawn(async move {
             // Ends when the client is dropped or the server goes away; the pool then sees the
             // client closed and replaces it.
@@ -255,15 +322,17 @@ impl PostgresStore {
             .create_timeout(Some(CONNECT_TIMEOUT))
             .build()
             .map_err(|e| StoreError::Task(format!("cannot build the connection pool: {e}")))?;
-        let store = PostgresStore {
+        let mut store = PostgresStore {
             what,
             pool,
             key: options.token_key,
+            events_from: 0,
+            attempts_counted: Default::default(),
             rt: Some(rt),
         };
         // On a thread of its own: `open` may be called on an async worker (the gateway's start),
         // where blocking on a runtime is refused.
-        std::thread::scope(|s| {
+        store.events_from = std::thread::scope(|s| {
             s.spawn(|| store.migrate())
                 .join()
                 .unwrap_or_else(|_| Err(StoreError::Task("the migration panicked".into())))
@@ -306,7 +375,8 @@ impl PostgresStore {
     }
 
     /// Applies every migration not yet recorded, under an advisory lock held until commit.
-    fn migrate(&self) -> Result<(), StoreError> {
+    /// Returns the id of the last event committed.
+    fn migrate(&self) -> Result<i64, StoreError> {
         self.block_on(async {
             let mut client = self.client().await?;
             let run = async {
@@ -335,10 +405,14 @@ impl PostgresStore {
                     )
                     .await?;
                 }
+                let last_event: i64 = tx
+                    .query_one("SELECT coalesce(max(id), 0)::BIGINT FROM events", &[])
+                    .await?
+                    .get(0);
                 tx.commit().await?;
-                Ok::<_, tokio_postgres::Error>(applied)
+                Ok::<_, tokio_postgres::Error>((applied, last_event))
             };
-            let applied = run.await.map_err(|e| self.err(&e))?;
+            let (applied, last_event) = run.await.map_err(|e| self.err(&e))?;
             if applied as usize > MIGRATIONS.len() {
                 return Err(StoreError::Postgres {
                     what: self.what.clone(),
@@ -349,7 +423,7 @@ impl PostgresStore {
                     ),
                 });
             }
-            Ok(())
+            Ok(last_event)
         })
     }
 
@@ -507,6 +581,242 @@ async fn audit_in(
         .await?;
     }
     Ok(())
+}
+
+/// An event row's body (JSON in `events.body`).
+#[derive(serde::Serialize, serde::Deserialize)]
+#[serde(tag = "kind", rename_all = "camelCase")]
+enum EventBody {
+    #[serde(rename_all = "camelCase")]
+    Disconnect {
+        device_id: String,
+        role: Option<String>,
+        reason: String,
+    },
+    Requested(Box<PendingRequest>),
+    #[serde(rename_all = "camelCase")]
+    Resolved {
+        request_id: String,
+        device_id: String,
+        approved: bool,
+        ts: u64,
+    },
+}
+
+impl EventBody {
+    fn new(e: &StoreEvent) -> EventBody {
+        match e {
+            StoreEvent::Disconnect(d) => EventBody::Disconnect {
+                device_id: d.device_id.clone(),
+                role: d.role.clone(),
+                reason: d.reason.to_owned(),
+            },
+            StoreEvent::Pairing(PairingEvent::Requested(r)) => EventBody::Requested(r.clone()),
+            StoreEvent::Pairing(PairingEvent::Resolved {
+                request_id,
+                device_id,
+                approved,
+                ts,
+            }) => EventBody::Resolved {
+                request_id: request_id.clone(),
+                device_id: device_id.clone(),
+                approved: *approved,
+                ts: *ts,
+            },
+        }
+    }
+
+    /// `None` for a reason this gateway does not know (written by a newer one).
+    fn into_event(self) -> Option<StoreEvent> {
+        Some(match self {
+            EventBody::Disconnect {
+                device_id,
+                role,
+                reason,
+            } => StoreEvent::Disconnect(Disconnect {
+                device_id,
+                role,
+                reason: Disconnect::REASONS.into_iter().find(|r| *r == reason)?,
+            }),
+            EventBody::Requested(r) => StoreEvent::Pairing(PairingEvent::Requested(r)),
+            EventBody::Resolved {
+                request_id,
+                device_id,
+                approved,
+                ts,
+            } => StoreEvent::Pairing(PairingEvent::Resolved {
+                request_id,
+                device_id,
+                approved,
+                ts,
+            }),
+        })
+    }
+}
+
+/// Records `event` in the caller's transaction and wakes every replica's listener at commit. Call
+/// it last in a transaction: the lock it takes is held until the end.
+async fn emit(
+    tx: &Transaction<'_>,
+    event: StoreEvent,
+    now_ms: u64,
+) -> Result<(), tokio_postgres::Error> {
+    // Ids are taken under this lock, held until commit, so events commit in id order: a reader
+    // that has seen id n never later finds a row below n (without it, a transaction holding n
+    // could commit after n + 1 was read, and n would be skipped).
+    tx.execute("SELECT pg_advisory_xact_lock($1)", &[&EVENTS_LOCK])
+        .await?;
+    let body = serde_json::to_string(&EventBody::new(&event)).expect("plain data serializes");
+    let id: i64 = tx
+        .query_one(
+            "INSERT INTO events (at_ms, body) VALUES ($1, $2) RETURNING id",
+            &[&ms(now_ms), &body],
+        )
+        .await?
+        .get(0);
+    if id % EVENTS_TRIM_EVERY == 0 {
+        tx.execute(
+            "DELETE FROM events WHERE id <= $1",
+            &[&(id - EVENTS_KEEP_ROWS)],
+        )
+        .await?;
+    }
+    // Delivered at commit, and not at all on a rollback.
+    tx.execute("SELECT pg_notify($1, '')", &[&EVENTS_CHANNEL])
+        .await?;
+    Ok(())
+}
+
+/// Why the listener's connection ended.
+enum ListenError {
+    Connect(ConnectError),
+    Db(tokio_postgres::Error),
+    Closed,
+}
+
+impl From<tokio_postgres::Error> for ListenError {
+    fn from(e: tokio_postgres::Error) -> ListenError {
+        ListenError::Db(e)
+    }
+}
+
+/// The listener: one connection of its own, LISTENing; on every notification, every
+/// [`EVENTS_BACKSTOP`] and after every reconnect it reads the events after the last it delivered.
+/// It starts after `last`, the end of the table when the store opened (the sessions it serves are
+/// all newer), and reconnects with a growing pause when the connection is lost, then catches up.
+async fn listen(
+    pool: deadpool::managed::Pool<Manager>,
+    what: String,
+    mut last: i64,
+    sink: EventSink,
+) {
+    let mut pause = Duration::from_millis(100);
+    loop {
+        let why = listen_once(&pool, &mut last, &sink, &mut pause).await;
+        let detail = match why {
+            ListenError::Connect(ConnectError::Db(e)) | ListenError::Db(e) => describe(&e),
+            ListenError::Connect(ConnectError::Password(e)) => {
+                format!("cannot read gateway.devices.postgres.password: {e}")
+            }
+            ListenError::Closed => "the connection closed".into(),
+        };
+        tracing::warn!(
+            database = %what,
+            error = %detail,
+            "the device event listener lost its connection; reconnecting, then catching up"
+        );
+        tokio::time::sleep(pause).await;
+        pause = (pause * 2).min(Duration::from_secs(5));
+    }
+}
+
+async fn listen_once(
+    pool: &deadpool::managed::Pool<Manager>,
+    last: &mut i64,
+    sink: &EventSink,
+    pause: &mut Duration,
+) -> ListenError {
+    use futures_util::StreamExt;
+    let (client, mut connection) = match pool.manager().connect().await {
+        Ok(c) => c,
+        Err(e) => return ListenError::Connect(e),
+    };
+    let (wake_tx, mut wake) = tokio::sync::mpsc::channel::<()>(1);
+    // Drives the connection and turns notifications into wake-ups; ends with the connection,
+    // which closes `wake`.
+    let driver = tokio::spawn(async move {
+        let mut messages = futures_util::stream::poll_fn(move |cx| connection.poll_message(cx));
+        while let Some(Ok(m)) = messages.next().await {
+            if let tokio_postgres::AsyncMessage::Notification(_) = m {
+                // Full: a wake-up is already pending, which reads this one's rows too.
+                let _ = wake_tx.try_send(());
+            }
+        }
+    });
+    let _abort = AbortOnDrop(driver);
+    match deliver(&client, &mut wake, last, sink, pause).await {
+        Err(e) => e,
+        Ok(never) => match never {},
+    }
+}
+
+/// Delivers events on `client` until its connection fails.
+async fn deliver(
+    client: &tokio_postgres::Client,
+    wake: &mut tokio::sync::mpsc::Receiver<()>,
+    last: &mut i64,
+    sink: &EventSink,
+    pause: &mut Duration,
+) -> Result<std::convert::Infallible, ListenError> {
+    // LISTEN first: an event committed from here on either wakes us or is read below.
+    client
+        .batch_execute(&format!("LISTEN {EVENTS_CHANNEL}"))
+        .await?;
+    *pause = Duration::from_millis(100);
+    loop {
+        catch_up(client, last, sink).await?;
+        tokio::select! {
+            woken = wake.recv() => if woken.is_none() {
+                return Err(ListenError::Closed);
+            },
+            _ = tokio::time::sleep(EVENTS_BACKSTOP) => {}
+        }
+    }
+}
+
+/// Delivers the events after `last`, in id order.
+async fn catch_up(
+    client: &tokio_postgres::Client,
+    last: &mut i64,
+    sink: &EventSink,
+) -> Result<(), ListenError> {
+    let rows = client
+        .query(
+            "SELECT id, body FROM events WHERE id > $1 ORDER BY id",
+            &[&*last],
+        )
+        .await?;
+    for row in rows {
+        let (id, body): (i64, String) = (row.get(0), row.get(1));
+        *last = id;
+        match serde_json::from_str::<EventBody>(&body)
+            .ok()
+            .and_then(EventBody::into_event)
+        {
+            Some(event) => sink(event),
+            None => tracing::warn!(id, "skipped a device event this gateway does not know"),
+        }
+    }
+    Ok(())
+}
+
+/// Aborts a task when dropped (the listener's connection driver, when the listener restarts).
+struct AbortOnDrop(tokio::task::JoinHandle<()>);
+
+impl Drop for AbortOnDrop {
+    fn drop(&mut self) {
+        self.0.abort();
+    }
 }
 
 const PAIRED_COLS: &str = "device_id, public_key, display_name, platform, device_family,
@@ -756,6 +1066,7 @@ impl DeviceStore for PostgresStore {
                     out
                 }
             };
+            let announce = out.request_id == req.request_id && !out.silent;
             tx.execute(
                 "INSERT INTO pending (request_id, device_id, public_key, display_name, platform,
                    device_family, client_id, client_mode, role, scopes, remote_ip, silent,
@@ -788,6 +1099,11 @@ impl DeviceStore for PostgresStore {
                 ],
             )
             .await?;
+            // As the caller announces it locally: a new request that needs a person.
+            if announce {
+                let event = PairingEvent::Requested(Box::new(out.clone()));
+                emit(tx, StoreEvent::Pairing(event), now_ms).await?;
+            }
             Ok(out)
         })
     }
@@ -857,6 +1173,13 @@ impl DeviceStore for PostgresStore {
             } else {
                 None
             };
+            let event = PairingEvent::Resolved {
+                request_id: request_id.to_owned(),
+                device_id: req.device_id.clone(),
+                approved: true,
+                ts: now_ms,
+            };
+            emit(tx, StoreEvent::Pairing(event), now_ms).await?;
             let dev = read_paired(tx, &req.device_id)
                 .await?
                 .expect("just written in this transaction");
@@ -878,6 +1201,13 @@ impl DeviceStore for PostgresStore {
             tx.execute("DELETE FROM pending WHERE request_id = $1", &[&request_id])
                 .await?;
             audit_in(tx, &rules::rejected_audit(&req, actor), now_ms).await?;
+            let event = PairingEvent::Resolved {
+                request_id: request_id.to_owned(),
+                device_id: req.device_id.clone(),
+                approved: false,
+                ts: now_ms,
+            };
+            emit(tx, StoreEvent::Pairing(event), now_ms).await?;
             Ok(req)
         })
     }
@@ -892,6 +1222,8 @@ impl DeviceStore for PostgresStore {
             tx.execute("DELETE FROM paired WHERE device_id = $1", &[&device_id])
                 .await?;
             audit_in(tx, &rules::removed_audit(&dev, actor), now_ms).await?;
+            let event = StoreEvent::Disconnect(Disconnect::removed(device_id));
+            emit(tx, event, now_ms).await?;
             Ok(true)
         })
     }
@@ -979,8 +1311,13 @@ impl DeviceStore for PostgresStore {
     ) -> Result<IssuedToken, StoreError> {
         self.write(async |tx| {
             let record = rules::issued_by(actor, event);
-            self.mint_audited(tx, device_id, role, scopes, record, now_ms)
-                .await
+            let issued = self
+                .mint_audited(tx, device_id, role, scopes, record, now_ms)
+                .await?;
+            // The replaced token's sessions end.
+            let event = StoreEvent::Disconnect(Disconnect::rotated(device_id, role));
+            emit(tx, event, now_ms).await?;
+            Ok(issued)
         })
     }
 
@@ -1005,6 +1342,8 @@ impl DeviceStore for PostgresStore {
                 return Err(StoreError::UnknownDevice.into());
             }
             audit_in(tx, &rules::revoked_audit(&dev, role, actor), now_ms).await?;
+            let event = StoreEvent::Disconnect(Disconnect::revoked(device_id, role));
+            emit(tx, event, now_ms).await?;
             Ok(now_ms)
         })
     }
@@ -1057,5 +1396,66 @@ impl DeviceStore for PostgresStore {
                 })
                 .collect())
         })
+    }
+
+    fn count_attempt(
+        &self,
+        address: IpAddr,
+        budget: &Budget,
+        now_ms: u64,
+    ) -> Result<Option<u64>, StoreError> {
+        let address = address.to_canonical().to_string();
+        let max = budget.max_attempts.min(i32::MAX as u32) as i32;
+        let (window, lockout, now) = (ms(budget.window_ms), ms(budget.lockout_ms), ms(now_ms));
+        let trim = self
+            .attempts_counted
+            .fetch_add(1, std::sync::atomic::Ordering::Relaxed)
+            .is_multiple_of(ATTEMPTS_TRIM_EVERY);
+        self.block_on(async {
+            let client = self.client().await?;
+            let row = client
+                .query_one(COUNT_ATTEMPT, &[&address, &max, &window, &lockout, &now])
+                .await
+                .map_err(|e| self.err(&e))?;
+            let (count, locked_until): (i32, Option<i64>) = (row.get(0), row.get(1));
+            if trim {
+                client
+                    .execute(
+                        "DELETE FROM attempts WHERE coalesce(locked_until_ms, window_start_ms + $2) < $1",
+                        &[&now, &window],
+                    )
+                    .await
+                    .map_err(|e| self.err(&e))?;
+            }
+            Ok((count > max).then(|| {
+                locked_until.map_or(budget.lockout_ms, |until| (until - now).max(1) as u64)
+            }))
+        })
+    }
+
+    fn forgive_attempts(&self, address: IpAddr) -> Result<(), StoreError> {
+        let address = address.to_canonical().to_string();
+        self.block_on(async {
+            let client = self.client().await?;
+            client
+                .execute("DELETE FROM attempts WHERE address = $1", &[&address])
+                .await
+                .map_err(|e| self.err(&e))?;
+            Ok(())
+        })
+    }
+
+    fn deliver_events(&self, sink: EventSink) -> bool {
+        let rt = self
+            .rt
+            .as_ref()
+            .expect("the runtime lives until the store is dropped");
+        rt.spawn(listen(
+            self.pool.clone(),
+            self.what.clone(),
+            self.events_from,
+            sink,
+        ));
+        true
     }
 }

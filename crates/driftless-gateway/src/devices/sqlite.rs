@@ -21,12 +21,15 @@ use std::sync::Mutex;
 
 use rusqlite::{Connection, OptionalExtension, Transaction, params};
 
+use std::net::IpAddr;
+
 use super::rules::{self, RequestPlan, TokenRow, json, unjson};
 use super::token_key::{TOKEN_KEY_FILE, TokenKey};
 use super::{
-    AuditEvent, DeviceMetadata, DeviceStore, IssuedToken, NewAuditEvent, PENDING_TTL_MS,
+    AuditEvent, DeviceMetadata, DeviceStore, EventSink, IssuedToken, NewAuditEvent, PENDING_TTL_MS,
     PairedDevice, PendingRequest, StoreError, TokenCheck, TokenSummary,
 };
+use crate::limiter::Budget;
 
 const SCHEMA: &str = "
 CREATE TABLE IF NOT EXISTS paired (
@@ -816,5 +819,19 @@ impl DeviceStore for SqliteStore {
             .collect()
         };
         run().map_err(|e| self.err(e))
+    }
+
+    /// One process owns the file: its events stay local.
+    fn deliver_events(&self, _: EventSink) -> bool {
+        false
+    }
+
+    /// One process owns the file: the local limiter is the whole budget.
+    fn count_attempt(&self, _: IpAddr, _: &Budget, _: u64) -> Result<Option<u64>, StoreError> {
+        Ok(None)
+    }
+
+    fn forgive_attempts(&self, _: IpAddr) -> Result<(), StoreError> {
+        Ok(())
     }
 }

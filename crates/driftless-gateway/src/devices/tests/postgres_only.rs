@@ -44,6 +44,60 @@ fn migrations_apply_once_with_replicas_starting_together() {
     assert!(e.to_string().contains("upgrade this gateway"), "{e}");
 }
 
+/// The fleet's limiter: two replicas count into one budget per address; the attempt that reaches
+/// it is allowed and locks the address, later ones learn how long is left; another address is
+/// unaffected; a right credential forgives; a lockout that ended starts a new window.
+#[test]
+fn two_replicas_count_attempts_into_one_budget() {
+    let Some((cluster, db)) = fixture() else {
+        return;
+    };
+    let key = new_key_text();
+    let (a, b) = (
+        open_postgres(&cluster, &db, &key),
+        open_postgres(&cluster, &db, &key),
+    );
+    let budget = crate::limiter::Budget {
+        max_attempts: 4,
+        window_ms: 60_000,
+        lockout_ms: 300_000,
+    };
+    let ip: std::net::IpAddr = "203.0.113.7".parse().unwrap();
+    let t = 1_000_000;
+    for i in 0..4 {
+        let store = if i % 2 == 0 { &a } else { &b };
+        assert_eq!(
+            store.count_attempt(ip, &budget, t + i).unwrap(),
+            None,
+            "{i}"
+        );
+    }
+    assert_eq!(b.count_attempt(ip, &budget, t + 10).unwrap(), Some(299_993));
+    assert_eq!(
+        a.count_attempt(ip, &budget, t + 1_000).unwrap(),
+        Some(299_003)
+    );
+    let other: std::net::IpAddr = "203.0.113.8".parse().unwrap();
+    assert_eq!(a.count_attempt(other, &budget, t).unwrap(), None);
+    b.forgive_attempts(other).unwrap();
+    assert_eq!(
+        cluster.psql(
+            &db,
+            "SELECT count(*) FROM attempts WHERE address = '203.0.113.8'"
+        ),
+        "0"
+    );
+    // Once the lockout has passed, a new window.
+    assert_eq!(b.count_attempt(ip, &budget, t + 400_000).unwrap(), None);
+    assert_eq!(
+        cluster.psql(
+            &db,
+            "SELECT count FROM attempts WHERE address = '203.0.113.7'"
+        ),
+        "1"
+    );
+}
+
 #[test]
 fn the_audit_trigger_keeps_the_newest_rows_and_refuses_the_rest() {
     let Some((cluster, db)) = fixture() else {
