@@ -218,7 +218,9 @@ pub(crate) async fn run(mut ws: WebSocket, peer: SocketAddr, state: Arc<State>, 
     // which carries the upstream's features.
     let outcome = match (outcome, &state.upstream) {
         (Ok(session), Some(upstream)) if session.connect_params.is_some() => {
-            match crate::relay::open(&state, &session, upstream).await {
+            // Boxed, as `relay::serve` below: the relay's futures would otherwise make every
+            // connection's task larger, relayed or not.
+            match Box::pin(crate::relay::open(&state, &session, upstream)).await {
                 Ok((up, hello)) => Ok((session, Some((up, hello)))),
                 Err(e) => Err((Some(session.connect_id.clone()), Rejection::Upstream(e))),
             }
@@ -259,7 +261,10 @@ pub(crate) async fn run(mut ws: WebSocket, peer: SocketAddr, state: Arc<State>, 
     );
     let end = match relayed {
         Some((upstream, hello)) => {
-            crate::relay::serve(&mut ws, &state, &session, upstream, hello).await
+            Box::pin(crate::relay::serve(
+                &mut ws, &state, &session, upstream, hello,
+            ))
+            .await
         }
         None => serve(&mut ws, &state, &session).await,
     };
