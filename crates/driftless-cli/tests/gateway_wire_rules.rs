@@ -18,6 +18,9 @@ use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 
 const TEXT: u8 = 0x1;
+const UPGRADE_REQUEST: &[u8] =
+    b"GET / HTTP/1.1\r\nHost: 127.0.0.1\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n\
+      Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\nSec-WebSocket-Version: 13\r\n\r\n";
 const CLOSE: u8 = 0x8;
 
 /// A WebSocket client that writes frames byte by byte.
@@ -29,12 +32,12 @@ impl Raw {
     /// Upgrades a TCP connection and reads the challenge.
     async fn open(port: u16) -> Raw {
         let mut s = TcpStream::connect(("127.0.0.1", port)).await.unwrap();
-        s.write_all(
-            b"GET / HTTP/1.1\r\nHost: 127.0.0.1\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n\
-              Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\nSec-WebSocket-Version: 13\r\n\r\n",
-        )
-        .await
-        .unwrap();
+        s.write_all(UPGRADE_REQUEST).await.unwrap();
+        Raw::upgraded(s).await
+    }
+
+    /// Reads the `101` to an upgrade request already sent, then the challenge.
+    async fn upgraded(mut s: TcpStream) -> Raw {
         let mut head = Vec::new();
         while !head.ends_with(b"\r\n\r\n") {
             let mut b = [0u8; 1];
@@ -156,6 +159,54 @@ async fn a_clients_close_is_answered_before_and_after_auth() {
         "no answering Close after auth"
     );
     assert_eq!(c.read().await, None);
+    gw.finish();
+}
+
+/// An upgrade request that arrives whole in the connection's first read is answered without the
+/// HTTP server; one split across reads, or sent after a keep-alive request, goes through it. Each
+/// must end in the same authenticated session.
+#[tokio::test]
+async fn an_upgrade_is_served_however_its_request_arrives() {
+    let home = Home::new();
+    home.token_config(CANARY, "");
+    let gw = Gateway::start(&home, &[], &[]);
+
+    let mut whole = Raw::open(gw.port).await;
+    whole.authenticate(CANARY).await;
+
+    // Split in the middle of a header, with time between the parts for the first read to end.
+    let mut s = TcpStream::connect(("127.0.0.1", gw.port)).await.unwrap();
+    let (a, b) = UPGRADE_REQUEST.split_at(40);
+    s.write_all(a).await.unwrap();
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    s.write_all(b).await.unwrap();
+    let mut split = Raw::upgraded(s).await;
+    split.authenticate(CANARY).await;
+
+    // A probe first, then the upgrade on the same keep-alive connection.
+    let mut s = TcpStream::connect(("127.0.0.1", gw.port)).await.unwrap();
+    s.write_all(b"GET /healthz HTTP/1.1\r\nHost: 127.0.0.1\r\n\r\n")
+        .await
+        .unwrap();
+    let mut head = Vec::new();
+    while !head.ends_with(b"\r\n\r\n") {
+        head.push(s.read_u8().await.unwrap());
+    }
+    let head = String::from_utf8(head).unwrap().to_ascii_lowercase();
+    assert!(head.starts_with("http/1.1 200"), "{head}");
+    let length: usize = head
+        .lines()
+        .find_map(|l| l.strip_prefix("content-length:"))
+        .expect("a content length")
+        .trim()
+        .parse()
+        .unwrap();
+    let mut body = vec![0u8; length];
+    s.read_exact(&mut body).await.unwrap();
+    assert_eq!(body, br#"{"ok":true}"#);
+    s.write_all(UPGRADE_REQUEST).await.unwrap();
+    let mut after_probe = Raw::upgraded(s).await;
+    after_probe.authenticate(CANARY).await;
     gw.finish();
 }
 

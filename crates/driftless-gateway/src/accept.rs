@@ -1,8 +1,12 @@
 //! Where a connection enters: the accept loop and the one task each connection gets.
 //!
-//! The task serves HTTP/1.1 (the probes, `/metrics`, `/v1/*`) and, once a request is answered
-//! `101 Switching Protocols`, runs the WebSocket session itself on the same socket: no second task
-//! per upgrade and no HTTP/1-or-2 sniff (the gateway speaks HTTP/1.1 only).
+//! The task runs the WebSocket session itself on the same socket: no second task per upgrade and
+//! no HTTP/1-or-2 sniff (the gateway speaks HTTP/1.1 only). When the connection's first read holds
+//! a whole, valid upgrade request (what every WebSocket client sends), the `101` is written
+//! directly, as a minimal server would; anything else (the probes, `/metrics`, `/v1/*`, refusals,
+//! an upgrade split across reads or after a keep-alive request) goes to the HTTP server, which
+//! reads the first read's bytes again. Both paths decide an upgrade with the same
+//! [`websocket_key`] and [`reserve_upgrade`].
 //!
 //! Everything below authentication is bounded, so a client that holds no credential cannot take
 //! the descriptors or the memory the clients that hold one need:
@@ -17,8 +21,11 @@
 //!   reserve to accept and close the waiting connection instead of spinning on `EMFILE`.
 
 use std::collections::HashMap;
+use std::io;
 use std::net::{IpAddr, SocketAddr};
+use std::pin::Pin;
 use std::sync::{Arc, Mutex, PoisonError};
+use std::task::{Context, Poll};
 use std::time::{Duration, Instant};
 
 use axum::Router;
@@ -29,6 +36,7 @@ use driftless_protocol as proto;
 use futures_util::future::Either;
 use hyper::body::Incoming;
 use hyper_util::rt::{TokioIo, TokioTimer};
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt, ReadBuf};
 use tokio::net::{TcpListener, TcpStream};
 use tokio_tungstenite::WebSocketStream;
 use tokio_tungstenite::tungstenite::handshake::derive_accept_key;
@@ -190,7 +198,13 @@ fn out_of_descriptors(e: &std::io::Error) -> bool {
     matches!(e.raw_os_error(), Some(23 | 24))
 }
 
-/// One connection, start to end: HTTP/1.1 requests, then the WebSocket session if one upgraded.
+/// Bytes a connection's first read may take. A WebSocket client's upgrade request (a few hundred
+/// bytes; a browser's, about a kilobyte) arrives whole in it.
+const FIRST_READ_BYTES: usize = 2048;
+
+/// One connection, start to end: the WebSocket session at once when the first read holds a whole
+/// upgrade request (the common case, as cheap as the floor's), HTTP/1.1 requests otherwise, then
+/// the WebSocket session if one of them upgraded.
 async fn connection(
     tcp: TcpStream,
     addr: SocketAddr,
@@ -201,11 +215,38 @@ async fn connection(
     // Small frames (handshake replies, SSE chunks) must not wait for Nagle + delayed ACK.
     let _ = tcp.set_nodelay(true);
     let budget = ReadBudget::unlimited();
-    let peer = Peer {
-        addr,
-        budget: budget.clone(),
-        upgrade: Arc::default(),
+    let mut io = BudgetedStream::new(tcp, budget.clone());
+    let mut first = Vec::with_capacity(FIRST_READ_BYTES);
+    match tokio::time::timeout(state.handshake_timeout, io.read_buf(&mut first)).await {
+        Ok(Ok(n)) if n > 0 => {}
+        // Silent until the timeout, closed, or reset: nothing to answer.
+        _ => return,
+    }
+    let ip = addr.ip().to_canonical();
+    let Some((upgrade, switching, head_len)) = direct_upgrade(&state, ip, &budget, &first) else {
+        let peer = Peer {
+            addr,
+            budget,
+            upgrade: Arc::default(),
+        };
+        return http(Replay::new(first, io), peer, app, state, slot).await;
     };
+    if io.write_all(switching.as_bytes()).await.is_err() {
+        return;
+    }
+    // What the client sent after its request head (nothing, unless it did not wait for the 101).
+    let read = match first.len() > head_len {
+        true => first.split_off(head_len),
+        false => Vec::new(),
+    };
+    drop(first);
+    websocket(io, read, addr, state, slot, upgrade).await;
+}
+
+/// HTTP/1.1 requests (the probes, `/metrics`, `/v1/*`, and every upgrade the first read did not
+/// hold whole), then the WebSocket session if one upgraded.
+async fn http(io: Replay, peer: Peer, app: Router, state: Arc<State>, slot: AddressSlot) {
+    let addr = peer.addr;
     let upgrade = peer.upgrade.clone();
     let upgrade_state = state.clone();
     let service = hyper::service::service_fn(move |mut req: hyper::Request<Incoming>| {
@@ -222,7 +263,7 @@ async fn connection(
     let mut http = hyper::server::conn::http1::Builder::new()
         .timer(TokioTimer::new())
         .header_read_timeout(state.handshake_timeout)
-        .serve_connection(TokioIo::new(BudgetedStream::new(tcp, budget)), service);
+        .serve_connection(TokioIo::new(io), service);
     let mut control = state.secrets.control.subscribe();
     let served = loop {
         tokio::select! {
@@ -244,6 +285,22 @@ async fn connection(
         return;
     };
     let parts = http.into_parts();
+    // What the HTTP server read past the upgrade request, then what it never read of the first.
+    let (io, unread) = parts.io.into_inner().into_parts();
+    let mut read = parts.read_buf.to_vec();
+    read.extend_from_slice(&unread);
+    websocket(io, read, addr, state, slot, upgrade).await;
+}
+
+/// The WebSocket session on an upgraded socket, `read` being what was read past the upgrade.
+async fn websocket(
+    io: BudgetedStream,
+    read: Vec<u8>,
+    addr: SocketAddr,
+    state: Arc<State>,
+    slot: AddressSlot,
+    upgrade: UpgradeSlot,
+) {
     let config = WebSocketConfig::default()
         // Small buffers keep an idle connection at a few KB; the message cap is the
         // post-handshake one (before it, the socket's read budget bounds what a frame can make
@@ -253,18 +310,118 @@ async fn connection(
         .max_write_buffer_size(proto::MAX_BUFFERED_BYTES)
         .max_message_size(Some(proto::MAX_PAYLOAD_BYTES))
         .max_frame_size(Some(proto::MAX_PAYLOAD_BYTES));
-    let ws = WebSocketStream::from_partially_read(
-        parts.io.into_inner(),
-        parts.read_buf.to_vec(),
-        Role::Server,
-        Some(config),
-    )
-    .await;
+    let ws = WebSocketStream::from_partially_read(io, read, Role::Server, Some(config)).await;
     let preauth = Preauth {
         _address: slot,
         upgrade,
     };
     crate::conn::run(ws, addr, state, preauth).await;
+}
+
+/// The common case, decided without the HTTP server: the first read holds a whole HTTP/1.1
+/// WebSocket upgrade request, valid, without a body, and the address has room for another
+/// handshake. Returns the reserved handshake slot, the `101` to send and the request head's
+/// length. `None` leaves the request to the HTTP server, which answers everything else
+/// (refusals included) the one way it always has.
+fn direct_upgrade(
+    state: &Arc<State>,
+    ip: IpAddr,
+    budget: &ReadBudget,
+    first: &[u8],
+) -> Option<(UpgradeSlot, String, usize)> {
+    let mut headers = [httparse::EMPTY_HEADER; 32];
+    let mut req = httparse::Request::new(&mut headers);
+    let httparse::Status::Complete(head_len) = req.parse(first).ok()? else {
+        return None;
+    };
+    let method = Method::from_bytes(req.method?.as_bytes()).ok()?;
+    let body = req.headers.iter().any(|h| {
+        h.name.eq_ignore_ascii_case("content-length")
+            || h.name.eq_ignore_ascii_case("transfer-encoding")
+    });
+    if req.version != Some(1) || body {
+        return None;
+    }
+    let key = websocket_key(&method, req.headers).ok()?;
+    let upgrade = reserve_upgrade(state, ip, budget)?;
+    let mut switching = String::from("HTTP/1.1 101 Switching Protocols\r\n");
+    for (name, value) in SWITCHING_HEADERS {
+        switching.push_str(&format!("{name}: {value}\r\n"));
+    }
+    switching.push_str(&format!(
+        "{}: {}\r\n\r\n",
+        header::SEC_WEBSOCKET_ACCEPT,
+        derive_accept_key(key)
+    ));
+    Some((upgrade, switching, head_len))
+}
+
+/// The HTTP server's view of a socket: the bytes the first read took, then the socket.
+struct Replay {
+    first: Vec<u8>,
+    at: usize,
+    io: BudgetedStream,
+}
+
+impl Replay {
+    fn new(first: Vec<u8>, io: BudgetedStream) -> Replay {
+        Replay { first, at: 0, io }
+    }
+
+    /// The socket, and what of the first read was never read.
+    fn into_parts(self) -> (BudgetedStream, Vec<u8>) {
+        let mut first = self.first;
+        first.drain(..self.at);
+        (self.io, first)
+    }
+}
+
+impl AsyncRead for Replay {
+    fn poll_read(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &mut ReadBuf<'_>,
+    ) -> Poll<io::Result<()>> {
+        let this = self.get_mut();
+        let unread = &this.first[this.at..];
+        if unread.is_empty() {
+            return Pin::new(&mut this.io).poll_read(cx, buf);
+        }
+        let n = unread.len().min(buf.remaining());
+        buf.put_slice(&unread[..n]);
+        this.at += n;
+        Poll::Ready(Ok(()))
+    }
+}
+
+impl AsyncWrite for Replay {
+    fn poll_write(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &[u8],
+    ) -> Poll<io::Result<usize>> {
+        Pin::new(&mut self.get_mut().io).poll_write(cx, buf)
+    }
+
+    fn poll_flush(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        Pin::new(&mut self.get_mut().io).poll_flush(cx)
+    }
+
+    fn poll_shutdown(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        Pin::new(&mut self.get_mut().io).poll_shutdown(cx)
+    }
+
+    fn poll_write_vectored(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        bufs: &[io::IoSlice<'_>],
+    ) -> Poll<io::Result<usize>> {
+        Pin::new(&mut self.get_mut().io).poll_write_vectored(cx, bufs)
+    }
+
+    fn is_write_vectored(&self) -> bool {
+        self.io.is_write_vectored()
+    }
 }
 
 /// Every request no route claims and that does not ask to upgrade: the refusal a WebSocket
@@ -291,45 +448,79 @@ fn upgrade_or_refusal(
         Err(refusal) => return refusal.into_response(),
     };
     let ip = peer.addr.ip().to_canonical();
-    let room = state.addresses.update(ip, |c| {
-        let room = c.upgrades < MAX_PREAUTH_UPGRADES_PER_ADDRESS;
-        c.upgrades += u32::from(room);
-        room
-    });
-    if !room {
+    let Some(upgrade) = reserve_upgrade(state, ip, &peer.budget) else {
         state.metrics.preauth_rejections.inc();
         return (
             StatusCode::SERVICE_UNAVAILABLE,
             "Too many unauthenticated sockets",
         )
             .into_response();
-    }
-    peer.budget.limit(PREAUTH_READ_BUDGET);
-    *peer.upgrade.lock().unwrap_or_else(PoisonError::into_inner) = Some(UpgradeSlot {
-        state: state.clone(),
-        ip,
-        budget: peer.budget.clone(),
-    });
-    let accept = derive_accept_key(key.as_bytes());
+    };
+    *peer.upgrade.lock().unwrap_or_else(PoisonError::into_inner) = Some(upgrade);
     let mut res = StatusCode::SWITCHING_PROTOCOLS.into_response();
     let h = res.headers_mut();
-    h.insert(header::CONNECTION, HeaderValue::from_static("upgrade"));
-    h.insert(header::UPGRADE, HeaderValue::from_static("websocket"));
-    if let Ok(v) = HeaderValue::from_str(&accept) {
+    for (name, value) in SWITCHING_HEADERS {
+        h.insert(name, HeaderValue::from_static(value));
+    }
+    if let Ok(v) = HeaderValue::from_str(&derive_accept_key(key)) {
         h.insert(header::SEC_WEBSOCKET_ACCEPT, v);
     }
     res
 }
 
+/// A `101`'s headers besides `Sec-WebSocket-Accept`.
+const SWITCHING_HEADERS: [(header::HeaderName, &str); 2] = [
+    (header::CONNECTION, "upgrade"),
+    (header::UPGRADE, "websocket"),
+];
+
+/// Reserves a WebSocket handshake's place among the address's and limits the socket's reads to
+/// the pre-auth budget; `None` when the address has [`MAX_PREAUTH_UPGRADES_PER_ADDRESS`] already.
+fn reserve_upgrade(state: &Arc<State>, ip: IpAddr, budget: &ReadBudget) -> Option<UpgradeSlot> {
+    let room = state.addresses.update(ip, |c| {
+        let room = c.upgrades < MAX_PREAUTH_UPGRADES_PER_ADDRESS;
+        c.upgrades += u32::from(room);
+        room
+    });
+    room.then(|| {
+        budget.limit(PREAUTH_READ_BUDGET);
+        UpgradeSlot {
+            state: state.clone(),
+            ip,
+            budget: budget.clone(),
+        }
+    })
+}
+
+/// A request's headers by name, as the HTTP server parsed them or as the first read did.
+trait Headers {
+    /// The values of header `name` (lowercase), in order.
+    fn values<'h>(&'h self, name: &'static str) -> impl Iterator<Item = &'h [u8]>;
+}
+
+impl Headers for HeaderMap {
+    fn values<'h>(&'h self, name: &'static str) -> impl Iterator<Item = &'h [u8]> {
+        self.get_all(name).iter().map(HeaderValue::as_bytes)
+    }
+}
+
+impl Headers for [httparse::Header<'_>] {
+    fn values<'h>(&'h self, name: &'static str) -> impl Iterator<Item = &'h [u8]> {
+        self.iter()
+            .filter(move |h| h.name.eq_ignore_ascii_case(name))
+            .map(|h| h.value)
+    }
+}
+
 /// The client's `Sec-WebSocket-Key` when the request is a valid WebSocket upgrade (RFC 6455
 /// §4.2.1), or the refusal.
-fn websocket_key<'h>(
+fn websocket_key<'h, H: Headers + ?Sized>(
     method: &Method,
-    headers: &'h HeaderMap,
-) -> Result<&'h HeaderValue, (StatusCode, &'static str)> {
-    let has_token = |name: header::HeaderName, token: &str| {
-        headers.get_all(name).iter().any(|v| {
-            v.to_str()
+    headers: &'h H,
+) -> Result<&'h [u8], (StatusCode, &'static str)> {
+    let has_token = |name: &'static str, token: &str| {
+        headers.values(name).any(|v| {
+            std::str::from_utf8(v)
                 .is_ok_and(|v| v.split(',').any(|t| t.trim().eq_ignore_ascii_case(token)))
         })
     };
@@ -339,28 +530,29 @@ fn websocket_key<'h>(
             "Request method must be `GET`",
         ));
     }
-    if !has_token(header::CONNECTION, "upgrade") {
+    if !has_token("connection", "upgrade") {
         return Err((
             StatusCode::BAD_REQUEST,
             "Connection header did not include 'upgrade'",
         ));
     }
-    if !has_token(header::UPGRADE, "websocket") {
+    if !has_token("upgrade", "websocket") {
         return Err((
             StatusCode::BAD_REQUEST,
             "`Upgrade` header did not include 'websocket'",
         ));
     }
     if headers
-        .get(header::SEC_WEBSOCKET_VERSION)
-        .is_none_or(|v| v != "13")
+        .values("sec-websocket-version")
+        .next()
+        .is_none_or(|v| v != b"13")
     {
         return Err((
             StatusCode::BAD_REQUEST,
             "`Sec-WebSocket-Version` header did not include '13'",
         ));
     }
-    headers.get(header::SEC_WEBSOCKET_KEY).ok_or((
+    headers.values("sec-websocket-key").next().ok_or((
         StatusCode::BAD_REQUEST,
         "`Sec-WebSocket-Key` header missing",
     ))
@@ -393,10 +585,7 @@ mod tests {
         let h = upgrade_headers();
         let key = websocket_key(&Method::GET, &h).unwrap();
         // RFC 6455 §1.3's worked example.
-        assert_eq!(
-            derive_accept_key(key.as_bytes()),
-            "s3pPLMBiTxaQ9kYGzzhZRbK+xOo="
-        );
+        assert_eq!(derive_accept_key(key), "s3pPLMBiTxaQ9kYGzzhZRbK+xOo=");
     }
 
     #[test]
