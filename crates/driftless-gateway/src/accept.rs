@@ -229,7 +229,9 @@ async fn connection(
             budget,
             upgrade: Arc::default(),
         };
-        return http(Replay::new(first, io), peer, app, state, slot).await;
+        // Boxed: the HTTP server's futures are several times a WebSocket session's, and every
+        // connection's task would otherwise be allocated and moved at that size.
+        return Box::pin(http(Replay::new(first, io), peer, app, state, slot)).await;
     };
     if io.write_all(switching.as_bytes()).await.is_err() {
         return;
