@@ -26,7 +26,7 @@ use std::net::{IpAddr, SocketAddr};
 use std::pin::Pin;
 use std::sync::{Arc, Mutex, PoisonError};
 use std::task::{Context, Poll};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use axum::Router;
 use axum::extract::ConnectInfo;
@@ -45,14 +45,13 @@ use tower_service::Service;
 
 use crate::State;
 use crate::budget::{BudgetedStream, PREAUTH_READ_BUDGET, ReadBudget};
+use crate::throttle::{LOG_EVERY, Throttle};
 
 /// Connections one address may hold before any of them authenticated a WebSocket session: far
 /// below the 1,024 descriptors a process gets by default, and above an HTTP client's usual pool.
 pub(crate) const MAX_UNAUTHENTICATED_PER_ADDRESS: u32 = 256;
 /// WebSockets one address may have in their handshake (OpenClaw's default); more get HTTP 503.
 pub(crate) const MAX_PREAUTH_UPGRADES_PER_ADDRESS: u32 = 32;
-/// How often an `accept` failure (out of descriptors) is logged at most.
-const ACCEPT_ERROR_LOG_EVERY: Duration = Duration::from_secs(10);
 
 /// The WebSocket session this gateway runs on an upgraded socket.
 pub(crate) type WebSocket = WebSocketStream<BudgetedStream>;
@@ -154,7 +153,7 @@ pub(crate) async fn accept_loop(
     stop: tokio::sync::oneshot::Receiver<()>,
 ) {
     let mut reserve = std::fs::File::open("/dev/null").ok();
-    let mut last_warned: Option<Instant> = None;
+    let accept_errors = Throttle::new(LOG_EVERY);
     tokio::pin!(stop);
     loop {
         let accepted = tokio::select! {
@@ -164,12 +163,12 @@ pub(crate) async fn accept_loop(
         let (tcp, addr) = match accepted {
             Ok(pair) => pair,
             Err(e) => {
-                if last_warned.is_none_or(|t| t.elapsed() >= ACCEPT_ERROR_LOG_EVERY) {
+                if let Some(held_back) = accept_errors.admit() {
                     tracing::warn!(
                         error = %e,
+                        held_back,
                         "cannot accept a connection; raise the open-file limit (LimitNOFILE) if this repeats"
                     );
-                    last_warned = Some(Instant::now());
                 }
                 // Out of descriptors: free the reserve to accept and close the waiting
                 // connection, so the loop neither spins nor leaves it hanging. Any other error

@@ -14,6 +14,7 @@ use crate::State;
 use crate::devices::{StoreError, TokenCheck};
 use crate::metrics::OutcomeLabels;
 use crate::secrets::{Check, now_ms};
+use crate::throttle::{LOG_EVERY, Throttle};
 
 /// How long a shared-secret miss may wait for the re-read of its file. A file that does not
 /// answer in time (a FIFO, a hung network mount) counts as unchanged.
@@ -80,7 +81,10 @@ async fn count_in_fleet(state: &State, ip: IpAddr) -> Result<(), u64> {
         }
         // This replica's own budget still holds.
         Err(e) => {
-            tracing::warn!(error = %e, "cannot count a credential attempt in the fleet's budget; only this replica's applies");
+            static LOG: Throttle = Throttle::new(LOG_EVERY);
+            if let Some(held_back) = LOG.admit() {
+                tracing::warn!(error = %e, held_back, "cannot count a credential attempt in the fleet's budget; only this replica's applies");
+            }
             Ok(())
         }
     }
@@ -93,7 +97,10 @@ impl Attempt<'_> {
         if let Fleet::Counted = self.fleet {
             let (store, ip) = (self.state.devices.clone(), self.ip);
             if let Err(e) = blocking(move || store.forgive_attempts(ip)).await {
-                tracing::warn!(error = %e, "cannot forgive an address's attempts in the fleet's budget");
+                static LOG: Throttle = Throttle::new(LOG_EVERY);
+                if let Some(held_back) = LOG.admit() {
+                    tracing::warn!(error = %e, held_back, "cannot forgive an address's attempts in the fleet's budget");
+                }
             }
         }
     }
@@ -258,7 +265,10 @@ pub(crate) async fn http(
                 Ok(TokenCheck::Ok) => true,
                 Ok(TokenCheck::Rejected(_)) => false,
                 Err(e) => {
-                    tracing::error!(error = %e, "device store unavailable for a /v1 request");
+                    static LOG: Throttle = Throttle::new(LOG_EVERY);
+                    if let Some(held_back) = LOG.admit() {
+                        tracing::error!(error = %e, held_back, "device store unavailable for a /v1 request");
+                    }
                     return Err(HttpRefusal::StoreUnavailable);
                 }
             }

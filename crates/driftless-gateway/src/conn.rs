@@ -28,6 +28,7 @@ use crate::auth::{self, SharedRefusal};
 use crate::devices::{self, TokenCheck};
 use crate::metrics::HandshakeLabels;
 use crate::secrets::now_ms;
+use crate::throttle::{LOG_EVERY, Throttle};
 
 /// How long a peer that sent Close gets to take our answering Close frame.
 const CLOSE_REPLY_DEADLINE: Duration = Duration::from_secs(1);
@@ -758,7 +759,10 @@ async fn pair(
 }
 
 fn store_failure(e: &devices::StoreError) -> Rejection {
-    tracing::error!(error = %e, "device store failed during a handshake");
+    static LOG: Throttle = Throttle::new(LOG_EVERY);
+    if let Some(held_back) = LOG.admit() {
+        tracing::error!(error = %e, held_back, "device store failed during a handshake");
+    }
     Rejection::StoreUnavailable
 }
 

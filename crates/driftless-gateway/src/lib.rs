@@ -19,6 +19,7 @@ mod reload;
 pub mod secrets;
 #[cfg(any(test, feature = "test-support"))]
 pub mod testing;
+mod throttle;
 
 use std::net::{IpAddr, SocketAddr};
 use std::sync::Arc;
