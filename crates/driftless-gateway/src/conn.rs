@@ -793,18 +793,9 @@ pub(crate) const REPEATED_UNAUTHORIZED_REASON: &str = "repeated unauthorized cal
 
 /// After the handshake: hello-ok, then requests, events and control changes until close.
 async fn serve(ws: &mut WebSocket, state: &Arc<State>, session: &Session) -> End {
-    // Subscribed before hello-ok: a shutdown the client may trigger as soon as it has its hello
-    // must still reach it as a `shutdown` event, not only as a bare close; likewise an event
-    // published once the client holds its hello reaches it.
-    let mut control = state.secrets.control.subscribe();
-    let mut events = state.events.subscribe();
-    let mut device_events = state.device_events.subscribe();
-    if !send_text(ws, crate::methods::hello_ok_text(state, session)).await {
-        return End::Lost;
-    }
-    // A rotation (or a shutdown) may have happened between the auth check and now.
-    let c = *control.borrow_and_update();
-    if let Some(end) = control_event(ws, &c, session).await {
+    let mut signals = Signals::subscribe(state, false);
+    let hello = crate::methods::hello_ok_text(state, session);
+    if let Some(end) = signals.hello(ws, session, hello).await {
         return end;
     }
     let mut role_refusals = 0u32;
@@ -812,34 +803,9 @@ async fn serve(ws: &mut WebSocket, state: &Arc<State>, session: &Session) -> End
         tokio::select! {
             // In order: an event published before a request arrives goes out before its answer.
             biased;
-            changed = control.changed() => {
-                if changed.is_err() {
-                    return End::Close(close::SERVICE_RESTART, close::SERVICE_RESTART_REASON.into());
-                }
-                let c = *control.borrow_and_update();
-                if let Some(end) = control_event(ws, &c, session).await {
+            signal = signals.next(session) => {
+                if let Some(end) = signal.act(ws, session).await {
                     return end;
-                }
-            }
-            ev = device_events.recv(), if session.device_id.is_some() => {
-                if let Ok(d) = ev
-                    && session.device_id.as_deref() == Some(d.device_id.as_str())
-                    && d.role.as_deref().is_none_or(|r| r == session.role)
-                {
-                    return End::Close(close::AUTH_CHANGED, d.reason.into());
-                }
-            }
-            event = events.recv() => {
-                match event {
-                    Ok(b) if crate::methods::may_receive(session, b.scope) => {
-                        if ws.send(Message::Text(b.text.as_ref().into())).await.is_err() {
-                            return End::Lost;
-                        }
-                    }
-                    Ok(_) | Err(tokio::sync::broadcast::error::RecvError::Lagged(_)) => {}
-                    Err(tokio::sync::broadcast::error::RecvError::Closed) => {
-                        return End::Close(close::SERVICE_RESTART, close::SERVICE_RESTART_REASON.into());
-                    }
                 }
             }
             msg = ws.next() => {
@@ -868,6 +834,106 @@ async fn serve(ws: &mut WebSocket, state: &Arc<State>, session: &Session) -> End
     }
 }
 
+/// What reaches an authenticated session besides its client's frames, for the session loop here
+/// and the relay's alike: control changes (a rotation's end of grace, shutdown), its device's
+/// revocation or rotation, and the gateway's events.
+pub(crate) struct Signals {
+    control: tokio::sync::watch::Receiver<crate::secrets::Control>,
+    events: tokio::sync::broadcast::Receiver<crate::Broadcast>,
+    device_events: tokio::sync::broadcast::Receiver<devices::Disconnect>,
+    /// Only events that need a scope (the relay's: every other event comes from the upstream).
+    scoped_only: bool,
+}
+
+/// One signal for a session, acted on by [`Signal::act`].
+pub(crate) enum Signal {
+    Control(crate::secrets::Control),
+    Event(crate::Broadcast),
+    End(End),
+}
+
+impl Signals {
+    /// Subscribes before hello-ok: a shutdown the client may trigger as soon as it has its hello
+    /// must still reach it as a `shutdown` event, not only as a bare close; likewise an event
+    /// published once the client holds its hello reaches it.
+    pub(crate) fn subscribe(state: &State, scoped_only: bool) -> Signals {
+        Signals {
+            control: state.secrets.control.subscribe(),
+            events: state.events.subscribe(),
+            device_events: state.device_events.subscribe(),
+            scoped_only,
+        }
+    }
+
+    /// Sends hello-ok, then acts on a rotation or shutdown that happened between the auth check
+    /// and now. `Some(end)` when the session ends there.
+    pub(crate) async fn hello(
+        &mut self,
+        ws: &mut WebSocket,
+        session: &Session,
+        hello: String,
+    ) -> Option<End> {
+        if !send_text(ws, hello).await {
+            return Some(End::Lost);
+        }
+        let c = *self.control.borrow_and_update();
+        control_event(ws, &c, session).await
+    }
+
+    /// The next signal for `session`: control first, then its device's, then events. Cancel-safe
+    /// (each receiver is), so it can be one arm of a `select!`.
+    pub(crate) async fn next(&mut self, session: &Session) -> Signal {
+        let restart = || {
+            Signal::End(End::Close(
+                close::SERVICE_RESTART,
+                close::SERVICE_RESTART_REASON.into(),
+            ))
+        };
+        loop {
+            tokio::select! {
+                biased;
+                changed = self.control.changed() => {
+                    return match changed {
+                        Ok(()) => Signal::Control(*self.control.borrow_and_update()),
+                        Err(_) => restart(),
+                    };
+                }
+                ev = self.device_events.recv(), if session.device_id.is_some() => {
+                    if let Ok(d) = ev
+                        && session.device_id.as_deref() == Some(d.device_id.as_str())
+                        && d.role.as_deref().is_none_or(|r| r == session.role)
+                    {
+                        return Signal::End(End::Close(close::AUTH_CHANGED, d.reason.into()));
+                    }
+                }
+                event = self.events.recv() => match event {
+                    Ok(b) if (!self.scoped_only || b.scope.is_some())
+                        && crate::methods::may_receive(session, b.scope) => {
+                        return Signal::Event(b);
+                    }
+                    Ok(_) | Err(tokio::sync::broadcast::error::RecvError::Lagged(_)) => {}
+                    Err(tokio::sync::broadcast::error::RecvError::Closed) => return restart(),
+                },
+            }
+        }
+    }
+}
+
+impl Signal {
+    /// Acts on the signal on the client's socket; `Some(end)` when the session ends.
+    pub(crate) async fn act(self, ws: &mut WebSocket, session: &Session) -> Option<End> {
+        match self {
+            Signal::Control(c) => control_event(ws, &c, session).await,
+            Signal::Event(b) => ws
+                .send(Message::Text(b.text.as_ref().into()))
+                .await
+                .is_err()
+                .then_some(End::Lost),
+            Signal::End(end) => Some(end),
+        }
+    }
+}
+
 /// What a message read from an authenticated client means: a text frame (`Some`), nothing to act
 /// on (`None`: binary, ping, pong), or the end of the session.
 pub(crate) fn client_text(
@@ -889,7 +955,7 @@ pub(crate) fn client_text(
 
 /// Acts on a control state of an authenticated session: on shutdown sends the `shutdown` event
 /// and closes 1012; a session on a secret whose grace has ended closes 4001.
-pub(crate) async fn control_event(
+async fn control_event(
     ws: &mut WebSocket,
     c: &crate::secrets::Control,
     session: &Session,

@@ -29,7 +29,7 @@ use tokio_tungstenite::tungstenite::protocol::WebSocketConfig;
 
 use crate::State;
 use crate::accept::WebSocket;
-use crate::conn::{End, Session};
+use crate::conn::{End, Session, Signals};
 
 /// How long opening an upstream session may take (TCP, upgrade, `connect`, hello-ok).
 const UPSTREAM_DEADLINE: Duration = Duration::from_secs(10);
@@ -244,51 +244,20 @@ pub(crate) async fn serve(
     mut upstream: UpstreamWs,
     hello: String,
 ) -> End {
-    let mut control = state.secrets.control.subscribe();
-    let mut events = state.events.subscribe();
-    let mut device_events = state.device_events.subscribe();
+    let mut signals = Signals::subscribe(state, true);
     let end = 'session: {
-        if ws.send(Message::Text(hello.into())).await.is_err() {
-            break 'session End::Lost;
-        }
-        let c = *control.borrow_and_update();
-        if let Some(end) = crate::conn::control_event(ws, &c, session).await {
+        if let Some(end) = signals.hello(ws, session, hello).await {
             break 'session end;
         }
         let mut role_refusals = 0u32;
         loop {
             tokio::select! {
                 biased;
-                changed = control.changed() => {
-                    if changed.is_err() {
-                        break 'session End::Close(close::SERVICE_RESTART, close::SERVICE_RESTART_REASON.into());
-                    }
-                    let c = *control.borrow_and_update();
-                    if let Some(end) = crate::conn::control_event(ws, &c, session).await {
-                        break 'session end;
-                    }
-                }
-                ev = device_events.recv(), if session.device_id.is_some() => {
-                    if let Ok(d) = ev
-                        && session.device_id.as_deref() == Some(d.device_id.as_str())
-                        && d.role.as_deref().is_none_or(|r| r == session.role)
-                    {
-                        break 'session End::Close(close::AUTH_CHANGED, d.reason.into());
-                    }
-                }
                 // driftless's own guarded events (pairing); `tick` and every other event come
                 // from the upstream.
-                event = events.recv() => {
-                    match event {
-                        Ok(b) if b.scope.is_some() && crate::methods::may_receive(session, b.scope) => {
-                            if ws.send(Message::Text(b.text.as_ref().into())).await.is_err() {
-                                break 'session End::Lost;
-                            }
-                        }
-                        Ok(_) | Err(tokio::sync::broadcast::error::RecvError::Lagged(_)) => {}
-                        Err(tokio::sync::broadcast::error::RecvError::Closed) => {
-                            break 'session End::Close(close::SERVICE_RESTART, close::SERVICE_RESTART_REASON.into());
-                        }
+                signal = signals.next(session) => {
+                    if let Some(end) = signal.act(ws, session).await {
+                        break 'session end;
                     }
                 }
                 msg = upstream.next() => {
