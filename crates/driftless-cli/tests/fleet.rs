@@ -341,3 +341,216 @@ async fn thirty_wrong_guesses_spread_over_three_replicas_get_one_budget() {
     }
     fleet.finish();
 }
+
+/// Shared-token sessions opened in turn on every replica until `stop`: (accepted, refused).
+fn shared_token_load(
+    urls: Vec<String>,
+    stop: Arc<std::sync::atomic::AtomicBool>,
+    counts: Arc<[std::sync::atomic::AtomicU64; 2]>,
+) -> tokio::task::JoinHandle<()> {
+    use std::sync::atomic::Ordering::SeqCst;
+    tokio::spawn(async move {
+        while !stop.load(SeqCst) {
+            for url in &urls {
+                let i = usize::from(!accepted(url, CANARY).await);
+                counts[i].fetch_add(1, SeqCst);
+            }
+        }
+    })
+}
+
+/// PostgreSQL stopped and started again while every replica serves shared-token sessions: those
+/// need no database and never fail; the replicas reconnect on their own (device tokens verify
+/// again, a rotation through B closes the device's session on C: the fleet's events flow again)
+/// and the device paired before the restart is still paired.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_postgres_restart_under_load_fails_no_shared_token_session_and_loses_nothing() {
+    use std::sync::atomic::Ordering::SeqCst;
+    let Some(mut fleet) = Fleet::start() else {
+        return;
+    };
+    let urls: Vec<String> = fleet.replicas.iter().map(|(_, g)| g.url.clone()).collect();
+    // Committed before the restart: a device paired (silently, on this machine) through A.
+    let device = Home::new();
+    let (st, out, err) = device.run(&["gateway", "health", "--url", &urls[0], "--token", CANARY]);
+    assert!(st.success(), "{out}{err}");
+    let identity = DeviceIdentity::load_existing(&device.state()).unwrap();
+    let token = TokenStore::load(&device.state(), identity.device_id())
+        .unwrap()
+        .get(&urls[0], "operator")
+        .expect("A issued a device token")
+        .token
+        .clone();
+
+    let stop = Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let counts: Arc<[std::sync::atomic::AtomicU64; 2]> = Arc::default();
+    let load = shared_token_load(urls.clone(), stop.clone(), counts.clone());
+    let served = || counts[0].load(SeqCst);
+    assert!(
+        eventually(Duration::from_secs(30), || async { served() >= 30 }).await,
+        "the load did not start"
+    );
+
+    fleet.cluster.stop_server();
+    let before = served();
+    // Down: a device token cannot be verified, and the client is told to try again later (its
+    // credential may well be right); shared-token sessions go on.
+    let id = DeviceIdentity::load_existing(&device.state()).unwrap();
+    let mut opts = ConnectOptions::new(&urls[1], Credential::DeviceToken(token.clone()));
+    opts.device = Some(Arc::new(id));
+    match connect(&opts).await {
+        Err(ClientError::Rejected { error, close }) => {
+            assert_eq!(error.code, "UNAVAILABLE", "{error:?}");
+            assert_eq!(error.retryable, Some(true), "{error:?}");
+            assert!(error.retry_after_ms.is_some_and(|ms| ms > 0), "{error:?}");
+            assert_eq!(close, Some(1013), "try again later");
+        }
+        other => panic!("a device token verified with PostgreSQL down: {other:?}"),
+    }
+    assert!(
+        eventually(Duration::from_secs(30), || async {
+            served() >= before + 60
+        })
+        .await,
+        "shared-token sessions stopped while PostgreSQL was down"
+    );
+
+    fleet.cluster.start_server();
+    // Back, without touching a replica: the device token verifies on every replica again.
+    for url in &urls {
+        let url = url.clone();
+        let (device, token) = (&device, &token);
+        assert!(
+            eventually(Duration::from_secs(60), || {
+                let url = url.clone();
+                async move {
+                    let id = DeviceIdentity::load_existing(&device.state()).unwrap();
+                    let mut opts =
+                        ConnectOptions::new(&url, Credential::DeviceToken(token.clone()));
+                    opts.device = Some(Arc::new(id));
+                    connect(&opts).await.is_ok()
+                }
+            })
+            .await,
+            "{url} did not recover from the PostgreSQL restart"
+        );
+    }
+    // The fleet's events flow again: a rotation through B closes the device's session on C.
+    let mut on_c = device_session(&device, &urls[2], &token).await;
+    let b_home = &fleet.replicas[1].0;
+    let (st, out, err) =
+        b_home.run(&["devices", "rotate", identity.device_id(), "--url", &urls[1]]);
+    assert!(st.success(), "{out}{err}");
+    expect_close(&mut on_c, "device token rotated").await;
+
+    stop.store(true, SeqCst);
+    load.await.expect("the load task");
+    assert_eq!(
+        counts[1].load(SeqCst),
+        0,
+        "shared-token sessions refused (of {} accepted)",
+        served()
+    );
+    fleet.finish();
+}
+
+/// A replica SIGKILLed while it approves a batch of requests: every request is left either pending
+/// (nothing of it applied) or approved (paired and audited, the request gone), never half; the
+/// others approve the rest.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_replica_killed_during_approvals_leaves_each_request_pending_or_approved() {
+    let Some(mut fleet) = Fleet::start() else {
+        return;
+    };
+    let a_url = fleet.replicas[0].1.url.clone();
+    let (b_url, c_url) = (
+        fleet.replicas[1].1.url.clone(),
+        fleet.replicas[2].1.url.clone(),
+    );
+    // 40 devices on another host ask through A.
+    let mut requests = Vec::new();
+    let mut homes = Vec::new();
+    for _ in 0..40 {
+        let home = Home::new();
+        let identity = Arc::new(DeviceIdentity::load_or_create(&home.state()).unwrap());
+        let mut opts =
+            ConnectOptions::new(&a_url, Credential::Token(SecretValue::new(CANARY.into())));
+        opts.device = Some(identity.clone());
+        opts.open.bind_addr = Some("127.0.0.2".parse().unwrap());
+        opts.scopes = vec!["operator.read".into()];
+        let request_id = match connect(&opts).await {
+            Err(ClientError::Rejected { error, .. }) => error.details.unwrap().request_id.unwrap(),
+            other => panic!("expected pairing required, got {other:?}"),
+        };
+        requests.push((request_id, identity.device_id().to_owned()));
+        homes.push(home);
+    }
+
+    // An operator on B sends every approval at once; B is killed as the first one is answered.
+    // (An approver must hold the scopes it grants: read, besides pairing.)
+    let mut params = cli_params(Some(CANARY));
+    params["scopes"] = serde_json::json!(["operator.pairing", "operator.read"]);
+    let mut operator = session(&b_url, params).await;
+    for (i, (request_id, _)) in requests.iter().enumerate() {
+        operator
+            .send_json(serde_json::json!({"type": "req", "id": format!("a{i}"),
+                "method": "device.pair.approve", "params": {"requestId": request_id}}))
+            .await;
+    }
+    let first = operator.response().await;
+    fleet.replicas[1].1.child.kill().unwrap();
+    assert!(
+        matches!(&first, Got::Frame(f) if f["ok"] == true),
+        "{first:?}"
+    );
+
+    // Each request: pending and nothing of it applied, or approved with everything applied.
+    let (cluster, db) = (&fleet.cluster, &fleet.db);
+    let count = |sql: String| -> u64 { cluster.psql(db, &sql).trim().parse().unwrap() };
+    let mut pending_ids = Vec::new();
+    for (request_id, device_id) in &requests {
+        let pending = count(format!(
+            "SELECT count(*) FROM pending WHERE request_id = '{request_id}'"
+        ));
+        let paired = count(format!(
+            "SELECT count(*) FROM paired WHERE device_id = '{device_id}'"
+        ));
+        let tokens = count(format!(
+            "SELECT count(*) FROM tokens WHERE device_id = '{device_id}'"
+        ));
+        let audited = count(format!(
+            "SELECT count(*) FROM audit WHERE device_id = '{device_id}' AND event = 'pair.approved'"
+        ));
+        // An approval pairs; the device's token is issued when it next connects.
+        match (pending, paired, tokens, audited) {
+            (1, 0, 0, 0) => pending_ids.push(request_id.clone()),
+            (0, 1, 0, 1) => {}
+            other => panic!(
+                "request {request_id} half applied: (pending, paired, tokens, audit) = {other:?}"
+            ),
+        }
+    }
+    assert!(
+        pending_ids.len() < requests.len(),
+        "the first approval was answered, so it applied"
+    );
+    eprintln!(
+        "B killed with {} of {} requests approved",
+        requests.len() - pending_ids.len(),
+        requests.len()
+    );
+
+    // C approves what is left: nothing the killed replica held (a row lock, a transaction) blocks it.
+    let c_home = &fleet.replicas[2].0;
+    for request_id in &pending_ids {
+        let (st, out, err) = c_home.run(&["devices", "approve", request_id, "--url", &c_url]);
+        assert!(st.success(), "{out}{err}");
+    }
+    assert_eq!(count("SELECT count(*) FROM pending".into()), 0);
+    let Fleet { replicas, .. } = fleet;
+    for (i, (_, gw)) in replicas.into_iter().enumerate() {
+        if i != 1 {
+            gw.finish();
+        }
+    }
+}
