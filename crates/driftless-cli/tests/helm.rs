@@ -285,6 +285,21 @@ fn check_invariants(docs: &[Value], secret_name: &str, token_path: &str) {
     assert_eq!(svc["spec"]["ports"][0]["targetPort"], "gateway");
 }
 
+/// `helm template` with `sets`, validated strictly, of exactly these `kinds`, with the chart's
+/// invariants for the generated token Secret.
+fn render_checked(helm: &Helm, validator: &Path, sets: &[&str], kinds_: &[&str]) -> Vec<Value> {
+    let manifests = helm.template(sets);
+    validate_strict(validator, &manifests);
+    let docs = docs(&manifests);
+    assert_eq!(kinds(&docs), kinds_);
+    check_invariants(
+        &docs,
+        SECRET_NAME,
+        "/var/run/secrets/driftless/gateway-token",
+    );
+    docs
+}
+
 fn validate_strict(validator: &Path, manifests: &str) {
     let dir = tempfile::tempdir().unwrap();
     let file = dir.path().join("manifests.yaml");
@@ -353,23 +368,17 @@ fn default_render_is_valid_kubernetes_and_generates_one_kept_secret() {
         return;
     };
     for helm in t.helms() {
-        let manifests = helm.template(&[]);
-        validate_strict(&validator, &manifests);
-        let docs = docs(&manifests);
-        assert_eq!(
-            kinds(&docs),
-            [
+        let docs = render_checked(
+            &helm,
+            &validator,
+            &[],
+            &[
                 "ServiceAccount",
                 "Secret",
                 "ConfigMap",
                 "Service",
-                "Deployment"
-            ]
-        );
-        check_invariants(
-            &docs,
-            SECRET_NAME,
-            "/var/run/secrets/driftless/gateway-token",
+                "Deployment",
+            ],
         );
         let secret = find(&docs, "Secret");
         assert_eq!(secret["metadata"]["name"], SECRET_NAME);
@@ -411,24 +420,18 @@ fn persistence_renders_a_statefulset_with_a_kept_pvc() {
         return;
     };
     for helm in t.helms() {
-        let manifests = helm.template(&["persistence.enabled=true", "persistence.size=2Gi"]);
-        validate_strict(&validator, &manifests);
-        let docs = docs(&manifests);
-        assert_eq!(
-            kinds(&docs),
-            [
+        let docs = render_checked(
+            &helm,
+            &validator,
+            &["persistence.enabled=true", "persistence.size=2Gi"],
+            &[
                 "ServiceAccount",
                 "Secret",
                 "ConfigMap",
                 "PersistentVolumeClaim",
                 "Service",
-                "StatefulSet"
-            ]
-        );
-        check_invariants(
-            &docs,
-            SECRET_NAME,
-            "/var/run/secrets/driftless/gateway-token",
+                "StatefulSet",
+            ],
         );
         let pvc = find(&docs, "PersistentVolumeClaim");
         assert_eq!(pvc["spec"]["resources"]["requests"]["storage"], "2Gi");
@@ -527,24 +530,18 @@ fn replicas_render_with_postgres_a_disruption_budget_a_spread_and_the_database_s
     sets.push("replicaCount=3".into());
     let sets: Vec<&str> = sets.iter().map(String::as_str).collect();
     for helm in t.helms() {
-        let manifests = helm.template(&sets);
-        validate_strict(&validator, &manifests);
-        let docs = docs(&manifests);
-        assert_eq!(
-            kinds(&docs),
-            [
+        let docs = render_checked(
+            &helm,
+            &validator,
+            &sets,
+            &[
                 "PodDisruptionBudget",
                 "ServiceAccount",
                 "Secret",
                 "ConfigMap",
                 "Service",
-                "Deployment"
-            ]
-        );
-        check_invariants(
-            &docs,
-            SECRET_NAME,
-            "/var/run/secrets/driftless/gateway-token",
+                "Deployment",
+            ],
         );
         let w = workload(&docs);
         assert_eq!(w["spec"]["replicas"], 3);
