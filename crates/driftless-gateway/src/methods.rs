@@ -81,7 +81,7 @@ fn status(state: &State) -> Status {
         })
         .collect();
     let grace = state.secrets.grace().map(|(fp, until)| Grace {
-        previous_fingerprint: fp.to_string(),
+        previous_fingerprint: fp,
         ends_at_ms: until,
     });
     Status {
@@ -89,7 +89,7 @@ fn status(state: &State) -> Status {
         uptime_ms: Some(uptime_ms(state)),
         auth: StatusAuth {
             mode: Some(state.secrets.mode.as_str().into()),
-            fingerprint: state.secrets.current().map(|s| s.fingerprint().to_string()),
+            fingerprint: state.secrets.accepted_fingerprint(),
             grace,
         },
         secrets,
@@ -225,7 +225,34 @@ pub(crate) async fn dispatch(
                 .unwrap_or(false);
             match crate::reload::reload_now(state.clone(), "rpc").await {
                 Ok(changed) => {
-                    if end_grace {
+                    if end_grace && state.secrets.in_fleet() {
+                        // The grace is the fleet's: it ends for every replica.
+                        let st = state.clone();
+                        let ended = crate::auth::blocking(move || match st.devices.fleet() {
+                            Some(fleet) => fleet.end_grace(),
+                            None => Ok(None),
+                        })
+                        .await;
+                        match ended {
+                            Ok(view) => {
+                                if let Some(view) = view {
+                                    crate::reload::serve_fleet_view(state, view);
+                                }
+                            }
+                            Err(e) => {
+                                return Reply::err(
+                                    id,
+                                    ErrorShape::new(
+                                        codes::UNAVAILABLE,
+                                        format!(
+                                            "secrets.reload: cannot end the fleet's grace: {e}; \
+                                             the previous secret stays accepted until its grace ends"
+                                        ),
+                                    ),
+                                );
+                            }
+                        }
+                    } else if end_grace {
                         state.secrets.end_grace(None);
                     }
                     Reply::ok(

@@ -8,6 +8,8 @@ use notify::{RecursiveMode, Watcher};
 use tokio::task::JoinHandle;
 
 use crate::State;
+use crate::devices::FleetView;
+use crate::throttle::{LOG_EVERY, Throttle};
 
 /// Bursts of file events (an editor's save, a Kubernetes swap) are folded into one reload.
 pub(crate) const DEBOUNCE_MS: u64 = 100;
@@ -32,7 +34,7 @@ pub(crate) fn reload_and_schedule(
     state: &Arc<State>,
     trigger: &'static str,
 ) -> Result<Vec<String>, String> {
-    match state.secrets.reload(trigger, &state.metrics) {
+    let result = match state.secrets.reload(trigger, &state.metrics) {
         Ok((r, grace)) => {
             if let Some((generation, until_ms)) = grace {
                 let wait = until_ms.saturating_sub(crate::secrets::now_ms());
@@ -45,7 +47,57 @@ pub(crate) fn reload_and_schedule(
             Ok(r.changed.into_iter().map(|c| c.name).collect())
         }
         Err(e) => Err(driftless_core::redact::redact(&e.to_string()).into_owned()),
+    };
+    // A changed secret, or a publish that failed before (this is also the periodic retry).
+    if state.secrets.publish_pending() {
+        publish(state);
     }
+    result
+}
+
+/// Publishes this replica's shared secret to the fleet and serves the fleet's answer (a store
+/// several replicas share). Blocks on the database: call it on a blocking thread inside the
+/// runtime. A failure keeps the last view serving and is retried on the next reload and when the
+/// store's listener reconnects.
+pub(crate) fn publish(state: &Arc<State>) {
+    let (Some(fleet), Some(secret)) = (state.devices.fleet(), state.secrets.current()) else {
+        return;
+    };
+    let verifier = fleet.verifier().of(secret.expose());
+    match fleet.publish(
+        &verifier,
+        secret.fingerprint().as_str(),
+        state.secrets.grace_period().as_millis() as u64,
+    ) {
+        Ok((published, view)) => {
+            state.secrets.published(Some(published));
+            serve_fleet_view(state, view);
+        }
+        Err(e) => {
+            state.secrets.published(None);
+            static LOG: Throttle = Throttle::new(LOG_EVERY);
+            if let Some(held_back) = LOG.admit() {
+                tracing::warn!(error = %e, held_back, "cannot publish this replica's shared secret to the fleet; the fleet's last secrets stay accepted, retrying on the next reload");
+            }
+        }
+    }
+}
+
+/// Serves a view of the fleet's shared secrets, and ends the predecessor's grace here when the
+/// fleet's does (a timer from the time left the database reported).
+pub(crate) fn serve_fleet_view(state: &Arc<State>, view: FleetView) {
+    if let Some(grace) = state.secrets.install_fleet(view) {
+        end_fleet_grace_after(state, grace);
+    }
+}
+
+/// Closes the sessions on the fleet's predecessor `previous` when its grace, `left`, ends.
+pub(crate) fn end_fleet_grace_after(state: &Arc<State>, (previous, left): (u64, Duration)) {
+    let st = state.clone();
+    state.runtime.spawn(async move {
+        tokio::time::sleep(left).await;
+        st.secrets.end_fleet_grace(previous);
+    });
 }
 
 /// The watcher, SIGHUP and backstop tasks; dropping this stops them.
