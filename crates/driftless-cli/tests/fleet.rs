@@ -1,7 +1,8 @@
 //! Several gateway replicas on one PostgreSQL database (issue #14): three real `driftless gateway
 //! run` processes, each with its own home, state directory and port, and one config pointing at a
 //! private PostgreSQL cluster (`driftless_gateway::testing::postgres`) with the database password
-//! and the device-token key as file references shared by all three.
+//! and the device-token key as file references shared by all three. Each replica reads its own
+//! copy of the shared token (`secrets/token` in its home), as pods whose Secret mounts sync apart.
 //!
 //! Without PostgreSQL installed the test skips and says why; with `DRIFTLESS_REQUIRE_TOOLS=1`
 //! (CI, whose `.ci/run` installs `postgresql`) it fails instead.
@@ -10,7 +11,7 @@ mod support;
 
 use std::path::Path;
 use std::sync::Arc;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use driftless_client::connection::{ClientError, ConnectOptions, Connection, Credential, connect};
 use driftless_client::identity::DeviceIdentity;
@@ -47,7 +48,7 @@ fn replica(cluster: &Cluster, db: &str, shared: &Path, extra: &str) -> (Home, Ga
 struct Fleet {
     cluster: Cluster,
     db: String,
-    _shared: tempfile::TempDir,
+    shared: tempfile::TempDir,
     replicas: Vec<(Home, Gateway)>,
 }
 
@@ -69,7 +70,7 @@ impl Fleet {
         Some(Fleet {
             cluster,
             db,
-            _shared: shared,
+            shared,
             replicas,
         })
     }
@@ -340,4 +341,123 @@ async fn thirty_wrong_guesses_spread_over_three_replicas_get_one_budget() {
         assert!(g.metric("driftless_gateway_limiter_rejections_total") > 0.0);
     }
     fleet.finish();
+}
+
+/// What `status` on `c` reports about the shared token: (fingerprint accepted as current, the
+/// previous one in grace).
+async fn accepted_fingerprints(c: &mut Client) -> (Value, Value) {
+    let st = c.call("s", "status", None).await;
+    let auth = &st["payload"]["auth"];
+    (
+        auth["fingerprint"].clone(),
+        auth["grace"]["previousFingerprint"].clone(),
+    )
+}
+
+/// Waits up to 10 s for `conn` to close (frames skipped) and returns how.
+async fn closed(conn: &mut Client) -> (u16, String) {
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        match conn
+            .next_within(deadline.saturating_duration_since(Instant::now()))
+            .await
+        {
+            Got::Closed(code, reason) => return (code, reason),
+            Got::Frame(_) => continue,
+        }
+    }
+}
+
+/// A shared-token rotation seen by A only (B's and C's files still hold the old token) is
+/// accepted by B and C within a second of A reporting it; the old token keeps working on all
+/// three until the grace ends for the fleet, then every replica refuses it and an old-token
+/// session on B closes 4001. A replica started later with the stale file does not bring the old
+/// token back. No token value reaches any replica's log.
+#[tokio::test]
+async fn a_shared_token_rotation_seen_by_a_only_is_accepted_by_b_and_c_within_a_second() {
+    const NEW: &str = "canary-fleet-rotated-3c7e9a1f";
+    let grace = "rotation_grace_seconds = 5\n";
+    let Some(mut fleet) = Fleet::start_with(grace) else {
+        return;
+    };
+    let old_fp = Value::from(SecretValue::new(CANARY.into()).fingerprint().to_string());
+    let new_fp = Value::from(SecretValue::new(NEW.into()).fingerprint().to_string());
+    {
+        let [(a_home, a), (_, b), (_, c)] = &fleet.replicas[..] else {
+            unreachable!()
+        };
+        let mut on_a = session(&a.url, cli_params(Some(CANARY))).await;
+        let mut on_b = session(&b.url, cli_params(Some(CANARY))).await;
+        assert_eq!(
+            accepted_fingerprints(&mut on_b).await,
+            (old_fp.clone(), Value::Null)
+        );
+
+        replace_by_rename(&a_home.path().join("secrets/token"), NEW);
+        let deadline = Instant::now() + RELOAD_WITHIN;
+        while accepted_fingerprints(&mut on_a).await.0 != new_fp {
+            assert!(Instant::now() < deadline, "A did not report the new token");
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        let seen = Instant::now();
+        // A functional bound, as the issue states it: B and C within a second of A.
+        for gw in [b, c] {
+            let left = Duration::from_secs(1).saturating_sub(seen.elapsed());
+            assert!(
+                eventually(left, || accepted(&gw.url, NEW)).await,
+                "{} did not accept the new token within 1 s of A reporting it",
+                gw.url
+            );
+        }
+        assert!(seen.elapsed() <= Duration::from_millis(1_100));
+        // During the fleet's grace the old token works everywhere, and B says which it accepts.
+        for gw in [a, b, c] {
+            assert!(accepted(&gw.url, CANARY).await, "{} in grace", gw.url);
+        }
+        assert_eq!(
+            accepted_fingerprints(&mut on_b).await,
+            (new_fp.clone(), old_fp.clone())
+        );
+
+        // The fleet's grace ends: B closes its old-token session and every replica refuses it.
+        assert_eq!(
+            closed(&mut on_b).await,
+            (4001, "gateway auth changed".to_owned())
+        );
+        for gw in [a, b, c] {
+            assert!(!accepted(&gw.url, CANARY).await, "{} after grace", gw.url);
+            assert!(accepted(&gw.url, NEW).await, "{}", gw.url);
+        }
+    }
+
+    // A replica started with the stale file (the old token): superseded, not reinstated.
+    let (d_home, d) = replica(&fleet.cluster, &fleet.db, fleet.shared.path(), grace);
+    assert!(
+        !accepted(&d.url, CANARY).await,
+        "the stale replica accepts the old token"
+    );
+    assert!(accepted(&d.url, NEW).await);
+    for (_, gw) in &fleet.replicas {
+        assert!(
+            !accepted(&gw.url, CANARY).await,
+            "{} after D started",
+            gw.url
+        );
+    }
+    let mut on_d = session(&d.url, cli_params(Some(NEW))).await;
+    assert_eq!(
+        accepted_fingerprints(&mut on_d).await,
+        (new_fp, Value::Null)
+    );
+    assert!(
+        d.log_text().contains("behind the fleet"),
+        "{}",
+        d.log_text()
+    );
+    fleet.replicas.push((d_home, d));
+    for log in fleet.finish() {
+        for token in [CANARY, NEW] {
+            assert!(!log.contains(token), "a shared token reached a log");
+        }
+    }
 }
