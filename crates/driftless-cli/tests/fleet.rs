@@ -25,22 +25,26 @@ use support::*;
 const TOKEN_KEY: &str = "b7Kx3mQ9vR2tY8wE5nA1cF6hJ4pL0sD7gU3iO9zXk2M";
 
 /// A replica's home: the shared token as every test's, `extra` config, the PostgreSQL store, and
-/// only 127.0.0.1 counting as this machine (127.0.0.2 plays a device on another host).
+/// only 127.0.0.1 counting as this machine (127.0.0.2 plays a device on another host). Its port
+/// is pinned in its config, so the home's `token rotate` and `gateway status` find it.
 fn replica(cluster: &Cluster, db: &str, shared: &Path, extra: &str) -> (Home, Gateway) {
     let home = Home::new();
-    home.token_config(
-        CANARY,
-        &format!(
-            "{extra}[gateway.devices]\nlocal_addresses = [\"127.0.0.1\"]\nstore = \"postgres\"\n\
-             [gateway.devices.postgres]\nurl = {url:?}\n\
-             password = {{ source = \"file\", path = {pw:?} }}\n\
-             token_key = {{ source = \"file\", path = {key:?} }}\n",
-            url = cluster.url(db),
-            pw = shared.join("pg-password"),
-            key = shared.join("token-key"),
-        ),
-    );
-    let gw = Gateway::start(&home, &[], &[]);
+    let gw = Gateway::start_pinned(&home, |port| {
+        home.token_config(
+            CANARY,
+            &format!(
+                "{extra}[gateway.devices]\nlocal_addresses = [\"127.0.0.1\"]\nstore = \"postgres\"\n\
+                 [gateway.devices.postgres]\nurl = {url:?}\n\
+                 password = {{ source = \"file\", path = {pw:?} }}\n\
+                 token_key = {{ source = \"file\", path = {key:?} }}\n",
+                url = cluster.url(db),
+                pw = shared.join("pg-password"),
+                key = shared.join("token-key"),
+            ),
+        );
+        let config = std::fs::read_to_string(home.config_path()).unwrap();
+        home.write_config(&config.replacen("port = 0\n", &format!("port = {port}\n"), 1));
+    });
     (home, gw)
 }
 
@@ -459,5 +463,82 @@ async fn a_shared_token_rotation_seen_by_a_only_is_accepted_by_b_and_c_within_a_
         for token in [CANARY, NEW] {
             assert!(!log.contains(token), "a shared token reached a log");
         }
+    }
+}
+
+/// `gateway status --json` on this home's replica: its `replicas`, once `done` holds for them
+/// (bounded by 10 s).
+fn replicas_until(home: &Home, done: impl Fn(&[Value]) -> bool) -> Vec<Value> {
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        let (st, out, err) = home.run(&["gateway", "status", "--json"]);
+        assert!(st.success(), "{out}{err}");
+        let status: Value = serde_json::from_str(&out).unwrap();
+        let replicas = status["replicas"].as_array().cloned().unwrap_or_default();
+        if done(&replicas) {
+            return replicas;
+        }
+        assert!(Instant::now() < deadline, "{status}");
+        std::thread::sleep(Duration::from_millis(100));
+    }
+}
+
+/// `gateway status` lists every live replica with the fingerprints it accepts; `token rotate
+/// --wait` on A returns once all three accept the new token (B's and C's files still hold the old
+/// one) and reports it; a replica that stops cleanly leaves the list at once.
+#[test]
+fn status_lists_every_live_replica_and_token_rotate_waits_until_all_accept() {
+    let Some(mut fleet) = Fleet::start_with("rotation_grace_seconds = 60\n") else {
+        return;
+    };
+    let old_fp = SecretValue::new(CANARY.into()).fingerprint().to_string();
+    let replicas = replicas_until(&fleet.replicas[0].0, |r| r.len() == 3);
+    let mut ids: Vec<&str> = replicas.iter().map(|r| r["id"].as_str().unwrap()).collect();
+    ids.sort();
+    ids.dedup();
+    assert_eq!(ids.len(), 3, "{replicas:?}");
+    let listen = |gw: &Gateway| Value::from(format!("127.0.0.1:{}", gw.port));
+    for (_, gw) in &fleet.replicas {
+        let r = replicas
+            .iter()
+            .find(|r| r["listen"] == listen(gw))
+            .unwrap_or_else(|| panic!("{} is not listed: {replicas:?}", gw.url));
+        assert_eq!(r["accepts"], serde_json::json!([old_fp]), "{replicas:?}");
+    }
+    let a_home = &fleet.replicas[0].0;
+    let (st, out, err) = a_home.run(&["gateway", "status"]);
+    assert!(st.success(), "{out}{err}");
+    assert!(out.contains("replicas     3 live"), "{out}");
+
+    let (st, out, err) = a_home.run(&["token", "rotate", "--wait", "--json"]);
+    assert!(st.success(), "{out}{err}");
+    let rotated: Value = serde_json::from_str(&out).unwrap();
+    assert_eq!(rotated["replicasAccepting"], 3, "{rotated}");
+    assert!(
+        err.contains("3 of 3 live replicas accept the new token"),
+        "{err}"
+    );
+    let new_fp = rotated["newFingerprint"].as_str().unwrap().to_owned();
+    let new_token = std::fs::read_to_string(a_home.path().join("secrets/token")).unwrap();
+    let new_token = new_token.trim().to_owned();
+    for r in replicas_until(a_home, |r| r.len() == 3) {
+        assert_eq!(r["accepts"], serde_json::json!([new_fp, old_fp]), "{r}");
+    }
+    let rt = tokio::runtime::Runtime::new().unwrap();
+    for (_, gw) in &fleet.replicas {
+        assert!(rt.block_on(accepted(&gw.url, &new_token)), "{}", gw.url);
+    }
+
+    // C stops cleanly: gone from the list at once, not after its heartbeat ages.
+    let (_, c) = fleet.replicas.pop().unwrap();
+    let c_listen = listen(&c);
+    let c_log = c.finish();
+    let left = replicas_until(&fleet.replicas[0].0, |r| r.len() == 2);
+    assert!(left.iter().all(|r| r["listen"] != c_listen), "{left:?}");
+    for log in fleet.finish().into_iter().chain([c_log]) {
+        assert!(
+            !log.contains(&new_token) && !log.contains(CANARY),
+            "a shared token reached a log"
+        );
     }
 }

@@ -112,6 +112,8 @@ pub(crate) struct State {
     pub upstream: Option<relay::Upstream>,
     /// The gateway's runtime, for timers started from the store's listener (on its own runtime).
     pub runtime: tokio::runtime::Handle,
+    /// Wakes the fleet heartbeat early (what this replica accepts changed).
+    pub heartbeat: tokio::sync::Notify,
 }
 
 /// An event frame for every session allowed to see it. A session that lags skips it (OpenClaw's
@@ -268,6 +270,7 @@ impl Gateway {
                 openai,
                 upstream: cfg.upstream.as_ref().map(relay::Upstream::new),
                 runtime,
+                heartbeat: tokio::sync::Notify::new(),
             }
         });
         if let Some(grace) = fleet_grace {
@@ -312,6 +315,13 @@ impl Gateway {
         let state = self.state;
         let background = self.background;
         let ticker = tokio::spawn(tick_loop(state.clone()));
+        let heartbeats = reload::heartbeats(
+            state.clone(),
+            self.listener
+                .local_addr()
+                .map(|a| a.to_string())
+                .unwrap_or_default(),
+        );
         let app = Router::new()
             .route("/healthz", get(healthz))
             .route("/readyz", get(readyz))
@@ -335,6 +345,10 @@ impl Gateway {
         }
         let _ = stop_tx.send(());
         ticker.abort();
+        if let Some(h) = heartbeats {
+            h.abort();
+            reload::leave_fleet(&state).await;
+        }
         drop(background);
         let _ = tokio::time::timeout(Duration::from_secs(1), server).await;
         Ok(())

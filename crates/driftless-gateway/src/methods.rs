@@ -18,6 +18,7 @@ use crate::State;
 use crate::conn::Session;
 use crate::devices;
 use crate::secrets::now_ms;
+use crate::throttle::{LOG_EVERY, Throttle};
 
 const VERSION: &str = env!("CARGO_PKG_VERSION");
 const PRESENCE_TEXT: &str = concat!(
@@ -97,6 +98,26 @@ fn status(state: &State) -> Status {
         connections: Some(state.connections.load(Ordering::SeqCst)),
         ..Status::default()
     }
+}
+
+/// The fleet's live replicas (none without a fleet). The database unreachable: none, logged.
+async fn replicas(state: &State) -> Vec<driftless_protocol::payloads::ReplicaStatus> {
+    if state.devices.fleet().is_none() {
+        return Vec::new();
+    }
+    let store = state.devices.clone();
+    let listed = crate::auth::blocking(move || match store.fleet() {
+        Some(fleet) => fleet.replicas(),
+        None => Ok(Vec::new()),
+    })
+    .await;
+    listed.unwrap_or_else(|e| {
+        static LOG: Throttle = Throttle::new(LOG_EVERY);
+        if let Some(held_back) = LOG.admit() {
+            tracing::warn!(error = %e, held_back, "cannot list the fleet's replicas for status");
+        }
+        Vec::new()
+    })
 }
 
 /// `hello-ok.auth`: how the client authenticated, and its device token when one goes back (a
@@ -215,7 +236,11 @@ pub(crate) async fn dispatch(
     }
     match &*req.method {
         "health" => Reply::ok(id, &health(state)),
-        "status" => Reply::ok(id, &status(state)),
+        "status" => {
+            let mut st = status(state);
+            st.replicas = replicas(state).await;
+            Reply::ok(id, &st)
+        }
         "system-presence" => Reply::ok(id, &presence(state)),
         "secrets.reload" => {
             // Lenient as before: params that are not an object with a boolean `endGrace` mean

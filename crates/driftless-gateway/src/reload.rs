@@ -89,6 +89,49 @@ pub(crate) fn serve_fleet_view(state: &Arc<State>, view: FleetView) {
     if let Some(grace) = state.secrets.install_fleet(view) {
         end_fleet_grace_after(state, grace);
     }
+    // What this replica accepts may have changed: `status` on any replica shows it at once.
+    state.heartbeat.notify_one();
+}
+
+/// How often a replica in a fleet records that it is alive (`REPLICA_LIVE_MS` is three of these).
+const HEARTBEAT: Duration = Duration::from_secs(5);
+
+/// Records this replica in the fleet's `replicas` table every [`HEARTBEAT`] and whenever what it
+/// accepts changed, until dropped; then [`leave_fleet`] removes it. Nothing without a fleet.
+pub(crate) fn heartbeats(state: Arc<State>, listen: String) -> Option<JoinHandle<()>> {
+    state.devices.fleet()?;
+    Some(tokio::spawn(async move {
+        loop {
+            let (st, addr) = (state.clone(), listen.clone());
+            let beat = crate::auth::blocking(move || {
+                let accepts = st.secrets.accepted_fingerprints();
+                match st.devices.fleet() {
+                    Some(fleet) => fleet.heartbeat(&st.instance_id, &addr, &accepts),
+                    None => Ok(()),
+                }
+            })
+            .await;
+            if let Err(e) = beat {
+                static LOG: Throttle = Throttle::new(LOG_EVERY);
+                if let Some(held_back) = LOG.admit() {
+                    tracing::warn!(error = %e, held_back, "cannot record this replica in the fleet's replicas table; `gateway status` elsewhere may not list it");
+                }
+            }
+            let _ = tokio::time::timeout(HEARTBEAT, state.heartbeat.notified()).await;
+        }
+    }))
+}
+
+/// Removes this replica from the fleet's `replicas` table (a clean shutdown), waiting at most 1 s.
+pub(crate) async fn leave_fleet(state: &Arc<State>) {
+    let st = state.clone();
+    let leave = crate::auth::blocking(move || match st.devices.fleet() {
+        Some(fleet) => fleet.leave(&st.instance_id),
+        None => Ok(()),
+    });
+    if let Ok(Err(e)) = tokio::time::timeout(Duration::from_secs(1), leave).await {
+        tracing::warn!(error = %e, "cannot remove this replica from the fleet's replicas table; it drops out once its heartbeat is old");
+    }
 }
 
 /// Closes the sessions on the fleet's predecessor `previous` when its grace, `left`, ends.

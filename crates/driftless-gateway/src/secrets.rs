@@ -256,6 +256,14 @@ impl Secrets {
         }
     }
 
+    /// The fingerprints of the shared secrets accepted now, the current one first.
+    pub fn accepted_fingerprints(&self) -> Vec<String> {
+        self.accepted_fingerprint()
+            .into_iter()
+            .chain(self.grace().map(|(fp, _)| fp))
+            .collect()
+    }
+
     /// Fingerprint of the previous secret and the end of its grace, while it lasts.
     pub fn grace(&self) -> Option<(String, u64)> {
         if let Some(fleet) = self.fleet.get() {

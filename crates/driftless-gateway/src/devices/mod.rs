@@ -171,6 +171,13 @@ pub trait FleetSecrets: Send + Sync {
     ) -> Result<(Published, FleetView), StoreError>;
     /// Ends the grace of every secret but the newest now, for the fleet (`token rotate --no-grace`).
     fn end_grace(&self) -> Result<Option<FleetView>, StoreError>;
+    /// Records that replica `id` (listening on `listen`) is alive and accepts the shared tokens
+    /// with these fingerprints.
+    fn heartbeat(&self, id: &str, listen: &str, accepts: &[String]) -> Result<(), StoreError>;
+    /// The replicas whose last heartbeat is recent, oldest first.
+    fn replicas(&self) -> Result<Vec<driftless_protocol::payloads::ReplicaStatus>, StoreError>;
+    /// Removes replica `id` (a clean shutdown).
+    fn leave(&self, id: &str) -> Result<(), StoreError>;
 }
 
 /// Where a store that several processes share delivers the events they commit.

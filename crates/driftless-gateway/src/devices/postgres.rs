@@ -41,6 +41,7 @@ use super::{
     TokenCheck, TokenSummary, Verifier,
 };
 use crate::limiter::Budget;
+use driftless_protocol::payloads::ReplicaStatus;
 
 /// The schema, one migration per version (index + 1). Append only: an applied migration never
 /// changes.
@@ -92,6 +93,10 @@ pub const MIGRATIONS: &[&str] = &[
     "CREATE TABLE shared_secrets (
        id BIGSERIAL PRIMARY KEY, verifier BYTEA NOT NULL UNIQUE, fingerprint TEXT NOT NULL,
        published_at TIMESTAMPTZ NOT NULL DEFAULT now(), accepted_until TIMESTAMPTZ);",
+    // 5: the live replicas (`FleetSecrets::heartbeat`), for `status`.
+    "CREATE TABLE replicas (
+       id TEXT PRIMARY KEY, listen TEXT NOT NULL, started_at TIMESTAMPTZ NOT NULL,
+       last_seen TIMESTAMPTZ NOT NULL, accepts TEXT NOT NULL);",
 ];
 
 /// The advisory lock key migrations run under ("dftless" in ASCII).
@@ -112,6 +117,9 @@ const EVENTS_TRIM_EVERY: i64 = 1_000;
 /// Published shared secrets kept: a replica whose source still holds one of these is told it is
 /// superseded; one older than this would be taken for a new secret.
 pub const SHARED_SECRETS_KEEP_ROWS: i64 = 1_000;
+
+/// A replica whose last heartbeat is older than this is not live (three heartbeats missed).
+pub const REPLICA_LIVE_MS: i64 = 15_000;
 
 /// The fleet's accepted shared secrets, newest first: the newest, and the one before while its
 /// grace lasts, with the milliseconds left by the database's clock.
@@ -1629,6 +1637,69 @@ impl FleetSecrets for PostgresStore {
                 emit_body(tx, &EventBody::SharedSecret, crate::secrets::now_ms()).await?;
             }
             Ok(read_view(tx).await?)
+        })
+    }
+
+    fn heartbeat(&self, id: &str, listen: &str, accepts: &[String]) -> Result<(), StoreError> {
+        let accepts = json(accepts);
+        self.block_on(async {
+            let client = self.client().await?;
+            client
+                .execute(
+                    "INSERT INTO replicas (id, listen, started_at, last_seen, accepts)
+                     VALUES ($1, $2, now(), now(), $3)
+                     ON CONFLICT (id) DO UPDATE
+                     SET listen = excluded.listen, last_seen = now(), accepts = excluded.accepts",
+                    &[&id, &listen, &accepts],
+                )
+                .await
+                .map_err(|e| self.err(&e))?;
+            // A replica killed without a clean shutdown leaves its row: gone after an hour.
+            client
+                .execute(
+                    "DELETE FROM replicas WHERE last_seen < now() - interval '1 hour'",
+                    &[],
+                )
+                .await
+                .map_err(|e| self.err(&e))?;
+            Ok(())
+        })
+    }
+
+    fn replicas(&self) -> Result<Vec<ReplicaStatus>, StoreError> {
+        self.block_on(async {
+            let client = self.client().await?;
+            let rows = client
+                .query(
+                    "SELECT id, listen, (extract(epoch FROM started_at) * 1000)::BIGINT,
+                       (extract(epoch FROM last_seen) * 1000)::BIGINT, accepts
+                     FROM replicas WHERE last_seen > now() - $1::BIGINT * interval '1 millisecond'
+                     ORDER BY started_at, id",
+                    &[&REPLICA_LIVE_MS],
+                )
+                .await
+                .map_err(|e| self.err(&e))?;
+            Ok(rows
+                .iter()
+                .map(|r| ReplicaStatus {
+                    id: r.get(0),
+                    listen: r.get(1),
+                    started_at_ms: r.get::<_, i64>(2).max(0) as u64,
+                    last_seen_ms: r.get::<_, i64>(3).max(0) as u64,
+                    accepts: unjson(r.get(4)),
+                })
+                .collect())
+        })
+    }
+
+    fn leave(&self, id: &str) -> Result<(), StoreError> {
+        self.block_on(async {
+            let client = self.client().await?;
+            client
+                .execute("DELETE FROM replicas WHERE id = $1", &[&id])
+                .await
+                .map_err(|e| self.err(&e))?;
+            Ok(())
         })
     }
 }

@@ -345,3 +345,49 @@ fn two_replicas_publish_one_order_of_shared_secrets() {
         "4"
     );
 }
+
+/// The replicas table: a heartbeat records a replica (again: updated, its start kept), the list
+/// holds the live ones, and leaving removes one.
+#[test]
+fn replicas_heartbeat_list_and_leave() {
+    let Some((cluster, db)) = fixture() else {
+        return;
+    };
+    let key = new_key_text();
+    let (a, b) = (
+        open_postgres(&cluster, &db, &key),
+        open_postgres(&cluster, &db, &key),
+    );
+    let (fa, fb) = (a.fleet().unwrap(), b.fleet().unwrap());
+    fa.heartbeat(
+        "replica-a",
+        "10.0.0.1:18789",
+        &["sha256:aaaaaaaaaaaa".into()],
+    )
+    .unwrap();
+    fb.heartbeat("replica-b", "10.0.0.2:18789", &[]).unwrap();
+    let first = fb.replicas().unwrap();
+    assert_eq!(
+        first.iter().map(|r| r.id.as_str()).collect::<Vec<_>>(),
+        ["replica-a", "replica-b"]
+    );
+    let accepts = vec![
+        "sha256:bbbbbbbbbbbb".to_owned(),
+        "sha256:aaaaaaaaaaaa".into(),
+    ];
+    fa.heartbeat("replica-a", "10.0.0.1:18789", &accepts)
+        .unwrap();
+    let again = fb.replicas().unwrap();
+    assert_eq!(again[0].accepts, accepts);
+    assert_eq!(again[0].started_at_ms, first[0].started_at_ms);
+    assert!(again[0].last_seen_ms >= first[0].last_seen_ms);
+    assert_eq!(again[0].listen, "10.0.0.1:18789");
+    fa.leave("replica-a").unwrap();
+    assert_eq!(fb.replicas().unwrap().len(), 1);
+    // A replica not seen for longer than the live window is not listed.
+    cluster.psql(
+        &db,
+        "UPDATE replicas SET last_seen = now() - interval '1 minute' WHERE id = 'replica-b'",
+    );
+    assert!(fa.replicas().unwrap().is_empty());
+}
