@@ -19,6 +19,10 @@ use support::*;
 const UPSTREAM: &str = "canary-upstream-openclaw-token-5e21";
 /// driftless's token after its rotation.
 const ROTATED: &str = "canary-driftless-rotated-9b07";
+/// OpenClaw's token after the rotation done on OpenClaw alone.
+const UPSTREAM_ROTATED: &str = "canary-upstream-rotated-40d3";
+/// OpenClaw's tick comes every 30 s (`tickIntervalMs`); a little slack for a loaded machine.
+const TICK_WITHIN: Duration = Duration::from_secs(45);
 
 /// OpenClaw on a fixed port (it is restarted on it), its token in a file.
 fn start_openclaw(cli: &(PathBuf, PathBuf), home: &Home) -> OpenClawGateway {
@@ -76,10 +80,22 @@ async fn wait_ready(url: &str, token: &str) {
 
 fn assert_no_token(text: &str, what: &str) {
     assert_no_canary(text, what);
-    assert!(
-        !text.contains(UPSTREAM),
-        "OpenClaw's token leaked into {what}"
-    );
+    for token in [UPSTREAM, UPSTREAM_ROTATED] {
+        assert!(!text.contains(token), "OpenClaw's token leaked into {what}");
+    }
+}
+
+/// The next event named `name` on `c` (other frames skipped), within [`TICK_WITHIN`].
+async fn next_event(c: &mut Client, name: &str) -> Value {
+    let deadline = tokio::time::Instant::now() + TICK_WITHIN;
+    loop {
+        let left = deadline.saturating_duration_since(tokio::time::Instant::now());
+        match c.next_within(left).await {
+            Got::Frame(f) if f["type"] == "event" && f["event"] == name => return f,
+            Got::Frame(_) => continue,
+            Got::Closed(code, reason) => panic!("closed {code} {reason} before a {name} event"),
+        }
+    }
 }
 
 /// Drops what differs between two calls of the same method a moment apart (timestamps).
@@ -187,12 +203,41 @@ async fn openclaw_clients_reach_openclaw_through_driftless_within_their_scopes()
     );
 
     // driftless's own token rotates under the running session: once the new token opens relayed
-    // sessions, the old session is still open (the grace window) and still reaches OpenClaw.
+    // sessions, the old session is still open (the grace window), still reaches OpenClaw, and
+    // still receives OpenClaw's events (its tick).
     replace_by_rename(&home.path().join("secrets/token"), &format!("{ROTATED}\n"));
     wait_ready(&gw.url, ROTATED).await;
     let listed = c.call("r4", "node.list", None).await;
     assert_eq!(listed["ok"], true, "{listed}");
+    let tick = next_event(&mut c, "tick").await;
+    assert!(tick["payload"]["ts"].as_u64().is_some(), "{tick}");
     drop(c);
+
+    // The same rotation done on OpenClaw alone: its own shared-token client is closed 4001 at
+    // once (OpenClaw has no grace window), which is what driftless in front spares its clients.
+    let mut direct = session(&openclaw.url, cli_params(Some(UPSTREAM))).await;
+    replace_by_rename(
+        &home.path().join("openclaw/token"),
+        &format!("{UPSTREAM_ROTATED}\n"),
+    );
+    let reload = call(
+        &cli,
+        &direct_home,
+        &openclaw.url,
+        UPSTREAM,
+        "secrets.reload",
+    );
+    let closed = loop {
+        match direct.next_within(Duration::from_secs(30)).await {
+            Got::Frame(_) => continue,
+            Got::Closed(code, reason) => break (code, reason),
+        }
+    };
+    assert_eq!(
+        closed,
+        (4001, "gateway auth changed".to_owned()),
+        "secrets.reload: {reload:?}"
+    );
 
     // Neither side's token in either log.
     let oc_log = openclaw.log_text();
