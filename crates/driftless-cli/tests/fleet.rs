@@ -542,3 +542,53 @@ fn status_lists_every_live_replica_and_token_rotate_waits_until_all_accept() {
         );
     }
 }
+
+/// The database down: every replica keeps accepting the fleet's last token (a shared-token check
+/// needs no database). A rotation A sees meanwhile is not taken alone (the fleet has not agreed
+/// to it); it is published when the database is back (the listener's reconnect retries it), and
+/// then every replica accepts it, with the old token in the fleet's grace.
+#[tokio::test]
+async fn with_the_database_down_the_fleet_keeps_its_token_and_a_rotation_is_published_when_it_returns()
+ {
+    const NEW: &str = "canary-fleet-outage-6b8d2e4a";
+    let Some(mut fleet) = Fleet::start_with("rotation_grace_seconds = 60\n") else {
+        return;
+    };
+    fleet.cluster.stop_server();
+    for (_, gw) in &fleet.replicas {
+        assert!(
+            accepted(&gw.url, CANARY).await,
+            "{} with the database down",
+            gw.url
+        );
+    }
+    let a_home = &fleet.replicas[0].0;
+    replace_by_rename(&a_home.path().join("secrets/token"), NEW);
+    let a = &fleet.replicas[0].1;
+    assert!(
+        eventually(RELOAD_WITHIN, || async {
+            a.log_text()
+                .contains("cannot publish this replica's shared secret")
+        })
+        .await,
+        "{}",
+        a.log_text()
+    );
+    assert!(!accepted(&a.url, NEW).await);
+    assert!(accepted(&a.url, CANARY).await);
+
+    fleet.cluster.start_server();
+    for (_, gw) in &fleet.replicas {
+        assert!(
+            eventually(RELOAD_WITHIN, || accepted(&gw.url, NEW)).await,
+            "{} did not accept the rotation once the database was back",
+            gw.url
+        );
+        assert!(accepted(&gw.url, CANARY).await, "{} in grace", gw.url);
+    }
+    for log in fleet.finish() {
+        for token in [CANARY, NEW] {
+            assert!(!log.contains(token), "a shared token reached a log");
+        }
+    }
+}
