@@ -682,4 +682,76 @@ mod tests {
         assert_eq!(s.check("token-three"), Check::Ok(3));
         assert_eq!(s.last_reload().unwrap().outcome, "failed");
     }
+
+    /// In a fleet: the fleet's newest and in-grace previous are accepted with their ids as
+    /// generations, whatever the local source holds; a stale view (older newest, or a grace
+    /// reopened for the same newest) is ignored; a view that ends a grace raises the minimum
+    /// generation; a local change only marks a publish as pending.
+    #[test]
+    fn a_fleet_view_replaces_the_local_secrets() {
+        use crate::devices::{FleetSecret, FleetView, TokenKey};
+        let dir = tempfile::tempdir().unwrap();
+        let tok = dir.path().join("tok");
+        let cfg_path = dir.path().join("config.toml");
+        write(&tok, "local-one");
+        write(
+            &cfg_path,
+            &format!(
+                "[gateway.auth]\ntoken = {{ source = \"file\", path = {:?} }}\n",
+                tok.to_str().unwrap()
+            ),
+        );
+        let cfg = Config::load(&cfg_path).unwrap().config;
+        let s = Secrets::load(&cfg, cfg_path, Env::default(), None).unwrap();
+        let verifier = TokenKey::parse("b7Kx3mQ9vR2tY8wE5nA1cF6hJ4pL0sD7gU3iO9zXk2M")
+            .unwrap()
+            .shared_verifier();
+        let secret = |id: u64, value: &str| FleetSecret {
+            id,
+            verifier: verifier.of(value),
+            fingerprint: format!("fp-{value}"),
+        };
+        let view = |newest: FleetSecret, previous: Option<(FleetSecret, u64)>| FleetView {
+            newest,
+            previous,
+        };
+        let grace = s.use_fleet(
+            verifier.clone(),
+            view(secret(7, "fleet-b"), Some((secret(5, "fleet-a"), 60_000))),
+        );
+        assert_eq!(grace.map(|g| g.0), Some(5));
+        assert_eq!(s.check("fleet-b"), Check::Ok(7));
+        assert_eq!(s.check("fleet-a"), Check::Ok(5));
+        assert_eq!(s.check("local-one"), Check::Mismatch);
+        assert_eq!(s.control.borrow().min_secret_generation, 5);
+        assert_eq!(s.accepted_fingerprints(), ["fp-fleet-b", "fp-fleet-a"]);
+
+        // The grace ends for the fleet (same newest, no previous): the old sessions close.
+        assert_eq!(s.install_fleet(view(secret(7, "fleet-b"), None)), None);
+        assert_eq!(s.check("fleet-a"), Check::Mismatch);
+        assert_eq!(s.control.borrow().min_secret_generation, 7);
+        // A stale read that still had the grace, or an older newest, changes nothing.
+        let stale = view(secret(7, "fleet-b"), Some((secret(5, "fleet-a"), 60_000)));
+        assert_eq!(s.install_fleet(stale), None);
+        assert_eq!(s.install_fleet(view(secret(5, "fleet-a"), None)), None);
+        assert_eq!(s.check("fleet-a"), Check::Mismatch);
+        assert_eq!(s.check("fleet-b"), Check::Ok(7));
+        // A newer secret opens the grace of the one before.
+        let next = view(secret(9, "fleet-c"), Some((secret(7, "fleet-b"), 4_000)));
+        assert_eq!(s.install_fleet(next).map(|g| g.0), Some(7));
+        assert_eq!(s.check("fleet-c"), Check::Ok(9));
+        assert_eq!(s.check("fleet-b"), Check::Ok(7));
+        s.end_fleet_grace(7);
+        assert_eq!(s.control.borrow().min_secret_generation, 8);
+
+        // A local change is not accepted on its own: it waits to be published.
+        assert!(!s.publish_pending());
+        write(&tok, "local-two");
+        let (r, local_grace) = s.reload("test", &Metrics::new()).unwrap();
+        assert_eq!((r.changed.len(), local_grace), (1, None));
+        assert!(s.publish_pending());
+        assert_eq!(s.check("local-two"), Check::Mismatch);
+        s.published(Some(crate::devices::Published::Newest));
+        assert!(!s.publish_pending());
+    }
 }
