@@ -368,14 +368,10 @@ async fn join_fleet(
         return Ok(None);
     };
     let verifier = fleet.verifier();
-    let presented = verifier.of(secret.expose());
-    let fingerprint = secret.fingerprint().to_string();
-    let grace_ms = secrets.grace_period().as_millis() as u64;
-    let st = store.clone();
+    let (st, grace_period) = (store.clone(), secrets.grace_period());
     let (published, view) = auth::blocking(move || {
-        st.fleet()
-            .expect("checked above")
-            .publish(&presented, &fingerprint, grace_ms)
+        let fleet = st.fleet().expect("checked above");
+        reload::publish_secret(fleet, &secret, grace_period)
     })
     .await?;
     let grace = secrets.use_fleet(verifier, view);

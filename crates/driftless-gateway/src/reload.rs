@@ -8,8 +8,9 @@ use notify::{RecursiveMode, Watcher};
 use tokio::task::JoinHandle;
 
 use crate::State;
-use crate::devices::FleetView;
+use crate::devices::{FleetSecrets, FleetView, Published, StoreError};
 use crate::throttle::{LOG_EVERY, Throttle};
+use driftless_core::SecretValue;
 
 /// Bursts of file events (an editor's save, a Kubernetes swap) are folded into one reload.
 pub(crate) const DEBOUNCE_MS: u64 = 100;
@@ -63,12 +64,7 @@ pub(crate) fn publish(state: &Arc<State>) {
     let (Some(fleet), Some(secret)) = (state.devices.fleet(), state.secrets.current()) else {
         return;
     };
-    let verifier = fleet.verifier().of(secret.expose());
-    match fleet.publish(
-        &verifier,
-        secret.fingerprint().as_str(),
-        state.secrets.grace_period().as_millis() as u64,
-    ) {
+    match publish_secret(fleet, &secret, state.secrets.grace_period()) {
         Ok((published, view)) => {
             state.secrets.published(Some(published));
             serve_fleet_view(state, view);
@@ -81,6 +77,20 @@ pub(crate) fn publish(state: &Arc<State>) {
             }
         }
     }
+}
+
+/// Publishes `secret` (its keyed verifier and fingerprint) with this replica's `grace`, at start
+/// and on every change.
+pub(crate) fn publish_secret(
+    fleet: &dyn FleetSecrets,
+    secret: &SecretValue,
+    grace: Duration,
+) -> Result<(Published, FleetView), StoreError> {
+    fleet.publish(
+        &fleet.verifier().of(secret.expose()),
+        secret.fingerprint().as_str(),
+        grace.as_millis() as u64,
+    )
 }
 
 /// Serves a view of the fleet's shared secrets, and ends the predecessor's grace here when the
