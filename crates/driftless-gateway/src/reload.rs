@@ -87,7 +87,7 @@ pub(crate) fn publish_secret(
     grace: Duration,
 ) -> Result<(Published, FleetView), StoreError> {
     fleet.publish(
-        &fleet.verifier().of(secret.expose()),
+        &fleet.verifier().of_value(secret),
         secret.fingerprint().as_str(),
         grace.as_millis() as u64,
     )

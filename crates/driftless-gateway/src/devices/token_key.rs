@@ -134,6 +134,11 @@ impl SharedVerifier {
         out.copy_from_slice(ctx.sign().as_ref());
         out
     }
+
+    /// The verifier of this gateway's own shared secret (what a replica publishes).
+    pub fn of_value(&self, secret: &SecretValue) -> Verifier {
+        self.of(secret.expose())
+    }
 }
 
 fn invalid() -> std::io::Error {
