@@ -86,6 +86,9 @@ struct Fleet {
     publish_pending: AtomicBool,
     /// The local secret last reported as superseded (warned once per value).
     superseded: Mutex<Option<Fingerprint>>,
+    /// Serializes installs (the listener and a publish can both bring a view): the compare with
+    /// the served view and the swap must be one step, or an older view could replace a newer.
+    install: Mutex<()>,
 }
 
 /// A [`FleetView`] with the predecessor's grace as a deadline on this replica's monotonic clock.
@@ -293,6 +296,7 @@ impl Secrets {
             view: ArcSwap::from_pointee(served),
             publish_pending: AtomicBool::new(false),
             superseded: Mutex::new(None),
+            install: Mutex::new(()),
         });
         self.raise_min_generation(min);
         grace
@@ -314,6 +318,7 @@ impl Secrets {
     /// left of its grace, for a timer that ends it here, when this view opened that grace.
     pub fn install_fleet(&self, view: FleetView) -> Option<(u64, Duration)> {
         let fleet = self.fleet.get()?;
+        let _one_at_a_time = fleet.install.lock().unwrap_or_else(|e| e.into_inner());
         let next = Served::from(view);
         let current = fleet.view.load();
         let same = current.newest.id == next.newest.id;
