@@ -19,6 +19,7 @@ use std::time::{Duration, Instant};
 use base64::Engine;
 use driftless_core::Env;
 use driftless_core::secret::Fingerprint;
+use driftless_gateway::testing::postgres::Cluster;
 use serde_json::Value;
 use support::{chart_dir, workspace_root};
 
@@ -26,6 +27,8 @@ const RELEASE: &str = "rel";
 const NAMESPACE: &str = "demo";
 const SECRET_NAME: &str = "rel-driftless-token";
 const SECRET_KEY: &str = "gateway-token";
+/// The device-token key the PostgreSQL rendering's Secret holds (32 bytes, base64url).
+const DEVICE_TOKEN_KEY: &str = "b7Kx3mQ9vR2tY8wE5nA1cF6hJ4pL0sD7gU3iO9zXk2M";
 
 // ---------------------------------------------------------------------------------------------
 // Finding the tools
@@ -282,6 +285,21 @@ fn check_invariants(docs: &[Value], secret_name: &str, token_path: &str) {
     assert_eq!(svc["spec"]["ports"][0]["targetPort"], "gateway");
 }
 
+/// `helm template` with `sets`, validated strictly, of exactly these `kinds`, with the chart's
+/// invariants for the generated token Secret.
+fn render_checked(helm: &Helm, validator: &Path, sets: &[&str], kinds_: &[&str]) -> Vec<Value> {
+    let manifests = helm.template(sets);
+    validate_strict(validator, &manifests);
+    let docs = docs(&manifests);
+    assert_eq!(kinds(&docs), kinds_);
+    check_invariants(
+        &docs,
+        SECRET_NAME,
+        "/var/run/secrets/driftless/gateway-token",
+    );
+    docs
+}
+
 fn validate_strict(validator: &Path, manifests: &str) {
     let dir = tempfile::tempdir().unwrap();
     let file = dir.path().join("manifests.yaml");
@@ -312,6 +330,12 @@ fn lint_strict_passes_on_helm_v3_and_v4() {
         for sets in [
             vec![],
             vec!["persistence.enabled=true", "auth.existingSecret=mine"],
+            vec![
+                "replicaCount=3",
+                "deviceStore.type=postgres",
+                "deviceStore.postgres.url=postgres://driftless@db/driftless",
+                "deviceStore.postgres.existingSecret=driftless-db",
+            ],
         ] {
             let mut args = vec!["lint", "--strict", chart.to_str().unwrap()];
             for s in &sets {
@@ -344,23 +368,17 @@ fn default_render_is_valid_kubernetes_and_generates_one_kept_secret() {
         return;
     };
     for helm in t.helms() {
-        let manifests = helm.template(&[]);
-        validate_strict(&validator, &manifests);
-        let docs = docs(&manifests);
-        assert_eq!(
-            kinds(&docs),
-            [
+        let docs = render_checked(
+            &helm,
+            &validator,
+            &[],
+            &[
                 "ServiceAccount",
                 "Secret",
                 "ConfigMap",
                 "Service",
-                "Deployment"
-            ]
-        );
-        check_invariants(
-            &docs,
-            SECRET_NAME,
-            "/var/run/secrets/driftless/gateway-token",
+                "Deployment",
+            ],
         );
         let secret = find(&docs, "Secret");
         assert_eq!(secret["metadata"]["name"], SECRET_NAME);
@@ -402,24 +420,18 @@ fn persistence_renders_a_statefulset_with_a_kept_pvc() {
         return;
     };
     for helm in t.helms() {
-        let manifests = helm.template(&["persistence.enabled=true", "persistence.size=2Gi"]);
-        validate_strict(&validator, &manifests);
-        let docs = docs(&manifests);
-        assert_eq!(
-            kinds(&docs),
-            [
+        let docs = render_checked(
+            &helm,
+            &validator,
+            &["persistence.enabled=true", "persistence.size=2Gi"],
+            &[
                 "ServiceAccount",
                 "Secret",
                 "ConfigMap",
                 "PersistentVolumeClaim",
                 "Service",
-                "StatefulSet"
-            ]
-        );
-        check_invariants(
-            &docs,
-            SECRET_NAME,
-            "/var/run/secrets/driftless/gateway-token",
+                "StatefulSet",
+            ],
         );
         let pvc = find(&docs, "PersistentVolumeClaim");
         assert_eq!(pvc["spec"]["resources"]["requests"]["storage"], "2Gi");
@@ -463,6 +475,15 @@ fn schema_rejects_typos_bad_ports_and_subpath_style_values() {
         ("auth.mountPath=/var/run/../token", "mountPath"),
         ("securityContext.runAsUser=0", "runAsUser"),
         ("persistence.accessModes={ReadOnlyMany}", "accessModes"),
+        // Several replicas need the PostgreSQL store; that store needs its URL and Secret.
+        ("replicaCount=2", "deviceStore"),
+        ("replicaCount=0", "replicaCount"),
+        ("deviceStore.type=postgres", "existingSecret"),
+        ("deviceStore.type=mysql", "deviceStore"),
+        (
+            "deviceStore.postgres.passwordKey=db/password",
+            "passwordKey",
+        ),
     ];
     for helm in t.helms() {
         for (set, key) in bad {
@@ -483,6 +504,125 @@ fn schema_rejects_typos_bad_ports_and_subpath_style_values() {
             );
             assert!(out.stdout.is_empty(), "nothing is rendered for {set}");
         }
+    }
+}
+
+/// The PostgreSQL store's values for `helm template`, the URL and mount given.
+fn postgres_sets(url: &str, mount: &str) -> Vec<String> {
+    vec![
+        "deviceStore.type=postgres".into(),
+        format!("deviceStore.postgres.url={url}"),
+        "deviceStore.postgres.existingSecret=driftless-db".into(),
+        format!("deviceStore.postgres.mountPath={mount}"),
+    ]
+}
+
+#[test]
+fn replicas_render_with_postgres_a_disruption_budget_a_spread_and_the_database_secret_as_files() {
+    let t = tools();
+    let Some(validator) = t.validator() else {
+        return;
+    };
+    let mut sets = postgres_sets(
+        "postgres://driftless@db.demo/driftless",
+        "/var/run/secrets/driftless-db",
+    );
+    sets.push("replicaCount=3".into());
+    let sets: Vec<&str> = sets.iter().map(String::as_str).collect();
+    for helm in t.helms() {
+        let docs = render_checked(
+            &helm,
+            &validator,
+            &sets,
+            &[
+                "PodDisruptionBudget",
+                "ServiceAccount",
+                "Secret",
+                "ConfigMap",
+                "Service",
+                "Deployment",
+            ],
+        );
+        let w = workload(&docs);
+        assert_eq!(w["spec"]["replicas"], 3);
+        let selector = &w["spec"]["selector"]["matchLabels"];
+        let pdb = find(&docs, "PodDisruptionBudget");
+        assert_eq!(pdb["spec"]["maxUnavailable"], 1);
+        assert_eq!(&pdb["spec"]["selector"]["matchLabels"], selector);
+        let spec = &w["spec"]["template"]["spec"];
+        let spread = &spec["topologySpreadConstraints"][0];
+        assert_eq!(spread["topologyKey"], "kubernetes.io/hostname");
+        assert_eq!(&spread["labelSelector"]["matchLabels"], selector);
+        // The database credentials: a whole Secret mounted as a directory, 0440, like the token.
+        let volume = spec["volumes"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|v| v["name"] == "database")
+            .expect("the database Secret volume");
+        assert_eq!(volume["secret"]["secretName"], "driftless-db");
+        assert_eq!(volume["secret"]["defaultMode"], 0o440);
+        assert!(volume["secret"].get("items").is_none());
+        let mount = spec["containers"][0]["volumeMounts"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|m| m["name"] == "database")
+            .expect("the database Secret mount");
+        assert_eq!(mount["mountPath"], "/var/run/secrets/driftless-db");
+        assert_eq!(mount["readOnly"], true);
+        let toml = config_toml(&docs);
+        for line in [
+            "store = \"postgres\"",
+            "url = \"postgres://driftless@db.demo/driftless\"",
+            "password = { source = \"file\", path = \"/var/run/secrets/driftless-db/password\" }",
+            "token_key = { source = \"file\", path = \"/var/run/secrets/driftless-db/token-key\" }",
+        ] {
+            assert!(toml.contains(line), "{line} in {toml}");
+        }
+    }
+}
+
+#[test]
+fn several_replicas_refuse_sqlite_and_persistence_with_the_reason() {
+    let t = tools();
+    let chart = chart_dir();
+    for helm in t.helms() {
+        let template = |sets: &[&str], flags: &[&str]| {
+            let mut args = vec!["template", RELEASE, chart.to_str().unwrap()];
+            args.extend_from_slice(flags);
+            for s in sets {
+                args.extend(["--set", s]);
+            }
+            let out = helm.run(&args);
+            assert!(
+                !out.status.success(),
+                "helm v{} accepted {sets:?}",
+                helm.major
+            );
+            assert!(out.stdout.is_empty());
+            String::from_utf8_lossy(&out.stderr).into_owned()
+        };
+        // The schema names the value to change...
+        let err = template(
+            &[
+                "replicaCount=2",
+                "deviceStore.type=postgres",
+                "deviceStore.postgres.url=x",
+                "deviceStore.postgres.existingSecret=db",
+                "persistence.enabled=true",
+            ],
+            &[],
+        );
+        assert!(err.contains("persistence"), "helm v{}: {err}", helm.major);
+        // ...and without schema validation the chart itself refuses, saying why.
+        let err = template(&["replicaCount=2"], &["--skip-schema-validation"]);
+        assert!(
+            err.contains("replicaCount > 1 needs deviceStore.type=postgres")
+                && err.contains("one file that one process owns"),
+            "helm v{}: {err}",
+            helm.major
+        );
     }
 }
 
@@ -643,6 +783,56 @@ fn driftless_reads_the_rendered_config_and_mounted_secret() {
         row["fingerprint"],
         Fingerprint::of(token.as_bytes()).as_str()
     );
+}
+
+/// What the chart renders for several replicas, run by the real gateway against a real PostgreSQL
+/// server (a private cluster, `testing::postgres`): the config's references to the mounted
+/// database Secret resolve, the store migrates the database, and the rendered token opens a
+/// session. No secret in the log.
+#[tokio::test]
+async fn driftless_runs_on_the_rendered_postgres_config_and_mounted_database_secret() {
+    let t = tools();
+    let Some(helm) = t.helm(4) else { return };
+    let Some(cluster) = Cluster::start() else {
+        return;
+    };
+    let db = cluster.create_database();
+    let home = support::Home::new();
+    let (token_dir, db_dir) = (home.path().join("secrets"), home.path().join("database"));
+    let mut sets = postgres_sets(&cluster.url(&db), db_dir.to_str().unwrap());
+    sets.push(format!("auth.mountPath={}", token_dir.display()));
+    sets.push("replicaCount=2".into());
+    let sets: Vec<&str> = sets.iter().map(String::as_str).collect();
+    let docs = docs(&helm.template(&sets));
+
+    let config = home.path().join("config.toml");
+    std::fs::write(&config, config_toml(&docs)).unwrap();
+    let token = rendered_token(&docs);
+    KubeletMount::new(&token_dir).publish(&[(SECRET_KEY, token.as_bytes())]);
+    KubeletMount::new(&db_dir).publish(&[
+        ("password", cluster.password().as_bytes()),
+        ("token-key", DEVICE_TOKEN_KEY.as_bytes()),
+    ]);
+    let state = home.path().join("state");
+    let gw = support::Gateway::try_start(
+        &home,
+        &["--port", "0"],
+        &[
+            ("DRIFTLESS_CONFIG", config.to_str().unwrap()),
+            ("DRIFTLESS_STATE_DIR", state.to_str().unwrap()),
+        ],
+    )
+    .unwrap_or_else(|log| panic!("the gateway did not start on the rendered config: {log}"));
+    assert!(
+        support::accepted(&gw.url, &token).await,
+        "the rendered token opens a session"
+    );
+    let applied = cluster.psql(&db, "SELECT count(*) FROM driftless_schema");
+    assert!(applied.trim().parse::<u32>().unwrap() > 0, "{applied}");
+    let log = gw.finish();
+    for secret in [token.as_str(), cluster.password(), DEVICE_TOKEN_KEY] {
+        assert!(!log.contains(secret), "a secret reached the log");
+    }
 }
 
 // ---------------------------------------------------------------------------------------------

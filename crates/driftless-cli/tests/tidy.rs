@@ -186,7 +186,7 @@ const EXPOSE_ALLOWED: &[(&str, &str)] = &[
     ("crates/driftless-gateway/src/devices/rules.rs", "verifier"),
     (
         "crates/driftless-gateway/src/devices/token_key.rs",
-        "reads the device token key from its reference",
+        "reads the device token key from its reference; the fleet's keyed verifier of the shared secret",
     ),
     (
         "crates/driftless-gateway/src/devices/postgres.rs",

@@ -32,6 +32,9 @@ use crate::throttle::{LOG_EVERY, Throttle};
 
 /// How long a peer that sent Close gets to take our answering Close frame.
 const CLOSE_REPLY_DEADLINE: Duration = Duration::from_secs(1);
+/// What a client is told to wait before trying again when something its handshake needs (the
+/// device store, the upstream gateway) is unavailable.
+pub(crate) const RETRY_AFTER_MS: u64 = 1000;
 
 /// An authenticated session.
 pub(crate) struct Session {
@@ -166,10 +169,15 @@ impl Rejection {
                     ..ErrorDetails::code("PAIRING_REQUIRED")
                 })
             }
-            Rejection::StoreUnavailable => ErrorShape::new(
-                codes::UNAVAILABLE,
-                "device store unavailable (see the gateway log)",
-            ),
+            // Retryable, as OpenClaw answers while it starts: the client's credential may be fine.
+            Rejection::StoreUnavailable => ErrorShape {
+                retryable: Some(true),
+                retry_after_ms: Some(RETRY_AFTER_MS),
+                ..ErrorShape::new(
+                    codes::UNAVAILABLE,
+                    "device store unavailable (see the gateway log)",
+                )
+            },
             Rejection::Upstream(e) => (**e).clone(),
         })
     }
@@ -189,6 +197,7 @@ impl Rejection {
             }
             Rejection::NotARequest => return Some((close::POLICY, "invalid request frame".into())),
             Rejection::ProtocolMismatch { .. } => close::PROTOCOL_MISMATCH,
+            Rejection::StoreUnavailable => close::TRY_AGAIN_LATER,
             Rejection::Upstream(e) => crate::relay::refusal_close(e),
             _ => close::POLICY,
         };

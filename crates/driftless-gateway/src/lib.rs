@@ -32,7 +32,7 @@ use axum::http::{StatusCode, header};
 use axum::response::IntoResponse;
 use axum::routing::get;
 use driftless_core::config::{AuthMode, LoadedConfig};
-use driftless_core::{Env, Fingerprint, SecretInput};
+use driftless_core::{Env, SecretInput};
 use driftless_protocol as proto;
 use tokio::sync::broadcast;
 
@@ -115,6 +115,10 @@ pub(crate) struct State {
     pub openai: openai::Providers,
     /// Front mode: the OpenClaw gateway operator sessions are relayed to.
     pub upstream: Option<relay::Upstream>,
+    /// The gateway's runtime, for timers started from the store's listener (on its own runtime).
+    pub runtime: tokio::runtime::Handle,
+    /// Wakes the fleet heartbeat early (what this replica accepts changed).
+    pub heartbeat: tokio::sync::Notify,
 }
 
 /// An event frame for every session allowed to see it. A session that lags skips it (OpenClaw's
@@ -148,19 +152,27 @@ impl State {
     }
 
     /// Delivers an event to this process's sessions.
-    fn deliver(&self, event: devices::StoreEvent) {
+    fn deliver(self: &Arc<Self>, event: devices::StoreEvent) {
         match event {
             // No receivers simply means the device has no open session.
             devices::StoreEvent::Disconnect(d) => {
                 let _ = self.device_events.send(d);
             }
             devices::StoreEvent::Pairing(p) => self.announce(p),
+            devices::StoreEvent::SharedSecrets(view) => {
+                reload::serve_fleet_view(self, view);
+                // The listener reconnected (or the fleet changed) while a publish was pending.
+                if self.secrets.publish_pending() {
+                    let st = self.clone();
+                    self.runtime.spawn_blocking(move || reload::publish(&st));
+                }
+            }
         }
     }
 
     /// An event of a change this process made: delivered here, unless the store delivers it (to
     /// every replica, in the database's order).
-    pub(crate) fn changed(&self, event: devices::StoreEvent) {
+    pub(crate) fn changed(self: &Arc<Self>, event: devices::StoreEvent) {
         if !self.shared_store {
             self.deliver(event);
         }
@@ -230,6 +242,8 @@ impl Gateway {
             loaded.base_dir(),
             &driftless_core::paths::state_dir(env),
         )?;
+        let fleet_grace = join_fleet(&device_store, &secrets).await?;
+        let runtime = tokio::runtime::Handle::current();
         // Front mode: driftless's upstream identity, read (or created) once, off the workers.
         let upstream = match &cfg.upstream {
             Some(upstream) => {
@@ -274,8 +288,13 @@ impl Gateway {
                 local_addresses: cfg.gateway.devices.local_addresses.clone(),
                 openai,
                 upstream,
+                runtime,
+                heartbeat: tokio::sync::Notify::new(),
             }
         });
+        if let Some(grace) = fleet_grace {
+            reload::end_fleet_grace_after(&state, grace);
+        }
         let background = reload::spawn(state.clone());
         Ok(Gateway {
             listener,
@@ -299,12 +318,11 @@ impl Gateway {
         self.state.secrets.mode
     }
 
-    /// The fingerprint of the current shared secret (`None` in mode `none`).
-    pub fn secret_fingerprint(&self) -> Option<Fingerprint> {
-        self.state
-            .secrets
-            .current()
-            .map(|s| s.fingerprint().clone())
+    /// The fingerprint of the shared secret accepted as current (`None` in mode `none`): the
+    /// fleet's newest with a store several replicas share, which this replica's source may be
+    /// behind.
+    pub fn secret_fingerprint(&self) -> Option<String> {
+        self.state.secrets.accepted_fingerprint()
     }
 
     /// Serves until `shutdown` resolves, then sends `shutdown` and closes every connection 1012.
@@ -316,6 +334,13 @@ impl Gateway {
         let state = self.state;
         let background = self.background;
         let ticker = tokio::spawn(tick_loop(state.clone()));
+        let heartbeats = reload::heartbeats(
+            state.clone(),
+            self.listener
+                .local_addr()
+                .map(|a| a.to_string())
+                .unwrap_or_default(),
+        );
         let app = Router::new()
             .route("/healthz", get(healthz))
             .route("/readyz", get(readyz))
@@ -339,10 +364,38 @@ impl Gateway {
         }
         let _ = stop_tx.send(());
         ticker.abort();
+        if let Some(h) = heartbeats {
+            h.abort();
+            reload::leave_fleet(&state).await;
+        }
         drop(background);
         let _ = tokio::time::timeout(Duration::from_secs(1), server).await;
         Ok(())
     }
+}
+
+/// With a store several replicas share: publishes this replica's shared secret (or learns the
+/// fleet already replaced it) and serves the fleet's secrets from then on. A replica therefore
+/// never serves before it has the fleet's view; the store has just been opened, so the database
+/// answers, and if it fails now the start fails as an unreachable store does. Returns the grace
+/// the fleet's view holds open, to end here when it ends.
+async fn join_fleet(
+    store: &Arc<dyn devices::DeviceStore>,
+    secrets: &Secrets,
+) -> Result<Option<(u64, Duration)>, GatewayError> {
+    let (Some(fleet), Some(secret)) = (store.fleet(), secrets.current()) else {
+        return Ok(None);
+    };
+    let verifier = fleet.verifier();
+    let (st, grace_period) = (store.clone(), secrets.grace_period());
+    let (published, view) = auth::blocking(move || {
+        let fleet = st.fleet().expect("checked above");
+        reload::publish_secret(fleet, &secret, grace_period)
+    })
+    .await?;
+    let grace = secrets.use_fleet(verifier, view);
+    secrets.published(Some(published));
+    Ok(grace)
 }
 
 async fn tick_loop(state: Arc<State>) {

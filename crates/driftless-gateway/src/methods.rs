@@ -18,6 +18,7 @@ use crate::State;
 use crate::conn::Session;
 use crate::devices;
 use crate::secrets::now_ms;
+use crate::throttle::{LOG_EVERY, Throttle};
 
 const VERSION: &str = env!("CARGO_PKG_VERSION");
 const PRESENCE_TEXT: &str = concat!(
@@ -81,7 +82,7 @@ fn status(state: &State) -> Status {
         })
         .collect();
     let grace = state.secrets.grace().map(|(fp, until)| Grace {
-        previous_fingerprint: fp.to_string(),
+        previous_fingerprint: fp,
         ends_at_ms: until,
     });
     Status {
@@ -89,7 +90,7 @@ fn status(state: &State) -> Status {
         uptime_ms: Some(uptime_ms(state)),
         auth: StatusAuth {
             mode: Some(state.secrets.mode.as_str().into()),
-            fingerprint: state.secrets.current().map(|s| s.fingerprint().to_string()),
+            fingerprint: state.secrets.accepted_fingerprint(),
             grace,
         },
         secrets,
@@ -97,6 +98,26 @@ fn status(state: &State) -> Status {
         connections: Some(state.connections.load(Ordering::SeqCst)),
         ..Status::default()
     }
+}
+
+/// The fleet's live replicas (none without a fleet). The database unreachable: none, logged.
+async fn replicas(state: &State) -> Vec<driftless_protocol::payloads::ReplicaStatus> {
+    if state.devices.fleet().is_none() {
+        return Vec::new();
+    }
+    let store = state.devices.clone();
+    let listed = crate::auth::blocking(move || match store.fleet() {
+        Some(fleet) => fleet.replicas(),
+        None => Ok(Vec::new()),
+    })
+    .await;
+    listed.unwrap_or_else(|e| {
+        static LOG: Throttle = Throttle::new(LOG_EVERY);
+        if let Some(held_back) = LOG.admit() {
+            tracing::warn!(error = %e, held_back, "cannot list the fleet's replicas for status");
+        }
+        Vec::new()
+    })
 }
 
 /// `hello-ok.auth`: how the client authenticated, and its device token when one goes back (a
@@ -215,7 +236,11 @@ pub(crate) async fn dispatch(
     }
     match &*req.method {
         "health" => Reply::ok(id, &health(state)),
-        "status" => Reply::ok(id, &status(state)),
+        "status" => {
+            let mut st = status(state);
+            st.replicas = replicas(state).await;
+            Reply::ok(id, &st)
+        }
         "system-presence" => Reply::ok(id, &presence(state)),
         "secrets.reload" => {
             // Lenient as before: params that are not an object with a boolean `endGrace` mean
@@ -225,7 +250,34 @@ pub(crate) async fn dispatch(
                 .unwrap_or(false);
             match crate::reload::reload_now(state.clone(), "rpc").await {
                 Ok(changed) => {
-                    if end_grace {
+                    if end_grace && state.secrets.in_fleet() {
+                        // The grace is the fleet's: it ends for every replica.
+                        let st = state.clone();
+                        let ended = crate::auth::blocking(move || match st.devices.fleet() {
+                            Some(fleet) => fleet.end_grace(),
+                            None => Ok(None),
+                        })
+                        .await;
+                        match ended {
+                            Ok(view) => {
+                                if let Some(view) = view {
+                                    crate::reload::serve_fleet_view(state, view);
+                                }
+                            }
+                            Err(e) => {
+                                return Reply::err(
+                                    id,
+                                    ErrorShape::new(
+                                        codes::UNAVAILABLE,
+                                        format!(
+                                            "secrets.reload: cannot end the fleet's grace: {e}; \
+                                             the previous secret stays accepted until its grace ends"
+                                        ),
+                                    ),
+                                );
+                            }
+                        }
+                    } else if end_grace {
                         state.secrets.end_grace(None);
                     }
                     Reply::ok(

@@ -41,13 +41,8 @@ use identity::UpstreamIdentity;
 
 /// How long opening an upstream session may take (TCP, upgrade, `connect`, hello-ok).
 const UPSTREAM_DEADLINE: Duration = Duration::from_secs(10);
-/// What a client is told to wait before trying again when the upstream cannot be reached.
-pub(crate) const RETRY_AFTER_MS: u64 = 1000;
 /// How long `/readyz` waits for the upstream's TCP port.
 const PROBE_DEADLINE: Duration = Duration::from_secs(1);
-/// The close code for "the upstream is not available" (RFC 6455 1013, Try Again Later; OpenClaw
-/// closes with it while starting).
-pub(crate) const TRY_AGAIN_LATER: u16 = 1013;
 /// The close reason when the upstream session ended without a close frame of its own.
 const UPSTREAM_LOST_REASON: &str = "upstream gateway connection lost";
 
@@ -103,7 +98,7 @@ impl Upstream {
 fn unavailable(message: String) -> ErrorShape {
     ErrorShape {
         retryable: Some(true),
-        retry_after_ms: Some(RETRY_AFTER_MS),
+        retry_after_ms: Some(crate::conn::RETRY_AFTER_MS),
         ..ErrorShape::new(codes::UNAVAILABLE, message)
             .with_details(ErrorDetails::code("UPSTREAM_UNAVAILABLE"))
     }
@@ -391,7 +386,7 @@ pub(crate) fn refusal_close(error: &ErrorShape) -> u16 {
     if error.detail_code() == Some("PROTOCOL_MISMATCH") {
         close::PROTOCOL_MISMATCH
     } else {
-        TRY_AGAIN_LATER
+        close::TRY_AGAIN_LATER
     }
 }
 

@@ -8,6 +8,9 @@ use notify::{RecursiveMode, Watcher};
 use tokio::task::JoinHandle;
 
 use crate::State;
+use crate::devices::{FleetSecrets, FleetView, Published, StoreError};
+use crate::throttle::{LOG_EVERY, Throttle};
+use driftless_core::SecretValue;
 
 /// Bursts of file events (an editor's save, a Kubernetes swap) are folded into one reload.
 pub(crate) const DEBOUNCE_MS: u64 = 100;
@@ -32,7 +35,7 @@ pub(crate) fn reload_and_schedule(
     state: &Arc<State>,
     trigger: &'static str,
 ) -> Result<Vec<String>, String> {
-    match state.secrets.reload(trigger, &state.metrics) {
+    let result = match state.secrets.reload(trigger, &state.metrics) {
         Ok((r, grace)) => {
             if let Some((generation, until_ms)) = grace {
                 let wait = until_ms.saturating_sub(crate::secrets::now_ms());
@@ -45,7 +48,109 @@ pub(crate) fn reload_and_schedule(
             Ok(r.changed.into_iter().map(|c| c.name).collect())
         }
         Err(e) => Err(driftless_core::redact::redact(&e.to_string()).into_owned()),
+    };
+    // A changed secret, or a publish that failed before (this is also the periodic retry).
+    if state.secrets.publish_pending() {
+        publish(state);
     }
+    result
+}
+
+/// Publishes this replica's shared secret to the fleet and serves the fleet's answer (a store
+/// several replicas share). Blocks on the database: call it on a blocking thread inside the
+/// runtime. A failure keeps the last view serving and is retried on the next reload and when the
+/// store's listener reconnects.
+pub(crate) fn publish(state: &Arc<State>) {
+    let (Some(fleet), Some(secret)) = (state.devices.fleet(), state.secrets.current()) else {
+        return;
+    };
+    match publish_secret(fleet, &secret, state.secrets.grace_period()) {
+        Ok((published, view)) => {
+            state.secrets.published(Some(published));
+            serve_fleet_view(state, view);
+        }
+        Err(e) => {
+            state.secrets.published(None);
+            static LOG: Throttle = Throttle::new(LOG_EVERY);
+            if let Some(held_back) = LOG.admit() {
+                tracing::warn!(error = %e, held_back, "cannot publish this replica's shared secret to the fleet; the fleet's last secrets stay accepted, retrying on the next reload");
+            }
+        }
+    }
+}
+
+/// Publishes `secret` (its keyed verifier and fingerprint) with this replica's `grace`, at start
+/// and on every change.
+pub(crate) fn publish_secret(
+    fleet: &dyn FleetSecrets,
+    secret: &SecretValue,
+    grace: Duration,
+) -> Result<(Published, FleetView), StoreError> {
+    fleet.publish(
+        &fleet.verifier().of_value(secret),
+        secret.fingerprint().as_str(),
+        grace.as_millis() as u64,
+    )
+}
+
+/// Serves a view of the fleet's shared secrets, and ends the predecessor's grace here when the
+/// fleet's does (a timer from the time left the database reported).
+pub(crate) fn serve_fleet_view(state: &Arc<State>, view: FleetView) {
+    if let Some(grace) = state.secrets.install_fleet(view) {
+        end_fleet_grace_after(state, grace);
+    }
+    // What this replica accepts may have changed: `status` on any replica shows it at once.
+    state.heartbeat.notify_one();
+}
+
+/// How often a replica in a fleet records that it is alive (`REPLICA_LIVE_MS` is three of these).
+const HEARTBEAT: Duration = Duration::from_secs(5);
+
+/// Records this replica in the fleet's `replicas` table every [`HEARTBEAT`] and whenever what it
+/// accepts changed, until dropped; then [`leave_fleet`] removes it. Nothing without a fleet.
+pub(crate) fn heartbeats(state: Arc<State>, listen: String) -> Option<JoinHandle<()>> {
+    state.devices.fleet()?;
+    Some(tokio::spawn(async move {
+        loop {
+            let (st, addr) = (state.clone(), listen.clone());
+            let beat = crate::auth::blocking(move || {
+                let accepts = st.secrets.accepted_fingerprints();
+                match st.devices.fleet() {
+                    Some(fleet) => fleet.heartbeat(&st.instance_id, &addr, &accepts),
+                    None => Ok(()),
+                }
+            })
+            .await;
+            if let Err(e) = beat {
+                static LOG: Throttle = Throttle::new(LOG_EVERY);
+                if let Some(held_back) = LOG.admit() {
+                    tracing::warn!(error = %e, held_back, "cannot record this replica in the fleet's replicas table; `gateway status` elsewhere may not list it");
+                }
+            }
+            let _ = tokio::time::timeout(HEARTBEAT, state.heartbeat.notified()).await;
+        }
+    }))
+}
+
+/// Removes this replica from the fleet's `replicas` table (a clean shutdown), waiting at most 1 s.
+pub(crate) async fn leave_fleet(state: &Arc<State>) {
+    let st = state.clone();
+    let leave = crate::auth::blocking(move || match st.devices.fleet() {
+        Some(fleet) => fleet.leave(&st.instance_id),
+        None => Ok(()),
+    });
+    if let Ok(Err(e)) = tokio::time::timeout(Duration::from_secs(1), leave).await {
+        tracing::warn!(error = %e, "cannot remove this replica from the fleet's replicas table; it drops out once its heartbeat is old");
+    }
+}
+
+/// Closes the sessions on the fleet's predecessor `previous` when its grace, `left`, ends.
+pub(crate) fn end_fleet_grace_after(state: &Arc<State>, (previous, left): (u64, Duration)) {
+    let st = state.clone();
+    state.runtime.spawn(async move {
+        tokio::time::sleep(left).await;
+        st.secrets.end_fleet_grace(previous);
+    });
 }
 
 /// The watcher, SIGHUP and backstop tasks; dropping this stops them.

@@ -2,8 +2,12 @@
 //! the grace window) the immediate predecessor, and reloads.
 
 use std::path::PathBuf;
-use std::sync::Mutex;
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Mutex, OnceLock};
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+
+use arc_swap::ArcSwap;
+use subtle::ConstantTimeEq;
 
 use driftless_core::config::AuthMode;
 use driftless_core::snapshot::SecretChange;
@@ -14,6 +18,7 @@ use tokio::sync::watch;
 
 use driftless_protocol::payloads::ReloadStatus;
 
+use crate::devices::{FleetSecret, FleetView, Published, SharedVerifier};
 use crate::metrics::{Metrics, OutcomeLabels, SecretLabels};
 
 /// What every connection watches: when `min_secret_generation` rises above the generation a
@@ -67,6 +72,26 @@ pub struct Secrets {
     /// Start-only settings changed since start, as of the last reload that parsed the config.
     restart_required_for: Mutex<Vec<String>>,
     pub control: watch::Sender<Control>,
+    /// With a store several replicas share: the fleet's shared secrets, which replace the local
+    /// current/previous pair for every check (set once at start, with the first view).
+    fleet: OnceLock<Fleet>,
+}
+
+/// The fleet's shared secrets as this replica serves them: an in-memory view swapped on every
+/// refresh, so a check costs one HMAC and no database call or lock.
+struct Fleet {
+    verifier: SharedVerifier,
+    view: ArcSwap<Served>,
+    /// This replica's secret changed (or a publish failed) and the fleet has not heard of it yet.
+    publish_pending: AtomicBool,
+    /// The local secret last reported as superseded (warned once per value).
+    superseded: Mutex<Option<Fingerprint>>,
+}
+
+/// A [`FleetView`] with the predecessor's grace as a deadline on this replica's monotonic clock.
+struct Served {
+    newest: FleetSecret,
+    previous: Option<(FleetSecret, Instant)>,
 }
 
 /// The expanded path of the gateway's shared secret when it is a file reference.
@@ -102,6 +127,31 @@ pub enum Check {
     /// Matched the secret of this generation.
     Ok(u64),
     Mismatch,
+}
+
+impl From<FleetView> for Served {
+    fn from(view: FleetView) -> Served {
+        let now = Instant::now();
+        Served {
+            newest: view.newest,
+            previous: view
+                .previous
+                .map(|(p, left_ms)| (p, now + Duration::from_millis(left_ms))),
+        }
+    }
+}
+
+impl Served {
+    /// The lowest generation still accepted, and the predecessor's grace (id, time left).
+    fn generations(&self) -> (u64, Option<(u64, Duration)>) {
+        match &self.previous {
+            Some((p, until)) => (
+                p.id,
+                Some((p.id, until.saturating_duration_since(Instant::now()))),
+            ),
+            None => (self.newest.id, None),
+        }
+    }
 }
 
 impl Secrets {
@@ -141,6 +191,7 @@ impl Secrets {
             }),
             env,
             explicit,
+            fleet: OnceLock::new(),
         })
     }
 
@@ -158,11 +209,25 @@ impl Secrets {
     }
 
     /// Compares `candidate` with the current and, in grace, the previous secret. Both comparisons
-    /// always run (constant time, no early exit).
+    /// always run (constant time, no early exit). In a fleet, these are the fleet's (its newest
+    /// and the one before while the fleet's grace lasts) and the generation is the fleet's id.
     pub fn check(&self, candidate: &str) -> Check {
         let Some(name) = self.secret_name() else {
             return Check::Mismatch;
         };
+        if let Some(fleet) = self.fleet.get() {
+            let view = fleet.view.load();
+            let presented = fleet.verifier.of(candidate);
+            let cur_ok: bool = view.newest.verifier.ct_eq(&presented).into();
+            let prev_ok = view.previous.as_ref().is_some_and(|(p, until)| {
+                bool::from(p.verifier.ct_eq(&presented)) & (Instant::now() < *until)
+            });
+            return match (cur_ok, &view.previous) {
+                (true, _) => Check::Ok(view.newest.id),
+                (false, Some((p, _))) if prev_ok => Check::Ok(p.id),
+                _ => Check::Mismatch,
+            };
+        }
         let (view, previous) = {
             let grace = self.grace.lock().unwrap_or_else(|e| e.into_inner());
             let view = self.holder.view(name);
@@ -182,17 +247,135 @@ impl Secrets {
         }
     }
 
+    /// The fingerprint of the shared secret accepted as current: the fleet's newest in a fleet
+    /// (this replica's source may be behind it), else the local one.
+    pub fn accepted_fingerprint(&self) -> Option<String> {
+        match self.fleet.get() {
+            Some(fleet) => Some(fleet.view.load().newest.fingerprint.clone()),
+            None => self.current().map(|s| s.fingerprint().to_string()),
+        }
+    }
+
+    /// The fingerprints of the shared secrets accepted now, the current one first.
+    pub fn accepted_fingerprints(&self) -> Vec<String> {
+        self.accepted_fingerprint()
+            .into_iter()
+            .chain(self.grace().map(|(fp, _)| fp))
+            .collect()
+    }
+
     /// Fingerprint of the previous secret and the end of its grace, while it lasts.
-    pub fn grace(&self) -> Option<(Fingerprint, u64)> {
+    pub fn grace(&self) -> Option<(String, u64)> {
+        if let Some(fleet) = self.fleet.get() {
+            let view = fleet.view.load();
+            let (p, until) = view.previous.as_ref()?;
+            let left = until.checked_duration_since(Instant::now())?;
+            return Some((p.fingerprint.clone(), now_ms() + left.as_millis() as u64));
+        }
         let name = self.secret_name()?;
         let grace = *self.grace.lock().unwrap_or_else(|e| e.into_inner());
         let previous = self.holder.previous(name);
         in_grace(previous.as_ref(), grace).map(|p| {
             (
-                p.value.fingerprint().clone(),
+                p.value.fingerprint().to_string(),
                 grace.map_or(0, |g| g.until_ms),
             )
         })
+    }
+
+    /// Serves the fleet's shared secrets from now on, starting with `view` (the answer to this
+    /// replica's publish at start). Returns the grace to end, as [`Secrets::install_fleet`].
+    pub fn use_fleet(&self, verifier: SharedVerifier, view: FleetView) -> Option<(u64, Duration)> {
+        let served = Served::from(view);
+        let (min, grace) = served.generations();
+        let _ = self.fleet.set(Fleet {
+            verifier,
+            view: ArcSwap::from_pointee(served),
+            publish_pending: AtomicBool::new(false),
+            superseded: Mutex::new(None),
+        });
+        self.raise_min_generation(min);
+        grace
+    }
+
+    /// `gateway.auth.rotation_grace_seconds` as it was at start.
+    pub fn grace_period(&self) -> Duration {
+        self.grace_period
+    }
+
+    /// Whether the fleet's shared secrets are served (a store several replicas share).
+    pub fn in_fleet(&self) -> bool {
+        self.fleet.get().is_some()
+    }
+
+    /// Swaps in a newer view of the fleet's shared secrets and closes sessions on any secret it
+    /// no longer accepts. A view older than the one served (a publish's answer and the listener's
+    /// read can arrive in either order) is ignored. Returns the predecessor's id and the time
+    /// left of its grace, for a timer that ends it here, when this view opened that grace.
+    pub fn install_fleet(&self, view: FleetView) -> Option<(u64, Duration)> {
+        let fleet = self.fleet.get()?;
+        let next = Served::from(view);
+        let current = fleet.view.load();
+        let same = current.newest.id == next.newest.id;
+        // For one newest, a grace only ever ends: a stale read must not reopen it.
+        if current.newest.id > next.newest.id
+            || (same && current.previous.is_none() && next.previous.is_some())
+        {
+            return None;
+        }
+        let new_grace = next.previous.as_ref().map(|(p, _)| p.id)
+            != current.previous.as_ref().map(|(p, _)| p.id);
+        let (min, grace) = next.generations();
+        if !same {
+            tracing::info!(
+                fingerprint = %next.newest.fingerprint,
+                previous = next.previous.as_ref().map_or("-", |(p, _)| p.fingerprint.as_str()),
+                "the fleet's shared secret changed"
+            );
+        }
+        fleet.view.store(std::sync::Arc::new(next));
+        self.raise_min_generation(min);
+        grace.filter(|_| new_grace || !same)
+    }
+
+    /// The fleet's grace of the secret with id `previous` ended: its sessions are closed 4001.
+    pub fn end_fleet_grace(&self, previous: u64) {
+        self.raise_min_generation(previous + 1);
+    }
+
+    /// Whether this replica's shared secret still has to be published to the fleet.
+    pub fn publish_pending(&self) -> bool {
+        self.fleet
+            .get()
+            .is_some_and(|f| f.publish_pending.load(Ordering::Acquire))
+    }
+
+    /// Records the outcome of a publish of this replica's secret (`None`: it failed, and is
+    /// retried on the next reload and listener reconnect). A superseded source is warned about
+    /// once per value.
+    pub fn published(&self, outcome: Option<Published>) {
+        let Some(fleet) = self.fleet.get() else {
+            return;
+        };
+        fleet
+            .publish_pending
+            .store(outcome.is_none(), Ordering::Release);
+        if outcome != Some(Published::Superseded) {
+            return;
+        }
+        let Some(local) = self.current() else {
+            return;
+        };
+        let mut warned = fleet.superseded.lock().unwrap_or_else(|e| e.into_inner());
+        if warned.as_ref() != Some(local.fingerprint()) {
+            tracing::warn!(
+                source = %local.fingerprint(),
+                fleet = %fleet.view.load().newest.fingerprint,
+                "this replica's shared-secret source is behind the fleet (the fleet already \
+                 replaced it); the fleet's secrets are the ones accepted, and it is not reinstated"
+            );
+            *warned = Some(local.fingerprint().clone());
+        }
     }
 
     pub fn last_reload(&self) -> Option<ReloadStatus> {
@@ -327,8 +510,16 @@ impl Secrets {
         let mut st = self.grace.lock().unwrap_or_else(|e| e.into_inner());
         let report = self.holder.install(next);
         let mut grace = None;
-        if let Some(name) = self.secret_name()
-            && report.changed.iter().any(|c| c.name == name)
+        let shared_changed = self
+            .secret_name()
+            .is_some_and(|name| report.changed.iter().any(|c| c.name == name));
+        if let Some(fleet) = self.fleet.get() {
+            // The fleet opens the grace, for every replica, when this secret is published.
+            if shared_changed {
+                fleet.publish_pending.store(true, Ordering::Release);
+            }
+        } else if let Some(name) = self.secret_name()
+            && shared_changed
         {
             let view = self.holder.view(name);
             match view.previous {
@@ -490,5 +681,77 @@ mod tests {
         assert!(s.reload("test", &m).is_err());
         assert_eq!(s.check("token-three"), Check::Ok(3));
         assert_eq!(s.last_reload().unwrap().outcome, "failed");
+    }
+
+    /// In a fleet: the fleet's newest and in-grace previous are accepted with their ids as
+    /// generations, whatever the local source holds; a stale view (older newest, or a grace
+    /// reopened for the same newest) is ignored; a view that ends a grace raises the minimum
+    /// generation; a local change only marks a publish as pending.
+    #[test]
+    fn a_fleet_view_replaces_the_local_secrets() {
+        use crate::devices::{FleetSecret, FleetView, TokenKey};
+        let dir = tempfile::tempdir().unwrap();
+        let tok = dir.path().join("tok");
+        let cfg_path = dir.path().join("config.toml");
+        write(&tok, "local-one");
+        write(
+            &cfg_path,
+            &format!(
+                "[gateway.auth]\ntoken = {{ source = \"file\", path = {:?} }}\n",
+                tok.to_str().unwrap()
+            ),
+        );
+        let cfg = Config::load(&cfg_path).unwrap().config;
+        let s = Secrets::load(&cfg, cfg_path, Env::default(), None).unwrap();
+        let verifier = TokenKey::parse("b7Kx3mQ9vR2tY8wE5nA1cF6hJ4pL0sD7gU3iO9zXk2M")
+            .unwrap()
+            .shared_verifier();
+        let secret = |id: u64, value: &str| FleetSecret {
+            id,
+            verifier: verifier.of(value),
+            fingerprint: format!("fp-{value}"),
+        };
+        let view = |newest: FleetSecret, previous: Option<(FleetSecret, u64)>| FleetView {
+            newest,
+            previous,
+        };
+        let grace = s.use_fleet(
+            verifier.clone(),
+            view(secret(7, "fleet-b"), Some((secret(5, "fleet-a"), 60_000))),
+        );
+        assert_eq!(grace.map(|g| g.0), Some(5));
+        assert_eq!(s.check("fleet-b"), Check::Ok(7));
+        assert_eq!(s.check("fleet-a"), Check::Ok(5));
+        assert_eq!(s.check("local-one"), Check::Mismatch);
+        assert_eq!(s.control.borrow().min_secret_generation, 5);
+        assert_eq!(s.accepted_fingerprints(), ["fp-fleet-b", "fp-fleet-a"]);
+
+        // The grace ends for the fleet (same newest, no previous): the old sessions close.
+        assert_eq!(s.install_fleet(view(secret(7, "fleet-b"), None)), None);
+        assert_eq!(s.check("fleet-a"), Check::Mismatch);
+        assert_eq!(s.control.borrow().min_secret_generation, 7);
+        // A stale read that still had the grace, or an older newest, changes nothing.
+        let stale = view(secret(7, "fleet-b"), Some((secret(5, "fleet-a"), 60_000)));
+        assert_eq!(s.install_fleet(stale), None);
+        assert_eq!(s.install_fleet(view(secret(5, "fleet-a"), None)), None);
+        assert_eq!(s.check("fleet-a"), Check::Mismatch);
+        assert_eq!(s.check("fleet-b"), Check::Ok(7));
+        // A newer secret opens the grace of the one before.
+        let next = view(secret(9, "fleet-c"), Some((secret(7, "fleet-b"), 4_000)));
+        assert_eq!(s.install_fleet(next).map(|g| g.0), Some(7));
+        assert_eq!(s.check("fleet-c"), Check::Ok(9));
+        assert_eq!(s.check("fleet-b"), Check::Ok(7));
+        s.end_fleet_grace(7);
+        assert_eq!(s.control.borrow().min_secret_generation, 8);
+
+        // A local change is not accepted on its own: it waits to be published.
+        assert!(!s.publish_pending());
+        write(&tok, "local-two");
+        let (r, local_grace) = s.reload("test", &Metrics::new()).unwrap();
+        assert_eq!((r.changed.len(), local_grace), (1, None));
+        assert!(s.publish_pending());
+        assert_eq!(s.check("local-two"), Check::Mismatch);
+        s.published(Some(crate::devices::Published::Newest));
+        assert!(!s.publish_pending());
     }
 }

@@ -25,6 +25,10 @@ use driftless_protocol::payloads::{SecretsReloadParams, SecretsReloadResult, Sta
 const ACCEPT_DEADLINE: Duration = Duration::from_secs(10);
 /// Bound on each attempt to connect with the new token.
 const ATTEMPT_TIMEOUT: Duration = Duration::from_secs(3);
+/// How long `--wait` waits for every live replica of a fleet to accept the new token.
+const FLEET_DEADLINE: Duration = Duration::from_secs(60);
+/// How often `--wait` asks for the replicas' status.
+const FLEET_POLL: Duration = Duration::from_millis(250);
 /// How long a second rotation waits for a running one before giving up.
 const LOCK_WAIT: Duration = Duration::from_secs(60);
 
@@ -78,6 +82,15 @@ pub enum RotateError {
         #[source]
         source: Box<ClientError>,
     },
+    #[error(
+        "after {FLEET_DEADLINE:?}, {accepting} of {live} live replicas accept the new token; not yet: \
+         {behind} (is their token source the same Secret? check their logs and `driftless gateway status`)"
+    )]
+    FleetBehind {
+        accepting: usize,
+        live: usize,
+        behind: String,
+    },
     #[error(transparent)]
     Client(Box<ClientError>),
 }
@@ -117,7 +130,13 @@ pub struct Rotated {
     pub gateway_accepted: bool,
     /// When the old token stops working (unix ms), when the gateway keeps a grace window.
     pub grace_ends_at_ms: Option<u64>,
+    /// With `wait`: how many live replicas accept the new token (all of them; 0 for a gateway
+    /// that is not in a fleet).
+    pub replicas_accepting: Option<usize>,
 }
+
+/// Told (accepting, live) each time the count of live replicas accepting the new token changes.
+pub type Progress<'a> = &'a mut dyn FnMut(usize, usize);
 
 /// Holds the rotation lock until dropped (closing the file releases the `flock`).
 struct RotationLock {
@@ -163,12 +182,14 @@ fn lock(state_dir: &Path, on_wait: &mut dyn FnMut(&Path)) -> Result<RotationLock
 }
 
 /// Rotates the gateway token of the config at `config_path`. `on_wait` is called once when another
-/// rotation holds the lock and this one waits for it.
+/// rotation holds the lock and this one waits for it. With `wait`, it then waits (bounded) until
+/// every live replica of the gateway's fleet accepts the new token, reporting progress to it.
 pub fn rotate(
     config_path: &Path,
     state_dir: &Path,
     env: &Env,
     no_grace: bool,
+    wait: Option<Progress<'_>>,
     on_wait: &mut dyn FnMut(&Path),
 ) -> Result<Rotated, RotateError> {
     let _lock = lock(state_dir, on_wait)?;
@@ -214,24 +235,34 @@ pub fn rotate(
         .enable_all()
         .build()
         .map_err(RotateError::Runtime)?;
-    let confirmed = runtime.block_on(confirm(&url, &new, no_grace))?;
+    let confirmed = runtime.block_on(confirm(&url, &new, no_grace, wait))?;
     Ok(Rotated {
         old_fingerprint: old.fingerprint().clone(),
         new_fingerprint: new.fingerprint().clone(),
         written_to,
         url,
         gateway_accepted: confirmed.is_some(),
-        grace_ends_at_ms: confirmed.flatten(),
+        grace_ends_at_ms: confirmed.and_then(|c| c.grace_ends_at_ms),
+        replicas_accepting: confirmed.and_then(|c| c.replicas_accepting),
     })
 }
 
+/// What the running gateway confirmed.
+#[derive(Clone, Copy)]
+struct Confirmed {
+    grace_ends_at_ms: Option<u64>,
+    replicas_accepting: Option<usize>,
+}
+
 /// Connects with the new token until the gateway accepts it (bounded). `None` when no gateway is
-/// listening; else the end of the old token's grace window, if any.
+/// listening; else the end of the old token's grace window, if any, and with `wait` how many live
+/// replicas accept it once all do.
 async fn confirm(
     url: &str,
     new: &SecretValue,
     no_grace: bool,
-) -> Result<Option<Option<u64>>, RotateError> {
+    wait: Option<Progress<'_>>,
+) -> Result<Option<Confirmed>, RotateError> {
     let mut opts = ConnectOptions::new(url, Credential::Token(new.clone()));
     opts.scopes = vec![driftless_protocol::scopes::ADMIN.to_owned()];
     opts.timeout = ATTEMPT_TIMEOUT;
@@ -254,7 +285,43 @@ async fn confirm(
         conn.call::<SecretsReloadResult>("secrets.reload", Some(&params))
             .await?;
     }
-    let status: Status = conn.call("status", None::<&()>).await?;
+    let mut status: Status = conn.call("status", None::<&()>).await?;
+    let mut replicas_accepting = None;
+    if let Some(progress) = wait {
+        let fingerprint = new.fingerprint().to_string();
+        let deadline = Instant::now() + FLEET_DEADLINE;
+        let mut told = None;
+        loop {
+            let behind: Vec<&str> = status
+                .replicas
+                .iter()
+                .filter(|r| !r.accepts.contains(&fingerprint))
+                .map(|r| r.id.as_str())
+                .collect();
+            let live = status.replicas.len();
+            let accepting = live - behind.len();
+            if told != Some((accepting, live)) {
+                progress(accepting, live);
+                told = Some((accepting, live));
+            }
+            if behind.is_empty() {
+                replicas_accepting = Some(live);
+                break;
+            }
+            if Instant::now() >= deadline {
+                return Err(RotateError::FleetBehind {
+                    accepting,
+                    live,
+                    behind: behind.join(", "),
+                });
+            }
+            tokio::time::sleep(FLEET_POLL).await;
+            status = conn.call("status", None::<&()>).await?;
+        }
+    }
     conn.close().await;
-    Ok(Some(status.auth.grace.map(|g| g.ends_at_ms)))
+    Ok(Some(Confirmed {
+        grace_ends_at_ms: status.auth.grace.map(|g| g.ends_at_ms),
+        replicas_accepting,
+    }))
 }

@@ -33,6 +33,9 @@ pub mod close {
     pub const POLICY: u16 = 1008;
     pub const TOO_LARGE: u16 = 1009;
     pub const SERVICE_RESTART: u16 = 1012;
+    /// RFC 6455 "Try Again Later": what the client needs is unavailable for now (OpenClaw closes
+    /// with it while it starts).
+    pub const TRY_AGAIN_LATER: u16 = 1013;
     pub const AUTH_CHANGED: u16 = 4001;
     pub const AUTH_CHANGED_REASON: &str = "gateway auth changed";
     pub const SERVICE_RESTART_REASON: &str = "service restart";

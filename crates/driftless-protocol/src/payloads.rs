@@ -173,6 +173,9 @@ pub struct Status {
     pub last_reload: Option<ReloadStatus>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub connections: Option<u64>,
+    /// driftless with several replicas on one database: every live replica (empty otherwise).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub replicas: Vec<ReplicaStatus>,
     /// OpenClaw: its runtime's version (it has no `version`).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub runtime_version: Option<String>,
@@ -182,6 +185,25 @@ pub struct Status {
     /// OpenClaw: one line per channel.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub channel_summary: Vec<String>,
+}
+
+/// One live replica in `status.replicas`, as its last heartbeat recorded it.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct ReplicaStatus {
+    /// The replica's instance id (`system-presence`'s `instanceId`).
+    #[serde(default)]
+    pub id: String,
+    /// The address it listens on.
+    #[serde(default)]
+    pub listen: String,
+    #[serde(default)]
+    pub started_at_ms: u64,
+    #[serde(default)]
+    pub last_seen_ms: u64,
+    /// Fingerprints of the shared tokens it accepts, the current one first.
+    #[serde(default)]
+    pub accepts: Vec<String>,
 }
 
 /// OpenClaw's `status.sessions` (only the count is read; paths and recent sessions are ignored).

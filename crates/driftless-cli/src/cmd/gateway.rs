@@ -195,6 +195,19 @@ fn print_status(hello: Option<&HelloOk>, p: &Status) {
     if let Some(n) = p.connections {
         say!("connections  {n}");
     }
+    if !p.replicas.is_empty() {
+        say!("replicas     {} live", p.replicas.len());
+        for r in &p.replicas {
+            say!(
+                "  {}  {}  started {}  seen {}  accepts {}",
+                r.id,
+                r.listen,
+                output::when(r.started_at_ms),
+                output::when(r.last_seen_ms),
+                r.accepts.join(", ")
+            );
+        }
+    }
     // OpenClaw's summary.
     if let Some(n) = p.sessions.and_then(|s| s.count) {
         say!("sessions     {n}");

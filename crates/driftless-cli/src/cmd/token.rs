@@ -10,12 +10,16 @@ use crate::{Ctx, output};
 pub enum Command {
     /// Write a fresh random gateway token to its source and wait until the gateway accepts it
     #[command(
-        after_help = "Examples:\n  driftless token rotate\n  driftless token rotate --no-grace --json"
+        after_help = "Examples:\n  driftless token rotate\n  driftless token rotate --no-grace --json\n  driftless token rotate --wait    # several replicas: until every live one accepts it"
     )]
     Rotate {
         /// End the old token's grace window at once (sessions using it are closed)
         #[arg(long)]
         no_grace: bool,
+        /// Then wait (up to 60 s) until every live replica of the gateway's fleet accepts the new
+        /// token; progress on stderr
+        #[arg(long)]
+        wait: bool,
         /// Print the result as JSON
         #[arg(long)]
         json: bool,
@@ -31,15 +35,25 @@ struct RotateReport<'a> {
     written_to: &'a str,
     gateway_accepted: bool,
     grace_ends_at_ms: Option<u64>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    replicas_accepting: Option<usize>,
 }
 
 pub fn run(ctx: &Ctx, cmd: Command) -> CmdResult {
-    let Command::Rotate { no_grace, json } = cmd;
+    let Command::Rotate {
+        no_grace,
+        wait,
+        json,
+    } = cmd;
+    let mut progress = |accepting: usize, live: usize| {
+        eprintln!("{accepting} of {live} live replicas accept the new token");
+    };
     let r = rotation::rotate(
         &ctx.config_path,
         &ctx.state_dir,
         &ctx.env,
         no_grace,
+        wait.then_some(&mut progress as rotation::Progress<'_>),
         &mut |lock| {
             eprintln!(
                 "another `driftless token rotate` is running (it holds {}); waiting for it to finish",
@@ -54,6 +68,7 @@ pub fn run(ctx: &Ctx, cmd: Command) -> CmdResult {
             written_to: &r.written_to,
             gateway_accepted: r.gateway_accepted,
             grace_ends_at_ms: r.grace_ends_at_ms,
+            replicas_accepting: r.replicas_accepting,
         })?);
     } else {
         print_human(&r);
@@ -80,5 +95,8 @@ fn print_human(r: &Rotated) {
         (true, None) => {
             say!("the gateway at {url} accepts the new token; the old one no longer works")
         }
+    }
+    if let Some(n) = r.replicas_accepting.filter(|n| *n > 0) {
+        say!("all {n} live replicas accept the new token");
     }
 }

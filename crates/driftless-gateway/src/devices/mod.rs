@@ -30,7 +30,7 @@ pub use methods::{
 pub use pairing::{ConnectingDevice, PairingOutcome, on_connect, verify_device_token};
 pub use postgres::{MIGRATIONS, PasswordSource, PostgresOptions, PostgresStore};
 pub use sqlite::{AUDIT_KEEP_ROWS, AUDIT_TRIM_EVERY, LAST_USED_COALESCE_MS, SqliteStore};
-pub use token_key::{KeyError, TOKEN_KEY_FILE, TokenKey};
+pub use token_key::{KeyError, SharedVerifier, TOKEN_KEY_FILE, TokenKey, Verifier};
 
 use std::net::IpAddr;
 
@@ -124,6 +124,60 @@ impl PairingEvent {
 pub enum StoreEvent {
     Disconnect(Disconnect),
     Pairing(PairingEvent),
+    /// The fleet's shared secrets changed (or were read again after the listener reconnected).
+    SharedSecrets(FleetView),
+}
+
+/// One shared secret the fleet published.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct FleetSecret {
+    /// The fleet's generation order (a newer publish has a larger id).
+    pub id: u64,
+    pub verifier: Verifier,
+    pub fingerprint: String,
+}
+
+/// The shared secrets the fleet accepts: its newest, and the one before while its grace lasts
+/// (with the milliseconds left, by the database's clock, so the replicas' clocks do not matter).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct FleetView {
+    pub newest: FleetSecret,
+    pub previous: Option<(FleetSecret, u64)>,
+}
+
+/// What publishing a replica's shared secret did.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Published {
+    /// It is the fleet's newest now (newly, or already).
+    Newest,
+    /// The fleet already replaced it: this replica's source is behind, and it is not reinstated.
+    Superseded,
+}
+
+/// The shared-secret rotation of a store several replicas share: the one order of published
+/// secrets, and the grace of the one before the newest, for the whole fleet.
+pub trait FleetSecrets: Send + Sync {
+    /// The keyed verifier every replica computes the same way.
+    fn verifier(&self) -> SharedVerifier;
+    /// Publishes a replica's shared secret, in one transaction: already the newest, nothing;
+    /// an older one, [`Published::Superseded`]; else it becomes the newest, the one before gets
+    /// `grace_ms` more (by the database's clock), any older one ends now, and every replica is
+    /// told. Returns the fleet's view after it.
+    fn publish(
+        &self,
+        verifier: &Verifier,
+        fingerprint: &str,
+        grace_ms: u64,
+    ) -> Result<(Published, FleetView), StoreError>;
+    /// Ends the grace of every secret but the newest now, for the fleet (`token rotate --no-grace`).
+    fn end_grace(&self) -> Result<Option<FleetView>, StoreError>;
+    /// Records that replica `id` (listening on `listen`) is alive and accepts the shared tokens
+    /// with these fingerprints.
+    fn heartbeat(&self, id: &str, listen: &str, accepts: &[String]) -> Result<(), StoreError>;
+    /// The replicas whose last heartbeat is recent, oldest first.
+    fn replicas(&self) -> Result<Vec<driftless_protocol::payloads::ReplicaStatus>, StoreError>;
+    /// Removes replica `id` (a clean shutdown).
+    fn leave(&self, id: &str) -> Result<(), StoreError>;
 }
 
 /// Where a store that several processes share delivers the events they commit.
@@ -314,6 +368,10 @@ pub trait DeviceStore: Send + Sync {
     /// Forgets the attempts [`DeviceStore::count_attempt`] counted for `address` (it presented a
     /// right credential).
     fn forgive_attempts(&self, address: IpAddr) -> Result<(), StoreError>;
+    /// For a store several replicas share: the fleet's shared-secret rotation (its events arrive
+    /// through [`DeviceStore::deliver_events`]). A store one process owns has none: the gateway's
+    /// own secrets are the whole truth.
+    fn fleet(&self) -> Option<&dyn FleetSecrets>;
 }
 
 #[cfg(test)]

@@ -36,10 +36,12 @@ use super::rules::{self, RequestPlan, TokenRow, json, unjson};
 use super::token_key::TokenKey;
 use super::{
     AUDIT_KEEP_ROWS, AUDIT_TRIM_EVERY, AuditEvent, DeviceMetadata, DeviceStore, Disconnect,
-    EventSink, IssuedToken, NewAuditEvent, PENDING_TTL_MS, PairedDevice, PairingEvent,
-    PendingRequest, StoreError, StoreEvent, TokenCheck, TokenSummary,
+    EventSink, FleetSecret, FleetSecrets, FleetView, IssuedToken, NewAuditEvent, PENDING_TTL_MS,
+    PairedDevice, PairingEvent, PendingRequest, Published, SharedVerifier, StoreError, StoreEvent,
+    TokenCheck, TokenSummary, Verifier,
 };
 use crate::limiter::Budget;
+use driftless_protocol::payloads::ReplicaStatus;
 
 /// The schema, one migration per version (index + 1). Append only: an applied migration never
 /// changes.
@@ -85,6 +87,16 @@ pub const MIGRATIONS: &[&str] = &[
     "CREATE TABLE attempts (
        address TEXT PRIMARY KEY, window_start_ms BIGINT NOT NULL, count INTEGER NOT NULL,
        locked_until_ms BIGINT);",
+    // 4: the fleet's published gateway shared secrets (`FleetSecrets`): the id is the fleet's
+    // generation order, `verifier` the keyed HMAC (`SharedVerifier`), never the secret;
+    // `accepted_until` is set when a newer one supersedes it.
+    "CREATE TABLE shared_secrets (
+       id BIGSERIAL PRIMARY KEY, verifier BYTEA NOT NULL UNIQUE, fingerprint TEXT NOT NULL,
+       published_at TIMESTAMPTZ NOT NULL DEFAULT now(), accepted_until TIMESTAMPTZ);",
+    // 5: the live replicas (`FleetSecrets::heartbeat`), for `status`.
+    "CREATE TABLE replicas (
+       id TEXT PRIMARY KEY, listen TEXT NOT NULL, started_at TIMESTAMPTZ NOT NULL,
+       last_seen TIMESTAMPTZ NOT NULL, accepts TEXT NOT NULL);",
 ];
 
 /// The advisory lock key migrations run under ("dftless" in ASCII).
@@ -101,6 +113,22 @@ const EVENTS_CHANNEL: &str = "driftless_events";
 pub const EVENTS_KEEP_ROWS: i64 = 10_000;
 /// The events table is trimmed when an id is a multiple of this.
 const EVENTS_TRIM_EVERY: i64 = 1_000;
+
+/// Published shared secrets kept: a replica whose source still holds one of these is told it is
+/// superseded; one older than this would be taken for a new secret.
+pub const SHARED_SECRETS_KEEP_ROWS: i64 = 1_000;
+
+/// A replica whose last heartbeat is older than this is not live (three heartbeats missed).
+pub const REPLICA_LIVE_MS: i64 = 15_000;
+
+/// The fleet's accepted shared secrets, newest first: the newest, and the one before while its
+/// grace lasts, with the milliseconds left by the database's clock.
+const FLEET_VIEW: &str = "
+  SELECT id, verifier, fingerprint,
+    CASE WHEN accepted_until IS NOT NULL
+      THEN greatest(1, ceil(extract(epoch FROM accepted_until - now()) * 1000))::BIGINT END
+  FROM shared_secrets WHERE accepted_until IS NULL OR accepted_until > now()
+  ORDER BY id DESC LIMIT 2";
 
 /// How often the listener reads the table without being woken (a lost notification, or a
 /// connection that died silently, costs at most this).
@@ -601,6 +629,8 @@ enum EventBody {
         approved: bool,
         ts: u64,
     },
+    /// The fleet's shared secrets changed: read them again (`FLEET_VIEW`).
+    SharedSecret,
 }
 
 impl EventBody {
@@ -623,10 +653,12 @@ impl EventBody {
                 approved: *approved,
                 ts: *ts,
             },
+            StoreEvent::SharedSecrets(_) => EventBody::SharedSecret,
         }
     }
 
-    /// `None` for a reason this gateway does not know (written by a newer one).
+    /// `None` for a reason this gateway does not know (written by a newer one), and for
+    /// [`EventBody::SharedSecret`], which carries no view (the listener reads it).
     fn into_event(self) -> Option<StoreEvent> {
         Some(match self {
             EventBody::Disconnect {
@@ -650,6 +682,7 @@ impl EventBody {
                 approved,
                 ts,
             }),
+            EventBody::SharedSecret => return None,
         })
     }
 }
@@ -661,12 +694,21 @@ async fn emit(
     event: StoreEvent,
     now_ms: u64,
 ) -> Result<(), tokio_postgres::Error> {
+    emit_body(tx, &EventBody::new(&event), now_ms).await
+}
+
+/// [`emit`] of an event row's body.
+async fn emit_body(
+    tx: &Transaction<'_>,
+    body: &EventBody,
+    now_ms: u64,
+) -> Result<(), tokio_postgres::Error> {
     // Ids are taken under this lock, held until commit, so events commit in id order: a reader
     // that has seen id n never later finds a row below n (without it, a transaction holding n
     // could commit after n + 1 was read, and n would be skipped).
     tx.execute("SELECT pg_advisory_xact_lock($1)", &[&EVENTS_LOCK])
         .await?;
-    let body = serde_json::to_string(&EventBody::new(&event)).expect("plain data serializes");
+    let body = serde_json::to_string(body).expect("plain data serializes");
     let id: i64 = tx
         .query_one(
             "INSERT INTO events (at_ms, body) VALUES ($1, $2) RETURNING id",
@@ -773,6 +815,9 @@ async fn deliver(
         .batch_execute(&format!("LISTEN {EVENTS_CHANNEL}"))
         .await?;
     *pause = Duration::from_millis(100);
+    // The shared secrets may have changed while this replica was not listening (a trimmed event
+    // would be missed otherwise), and a publish that failed then is retried on this view.
+    deliver_view(client, sink).await?;
     loop {
         catch_up(client, last, sink).await?;
         tokio::select! {
@@ -796,18 +841,58 @@ async fn catch_up(
             &[&*last],
         )
         .await?;
+    let mut shared_secrets = false;
     for row in rows {
         let (id, body): (i64, String) = (row.get(0), row.get(1));
         *last = id;
-        match serde_json::from_str::<EventBody>(&body)
-            .ok()
-            .and_then(EventBody::into_event)
-        {
-            Some(event) => sink(event),
-            None => tracing::warn!(id, "skipped a device event this gateway does not know"),
+        match serde_json::from_str::<EventBody>(&body) {
+            Ok(EventBody::SharedSecret) => shared_secrets = true,
+            Ok(body) => match body.into_event() {
+                Some(event) => sink(event),
+                None => tracing::warn!(id, "skipped a device event this gateway does not know"),
+            },
+            Err(_) => tracing::warn!(id, "skipped a device event this gateway does not know"),
         }
     }
+    // One read however many publishes there were: the view is the state, not a change.
+    if shared_secrets {
+        deliver_view(client, sink).await?;
+    }
     Ok(())
+}
+
+/// Reads the fleet's view of its shared secrets and delivers it (nothing before any publish).
+async fn deliver_view(
+    client: &tokio_postgres::Client,
+    sink: &EventSink,
+) -> Result<(), ListenError> {
+    if let Some(view) = read_view(client).await? {
+        sink(StoreEvent::SharedSecrets(view));
+    }
+    Ok(())
+}
+
+/// The fleet's view of its shared secrets (`FLEET_VIEW`), `None` before the first publish.
+async fn read_view(
+    client: &impl tokio_postgres::GenericClient,
+) -> Result<Option<FleetView>, tokio_postgres::Error> {
+    let rows = client.query(FLEET_VIEW, &[]).await?;
+    let secret = |r: &Row| -> Option<FleetSecret> {
+        let verifier: Vec<u8> = r.get(1);
+        Some(FleetSecret {
+            id: u64::try_from(r.get::<_, i64>(0)).ok()?,
+            verifier: verifier.try_into().ok()?,
+            fingerprint: r.get(2),
+        })
+    };
+    let Some(newest) = rows.first().and_then(secret) else {
+        return Ok(None);
+    };
+    let previous = rows.get(1).and_then(|r| {
+        let left: Option<i64> = r.get(3);
+        Some((secret(r)?, u64::try_from(left?).ok()?))
+    });
+    Ok(Some(FleetView { newest, previous }))
 }
 
 /// Aborts a task when dropped (the listener's connection driver, when the listener restarts).
@@ -1457,5 +1542,164 @@ impl DeviceStore for PostgresStore {
             sink,
         ));
         true
+    }
+
+    fn fleet(&self) -> Option<&dyn FleetSecrets> {
+        Some(self)
+    }
+}
+
+impl FleetSecrets for PostgresStore {
+    fn verifier(&self) -> SharedVerifier {
+        self.key.shared_verifier()
+    }
+
+    fn publish(
+        &self,
+        verifier: &Verifier,
+        fingerprint: &str,
+        grace_ms: u64,
+    ) -> Result<(Published, FleetView), StoreError> {
+        let verifier = verifier.to_vec();
+        let grace_ms = ms(grace_ms);
+        self.write(async |tx| {
+            let newest = tx
+                .query_opt(
+                    "SELECT id, verifier FROM shared_secrets ORDER BY id DESC LIMIT 1",
+                    &[],
+                )
+                .await?;
+            let newest = newest.map(|r| (r.get::<_, i64>(0), r.get::<_, Vec<u8>>(1)));
+            let published = match newest {
+                Some((_, v)) if v == verifier => Published::Newest,
+                _ if tx
+                    .query_opt(
+                        "SELECT 1 FROM shared_secrets WHERE verifier = $1",
+                        &[&verifier],
+                    )
+                    .await?
+                    .is_some() =>
+                {
+                    Published::Superseded
+                }
+                newest => {
+                    if let Some((id, _)) = newest {
+                        // Only the immediate predecessor keeps a grace; anything older ends now.
+                        tx.execute(
+                            "UPDATE shared_secrets SET accepted_until = now()
+                             WHERE id < $1 AND (accepted_until IS NULL OR accepted_until > now())",
+                            &[&id],
+                        )
+                        .await?;
+                        tx.execute(
+                            "UPDATE shared_secrets
+                             SET accepted_until = now() + $2::BIGINT * interval '1 millisecond'
+                             WHERE id = $1",
+                            &[&id, &grace_ms],
+                        )
+                        .await?;
+                    }
+                    let id: i64 = tx
+                        .query_one(
+                            "INSERT INTO shared_secrets (verifier, fingerprint) VALUES ($1, $2)
+                             RETURNING id",
+                            &[&verifier, &fingerprint],
+                        )
+                        .await?
+                        .get(0);
+                    tx.execute(
+                        "DELETE FROM shared_secrets WHERE id <= $1",
+                        &[&(id - SHARED_SECRETS_KEEP_ROWS)],
+                    )
+                    .await?;
+                    emit_body(tx, &EventBody::SharedSecret, crate::secrets::now_ms()).await?;
+                    Published::Newest
+                }
+            };
+            let view = read_view(tx).await?.ok_or_else(|| StoreError::Postgres {
+                what: self.what.clone(),
+                detail: "shared_secrets is empty right after a publish".into(),
+            })?;
+            Ok((published, view))
+        })
+    }
+
+    fn end_grace(&self) -> Result<Option<FleetView>, StoreError> {
+        self.write(async |tx| {
+            let ended = tx
+                .execute(
+                    "UPDATE shared_secrets SET accepted_until = now()
+                     WHERE accepted_until > now()",
+                    &[],
+                )
+                .await?;
+            if ended > 0 {
+                emit_body(tx, &EventBody::SharedSecret, crate::secrets::now_ms()).await?;
+            }
+            Ok(read_view(tx).await?)
+        })
+    }
+
+    fn heartbeat(&self, id: &str, listen: &str, accepts: &[String]) -> Result<(), StoreError> {
+        let accepts = json(accepts);
+        self.block_on(async {
+            let client = self.client().await?;
+            client
+                .execute(
+                    "INSERT INTO replicas (id, listen, started_at, last_seen, accepts)
+                     VALUES ($1, $2, now(), now(), $3)
+                     ON CONFLICT (id) DO UPDATE
+                     SET listen = excluded.listen, last_seen = now(), accepts = excluded.accepts",
+                    &[&id, &listen, &accepts],
+                )
+                .await
+                .map_err(|e| self.err(&e))?;
+            // A replica killed without a clean shutdown leaves its row: gone after an hour.
+            client
+                .execute(
+                    "DELETE FROM replicas WHERE last_seen < now() - interval '1 hour'",
+                    &[],
+                )
+                .await
+                .map_err(|e| self.err(&e))?;
+            Ok(())
+        })
+    }
+
+    fn replicas(&self) -> Result<Vec<ReplicaStatus>, StoreError> {
+        self.block_on(async {
+            let client = self.client().await?;
+            let rows = client
+                .query(
+                    "SELECT id, listen, (extract(epoch FROM started_at) * 1000)::BIGINT,
+                       (extract(epoch FROM last_seen) * 1000)::BIGINT, accepts
+                     FROM replicas WHERE last_seen > now() - $1::BIGINT * interval '1 millisecond'
+                     ORDER BY started_at, id",
+                    &[&REPLICA_LIVE_MS],
+                )
+                .await
+                .map_err(|e| self.err(&e))?;
+            Ok(rows
+                .iter()
+                .map(|r| ReplicaStatus {
+                    id: r.get(0),
+                    listen: r.get(1),
+                    started_at_ms: r.get::<_, i64>(2).max(0) as u64,
+                    last_seen_ms: r.get::<_, i64>(3).max(0) as u64,
+                    accepts: unjson(r.get(4)),
+                })
+                .collect())
+        })
+    }
+
+    fn leave(&self, id: &str) -> Result<(), StoreError> {
+        self.block_on(async {
+            let client = self.client().await?;
+            client
+                .execute("DELETE FROM replicas WHERE id = $1", &[&id])
+                .await
+                .map_err(|e| self.err(&e))?;
+            Ok(())
+        })
     }
 }

@@ -826,6 +826,11 @@ impl DeviceStore for SqliteStore {
         false
     }
 
+    /// One process owns the file: the gateway's own secrets and grace are the whole truth.
+    fn fleet(&self) -> Option<&dyn super::FleetSecrets> {
+        None
+    }
+
     /// One process owns the file: the local limiter is the whole budget.
     fn count_attempt(&self, _: IpAddr, _: &Budget, _: u64) -> Result<Option<u64>, StoreError> {
         Ok(None)

@@ -103,6 +103,42 @@ impl TokenKey {
         }
         SecretValue::new(b64().encode(ctx.sign().as_ref()))
     }
+
+    /// The keyed verifier of gateway shared secrets, with this key (the fleet's).
+    pub fn shared_verifier(&self) -> SharedVerifier {
+        SharedVerifier(self.0.clone())
+    }
+}
+
+/// Computes what a fleet stores of a gateway shared secret: HMAC-SHA256 with the fleet's token key
+/// under its own label (so it never equals a device token's input), never the secret or a plain
+/// hash of it; without the key a stolen row cannot even test guesses.
+#[derive(Clone)]
+pub struct SharedVerifier(hmac::Key);
+
+impl std::fmt::Debug for SharedVerifier {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("SharedVerifier(..)")
+    }
+}
+
+/// A shared secret's verifier.
+pub type Verifier = [u8; 32];
+
+impl SharedVerifier {
+    pub fn of(&self, secret: &str) -> Verifier {
+        let mut ctx = hmac::Context::with_key(&self.0);
+        ctx.update(b"driftless gateway shared secret v1\0");
+        ctx.update(secret.as_bytes());
+        let mut out = [0u8; 32];
+        out.copy_from_slice(ctx.sign().as_ref());
+        out
+    }
+
+    /// The verifier of this gateway's own shared secret (what a replica publishes).
+    pub fn of_value(&self, secret: &SecretValue) -> Verifier {
+        self.of(secret.expose())
+    }
 }
 
 fn invalid() -> std::io::Error {

@@ -249,3 +249,145 @@ fn bad_settings_are_refused_without_echoing_secrets() {
     let e = driftless_core::Config::load(&path).unwrap_err();
     assert!(e.to_string().contains("[gateway.devices.postgres]"), "{e}");
 }
+
+/// The fleet's shared secrets: two replicas publish into one order. The same secret again changes
+/// nothing; a new one becomes the newest and gives the one before the publisher's grace (by the
+/// database's clock); a replica whose source still holds a replaced secret is told it is
+/// superseded and does not bring it back; a grace of 0 and `end_grace` end the overlap at once;
+/// the other replica's listener hears every change; the table holds keyed verifiers, never a
+/// secret or its plain hash.
+#[test]
+fn two_replicas_publish_one_order_of_shared_secrets() {
+    let Some((cluster, db)) = fixture() else {
+        return;
+    };
+    let key = new_key_text();
+    let (a, b) = (
+        open_postgres(&cluster, &db, &key),
+        open_postgres(&cluster, &db, &key),
+    );
+    let (fa, fb) = (a.fleet().unwrap(), b.fleet().unwrap());
+    let secrets = [
+        "canary-fleet-one-5d1c",
+        "canary-fleet-two-7e2a",
+        "canary-fleet-three-9b4f",
+    ];
+    let v = |s: &str| fa.verifier().of(s);
+    let fp = |s: &str| SecretValue::new(s.into()).fingerprint().to_string();
+    assert_eq!(fa.verifier().of(secrets[0]), fb.verifier().of(secrets[0]));
+    assert_ne!(v(secrets[0]), v(secrets[1]));
+
+    let (tx, rx) = std::sync::mpsc::channel();
+    let tx = std::sync::Mutex::new(tx);
+    assert!(b.deliver_events(Box::new(move |e| {
+        if let StoreEvent::SharedSecrets(view) = e {
+            let _ = tx.lock().unwrap().send(view);
+        }
+    })));
+    let heard = |newest: &str| loop {
+        let view = rx
+            .recv_timeout(std::time::Duration::from_secs(10))
+            .expect("B's listener delivers the fleet's view");
+        if view.newest.fingerprint == fp(newest) {
+            return view;
+        }
+    };
+
+    let (p, first) = fa.publish(&v(secrets[0]), &fp(secrets[0]), 4_000).unwrap();
+    assert_eq!(p, Published::Newest);
+    assert_eq!(first.newest.fingerprint, fp(secrets[0]));
+    assert_eq!(first.newest.verifier, v(secrets[0]));
+    assert_eq!(first.previous, None);
+    assert_eq!(heard(secrets[0]), first);
+    // The same secret from the other replica: nothing new.
+    let (p, again) = fb.publish(&v(secrets[0]), &fp(secrets[0]), 4_000).unwrap();
+    assert_eq!((p, &again), (Published::Newest, &first));
+
+    // B sees a new secret first: the newest now, the first one in B's grace.
+    let (p, second) = fb.publish(&v(secrets[1]), &fp(secrets[1]), 4_000).unwrap();
+    assert_eq!(p, Published::Newest);
+    assert!(second.newest.id > first.newest.id);
+    let (prev, left) = second.previous.clone().expect("the first one in grace");
+    assert_eq!(prev, first.newest);
+    assert!((3_000..=4_000).contains(&left), "{left}");
+    assert_eq!(heard(secrets[1]).newest, second.newest);
+
+    // A restarted with its old source: superseded, not reinstated.
+    let (p, view) = fa.publish(&v(secrets[0]), &fp(secrets[0]), 4_000).unwrap();
+    assert_eq!(p, Published::Superseded);
+    assert_eq!(view.newest, second.newest);
+
+    // A grace of 0 ends the overlap at once, and the first secret's stays ended.
+    let (p, third) = fa.publish(&v(secrets[2]), &fp(secrets[2]), 0).unwrap();
+    assert_eq!((p, third.previous.clone()), (Published::Newest, None));
+    assert_eq!(heard(secrets[2]).previous, None);
+
+    // `end_grace` ends an open one for the fleet.
+    let (_, fourth) = fb
+        .publish(&v("canary-fleet-four-1a3e"), "fp4", 60_000)
+        .unwrap();
+    assert_eq!(fourth.previous.map(|(p, _)| p.id), Some(third.newest.id));
+    let ended = fa.end_grace().unwrap().unwrap();
+    assert_eq!((ended.newest.id, ended.previous), (fourth.newest.id, None));
+
+    let dump = cluster.psql(&db, "SELECT t::text FROM shared_secrets t");
+    for s in secrets {
+        use sha2::Digest;
+        let plain_hash: String = sha2::Sha256::digest(s.as_bytes())
+            .iter()
+            .map(|b| format!("{b:02x}"))
+            .collect();
+        assert!(!dump.contains(s), "a shared secret is stored");
+        assert!(!dump.contains(&plain_hash), "a plain hash is stored");
+    }
+    assert_eq!(
+        cluster.psql(&db, "SELECT count(*) FROM shared_secrets"),
+        "4"
+    );
+}
+
+/// The replicas table: a heartbeat records a replica (again: updated, its start kept), the list
+/// holds the live ones, and leaving removes one.
+#[test]
+fn replicas_heartbeat_list_and_leave() {
+    let Some((cluster, db)) = fixture() else {
+        return;
+    };
+    let key = new_key_text();
+    let (a, b) = (
+        open_postgres(&cluster, &db, &key),
+        open_postgres(&cluster, &db, &key),
+    );
+    let (fa, fb) = (a.fleet().unwrap(), b.fleet().unwrap());
+    fa.heartbeat(
+        "replica-a",
+        "10.0.0.1:18789",
+        &["sha256:aaaaaaaaaaaa".into()],
+    )
+    .unwrap();
+    fb.heartbeat("replica-b", "10.0.0.2:18789", &[]).unwrap();
+    let first = fb.replicas().unwrap();
+    assert_eq!(
+        first.iter().map(|r| r.id.as_str()).collect::<Vec<_>>(),
+        ["replica-a", "replica-b"]
+    );
+    let accepts = vec![
+        "sha256:bbbbbbbbbbbb".to_owned(),
+        "sha256:aaaaaaaaaaaa".into(),
+    ];
+    fa.heartbeat("replica-a", "10.0.0.1:18789", &accepts)
+        .unwrap();
+    let again = fb.replicas().unwrap();
+    assert_eq!(again[0].accepts, accepts);
+    assert_eq!(again[0].started_at_ms, first[0].started_at_ms);
+    assert!(again[0].last_seen_ms >= first[0].last_seen_ms);
+    assert_eq!(again[0].listen, "10.0.0.1:18789");
+    fa.leave("replica-a").unwrap();
+    assert_eq!(fb.replicas().unwrap().len(), 1);
+    // A replica not seen for longer than the live window is not listed.
+    cluster.psql(
+        &db,
+        "UPDATE replicas SET last_seen = now() - interval '1 minute' WHERE id = 'replica-b'",
+    );
+    assert!(fa.replicas().unwrap().is_empty());
+}
