@@ -502,10 +502,56 @@ async fn a_relayed_session_outlives_openclaws_own_token_rotation() {
     assert_eq!(listed["ok"], true, "{listed}");
     drop((c, fresh));
 
+    // OpenClaw forgets driftless's device (as after a reset of its state): the next session through
+    // driftless finds its device token refused, pairs again with the upstream token (the rotated
+    // one: driftless reloaded its reference), keeps the new device token and works.
+    let (code, out, err) = support::openclaw::oc(
+        &cli,
+        &direct_home,
+        &[
+            "gateway",
+            "call",
+            "device.pair.remove",
+            "--json",
+            "--url",
+            &openclaw.url,
+            "--token",
+            UPSTREAM_ROTATED,
+            "--params",
+            &json!({"deviceId": device_id}).to_string(),
+        ],
+    );
+    assert_eq!(code, 0, "device.pair.remove: {out}{err}");
+    let mut again = Client::open(&gw.url).await;
+    let (hello, close) = again.connect(cli_params(Some(CANARY))).await;
+    assert!(
+        close.is_none(),
+        "a session after OpenClaw forgot driftless's device: {hello}"
+    );
+    seen.keep(&hello);
+    let listed = seen.call(&mut again, "a1", "sessions.list").await;
+    assert_eq!(listed["ok"], true, "{listed}");
+    drop(again);
+    let restored: Value =
+        serde_json::from_str(&std::fs::read_to_string(&token_path).unwrap()).unwrap();
+    let new_token = restored["deviceToken"].as_str().unwrap().to_owned();
+    assert_eq!(
+        restored["deviceId"],
+        device_id.as_str(),
+        "the same device, paired again"
+    );
+    assert_ne!(new_token, device_token, "a new device token");
+
     // No token of either side in a frame a client received, in either log, or in a file other
     // than its own source: driftless's token file, OpenClaw's token file, driftless's device token
     // file (and OpenClaw's own state, which issued the device token).
-    let secrets = [CANARY, UPSTREAM, UPSTREAM_ROTATED, device_token.as_str()];
+    let secrets = [
+        CANARY,
+        UPSTREAM,
+        UPSTREAM_ROTATED,
+        device_token.as_str(),
+        new_token.as_str(),
+    ];
     for frame in &seen.0 {
         for secret in secrets {
             assert!(!frame.contains(secret), "a token reached a client: {frame}");
@@ -514,22 +560,33 @@ async fn a_relayed_session_outlives_openclaws_own_token_rotation() {
     let oc_log = openclaw.log_text();
     openclaw.stop();
     let log = gw.finish();
+    assert!(
+        log.contains("refused driftless's device token; pairing driftless's device again"),
+        "driftless did not say it paired again:\n{log}"
+    );
     for (text, what) in [(&oc_log, "OpenClaw's log"), (&log, "driftless's log")] {
         assert_no_token(text, what);
-        assert!(
-            !text.contains(&device_token),
-            "the device token leaked into {what}"
-        );
+        for token in [&device_token, &new_token] {
+            assert!(
+                !text.contains(token.as_str()),
+                "a device token leaked into {what}"
+            );
+        }
     }
     let openclaw_state = home.path().join("openclaw/state");
-    for (secret, source) in [
-        (UPSTREAM_ROTATED, home.path().join("openclaw/token")),
-        (CANARY, home.path().join("secrets/token")),
-        (device_token.as_str(), token_path.clone()),
+    for (secret, sources) in [
+        (UPSTREAM_ROTATED, vec![home.path().join("openclaw/token")]),
+        (CANARY, vec![home.path().join("secrets/token")]),
+        // OpenClaw issued the device tokens and keeps them in its own state.
+        (
+            new_token.as_str(),
+            vec![token_path.clone(), openclaw_state.clone()],
+        ),
+        (device_token.as_str(), vec![openclaw_state.clone()]),
     ] {
         let copies: Vec<_> = files_containing(home.path(), secret)
             .into_iter()
-            .filter(|p| *p != source && !(secret == device_token && p.starts_with(&openclaw_state)))
+            .filter(|p| !sources.iter().any(|s| p.starts_with(s)))
             .collect();
         assert!(copies.is_empty(), "a token outside its source: {copies:?}");
     }
