@@ -305,3 +305,293 @@ async fn upstream_down_is_unavailable_and_back_without_restarting_driftless() {
     let log = gw.finish();
     assert_no_token(&log, "driftless's log");
 }
+
+/// Every frame a client receives from here on, kept to be checked for tokens.
+struct Seen(Vec<String>);
+
+impl Seen {
+    fn keep(&mut self, frame: &Value) -> Value {
+        self.0.push(frame.to_string());
+        frame.clone()
+    }
+
+    /// `c`'s next frame (events included), kept.
+    async fn next(&mut self, c: &mut Client, within: Duration) -> Got {
+        match c.next_within(within).await {
+            Got::Frame(f) => Got::Frame(self.keep(&f)),
+            closed => closed,
+        }
+    }
+
+    /// A read call on `c`: its response (events before it kept too); panics when closed.
+    async fn call(&mut self, c: &mut Client, id: &str, method: &str) -> Value {
+        c.send_json(json!({"type": "req", "id": id, "method": method}))
+            .await;
+        loop {
+            match self.next(c, Duration::from_secs(30)).await {
+                Got::Frame(f) if f["type"] == "res" && f["id"] == id => return f,
+                Got::Frame(_) => continue,
+                Got::Closed(code, reason) => {
+                    panic!("closed {code} {reason} instead of answering {method}")
+                }
+            }
+        }
+    }
+
+    /// The next `name` event on `c` within [`TICK_WITHIN`]; panics when closed first.
+    async fn event(&mut self, c: &mut Client, name: &str) -> Value {
+        let deadline = tokio::time::Instant::now() + TICK_WITHIN;
+        loop {
+            let left = deadline.saturating_duration_since(tokio::time::Instant::now());
+            match self.next(c, left).await {
+                Got::Frame(f) if f["type"] == "event" && f["event"] == name => return f,
+                Got::Frame(_) => continue,
+                Got::Closed(code, reason) => panic!("closed {code} {reason} before a {name} event"),
+            }
+        }
+    }
+}
+
+/// Every file under `dir` (recursively) whose bytes contain `needle`.
+fn files_containing(dir: &std::path::Path, needle: &str) -> Vec<PathBuf> {
+    let mut found = Vec::new();
+    let Ok(entries) = std::fs::read_dir(dir) else {
+        return found;
+    };
+    for entry in entries.flatten() {
+        let path = entry.path();
+        let Ok(meta) = std::fs::symlink_metadata(&path) else {
+            continue;
+        };
+        if meta.is_dir() {
+            found.extend(files_containing(&path, needle));
+        } else if meta.is_file()
+            && std::fs::read(&path)
+                .is_ok_and(|b| b.windows(needle.len()).any(|w| w == needle.as_bytes()))
+        {
+            found.push(path);
+        }
+    }
+    found
+}
+
+#[tokio::test]
+async fn a_relayed_session_outlives_openclaws_own_token_rotation() {
+    use std::os::unix::fs::MetadataExt;
+    let Some(cli) = install() else {
+        return;
+    };
+    let home = Home::new();
+    let mut openclaw = start_openclaw(&cli, &home);
+    front_config(&home, &openclaw);
+    let gw = Gateway::start(&home, &[], &[]);
+    // The first session through driftless pairs driftless's own device with OpenClaw.
+    wait_ready(&gw.url, CANARY).await;
+
+    // driftless's upstream identity and the device token OpenClaw issued to it are in driftless's
+    // state, private; OpenClaw lists the device as paired.
+    let upstream_state = home.state().join("upstream");
+    let token_path = upstream_state.join("device-token.json");
+    let identity_path = upstream_state.join("identity/device.json");
+    for path in [&token_path, &identity_path] {
+        assert_eq!(
+            std::fs::metadata(path).unwrap().mode() & 0o777,
+            0o600,
+            "{}",
+            path.display()
+        );
+    }
+    let stored: Value =
+        serde_json::from_str(&std::fs::read_to_string(&token_path).unwrap()).unwrap();
+    let device_token = stored["deviceToken"].as_str().unwrap().to_owned();
+    let device_id = stored["deviceId"].as_str().unwrap().to_owned();
+    assert!(
+        device_token.len() >= 32,
+        "a device token: {}",
+        device_token.len()
+    );
+    let direct_home = home.path().join("cli-direct");
+    std::fs::create_dir_all(&direct_home).unwrap();
+    let devices = call(
+        &cli,
+        &direct_home,
+        &openclaw.url,
+        UPSTREAM,
+        "device.pair.list",
+    )
+    .unwrap();
+    assert!(
+        devices.to_string().contains(&device_id),
+        "OpenClaw does not list driftless's device {device_id}"
+    );
+    assert!(
+        !devices.to_string().contains(&device_token),
+        "device.pair.list showed the device token"
+    );
+
+    // A relayed client, and (for contrast) a shared-token client of OpenClaw itself.
+    let mut seen = Seen(Vec::new());
+    let mut c = Client::open(&gw.url).await;
+    let (hello, close) = c.connect(cli_params(Some(CANARY))).await;
+    assert!(close.is_none(), "{hello}");
+    seen.keep(&hello);
+    assert_eq!(
+        hello["payload"]["auth"]["method"], "token",
+        "driftless's own auth block"
+    );
+    assert!(
+        hello["payload"]["auth"].get("deviceToken").is_none(),
+        "{}",
+        hello["payload"]["auth"]
+    );
+    let listed = seen.call(&mut c, "r1", "node.list").await;
+    assert_eq!(listed["ok"], true, "{listed}");
+    let mut direct = session(&openclaw.url, cli_params(Some(UPSTREAM))).await;
+
+    // OpenClaw's own token rotates: its file (which driftless's upstream.token references too)
+    // and secrets.reload on OpenClaw directly. OpenClaw closes its shared-token client 4001 ...
+    replace_by_rename(
+        &home.path().join("openclaw/token"),
+        &format!("{UPSTREAM_ROTATED}\n"),
+    );
+    let reload = call(
+        &cli,
+        &direct_home,
+        &openclaw.url,
+        UPSTREAM,
+        "secrets.reload",
+    );
+    let closed = loop {
+        match direct.next_within(Duration::from_secs(30)).await {
+            Got::Frame(_) => continue,
+            Got::Closed(code, reason) => break (code, reason),
+        }
+    };
+    assert_eq!(
+        closed,
+        (4001, "gateway auth changed".to_owned()),
+        "secrets.reload: {reload:?}"
+    );
+    assert!(
+        call(
+            &cli,
+            &direct_home,
+            &openclaw.url,
+            UPSTREAM_ROTATED,
+            "health"
+        )
+        .is_ok(),
+        "OpenClaw does not take its rotated token"
+    );
+
+    // ... and the relayed client, whose upstream session is driftless's device-token session, is
+    // still connected: its read calls still reach OpenClaw and OpenClaw's events still come.
+    let listed = seen.call(&mut c, "r2", "node.list").await;
+    assert_eq!(listed["ok"], true, "after the rotation: {listed}");
+    let tick = seen.event(&mut c, "tick").await;
+    assert!(tick["payload"]["ts"].as_u64().is_some(), "{tick}");
+    let listed = seen.call(&mut c, "r3", "sessions.list").await;
+    assert_eq!(listed["ok"], true, "after a tick: {listed}");
+
+    // A new client through driftless works too (driftless's device token needs no shared token).
+    let mut fresh = Client::open(&gw.url).await;
+    let (hello, close) = fresh.connect(cli_params(Some(CANARY))).await;
+    assert!(close.is_none(), "a new session after the rotation: {hello}");
+    seen.keep(&hello);
+    let listed = seen.call(&mut fresh, "f1", "sessions.list").await;
+    assert_eq!(listed["ok"], true, "{listed}");
+    drop((c, fresh));
+
+    // OpenClaw forgets driftless's device (as after a reset of its state): the next session through
+    // driftless finds its device token refused, pairs again with the upstream token (the rotated
+    // one: driftless reloaded its reference), keeps the new device token and works.
+    let (code, out, err) = support::openclaw::oc(
+        &cli,
+        &direct_home,
+        &[
+            "gateway",
+            "call",
+            "device.pair.remove",
+            "--json",
+            "--url",
+            &openclaw.url,
+            "--token",
+            UPSTREAM_ROTATED,
+            "--params",
+            &json!({"deviceId": device_id}).to_string(),
+        ],
+    );
+    assert_eq!(code, 0, "device.pair.remove: {out}{err}");
+    let mut again = Client::open(&gw.url).await;
+    let (hello, close) = again.connect(cli_params(Some(CANARY))).await;
+    assert!(
+        close.is_none(),
+        "a session after OpenClaw forgot driftless's device: {hello}"
+    );
+    seen.keep(&hello);
+    let listed = seen.call(&mut again, "a1", "sessions.list").await;
+    assert_eq!(listed["ok"], true, "{listed}");
+    drop(again);
+    let restored: Value =
+        serde_json::from_str(&std::fs::read_to_string(&token_path).unwrap()).unwrap();
+    let new_token = restored["deviceToken"].as_str().unwrap().to_owned();
+    assert_eq!(
+        restored["deviceId"],
+        device_id.as_str(),
+        "the same device, paired again"
+    );
+    assert_ne!(new_token, device_token, "a new device token");
+
+    // No token of either side in a frame a client received, in either log, or in a file other
+    // than its own source: driftless's token file, OpenClaw's token file, driftless's device token
+    // file (and OpenClaw's own state, which issued the device token).
+    let secrets = [
+        CANARY,
+        UPSTREAM,
+        UPSTREAM_ROTATED,
+        device_token.as_str(),
+        new_token.as_str(),
+    ];
+    for frame in &seen.0 {
+        for secret in secrets {
+            assert!(!frame.contains(secret), "a token reached a client: {frame}");
+        }
+    }
+    let oc_log = openclaw.log_text();
+    openclaw.stop();
+    let log = gw.finish();
+    assert!(
+        log.contains("refused driftless's device token; pairing driftless's device again"),
+        "driftless did not say it paired again:\n{log}"
+    );
+    for (text, what) in [(&oc_log, "OpenClaw's log"), (&log, "driftless's log")] {
+        assert_no_token(text, what);
+        for token in [&device_token, &new_token] {
+            assert!(
+                !text.contains(token.as_str()),
+                "a device token leaked into {what}"
+            );
+        }
+    }
+    let openclaw_state = home.path().join("openclaw/state");
+    for (secret, sources) in [
+        (UPSTREAM_ROTATED, vec![home.path().join("openclaw/token")]),
+        (CANARY, vec![home.path().join("secrets/token")]),
+        // OpenClaw issued the device tokens and keeps them in its own state.
+        (
+            new_token.as_str(),
+            vec![token_path.clone(), openclaw_state.clone()],
+        ),
+        (device_token.as_str(), vec![openclaw_state.clone()]),
+    ] {
+        let copies: Vec<_> = files_containing(home.path(), secret)
+            .into_iter()
+            .filter(|p| !sources.iter().any(|s| p.starts_with(s)))
+            .collect();
+        assert!(copies.is_empty(), "a token outside its source: {copies:?}");
+    }
+    assert!(
+        files_containing(home.path(), UPSTREAM).is_empty(),
+        "OpenClaw's old token is left in a file"
+    );
+}

@@ -206,7 +206,11 @@ const EXPOSE_ALLOWED: &[(&str, &str)] = &[
     ),
     (
         "crates/driftless-gateway/src/relay.rs",
-        "presents the upstream credential to the upstream OpenClaw gateway",
+        "presents the upstream credential and driftless's device token to the upstream OpenClaw gateway",
+    ),
+    (
+        "crates/driftless-gateway/src/relay/identity.rs",
+        "writes driftless's upstream device token to its own source (its state file)",
     ),
     // client: presenting a credential, and storing the device token it was issued.
     (

@@ -76,6 +76,11 @@ pub enum GatewayError {
          (or set SSL_CERT_FILE to a PEM bundle), or remove [providers] if none is used"
     )]
     HttpClient(String),
+    #[error(
+        "cannot load or create driftless's upstream device identity: {0}; check that the state \
+         directory is writable by driftless's user"
+    )]
+    UpstreamIdentity(String),
 }
 
 /// Shared by every connection.
@@ -239,6 +244,20 @@ impl Gateway {
         )?;
         let fleet_grace = join_fleet(&device_store, &secrets).await?;
         let runtime = tokio::runtime::Handle::current();
+        // Front mode: driftless's upstream identity, read (or created) once, off the workers.
+        let upstream = match &cfg.upstream {
+            Some(upstream) => {
+                let (upstream, state_dir) =
+                    (upstream.clone(), driftless_core::paths::state_dir(env));
+                let loaded = tokio::task::spawn_blocking(move || {
+                    relay::Upstream::new(&upstream, &state_dir)
+                })
+                .await
+                .map_err(|e| GatewayError::UpstreamIdentity(e.to_string()))?;
+                Some(loaded.map_err(|e| GatewayError::UpstreamIdentity(e.to_string()))?)
+            }
+            None => None,
+        };
         let state = Arc::new_cyclic(|weak: &std::sync::Weak<State>| {
             let weak = weak.clone();
             // Before `State` exists (this closure) nothing is connected, so an event the store
@@ -268,7 +287,7 @@ impl Gateway {
                 shared_store,
                 local_addresses: cfg.gateway.devices.local_addresses.clone(),
                 openai,
-                upstream: cfg.upstream.as_ref().map(relay::Upstream::new),
+                upstream,
                 runtime,
                 heartbeat: tokio::sync::Notify::new(),
             }

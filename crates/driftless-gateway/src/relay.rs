@@ -2,21 +2,28 @@
 //! (`[upstream]`, `docs/front-mode.md`).
 //!
 //! The client's handshake is driftless's own (`conn.rs`). Then, in the same task, driftless opens
-//! one upstream session for it: a device-less operator `connect` carrying the client's own client
-//! info, driftless's upstream credential and exactly the scopes driftless granted. The client's
+//! one upstream session for it: an operator `connect` carrying the client's own client info,
+//! driftless's own device proof and device token (`identity`; a device-token session is what
+//! OpenClaw keeps open when its own token rotates) and exactly the scopes driftless granted. The client's
 //! hello-ok is the upstream's with driftless's `auth` block. Requests for the methods driftless owns
 //! are answered here (`methods::dispatch`); every other request is checked against OpenClaw's
 //! method → scope table and, if allowed, written upstream unchanged; upstream frames go to the
 //! client unchanged. Both sockets are read in one `select!`, each write awaited, so a slow side
 //! slows the other instead of growing a queue.
 
+mod identity;
+
 use std::borrow::Cow;
+use std::path::Path;
 use std::sync::Arc;
 use std::time::Duration;
 
+use driftless_client::identity::IdentityError;
 use driftless_core::config::{UPSTREAM_TOKEN, UpstreamConfig};
+use driftless_core::secret::SecretValue;
 use driftless_protocol::relay::{
-    parse_upstream_hello, relayed_hello_payload, upstream_connect_text,
+    PAIRING_SCOPES, UpstreamAuth, challenge_nonce, pairing_client_params, parse_upstream_hello,
+    relayed_hello_payload, upstream_connect_text, upstream_device_token,
 };
 use driftless_protocol::scopes::{self, Need};
 use driftless_protocol::{self as proto, ErrorDetails, ErrorShape, close, codes};
@@ -30,6 +37,7 @@ use tokio_tungstenite::tungstenite::protocol::WebSocketConfig;
 use crate::State;
 use crate::accept::WebSocket;
 use crate::conn::{End, Session, Signals};
+use identity::UpstreamIdentity;
 
 /// How long opening an upstream session may take (TCP, upgrade, `connect`, hello-ok).
 const UPSTREAM_DEADLINE: Duration = Duration::from_secs(10);
@@ -51,20 +59,25 @@ pub(crate) struct Upstream {
     url: String,
     /// `host:port` of the URL, for the TCP connection.
     authority: String,
+    /// driftless's device identity and device token toward it.
+    identity: Arc<UpstreamIdentity>,
 }
 
 impl Upstream {
-    pub(crate) fn new(cfg: &UpstreamConfig) -> Upstream {
+    /// Reads (or creates) driftless's upstream identity under `state_dir`. Blocks: call it off
+    /// the async workers.
+    pub(crate) fn new(cfg: &UpstreamConfig, state_dir: &Path) -> Result<Upstream, IdentityError> {
         let rest = cfg.url.strip_prefix("ws://").unwrap_or(&cfg.url);
         let authority = rest
             .split(['/', '?', '#'])
             .next()
             .unwrap_or(rest)
             .to_owned();
-        Upstream {
+        Ok(Upstream {
             url: cfg.url.clone(),
             authority,
-        }
+            identity: Arc::new(UpstreamIdentity::load(state_dir)?),
+        })
     }
 
     /// Why the upstream is not ready, if it is not (`/readyz`): its port does not accept.
@@ -91,14 +104,101 @@ fn unavailable(message: String) -> ErrorShape {
     }
 }
 
+/// Why an upstream handshake gave no hello-ok.
+enum Failure {
+    /// The client's connect params could not be turned into the upstream's.
+    Invalid(String),
+    /// The upstream could not be reached, or went away: why.
+    Unreachable(String),
+    /// The upstream answered `connect` with this error.
+    Refused(Box<ErrorShape>),
+}
+
+fn now_ms() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_millis() as u64)
+}
+
 /// Opens the upstream session for `session` and builds the client's hello-ok. `Err` is the
 /// error that answers the client's `connect`.
+///
+/// The one place that decides the upstream credential: driftless's device token with its device
+/// proof. Without a device token (first use), or once when the upstream refuses it (its state
+/// was reset, the device removed), driftless pairs its device first ([`pair`]).
 pub(crate) async fn open(
     state: &State,
     session: &Session,
     upstream: &Upstream,
 ) -> Result<(UpstreamWs, String), Box<ErrorShape>> {
-    let token = state
+    let identity = &upstream.identity;
+    let mut refused: Option<Arc<SecretValue>> = None;
+    let (payload, ws) = loop {
+        let token = match identity.token() {
+            Some(t) if !refused.as_ref().is_some_and(|r| r.same_as(&t)) => t,
+            _ => pair(state, upstream, refused.as_deref()).await?,
+        };
+        let opened = handshake(upstream, |nonce| {
+            upstream_connect_text(
+                session.connect_params.as_deref(),
+                &session.scopes,
+                UpstreamAuth::DeviceToken(token.expose()),
+                nonce,
+                now_ms(),
+                |f| identity.prove(f),
+            )
+        })
+        .await;
+        match opened {
+            Ok(opened) => break opened,
+            Err(Failure::Refused(e)) if refused.is_none() && !passes_through(&e) => {
+                tracing::warn!(
+                    conn_id = session.conn_id,
+                    upstream = upstream.url,
+                    code = e.code,
+                    detail = e.detail_code().unwrap_or(""),
+                    message = e.message,
+                    "the upstream gateway refused driftless's device token; pairing driftless's device again"
+                );
+                identity.forget(&token);
+                refused = Some(token);
+            }
+            Err(failure) => return Err(Box::new(failed(failure, &session.conn_id, upstream))),
+        }
+    };
+    let auth = crate::methods::hello_auth(state, session);
+    let (hello, issued) = relayed_hello_payload(&payload, &auth).map_err(|e| {
+        Box::new(unavailable(format!(
+            "the upstream gateway {} sent an unreadable hello: {e}",
+            upstream.url
+        )))
+    })?;
+    // OpenClaw hands the device's current token back on each session; a new one replaces the
+    // last (it invalidated it).
+    if let Some(issued) = issued {
+        identity.remember(issued).await;
+    }
+    Ok((ws, proto::ok_text(&session.connect_id, &hello)))
+}
+
+/// Pairs driftless's device with the upstream (its shared token from `upstream.token` and the
+/// device proof, asking for every operator scope driftless may grant; OpenClaw pairs it silently
+/// over loopback) and keeps the device token its hello-ok carries. That session is closed at once:
+/// a client's session asks for the client's own scopes. `stale` is a device token the upstream
+/// just refused: another session's pairing, done while this one waited, is used instead.
+async fn pair(
+    state: &State,
+    upstream: &Upstream,
+    stale: Option<&SecretValue>,
+) -> Result<Arc<SecretValue>, Box<ErrorShape>> {
+    let identity = &upstream.identity;
+    let _one = identity.pairing.lock().await;
+    if let Some(token) = identity.token()
+        && !stale.is_some_and(|s| s.same_as(&token))
+    {
+        return Ok(token);
+    }
+    let shared = state
         .secrets
         .snapshot()
         .get(UPSTREAM_TOKEN)
@@ -108,103 +208,163 @@ pub(crate) async fn open(
                 "no upstream credential is resolved (upstream.token)".into(),
             ))
         })?;
-    let connect = upstream_connect_text(
-        session.connect_params.as_deref(),
-        &session.scopes,
-        token.expose(),
-    )
-    .map_err(|e| {
-        ErrorShape::new(
-            codes::INVALID_REQUEST,
-            format!("invalid connect params: {e}"),
+    let params = pairing_client_params();
+    let scopes: Vec<String> = PAIRING_SCOPES.iter().map(|s| (*s).to_owned()).collect();
+    let opened = handshake(upstream, |nonce| {
+        upstream_connect_text(
+            Some(&params),
+            &scopes,
+            UpstreamAuth::SharedToken(shared.expose()),
+            nonce,
+            now_ms(),
+            |f| identity.prove(f),
         )
-    })?;
-    drop(token);
+    })
+    .await;
+    drop(shared);
+    let (payload, mut ws) = match opened {
+        Ok(opened) => opened,
+        Err(Failure::Refused(e)) if e.detail_code() == Some("PAIRING_REQUIRED") => {
+            return Err(Box::new(approval_required(&e, upstream)));
+        }
+        Err(failure) => return Err(Box::new(failed(failure, "pairing", upstream))),
+    };
+    let _ = tokio::time::timeout(Duration::from_secs(1), ws.close(None)).await;
+    let Some(issued) = upstream_device_token(&payload) else {
+        tracing::error!(
+            upstream = upstream.url,
+            device = identity.device_id(),
+            "the upstream gateway accepted driftless's device but issued no device token"
+        );
+        return Err(Box::new(unavailable(format!(
+            "the upstream gateway {} issued no device token to driftless's device",
+            upstream.url
+        ))));
+    };
+    tracing::info!(
+        upstream = upstream.url,
+        device = identity.device_id(),
+        "driftless's device is paired with the upstream gateway"
+    );
+    Ok(identity.remember(issued).await)
+}
+
+/// The upstream does not pair driftless's device silently: it does so only for a client on its
+/// loopback. driftless does not fall back to shared-token sessions (they would close on the
+/// upstream's next token rotation); the operator approves the device on the upstream once.
+fn approval_required(refusal: &ErrorShape, upstream: &Upstream) -> ErrorShape {
+    let request = refusal
+        .details
+        .as_ref()
+        .and_then(|d| d.request_id.as_deref())
+        .unwrap_or("<request>");
+    tracing::error!(
+        upstream = upstream.url,
+        device = upstream.identity.device_id(),
+        request,
+        "the upstream gateway asks to approve driftless's device (it pairs silently only over loopback): run `openclaw devices approve <request>` on the OpenClaw host"
+    );
+    unavailable(format!(
+        "the upstream gateway {} has not paired driftless's device {} (silent pairing works only \
+         over loopback); the operator must approve it on the OpenClaw host (`openclaw devices approve {request}`)",
+        upstream.url,
+        upstream.identity.device_id()
+    ))
+}
+
+/// Connects to the upstream, waits for its `connect.challenge`, sends the `connect` that
+/// `connect` builds from the challenge's nonce and reads the answer; all within
+/// [`UPSTREAM_DEADLINE`].
+async fn handshake(
+    upstream: &Upstream,
+    connect: impl FnOnce(&str) -> Result<String, String>,
+) -> Result<(Box<RawValue>, UpstreamWs), Failure> {
+    let url = &upstream.url;
+    let gone = |e: tokio_tungstenite::tungstenite::Error| {
+        Failure::Unreachable(format!("the upstream gateway {url} went away: {e}"))
+    };
     let opened = tokio::time::timeout(UPSTREAM_DEADLINE, async {
-        let tcp = TcpStream::connect(&upstream.authority)
-            .await
-            .map_err(|e| format!("cannot reach the upstream gateway {}: {e}", upstream.url))?;
+        let tcp = TcpStream::connect(&upstream.authority).await.map_err(|e| {
+            Failure::Unreachable(format!("cannot reach the upstream gateway {url}: {e}"))
+        })?;
         let _ = tcp.set_nodelay(true);
         let config = WebSocketConfig::default()
             .max_message_size(Some(proto::MAX_PAYLOAD_BYTES))
             .max_frame_size(Some(proto::MAX_PAYLOAD_BYTES));
         let (mut ws, _) =
-            tokio_tungstenite::client_async_with_config(upstream.url.as_str(), tcp, Some(config))
+            tokio_tungstenite::client_async_with_config(url.as_str(), tcp, Some(config))
                 .await
                 .map_err(|e| {
-                    format!(
-                        "the upstream gateway {} refused the WebSocket: {e}",
-                        upstream.url
-                    )
+                    Failure::Unreachable(format!(
+                        "the upstream gateway {url} refused the WebSocket: {e}"
+                    ))
                 })?;
-        ws.send(Message::Text(connect.into()))
-            .await
-            .map_err(|e| format!("the upstream gateway {} went away: {e}", upstream.url))?;
-        loop {
-            match ws.next().await {
-                Some(Ok(Message::Text(t))) => {
-                    if let Some(res) = parse_upstream_hello(&t) {
-                        return Ok(match (res.ok, res.payload, res.error) {
-                            (true, Some(payload), _) => Ok((payload.to_owned(), ws)),
-                            (_, _, Some(error)) => Err(Box::new(error)),
-                            _ => Err(Box::new(unavailable(format!(
-                                "the upstream gateway {} answered connect without a hello",
-                                upstream.url
-                            )))),
-                        });
+        let closed = || {
+            Failure::Unreachable(format!(
+                "the upstream gateway {url} closed during its handshake"
+            ))
+        };
+        let nonce = loop {
+            match ws.next().await.ok_or_else(closed)?.map_err(gone)? {
+                Message::Text(t) => {
+                    if let Some(nonce) = challenge_nonce(&t) {
+                        break nonce;
                     }
                 }
-                Some(Ok(_)) => {}
-                Some(Err(e)) => {
-                    return Err(format!(
-                        "the upstream gateway {} went away: {e}",
-                        upstream.url
-                    ));
-                }
-                None => {
-                    return Err(format!(
-                        "the upstream gateway {} closed during its handshake",
-                        upstream.url
-                    ));
-                }
+                Message::Close(_) => return Err(closed()),
+                _ => {}
+            }
+        };
+        let connect = connect(&nonce).map_err(Failure::Invalid)?;
+        ws.send(Message::Text(connect.into())).await.map_err(gone)?;
+        loop {
+            if let Message::Text(t) = ws.next().await.ok_or_else(closed)?.map_err(gone)?
+                && let Some(res) = parse_upstream_hello(&t)
+            {
+                return match (res.ok, res.payload, res.error) {
+                    (true, Some(payload), _) => Ok((payload.to_owned(), ws)),
+                    (_, _, Some(error)) => Err(Failure::Refused(Box::new(error))),
+                    _ => Err(Failure::Unreachable(format!(
+                        "the upstream gateway {url} answered connect without a hello"
+                    ))),
+                };
             }
         }
     })
-    .await
-    .unwrap_or_else(|_| {
-        Err(format!(
-            "the upstream gateway {} did not answer within {} s",
-            upstream.url,
+    .await;
+    opened.unwrap_or_else(|_| {
+        Err(Failure::Unreachable(format!(
+            "the upstream gateway {url} did not answer within {} s",
             UPSTREAM_DEADLINE.as_secs()
-        ))
-    });
-    let (payload, ws): (Box<RawValue>, UpstreamWs) = match opened {
-        Err(reason) => {
-            tracing::warn!(
-                conn_id = session.conn_id,
-                reason,
-                "upstream session not opened"
-            );
-            return Err(Box::new(unavailable(reason)));
-        }
-        Ok(Err(refusal)) => return Err(Box::new(upstream_refusal(*refusal, &upstream.url))),
-        Ok(Ok(ok)) => ok,
-    };
-    let auth = crate::methods::hello_auth(state, session);
-    let hello = relayed_hello_payload(&payload, &auth).map_err(|e| {
-        Box::new(unavailable(format!(
-            "the upstream gateway {} sent an unreadable hello: {e}",
-            upstream.url
         )))
-    })?;
-    Ok((ws, proto::ok_text(&session.connect_id, &hello)))
+    })
+}
+
+/// What the client hears when an upstream handshake failed.
+fn failed(failure: Failure, conn_id: &str, upstream: &Upstream) -> ErrorShape {
+    match failure {
+        Failure::Invalid(e) => ErrorShape::new(
+            codes::INVALID_REQUEST,
+            format!("invalid connect params: {e}"),
+        ),
+        Failure::Unreachable(reason) => {
+            tracing::warn!(conn_id, reason, "upstream session not opened");
+            unavailable(reason)
+        }
+        Failure::Refused(refusal) => upstream_refusal(*refusal, &upstream.url),
+    }
+}
+
+/// OpenClaw's own "starting" and protocol answers, which reach the client as they are.
+fn passes_through(refusal: &ErrorShape) -> bool {
+    refusal.code == codes::UNAVAILABLE || refusal.detail_code() == Some("PROTOCOL_MISMATCH")
 }
 
 /// What the client hears when the upstream refused driftless's `connect`: OpenClaw's own
 /// "starting" and protocol answers as they are; anything else (a refused upstream credential,
 /// say) is driftless's problem, not the client's, so it becomes `UNAVAILABLE` naming the reason.
 fn upstream_refusal(refusal: ErrorShape, url: &str) -> ErrorShape {
-    if refusal.code == codes::UNAVAILABLE || refusal.detail_code() == Some("PROTOCOL_MISMATCH") {
+    if passes_through(&refusal) {
         return refusal;
     }
     tracing::error!(
