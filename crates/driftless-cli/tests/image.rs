@@ -232,6 +232,15 @@ fn rendered_config(values: &Value, port: u16) -> String {
         }
         text.push('\n');
     }
+    // The default store is SQLite: the PostgreSQL block renders to nothing.
+    assert_eq!(values["deviceStore"]["type"], "sqlite");
+    let postgres = r#"{{- if eq .Values.deviceStore.type "postgres" }}"#;
+    if let Some((before, rest)) = text.split_once(postgres) {
+        let (_, after) = rest
+            .rsplit_once("{{- end }}")
+            .expect("the PostgreSQL block ends");
+        text = format!("{}{after}", before.trim_end_matches(' '));
+    }
     let token_path = format!(
         "{}/{}",
         values["auth"]["mountPath"].as_str().unwrap(),
