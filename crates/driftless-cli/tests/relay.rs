@@ -85,6 +85,34 @@ fn assert_no_token(text: &str, what: &str) {
     }
 }
 
+/// Rotates OpenClaw's own token as its operator would without driftless (its token file, then
+/// `secrets.reload` on OpenClaw directly, with the old token) and checks that OpenClaw closes
+/// `direct`, its own shared-token client, 4001 at once: it has no grace window.
+async fn rotate_openclaw_alone(
+    cli: &(PathBuf, PathBuf),
+    cli_home: &std::path::Path,
+    home: &Home,
+    openclaw: &OpenClawGateway,
+    mut direct: Client,
+) {
+    replace_by_rename(
+        &home.path().join("openclaw/token"),
+        &format!("{UPSTREAM_ROTATED}\n"),
+    );
+    let reload = call(cli, cli_home, &openclaw.url, UPSTREAM, "secrets.reload");
+    let closed = loop {
+        match direct.next_within(Duration::from_secs(30)).await {
+            Got::Frame(_) => continue,
+            Got::Closed(code, reason) => break (code, reason),
+        }
+    };
+    assert_eq!(
+        closed,
+        (4001, "gateway auth changed".to_owned()),
+        "secrets.reload: {reload:?}"
+    );
+}
+
 /// The next event named `name` on `c` (other frames skipped), within [`TICK_WITHIN`].
 async fn next_event(c: &mut Client, name: &str) -> Value {
     let deadline = tokio::time::Instant::now() + TICK_WITHIN;
@@ -215,29 +243,8 @@ async fn openclaw_clients_reach_openclaw_through_driftless_within_their_scopes()
 
     // The same rotation done on OpenClaw alone: its own shared-token client is closed 4001 at
     // once (OpenClaw has no grace window), which is what driftless in front spares its clients.
-    let mut direct = session(&openclaw.url, cli_params(Some(UPSTREAM))).await;
-    replace_by_rename(
-        &home.path().join("openclaw/token"),
-        &format!("{UPSTREAM_ROTATED}\n"),
-    );
-    let reload = call(
-        &cli,
-        &direct_home,
-        &openclaw.url,
-        UPSTREAM,
-        "secrets.reload",
-    );
-    let closed = loop {
-        match direct.next_within(Duration::from_secs(30)).await {
-            Got::Frame(_) => continue,
-            Got::Closed(code, reason) => break (code, reason),
-        }
-    };
-    assert_eq!(
-        closed,
-        (4001, "gateway auth changed".to_owned()),
-        "secrets.reload: {reload:?}"
-    );
+    let direct = session(&openclaw.url, cli_params(Some(UPSTREAM))).await;
+    rotate_openclaw_alone(&cli, &direct_home, &home, &openclaw, direct).await;
 
     // Neither side's token in either log.
     let oc_log = openclaw.log_text();
@@ -446,32 +453,11 @@ async fn a_relayed_session_outlives_openclaws_own_token_rotation() {
     );
     let listed = seen.call(&mut c, "r1", "node.list").await;
     assert_eq!(listed["ok"], true, "{listed}");
-    let mut direct = session(&openclaw.url, cli_params(Some(UPSTREAM))).await;
+    let direct = session(&openclaw.url, cli_params(Some(UPSTREAM))).await;
 
     // OpenClaw's own token rotates: its file (which driftless's upstream.token references too)
     // and secrets.reload on OpenClaw directly. OpenClaw closes its shared-token client 4001 ...
-    replace_by_rename(
-        &home.path().join("openclaw/token"),
-        &format!("{UPSTREAM_ROTATED}\n"),
-    );
-    let reload = call(
-        &cli,
-        &direct_home,
-        &openclaw.url,
-        UPSTREAM,
-        "secrets.reload",
-    );
-    let closed = loop {
-        match direct.next_within(Duration::from_secs(30)).await {
-            Got::Frame(_) => continue,
-            Got::Closed(code, reason) => break (code, reason),
-        }
-    };
-    assert_eq!(
-        closed,
-        (4001, "gateway auth changed".to_owned()),
-        "secrets.reload: {reload:?}"
-    );
+    rotate_openclaw_alone(&cli, &direct_home, &home, &openclaw, direct).await;
     assert!(
         call(
             &cli,

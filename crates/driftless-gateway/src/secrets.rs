@@ -637,12 +637,11 @@ mod tests {
         std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o600)).unwrap();
     }
 
-    #[test]
-    fn generations_grace_and_only_the_immediate_predecessor() {
-        let dir = tempfile::tempdir().unwrap();
-        let tok = dir.path().join("tok");
-        let cfg_path = dir.path().join("config.toml");
-        write(&tok, "token-one");
+    /// Secrets of a config in `dir` whose token is the file `dir/tok`, holding `token`.
+    fn from_token_file(dir: &std::path::Path, token: &str) -> (Secrets, std::path::PathBuf) {
+        let tok = dir.join("tok");
+        let cfg_path = dir.join("config.toml");
+        write(&tok, token);
         write(
             &cfg_path,
             &format!(
@@ -652,6 +651,13 @@ mod tests {
         );
         let cfg = Config::load(&cfg_path).unwrap().config;
         let s = Secrets::load(&cfg, cfg_path, Env::default(), None).unwrap();
+        (s, tok)
+    }
+
+    #[test]
+    fn generations_grace_and_only_the_immediate_predecessor() {
+        let dir = tempfile::tempdir().unwrap();
+        let (s, tok) = from_token_file(dir.path(), "token-one");
         let m = Metrics::new();
         assert_eq!(s.check("token-one"), Check::Ok(1));
         assert_eq!(s.check("token-x"), Check::Mismatch);
@@ -696,18 +702,7 @@ mod tests {
     fn a_fleet_view_replaces_the_local_secrets() {
         use crate::devices::{FleetSecret, FleetView, TokenKey};
         let dir = tempfile::tempdir().unwrap();
-        let tok = dir.path().join("tok");
-        let cfg_path = dir.path().join("config.toml");
-        write(&tok, "local-one");
-        write(
-            &cfg_path,
-            &format!(
-                "[gateway.auth]\ntoken = {{ source = \"file\", path = {:?} }}\n",
-                tok.to_str().unwrap()
-            ),
-        );
-        let cfg = Config::load(&cfg_path).unwrap().config;
-        let s = Secrets::load(&cfg, cfg_path, Env::default(), None).unwrap();
+        let (s, tok) = from_token_file(dir.path(), "local-one");
         let verifier = TokenKey::parse("b7Kx3mQ9vR2tY8wE5nA1cF6hJ4pL0sD7gU3iO9zXk2M")
             .unwrap()
             .shared_verifier();

@@ -319,6 +319,17 @@ mod tests {
         assert_eq!(challenge_nonce("not json"), None);
     }
 
+    /// driftless's auth block for a read-only shared-token client.
+    fn read_only_auth() -> HelloAuth<'static> {
+        HelloAuth {
+            method: Some("token".into()),
+            role: "operator".into(),
+            scopes: vec!["operator.read".to_owned()].into(),
+            device_token: None,
+            issued_at_ms: None,
+        }
+    }
+
     #[test]
     fn hello_keeps_the_upstreams_features_and_takes_our_auth() {
         let up = RawValue::from_string(
@@ -327,13 +338,7 @@ mod tests {
                 .into(),
         )
         .unwrap();
-        let auth = HelloAuth {
-            method: Some("token".into()),
-            role: "operator".into(),
-            scopes: vec!["operator.read".to_owned()].into(),
-            device_token: None,
-            issued_at_ms: None,
-        };
+        let auth = read_only_auth();
         let (out, device_token) = relayed_hello_payload(&up, &auth).unwrap();
         assert_eq!(device_token, None);
         let v: Value = serde_json::from_str(out.get()).unwrap();
@@ -356,13 +361,7 @@ mod tests {
         )
         .unwrap();
         assert_eq!(upstream_device_token(&up).as_deref(), Some("device-canary"));
-        let auth = HelloAuth {
-            method: Some("token".into()),
-            role: "operator".into(),
-            scopes: vec!["operator.read".to_owned()].into(),
-            device_token: None,
-            issued_at_ms: None,
-        };
+        let auth = read_only_auth();
         let (out, device_token) = relayed_hello_payload(&up, &auth).unwrap();
         assert_eq!(device_token.as_deref(), Some("device-canary"));
         assert!(!out.get().contains("device-canary"), "{}", out.get());
