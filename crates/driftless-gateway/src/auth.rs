@@ -11,7 +11,7 @@ use std::time::Duration;
 use driftless_core::config::AuthMode;
 
 use crate::State;
-use crate::devices::{StoreError, TokenCheck};
+use crate::devices::{DeviceStore, FleetSecrets, StoreError, TokenCheck};
 use crate::metrics::OutcomeLabels;
 use crate::secrets::{Check, now_ms};
 use crate::throttle::{LOG_EVERY, Throttle};
@@ -219,6 +219,19 @@ pub(crate) async fn blocking<T: Send + 'static>(
     tokio::task::spawn_blocking(f)
         .await
         .unwrap_or_else(|e| Err(StoreError::Task(e.to_string())))
+}
+
+/// Runs a call on the fleet's shared secrets of `store` on a blocking thread (the database call
+/// blocks). `Ok(None)` at once when the store has no fleet (one process owns it).
+pub(crate) async fn on_fleet<T: Send + 'static>(
+    store: &Arc<dyn DeviceStore>,
+    f: impl FnOnce(&dyn FleetSecrets) -> Result<T, StoreError> + Send + 'static,
+) -> Result<Option<T>, StoreError> {
+    if store.fleet().is_none() {
+        return Ok(None);
+    }
+    let store = store.clone();
+    blocking(move || store.fleet().map(f).transpose()).await
 }
 
 /// What the HTTP API accepts: `Authorization: Bearer <gateway token>` (the scheme is

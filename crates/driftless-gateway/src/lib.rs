@@ -383,16 +383,18 @@ async fn join_fleet(
     store: &Arc<dyn devices::DeviceStore>,
     secrets: &Secrets,
 ) -> Result<Option<(u64, Duration)>, GatewayError> {
-    let (Some(fleet), Some(secret)) = (store.fleet(), secrets.current()) else {
+    let Some(secret) = secrets.current() else {
         return Ok(None);
     };
-    let verifier = fleet.verifier();
-    let (st, grace_period) = (store.clone(), secrets.grace_period());
-    let (published, view) = auth::blocking(move || {
-        let fleet = st.fleet().expect("checked above");
-        reload::publish_secret(fleet, &secret, grace_period)
+    let grace_period = secrets.grace_period();
+    let joined = auth::on_fleet(store, move |fleet| {
+        let (published, view) = reload::publish_secret(fleet, &secret, grace_period)?;
+        Ok((fleet.verifier(), published, view))
     })
     .await?;
+    let Some((verifier, published, view)) = joined else {
+        return Ok(None);
+    };
     let grace = secrets.use_fleet(verifier, view);
     secrets.published(Some(published));
     Ok(grace)

@@ -102,16 +102,8 @@ fn status(state: &State) -> Status {
 
 /// The fleet's live replicas (none without a fleet). The database unreachable: none, logged.
 async fn replicas(state: &State) -> Vec<driftless_protocol::payloads::ReplicaStatus> {
-    if state.devices.fleet().is_none() {
-        return Vec::new();
-    }
-    let store = state.devices.clone();
-    let listed = crate::auth::blocking(move || match store.fleet() {
-        Some(fleet) => fleet.replicas(),
-        None => Ok(Vec::new()),
-    })
-    .await;
-    listed.unwrap_or_else(|e| {
+    let listed = crate::auth::on_fleet(&state.devices, |fleet| fleet.replicas()).await;
+    listed.map(Option::unwrap_or_default).unwrap_or_else(|e| {
         static LOG: Throttle = Throttle::new(LOG_EVERY);
         if let Some(held_back) = LOG.admit() {
             tracing::warn!(error = %e, held_back, "cannot list the fleet's replicas for status");
@@ -252,13 +244,9 @@ pub(crate) async fn dispatch(
                 Ok(changed) => {
                     if end_grace && state.secrets.in_fleet() {
                         // The grace is the fleet's: it ends for every replica.
-                        let st = state.clone();
-                        let ended = crate::auth::blocking(move || match st.devices.fleet() {
-                            Some(fleet) => fleet.end_grace(),
-                            None => Ok(None),
-                        })
-                        .await;
-                        match ended {
+                        let ended =
+                            crate::auth::on_fleet(&state.devices, |fleet| fleet.end_grace()).await;
+                        match ended.map(Option::flatten) {
                             Ok(view) => {
                                 if let Some(view) = view {
                                     crate::reload::serve_fleet_view(state, view);

@@ -112,13 +112,10 @@ pub(crate) fn heartbeats(state: Arc<State>, listen: String) -> Option<JoinHandle
     state.devices.fleet()?;
     Some(tokio::spawn(async move {
         loop {
-            let (st, addr) = (state.clone(), listen.clone());
-            let beat = crate::auth::blocking(move || {
-                let accepts = st.secrets.accepted_fingerprints();
-                match st.devices.fleet() {
-                    Some(fleet) => fleet.heartbeat(&st.instance_id, &addr, &accepts),
-                    None => Ok(()),
-                }
+            let (id, addr) = (state.instance_id.clone(), listen.clone());
+            let accepts = state.secrets.accepted_fingerprints();
+            let beat = crate::auth::on_fleet(&state.devices, move |fleet| {
+                fleet.heartbeat(&id, &addr, &accepts)
             })
             .await;
             if let Err(e) = beat {
@@ -134,11 +131,8 @@ pub(crate) fn heartbeats(state: Arc<State>, listen: String) -> Option<JoinHandle
 
 /// Removes this replica from the fleet's `replicas` table (a clean shutdown), waiting at most 1 s.
 pub(crate) async fn leave_fleet(state: &Arc<State>) {
-    let st = state.clone();
-    let leave = crate::auth::blocking(move || match st.devices.fleet() {
-        Some(fleet) => fleet.leave(&st.instance_id),
-        None => Ok(()),
-    });
+    let id = state.instance_id.clone();
+    let leave = crate::auth::on_fleet(&state.devices, move |fleet| fleet.leave(&id));
     if let Ok(Err(e)) = tokio::time::timeout(Duration::from_secs(1), leave).await {
         tracing::warn!(error = %e, "cannot remove this replica from the fleet's replicas table; it drops out once its heartbeat is old");
     }
