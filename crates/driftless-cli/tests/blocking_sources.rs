@@ -87,6 +87,11 @@ fn failed_reloads(gw: &Gateway) -> f64 {
     gw.metric("driftless_gateway_secret_reloads_total{outcome=\"failed\"}")
 }
 
+fn settled_reloads(gw: &Gateway) -> f64 {
+    gw.metric("driftless_gateway_secret_reloads_total{outcome=\"changed\"}")
+        + gw.metric("driftless_gateway_secret_reloads_total{outcome=\"unchanged\"}")
+}
+
 /// Waits (bounded) until the gateway has counted more than `before` failed reloads.
 async fn reload_failed_after(gw: &Gateway, before: f64, what: &str) {
     assert!(
@@ -216,7 +221,15 @@ async fn a_fifo_a_hanging_exec_and_a_locked_device_database_block_nothing() {
         wrong_token_refused(&gw.url).await;
     }
     stays_up(&gw, "with a FIFO as the token file").await;
+    // The token put back is reloaded by the debounced watcher: let that reload finish before the
+    // exec changes below, or it would run the next step's hanging command too (one more bounded
+    // reload queued ahead of the ones the steps watch).
+    let settled = settled_reloads(&gw);
     s.regular_token();
+    assert!(
+        eventually(SETTLES_WITHIN, || async { settled_reloads(&gw) > settled }).await,
+        "the token put back was not reloaded"
+    );
 
     // (b1) A command that exits but leaves a background child holding its stdout, run by SIGHUP.
     let (failed, started) = (failed_reloads(&gw), lines(&s.runs));
@@ -243,7 +256,9 @@ async fn a_fifo_a_hanging_exec_and_a_locked_device_database_block_nothing() {
         sighup(&gw);
         stays_up(&gw, "while an exec sleeps past its deadline").await;
     };
-    let (reply, ()) = tokio::join!(admin.call("r1", "secrets.reload", None), probes);
+    // Its answer may wait behind a reload still running (the 30 s backstop may fire here).
+    let reload = admin.call_within("r1", "secrets.reload", None, SETTLES_WITHIN);
+    let (reply, ()) = tokio::join!(reload, probes);
     assert_eq!(reply["ok"], false, "{reply}");
     let message = reply["error"]["message"].as_str().unwrap_or_default();
     assert!(
@@ -301,7 +316,9 @@ async fn a_fifo_a_hanging_exec_and_a_locked_device_database_block_nothing() {
     let mut admin_params = cli_params(Some(CANARY));
     admin_params["scopes"] = json!(["operator.admin"]);
     let mut admin = session(&gw.url, admin_params).await;
-    let reply = admin.call("r2", "secrets.reload", None).await;
+    let reply = admin
+        .call_within("r2", "secrets.reload", None, SETTLES_WITHIN)
+        .await;
     assert_eq!(reply["ok"], true, "{reply}");
     drop(admin);
     gw.finish();

@@ -326,10 +326,15 @@ impl Client {
         }
     }
 
-    /// The next response frame (events skipped), or the close.
+    /// The next response frame (events skipped), or the close, within 10 s.
     pub async fn response(&mut self) -> Got {
+        self.response_within(Duration::from_secs(10)).await
+    }
+
+    /// The next response frame (events skipped), or the close, within `d`.
+    pub async fn response_within(&mut self, d: Duration) -> Got {
         // One deadline for the whole wait: events do not extend it.
-        let deadline = Instant::now() + Duration::from_secs(10);
+        let deadline = Instant::now() + d;
         loop {
             match self
                 .next_within(deadline.saturating_duration_since(Instant::now()))
@@ -358,14 +363,26 @@ impl Client {
         }
     }
 
-    /// A request on an authenticated connection; returns the response frame.
+    /// A request on an authenticated connection; returns the response frame (within 10 s).
     pub async fn call(&mut self, id: &str, method: &str, params: Option<Value>) -> Value {
+        self.call_within(id, method, params, Duration::from_secs(10))
+            .await
+    }
+
+    /// A request whose answer may legitimately wait (e.g. a reload queued behind another).
+    pub async fn call_within(
+        &mut self,
+        id: &str,
+        method: &str,
+        params: Option<Value>,
+        d: Duration,
+    ) -> Value {
         let mut req = json!({"type": "req", "id": id, "method": method});
         if let Some(p) = params {
             req["params"] = p;
         }
         self.send_json(req).await;
-        match self.response().await {
+        match self.response_within(d).await {
             Got::Frame(f) => f,
             Got::Closed(code, reason) => {
                 panic!("closed {code} {reason} instead of answering {method}")
