@@ -10,6 +10,7 @@
 
 mod floor;
 mod proxy;
+mod relay;
 mod report;
 mod scenarios;
 mod server;
@@ -62,6 +63,10 @@ struct Args {
     /// Seconds each run of the floor comparison lasts.
     #[arg(long, default_value_t = 3)]
     floor_secs: u64,
+    /// Run only front mode's relay bench (needs OpenClaw): requests direct and through driftless,
+    /// and a rotation through driftless.
+    #[arg(long, conflicts_with_all = ["smoke", "no_peer"])]
+    relay_only: bool,
     /// Set by the bench itself once it runs inside its private network namespace.
     #[arg(long, hide = true)]
     in_netns: bool,
@@ -96,6 +101,8 @@ struct Plan {
     floor: Vec<usize>,
     floor_rounds: usize,
     floor_run: Duration,
+    /// Front mode against the peer (requests direct vs through driftless, rotation through it).
+    relay: relay::RelayPlan,
 }
 
 impl Plan {
@@ -122,6 +129,15 @@ impl Plan {
                 floor: vec![1, 8],
                 floor_rounds: 2,
                 floor_run: Duration::from_millis(500),
+                // Not run: the smoke has no peer.
+                relay: relay::RelayPlan {
+                    concurrency: vec![],
+                    rounds: 0,
+                    run: Duration::ZERO,
+                    rotation_clients: 0,
+                    rotation_every: Duration::ZERO,
+                    rotation_total: Duration::ZERO,
+                },
             };
         }
         let secs = Duration::from_secs(args.handshake_secs);
@@ -143,6 +159,14 @@ impl Plan {
             floor: vec![1, 64],
             floor_rounds: args.floor_rounds.max(1),
             floor_run: Duration::from_secs(args.floor_secs),
+            relay: relay::RelayPlan {
+                concurrency: vec![1, 16],
+                rounds: 3,
+                run: secs,
+                rotation_clients: 64,
+                rotation_every: Duration::from_secs(2),
+                rotation_total: Duration::from_secs(args.rotation_secs),
+            },
         }
     }
 }
@@ -203,6 +227,23 @@ fn run() -> Result<ExitCode> {
         .enable_all()
         .build()
         .context("starting the async runtime")?;
+    if args.relay_only {
+        let Some(install) = &install else {
+            bail!(
+                "--relay-only needs OpenClaw: {}",
+                peer_unavailable.unwrap_or_default()
+            );
+        };
+        let relay = runtime.block_on(relay::bench(install, &driftless_bin, &plan.relay));
+        let failed = relay.unavailable.is_some() || !relay.failures.is_empty();
+        let not_run = || TargetReport::unavailable("not run (--relay-only)".into());
+        let floor = FloorReport {
+            unavailable: Some("not run (--relay-only)".into()),
+            ..FloorReport::default()
+        };
+        let report = Report::new(false, not_run(), floor, not_run(), relay);
+        return write_report(&report, &args.json, failed);
+    }
     let upstream = runtime.block_on(proxy::start_upstream())?;
     let driftless = runtime.block_on(bench_target(
         Kind::Driftless,
@@ -215,14 +256,20 @@ fn run() -> Result<ExitCode> {
         server::start_driftless(&driftless_bin, work, Duration::from_secs(30), &upstream)
     }));
     // OpenClaw has no OpenAI-compatible proxy set up here: no proxy scenario for the peer.
-    let openclaw = match &install {
-        Some(install) => runtime.block_on(bench_target(Kind::OpenClaw, &plan, None, |work| {
-            server::start_openclaw(install, work)
-        })),
+    let (openclaw, relay) = match &install {
+        Some(install) => (
+            runtime.block_on(bench_target(Kind::OpenClaw, &plan, None, |work| {
+                server::start_openclaw(install, work)
+            })),
+            runtime.block_on(relay::bench(install, &driftless_bin, &plan.relay)),
+        ),
         None => {
             let why = peer_unavailable.unwrap_or_else(|| "not started".into());
             eprintln!("openclaw: unavailable: {why}");
-            TargetReport::unavailable(why)
+            (
+                TargetReport::unavailable(why.clone()),
+                relay::RelayReport::unavailable(why),
+            )
         }
     };
     let failed = !driftless.failures.is_empty()
@@ -230,11 +277,16 @@ fn run() -> Result<ExitCode> {
         || !floor.failures.is_empty()
         || floor.unavailable.is_some();
 
-    let report = Report::new(args.smoke, driftless, floor, openclaw);
+    let report = Report::new(args.smoke, driftless, floor, openclaw, relay);
+    write_report(&report, &args.json, failed)
+}
+
+/// Prints the table, writes the JSON; exit 1 when a scenario failed.
+fn write_report(report: &Report, json: &Path, failed: bool) -> Result<ExitCode> {
     println!("{}", report.table());
-    let json = serde_json::to_string_pretty(&report).context("serialising the results")?;
-    std::fs::write(&args.json, json).with_context(|| format!("writing {}", args.json.display()))?;
-    println!("results: {}", args.json.display());
+    let text = serde_json::to_string_pretty(report).context("serialising the results")?;
+    std::fs::write(json, text).with_context(|| format!("writing {}", json.display()))?;
+    println!("results: {}", json.display());
     Ok(if failed {
         ExitCode::FAILURE
     } else {

@@ -5,6 +5,7 @@ use serde::Serialize;
 
 use crate::floor::FloorReport;
 use crate::proxy::Proxy;
+use crate::relay::{RelayComparison, RelayReport};
 use crate::scenarios::{Handshake, Idle, Rotation, Startup};
 
 /// Scenarios of issue 8 this build cannot run for a target, and why.
@@ -15,6 +16,12 @@ const NOT_AVAILABLE: [(&str, &str); 1] = [(
 
 /// A table row drawn from one scenario result: name, value, decimals.
 type Metric<T> = (&'static str, fn(&T) -> f64, usize);
+/// A relay row: name, (through driftless, direct), decimals.
+type RelayMetric = (
+    &'static str,
+    fn(&RelayComparison) -> (f64, Option<f64>),
+    usize,
+);
 
 #[derive(Debug, Default, Serialize)]
 pub struct TargetReport {
@@ -85,6 +92,8 @@ pub struct Report {
     /// driftless and the floor, alternating, on token sessions.
     pub floor: FloorReport,
     pub openclaw: TargetReport,
+    /// Front mode: OpenClaw's requests direct and through driftless.
+    pub relay: RelayReport,
     pub not_available: Vec<String>,
 }
 
@@ -94,6 +103,7 @@ impl Report {
         driftless: TargetReport,
         floor: FloorReport,
         openclaw: TargetReport,
+        relay: RelayReport,
     ) -> Report {
         Report {
             smoke,
@@ -101,6 +111,7 @@ impl Report {
             driftless,
             floor,
             openclaw,
+            relay,
             not_available: NOT_AVAILABLE
                 .iter()
                 .map(|(what, why)| format!("{what}: {why}"))
@@ -272,6 +283,56 @@ impl Report {
                 rot(o).as_ref().map(f),
                 digits,
             );
+        }
+        // Front mode: the driftless column is through driftless, the openclaw column direct.
+        for c in &self.relay.comparisons {
+            let n = c.concurrency;
+            let method = self.relay.method;
+            let metrics: [RelayMetric; 5] = [
+                (
+                    "requests/s",
+                    |c| (c.relayed_per_sec, Some(c.direct_per_sec)),
+                    0,
+                ),
+                ("p50 (ms)", |c| (c.relayed_p50_ms, Some(c.direct_p50_ms)), 3),
+                ("p99 (ms)", |c| (c.relayed_p99_ms, Some(c.direct_p99_ms)), 3),
+                (
+                    "OpenClaw CPU per request (ms)",
+                    |c| {
+                        (
+                            c.openclaw_cpu_ms_per_request_relayed,
+                            Some(c.openclaw_cpu_ms_per_request_direct),
+                        )
+                    },
+                    3,
+                ),
+                (
+                    "driftless CPU per relayed request (ms)",
+                    |c| (c.driftless_cpu_ms_per_relayed_request, None),
+                    3,
+                ),
+            ];
+            for (name, f, digits) in metrics {
+                let (relayed, direct) = f(c);
+                row(
+                    format!("relay c={n} {method} (relayed | direct): {name}"),
+                    Some(relayed),
+                    None,
+                    direct,
+                    digits,
+                );
+            }
+        }
+        if let Some(r) = &self.relay.rotation {
+            for (name, f, digits) in metrics {
+                row(
+                    format!("rotation through driftless (| OpenClaw alone): {name}"),
+                    Some(f(r)),
+                    None,
+                    rot(o).as_ref().map(f),
+                    digits,
+                );
+            }
         }
         table
     }

@@ -10,7 +10,7 @@ use std::sync::mpsc;
 use std::time::{Duration, Instant};
 
 use anyhow::{Context, Result, bail};
-use driftless_core::config::ProviderConfig;
+use driftless_core::config::{ProviderConfig, UpstreamConfig};
 use driftless_core::source::{SecretInput, SecretRef};
 use driftless_core::{Config, atomic};
 
@@ -106,12 +106,7 @@ pub fn start_driftless(
     upstream: &Upstream,
 ) -> Result<Server> {
     let token_file = work.token_file();
-    write_token(&token_file)?;
-    let mut config = Config::default();
-    config.gateway.port = 0;
-    config.gateway.auth.token = Some(SecretInput::Ref(SecretRef::File {
-        path: token_file.display().to_string(),
-    }));
+    let mut config = driftless_config(&token_file)?;
     let key_file = work.dir.join("provider-key");
     atomic::write_private(&key_file, upstream.key.as_bytes())
         .with_context(|| format!("writing {}", key_file.display()))?;
@@ -126,8 +121,48 @@ pub fn start_driftless(
             timeout_seconds: Some(30),
         },
     );
+    spawn_driftless(bin, work, timeout, &config, token_file)
+}
+
+/// Starts driftless in front of an OpenClaw gateway (`openclaw`, its token in the file that
+/// gateway reads: `[upstream]` references it), with no provider.
+pub fn start_driftless_front(
+    bin: &Path,
+    work: &Workdir,
+    timeout: Duration,
+    openclaw: &Server,
+) -> Result<Server> {
+    let token_file = work.token_file();
+    let mut config = driftless_config(&token_file)?;
+    config.upstream = Some(UpstreamConfig {
+        url: format!("ws://{}", openclaw.addr),
+        token: SecretInput::Ref(SecretRef::File {
+            path: openclaw.token_file.display().to_string(),
+        }),
+    });
+    spawn_driftless(bin, work, timeout, &config, token_file)
+}
+
+/// A config on a free port with a fresh token in `token_file`, referenced.
+fn driftless_config(token_file: &Path) -> Result<Config> {
+    write_token(token_file)?;
+    let mut config = Config::default();
+    config.gateway.port = 0;
+    config.gateway.auth.token = Some(SecretInput::Ref(SecretRef::File {
+        path: token_file.display().to_string(),
+    }));
+    Ok(config)
+}
+
+fn spawn_driftless(
+    bin: &Path,
+    work: &Workdir,
+    timeout: Duration,
+    config: &Config,
+    token_file: PathBuf,
+) -> Result<Server> {
     let config_path = work.dir.join("config.toml");
-    let text = toml::to_string(&config).context("serialising the driftless config")?;
+    let text = toml::to_string(config).context("serialising the driftless config")?;
     atomic::write_private(&config_path, text.as_bytes())
         .with_context(|| format!("writing {}", config_path.display()))?;
     let state = work.dir.join("state");

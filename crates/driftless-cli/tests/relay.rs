@@ -10,6 +10,7 @@ mod support;
 use std::path::PathBuf;
 use std::time::Duration;
 
+use driftless_client::wire::{OpenOptions, Wire};
 use serde_json::{Value, json};
 use support::openclaw::{OpenClawGateway, call, install, wait_ready};
 use support::*;
@@ -198,6 +199,40 @@ async fn openclaw_clients_reach_openclaw_through_driftless_within_their_scopes()
             .iter()
             .any(|m| m == "agents.create"),
         "the refused call reached OpenClaw"
+    );
+
+    // More sessions opening at once than OpenClaw lets one address hold unauthenticated (32; all
+    // of driftless's upstream sessions come from one address), from two client addresses (each
+    // within driftless's own per-address budget, also 32): every one opens.
+    let open = |i: u8| {
+        let url = gw.url.clone();
+        async move {
+            let opts = OpenOptions {
+                bind_addr: Some(std::net::IpAddr::from([127, 0, 0, 1 + i % 2])),
+                ..OpenOptions::default()
+            };
+            let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
+            let wire = Wire::open(&url, &opts, deadline)
+                .await
+                .map_err(|e| format!("{e:?}"))?;
+            let mut c = Client {
+                wire,
+                challenge: Value::Null,
+            };
+            c.next().await;
+            let (res, close) = c.connect(cli_params(Some(CANARY))).await;
+            match close {
+                None => Ok(()),
+                Some(close) => Err(format!("{res} {close:?}")),
+            }
+        }
+    };
+    let opened = futures_util::future::join_all((0..40).map(open)).await;
+    let refused: Vec<&String> = opened.iter().filter_map(|r| r.as_ref().err()).collect();
+    assert!(
+        refused.is_empty(),
+        "{} of 40 concurrent sessions refused: {refused:?}",
+        refused.len()
     );
 
     // A device on another host gets PAIRING_REQUIRED from driftless, and OpenClaw sees nothing of

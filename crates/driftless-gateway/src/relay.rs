@@ -43,6 +43,11 @@ use identity::UpstreamIdentity;
 const UPSTREAM_DEADLINE: Duration = Duration::from_secs(10);
 /// How long `/readyz` waits for the upstream's TCP port.
 const PROBE_DEADLINE: Duration = Duration::from_secs(1);
+/// Upstream handshakes in flight at once. OpenClaw answers a client address's 33rd
+/// unauthenticated socket with HTTP 503, and every upstream session of driftless comes from one
+/// address: more sessions opening at once wait their turn (within [`UPSTREAM_DEADLINE`]) instead
+/// of being refused, and half of OpenClaw's budget stays free for other local clients (its CLI).
+const HANDSHAKES_IN_FLIGHT: usize = 16;
 /// The close reason when the upstream session ended without a close frame of its own.
 const UPSTREAM_LOST_REASON: &str = "upstream gateway connection lost";
 
@@ -61,6 +66,8 @@ pub(crate) struct Upstream {
     authority: String,
     /// driftless's device identity and device token toward it.
     identity: Arc<UpstreamIdentity>,
+    /// [`HANDSHAKES_IN_FLIGHT`] permits.
+    handshakes: tokio::sync::Semaphore,
 }
 
 impl Upstream {
@@ -77,6 +84,7 @@ impl Upstream {
             url: cfg.url.clone(),
             authority,
             identity: Arc::new(UpstreamIdentity::load(state_dir)?),
+            handshakes: tokio::sync::Semaphore::new(HANDSHAKES_IN_FLIGHT),
         })
     }
 
@@ -274,7 +282,7 @@ fn approval_required(refusal: &ErrorShape, upstream: &Upstream) -> ErrorShape {
 
 /// Connects to the upstream, waits for its `connect.challenge`, sends the `connect` that
 /// `connect` builds from the challenge's nonce and reads the answer; all within
-/// [`UPSTREAM_DEADLINE`].
+/// [`UPSTREAM_DEADLINE`], waiting for a turn ([`HANDSHAKES_IN_FLIGHT`]) included.
 async fn handshake(
     upstream: &Upstream,
     connect: impl FnOnce(&str) -> Result<String, String>,
@@ -284,6 +292,8 @@ async fn handshake(
         Failure::Unreachable(format!("the upstream gateway {url} went away: {e}"))
     };
     let opened = tokio::time::timeout(UPSTREAM_DEADLINE, async {
+        // Held until the upstream has answered `connect` (never closed: the gateway's lifetime).
+        let _turn = upstream.handshakes.acquire().await;
         let tcp = TcpStream::connect(&upstream.authority).await.map_err(|e| {
             Failure::Unreachable(format!("cannot reach the upstream gateway {url}: {e}"))
         })?;
