@@ -10,9 +10,8 @@ mod support;
 use std::path::PathBuf;
 use std::time::Duration;
 
-use driftless_client::wire::{OpenOptions, Wire};
 use serde_json::{Value, json};
-use support::openclaw::{OPENCLAW_START_WITHIN, OpenClawGateway, call, install};
+use support::openclaw::{OpenClawGateway, call, install, wait_ready};
 use support::*;
 
 /// OpenClaw's own token: only driftless (and the test, calling OpenClaw directly) holds it.
@@ -43,39 +42,6 @@ fn front_config(home: &Home, upstream: &OpenClawGateway) {
         upstream.url,
         token.to_str().unwrap()
     ));
-}
-
-/// Waits until a session through `url` with `token` gets hello-ok (OpenClaw refuses connections
-/// before it listens, is slow to upgrade while it loads, and answers `UNAVAILABLE` while it starts).
-async fn wait_ready(url: &str, token: &str) {
-    let ok = eventually(OPENCLAW_START_WITHIN, || {
-        let (url, token) = (url.to_owned(), token.to_owned());
-        async move {
-            // One attempt in its own task: the raw client's patience ends in a panic, which here
-            // only means "not yet".
-            tokio::spawn(async move {
-                let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
-                let Ok(wire) = Wire::open(&url, &OpenOptions::default(), deadline).await else {
-                    return false;
-                };
-                let mut c = Client {
-                    wire,
-                    challenge: Value::Null,
-                };
-                if !matches!(c.next_within(Duration::from_secs(30)).await, Got::Frame(_)) {
-                    return false;
-                }
-                c.connect(cli_params(Some(&token))).await.0["ok"] == true
-            })
-            .await
-            .unwrap_or(false)
-        }
-    })
-    .await;
-    assert!(
-        ok,
-        "no session through {url} within {OPENCLAW_START_WITHIN:?}"
-    );
 }
 
 fn assert_no_token(text: &str, what: &str) {
