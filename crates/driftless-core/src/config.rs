@@ -50,6 +50,11 @@ pub struct GatewayConfig {
     pub auth: AuthConfig,
     pub remote: RemoteConfig,
     pub devices: DevicesConfig,
+    /// Browser origins (`https://ops.example.com`, or `"*"`) allowed to open a WebSocket besides
+    /// the gateway's own host (OpenClaw's `gateway.controlUi.allowedOrigins`;
+    /// `docs/front-mode.md`, "Origins").
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub allowed_origins: Vec<String>,
 }
 
 /// Device pairing.
@@ -108,6 +113,7 @@ impl Default for GatewayConfig {
             auth: AuthConfig::default(),
             remote: RemoteConfig::default(),
             devices: DevicesConfig::default(),
+            allowed_origins: Vec::new(),
         }
     }
 }

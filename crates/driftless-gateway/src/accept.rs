@@ -44,9 +44,9 @@ use tokio_tungstenite::tungstenite::handshake::derive_accept_key;
 use tokio_tungstenite::tungstenite::protocol::{Role, WebSocketConfig};
 use tower_service::Service;
 
-use crate::State;
 use crate::budget::{BudgetedStream, PREAUTH_READ_BUDGET, ReadBudget};
 use crate::throttle::{LOG_EVERY, Throttle};
+use crate::{State, devices, origin};
 
 /// Connections one address may hold before any of them authenticated a WebSocket session: far
 /// below the 1,024 descriptors a process gets by default, and above an HTTP client's usual pool.
@@ -115,6 +115,8 @@ pub(crate) struct UpgradeSlot {
     state: Arc<State>,
     ip: IpAddr,
     budget: ReadBudget,
+    /// The upgrade's browser origin, checked when its `connect` arrives.
+    origin: origin::Verdict,
 }
 
 impl Drop for UpgradeSlot {
@@ -134,6 +136,11 @@ impl Preauth {
     /// The socket read more than a handshake may: the client sent an oversized pre-auth frame.
     pub(crate) fn over_budget(&self) -> bool {
         self.upgrade.budget.exhausted()
+    }
+
+    /// The upgrade request's browser origin.
+    pub(crate) fn origin(&self) -> origin::Verdict {
+        self.upgrade.origin
     }
 }
 
@@ -345,7 +352,7 @@ fn direct_upgrade(
         return None;
     }
     let key = websocket_key(&method, req.headers).ok()?;
-    let upgrade = reserve_upgrade(state, ip, budget)?;
+    let upgrade = reserve_upgrade(state, ip, budget, req.headers)?;
     // Written into one buffer of the right size: no temporary string per line.
     let mut switching = String::with_capacity(SWITCHING_CAPACITY);
     switching.push_str("HTTP/1.1 101 Switching Protocols\r\n");
@@ -453,7 +460,7 @@ fn upgrade_or_refusal(
         Err(refusal) => return refusal.into_response(),
     };
     let ip = peer.addr.ip().to_canonical();
-    let Some(upgrade) = reserve_upgrade(state, ip, &peer.budget) else {
+    let Some(upgrade) = reserve_upgrade(state, ip, &peer.budget, headers) else {
         state.metrics.preauth_rejections.inc();
         return (
             StatusCode::SERVICE_UNAVAILABLE,
@@ -484,7 +491,13 @@ const SWITCHING_CAPACITY: usize = 160;
 
 /// Reserves a WebSocket handshake's place among the address's and limits the socket's reads to
 /// the pre-auth budget; `None` when the address has [`MAX_PREAUTH_UPGRADES_PER_ADDRESS`] already.
-fn reserve_upgrade(state: &Arc<State>, ip: IpAddr, budget: &ReadBudget) -> Option<UpgradeSlot> {
+/// The slot carries the request's browser origin verdict.
+fn reserve_upgrade<H: Headers + ?Sized>(
+    state: &Arc<State>,
+    ip: IpAddr,
+    budget: &ReadBudget,
+    headers: &H,
+) -> Option<UpgradeSlot> {
     let room = state.addresses.update(ip, |c| {
         let room = c.upgrades < MAX_PREAUTH_UPGRADES_PER_ADDRESS;
         c.upgrades += u32::from(room);
@@ -496,8 +509,29 @@ fn reserve_upgrade(state: &Arc<State>, ip: IpAddr, budget: &ReadBudget) -> Optio
             state: state.clone(),
             ip,
             budget: budget.clone(),
+            origin: browser_origin(state, ip, headers),
         }
     })
+}
+
+/// The upgrade's browser origin verdict (`origin`); a request without `Origin` (every
+/// non-browser client) costs one header scan.
+fn browser_origin<H: Headers + ?Sized>(state: &State, ip: IpAddr, headers: &H) -> origin::Verdict {
+    let Some(origin) = headers.values("origin").next() else {
+        return origin::Verdict::Absent;
+    };
+    let request = origin::Request {
+        origin: Some(origin),
+        host: headers.values("host").next(),
+        forwarded: origin::PROXY_HEADERS
+            .iter()
+            .any(|h| headers.values(h).next().is_some()),
+    };
+    origin::check(
+        &request,
+        devices::is_local(ip, &state.local_addresses),
+        &state.allowed_origins,
+    )
 }
 
 /// A request's headers by name, as the HTTP server parsed them or as the first read did.

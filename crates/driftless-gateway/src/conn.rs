@@ -59,6 +59,8 @@ pub(crate) struct Session {
     pub issued: Option<devices::IssuedToken>,
     /// The `connect` params as sent, kept only for an operator session to relay (front mode).
     pub connect_params: Option<Box<serde_json::value::RawValue>>,
+    /// A browser's (its upgrade carried an allowed `Origin`).
+    pub browser: bool,
 }
 
 /// Why a handshake ended without a session.
@@ -85,6 +87,8 @@ enum Rejection {
         min: u32,
         max: u32,
     },
+    /// A browser's connect from an origin that is not allowed (`origin`).
+    OriginNotAllowed(crate::origin::Refusal),
     Unauthorized {
         failure: AuthFailure,
         has_device: bool,
@@ -115,6 +119,7 @@ impl Rejection {
             | Rejection::InvalidParams(_)
             | Rejection::InvalidRole => "invalid",
             Rejection::ProtocolMismatch { .. } => "protocol_mismatch",
+            Rejection::OriginNotAllowed(_) => "origin_not_allowed",
             Rejection::Unauthorized {
                 failure: AuthFailure::RateLimited { .. },
                 ..
@@ -145,6 +150,14 @@ impl Rejection {
             Rejection::InvalidParams(m) => invalid(&format!("invalid connect params: {m}")),
             Rejection::InvalidRole => invalid("invalid role"),
             Rejection::ProtocolMismatch { min, max } => ErrorShape::protocol_mismatch(*min, *max),
+            Rejection::OriginNotAllowed(reason) => invalid(
+                "origin not allowed (open the Control UI from the gateway host or allow it in \
+                 gateway.allowed_origins)",
+            )
+            .with_details(ErrorDetails {
+                reason: Some(Cow::Borrowed(reason)),
+                ..ErrorDetails::code("CONTROL_UI_ORIGIN_NOT_ALLOWED")
+            }),
             // No credential and no device: OpenClaw asks for a device identity.
             Rejection::Unauthorized {
                 failure: AuthFailure::TokenMissing | AuthFailure::PasswordMissing,
@@ -444,7 +457,7 @@ async fn handshake(
         };
         (None, why)
     })?;
-    admit(&req, peer, state, conn_id, nonce)
+    admit(&req, peer, state, conn_id, nonce, preauth.origin())
         .await
         .map_err(|why| (Some(req.id.clone().into_owned()), why))
 }
@@ -506,9 +519,14 @@ async fn admit(
     state: &Arc<State>,
     conn_id: &str,
     nonce: &str,
+    origin: crate::origin::Verdict,
 ) -> Result<Session, Rejection> {
     let params = parse_connect(req)?;
     let protocol = negotiate(&params)?;
+    // Step 4: a browser's origin, before any credential is looked at.
+    if let crate::origin::Verdict::Refused(reason) = origin {
+        return Err(Rejection::OriginNotAllowed(reason));
+    }
     let has_device = params.device.is_some();
     let auth = params.auth.as_ref();
     let explicit = auth
@@ -583,6 +601,7 @@ async fn admit(
         device_id: device.map(|d| d.device_id),
         device_token_auth,
         issued,
+        browser: origin == crate::origin::Verdict::Allowed,
     })
 }
 

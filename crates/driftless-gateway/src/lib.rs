@@ -14,6 +14,7 @@ pub mod limiter;
 mod methods;
 pub mod metrics;
 mod openai;
+mod origin;
 mod relay;
 mod reload;
 pub mod secrets;
@@ -81,6 +82,11 @@ pub enum GatewayError {
          directory is writable by driftless's user"
     )]
     UpstreamIdentity(String),
+    #[error(
+        "cannot set up the HTTP client that relays OpenClaw's HTTP surface: {0}; check the \
+         system's resources and start again"
+    )]
+    UpstreamHttp(String),
 }
 
 /// Shared by every connection.
@@ -111,6 +117,8 @@ pub(crate) struct State {
     pub shared_store: bool,
     /// `gateway.devices.local_addresses`.
     pub local_addresses: Vec<IpAddr>,
+    /// `gateway.allowed_origins`, lowercase.
+    pub allowed_origins: Vec<String>,
     /// `[providers.*]` and the HTTP client for the OpenAI-compatible endpoints.
     pub openai: openai::Providers,
     /// Front mode: the OpenClaw gateway operator sessions are relayed to.
@@ -249,8 +257,9 @@ impl Gateway {
             Some(upstream) => {
                 let (upstream, state_dir) =
                     (upstream.clone(), driftless_core::paths::state_dir(env));
+                let http = relay::http::client().map_err(GatewayError::UpstreamHttp)?;
                 let loaded = tokio::task::spawn_blocking(move || {
-                    relay::Upstream::new(&upstream, &state_dir)
+                    relay::Upstream::new(&upstream, &state_dir, http)
                 })
                 .await
                 .map_err(|e| GatewayError::UpstreamIdentity(e.to_string()))?;
@@ -286,6 +295,12 @@ impl Gateway {
                 device_events: broadcast::Sender::new(16),
                 shared_store,
                 local_addresses: cfg.gateway.devices.local_addresses.clone(),
+                allowed_origins: cfg
+                    .gateway
+                    .allowed_origins
+                    .iter()
+                    .map(|o| o.trim().trim_end_matches('/').to_ascii_lowercase())
+                    .collect(),
                 openai,
                 upstream,
                 runtime,
@@ -346,7 +361,7 @@ impl Gateway {
             .route("/readyz", get(readyz))
             .route("/metrics", get(metrics_handler))
             .merge(openai::routes())
-            .fallback(accept::not_an_upgrade)
+            .fallback(relay::http::fallback)
             .with_state(state.clone());
         let (stop_tx, stop_rx) = tokio::sync::oneshot::channel::<()>();
         let server = tokio::spawn(accept::accept_loop(
@@ -398,6 +413,27 @@ async fn join_fleet(
     let grace = secrets.use_fleet(verifier, view);
     secrets.published(Some(published));
     Ok(grace)
+}
+
+/// reqwest's builder, with rustls on ring (no aws-lc) installed as the process-wide provider
+/// first; a second call (another gateway in the same process, tests) finds it installed.
+pub(crate) fn http_client_builder() -> reqwest::ClientBuilder {
+    let _ = rustls::crypto::ring::default_provider().install_default();
+    reqwest::Client::builder()
+}
+
+/// Builds the client; an error carries its whole cause chain (reqwest's own text is only
+/// "builder error").
+pub(crate) fn http_client(builder: reqwest::ClientBuilder) -> Result<reqwest::Client, String> {
+    builder.build().map_err(|e| {
+        let mut text = e.to_string();
+        let mut cause = std::error::Error::source(&e);
+        while let Some(c) = cause {
+            text = format!("{text}: {c}");
+            cause = c.source();
+        }
+        text
+    })
 }
 
 async fn tick_loop(state: Arc<State>) {

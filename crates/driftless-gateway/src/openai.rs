@@ -50,18 +50,7 @@ impl Providers {
         let client = if config.providers.is_empty() {
             None
         } else {
-            // rustls with ring (no aws-lc): install the process-wide provider once; a second call
-            // (another gateway in the same process, tests) finds it installed, which is fine.
-            let _ = rustls::crypto::ring::default_provider().install_default();
-            let built = reqwest::Client::builder().build().map_err(|e| {
-                let mut text = e.to_string();
-                let mut cause = std::error::Error::source(&e);
-                while let Some(c) = cause {
-                    text = format!("{text}: {c}");
-                    cause = c.source();
-                }
-                text
-            })?;
+            let built = crate::http_client(crate::http_client_builder())?;
             Some(built)
         };
         Ok(Providers {

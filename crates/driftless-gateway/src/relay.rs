@@ -11,6 +11,7 @@
 //! client unchanged. Both sockets are read in one `select!`, each write awaited, so a slow side
 //! slows the other instead of growing a queue.
 
+pub(crate) mod http;
 mod identity;
 
 use std::borrow::Cow;
@@ -32,6 +33,8 @@ use serde_json::value::RawValue;
 use tokio::net::TcpStream;
 use tokio_tungstenite::WebSocketStream;
 use tokio_tungstenite::tungstenite::Message;
+use tokio_tungstenite::tungstenite::client::IntoClientRequest;
+use tokio_tungstenite::tungstenite::http::{HeaderValue, header};
 use tokio_tungstenite::tungstenite::protocol::WebSocketConfig;
 
 use crate::State;
@@ -68,12 +71,18 @@ pub(crate) struct Upstream {
     identity: Arc<UpstreamIdentity>,
     /// [`HANDSHAKES_IN_FLIGHT`] permits.
     handshakes: tokio::sync::Semaphore,
+    /// The HTTP relay's client (`http`).
+    http: reqwest::Client,
 }
 
 impl Upstream {
     /// Reads (or creates) driftless's upstream identity under `state_dir`. Blocks: call it off
     /// the async workers.
-    pub(crate) fn new(cfg: &UpstreamConfig, state_dir: &Path) -> Result<Upstream, IdentityError> {
+    pub(crate) fn new(
+        cfg: &UpstreamConfig,
+        state_dir: &Path,
+        http: reqwest::Client,
+    ) -> Result<Upstream, IdentityError> {
         let rest = cfg.url.strip_prefix("ws://").unwrap_or(&cfg.url);
         let authority = rest
             .split(['/', '?', '#'])
@@ -85,6 +94,7 @@ impl Upstream {
             authority,
             identity: Arc::new(UpstreamIdentity::load(state_dir)?),
             handshakes: tokio::sync::Semaphore::new(HANDSHAKES_IN_FLIGHT),
+            http,
         })
     }
 
@@ -146,7 +156,7 @@ pub(crate) async fn open(
             Some(t) if !refused.as_ref().is_some_and(|r| r.same_as(&t)) => t,
             _ => pair(state, upstream, refused.as_deref()).await?,
         };
-        let opened = handshake(upstream, |nonce| {
+        let opened = handshake(upstream, session.browser, |nonce| {
             upstream_connect_text(
                 session.connect_params.as_deref(),
                 &session.scopes,
@@ -218,7 +228,7 @@ async fn pair(
         })?;
     let params = pairing_client_params();
     let scopes: Vec<String> = PAIRING_SCOPES.iter().map(|s| (*s).to_owned()).collect();
-    let opened = handshake(upstream, |nonce| {
+    let opened = handshake(upstream, false, |nonce| {
         upstream_connect_text(
             Some(&params),
             &scopes,
@@ -283,8 +293,15 @@ fn approval_required(refusal: &ErrorShape, upstream: &Upstream) -> ErrorShape {
 /// Connects to the upstream, waits for its `connect.challenge`, sends the `connect` that
 /// `connect` builds from the challenge's nonce and reads the answer; all within
 /// [`UPSTREAM_DEADLINE`], waiting for a turn ([`HANDSHAKES_IN_FLIGHT`]) included.
+///
+/// `browser`: the client is a browser whose origin driftless allowed. OpenClaw checks the origin
+/// of every Control UI / webchat connect and refuses one without `Origin`; driftless, which
+/// checked the browser's own origin, presents the upstream's own origin, which OpenClaw accepts
+/// from a loopback peer without proxy headers (driftless). Other sessions send none: an `Origin`
+/// would make OpenClaw treat them as browsers (no silent pairing, the browser limiter).
 async fn handshake(
     upstream: &Upstream,
+    browser: bool,
     connect: impl FnOnce(&str) -> Result<String, String>,
 ) -> Result<(Box<RawValue>, UpstreamWs), Failure> {
     let url = &upstream.url;
@@ -301,14 +318,21 @@ async fn handshake(
         let config = WebSocketConfig::default()
             .max_message_size(Some(proto::MAX_PAYLOAD_BYTES))
             .max_frame_size(Some(proto::MAX_PAYLOAD_BYTES));
-        let (mut ws, _) =
-            tokio_tungstenite::client_async_with_config(url.as_str(), tcp, Some(config))
-                .await
-                .map_err(|e| {
-                    Failure::Unreachable(format!(
-                        "the upstream gateway {url} refused the WebSocket: {e}"
-                    ))
-                })?;
+        let mut request = url.as_str().into_client_request().map_err(|e| {
+            Failure::Unreachable(format!("the upstream gateway URL {url} is not usable: {e}"))
+        })?;
+        if browser
+            && let Ok(origin) = HeaderValue::from_str(&format!("http://{}", upstream.authority))
+        {
+            request.headers_mut().insert(header::ORIGIN, origin);
+        }
+        let (mut ws, _) = tokio_tungstenite::client_async_with_config(request, tcp, Some(config))
+            .await
+            .map_err(|e| {
+                Failure::Unreachable(format!(
+                    "the upstream gateway {url} refused the WebSocket: {e}"
+                ))
+            })?;
         let closed = || {
             Failure::Unreachable(format!(
                 "the upstream gateway {url} closed during its handshake"
