@@ -8,6 +8,7 @@
 //! documented switch off, and both gateways and all clients then share the same loopback-only
 //! network.
 
+mod fleet;
 mod floor;
 mod proxy;
 mod relay;
@@ -30,7 +31,8 @@ use crate::scenarios::HandshakeAuth;
 use crate::server::{Kind, OpenClawInstall, Server, Workdir};
 
 #[derive(Debug, Clone, Parser)]
-#[command(name = "driftless-bench", version, about)]
+#[command(name = "driftless-bench", version, about, after_help = EXAMPLES)]
+#[command(args_conflicts_with_subcommands = true)]
 struct Args {
     /// Tiny counts, driftless only (CI): proves the tool still works, measures nothing.
     #[arg(long)]
@@ -71,12 +73,27 @@ struct Args {
     #[arg(long, hide = true)]
     in_netns: bool,
     #[command(subcommand)]
-    command: Option<Internal>,
+    command: Option<Mode>,
 }
 
-/// Processes the bench starts of itself.
+const EXAMPLES: &str = "Examples:
+  driftless-bench --no-peer --idle 100 --handshake-secs 3
+  driftless-bench --smoke --json /tmp/smoke.json
+  driftless-bench fleet --replicas 1,3";
+
+const FLEET_EXAMPLES: &str = "Examples:
+  driftless-bench fleet --replicas 1,3 --concurrency 64 --secs 10
+  driftless-bench fleet --smoke --json /tmp/fleet.json
+
+Needs PostgreSQL's server binaries (Debian's `postgresql` package); the cluster is private, in a
+temp directory, and deleted afterwards.";
+
+/// Other modes, and processes the bench starts of itself.
 #[derive(Debug, Clone, Subcommand)]
-enum Internal {
+enum Mode {
+    /// Several replicas on one private PostgreSQL: sessions/s by handshake kind and fleet size,
+    /// and each kind's cost to the database per session.
+    Fleet(FleetArgs),
     /// The floor server (floor.rs), measured as its own process.
     #[command(hide = true)]
     FloorServer {
@@ -84,6 +101,67 @@ enum Internal {
         #[arg(long, value_name = "PATH")]
         frames: PathBuf,
     },
+}
+
+#[derive(Debug, Clone, clap::Args)]
+#[command(after_help = FLEET_EXAMPLES)]
+struct FleetArgs {
+    /// Fleet sizes to measure, in turn: gateway replicas on one database (each on a new one).
+    #[arg(long, value_delimiter = ',', default_value = "1,3")]
+    replicas: Vec<usize>,
+    /// Clients in flight in every run, spread over the replicas (the same for every fleet size;
+    /// at most 200, one source address each).
+    #[arg(long, default_value_t = 64)]
+    concurrency: usize,
+    /// Seconds each handshake kind runs.
+    #[arg(long, default_value_t = 10)]
+    secs: u64,
+    /// Seconds the idle fleet is watched for its background cost to the database.
+    #[arg(long, default_value_t = 5)]
+    background_secs: u64,
+    /// Tiny counts and no waiting for PostgreSQL's statistics (CI): proves the tool still works,
+    /// measures nothing.
+    #[arg(long)]
+    smoke: bool,
+    /// The `driftless` binary to benchmark [default: `driftless` next to this binary].
+    #[arg(long, value_name = "PATH")]
+    driftless_bin: Option<PathBuf>,
+    /// Write the results as JSON here.
+    #[arg(
+        long,
+        value_name = "PATH",
+        default_value = "driftless-bench-fleet.json"
+    )]
+    json: PathBuf,
+}
+
+impl FleetArgs {
+    fn plan(&self) -> Result<fleet::FleetPlan> {
+        if self.replicas.is_empty() || self.replicas.contains(&0) {
+            bail!("--replicas takes fleet sizes of at least 1, e.g. --replicas 1,3");
+        }
+        if !(1..=200).contains(&self.concurrency) {
+            bail!("--concurrency must be between 1 and 200 (one source address per client)");
+        }
+        if self.smoke {
+            return Ok(fleet::FleetPlan {
+                replicas: self.replicas.clone(),
+                concurrency: self.concurrency.min(4),
+                run: Duration::from_millis(300),
+                max_sessions: 20,
+                background: Duration::ZERO,
+                settle: Duration::ZERO,
+            });
+        }
+        Ok(fleet::FleetPlan {
+            replicas: self.replicas.clone(),
+            concurrency: self.concurrency,
+            run: Duration::from_secs(self.secs),
+            max_sessions: 10_000_000,
+            background: Duration::from_secs(self.background_secs),
+            settle: fleet::STATS_SETTLE,
+        })
+    }
 }
 
 /// Counts and times for one run.
@@ -183,9 +261,13 @@ fn main() -> ExitCode {
 
 fn run() -> Result<ExitCode> {
     let args = Args::parse();
-    if let Some(Internal::FloorServer { frames }) = &args.command {
-        floor::serve(frames)?;
-        return Ok(ExitCode::SUCCESS);
+    match &args.command {
+        Some(Mode::FloorServer { frames }) => {
+            floor::serve(frames)?;
+            return Ok(ExitCode::SUCCESS);
+        }
+        Some(Mode::Fleet(fleet_args)) => return run_fleet(fleet_args),
+        None => {}
     }
     let env = Env::from_process();
     let plan = Plan::from_args(&args);
@@ -210,23 +292,8 @@ fn run() -> Result<ExitCode> {
         }
     }
 
-    let driftless_bin = match &args.driftless_bin {
-        Some(path) => path.clone(),
-        None => std::env::current_exe()
-            .context("locating this binary")?
-            .with_file_name("driftless"),
-    };
-    if !driftless_bin.is_file() {
-        bail!(
-            "{} does not exist; build it (cargo build --release -p driftless) or pass --driftless-bin",
-            driftless_bin.display()
-        );
-    }
-
-    let runtime = tokio::runtime::Builder::new_multi_thread()
-        .enable_all()
-        .build()
-        .context("starting the async runtime")?;
+    let driftless_bin = driftless_bin(args.driftless_bin.as_deref())?;
+    let runtime = runtime()?;
     if args.relay_only {
         let Some(install) = &install else {
             bail!(
@@ -292,6 +359,48 @@ fn write_report(report: &Report, json: &Path, failed: bool) -> Result<ExitCode> 
     } else {
         ExitCode::SUCCESS
     })
+}
+
+/// `driftless-bench fleet`: prints the table, writes the JSON; fails when a fleet or run failed.
+fn run_fleet(args: &FleetArgs) -> Result<ExitCode> {
+    let plan = args.plan()?;
+    let bin = driftless_bin(args.driftless_bin.as_deref())?;
+    let runtime = runtime()?;
+    let report = fleet::run(&runtime, &bin, &plan, args.smoke);
+    let failed = report.unavailable.is_some() || !report.failures.is_empty();
+    println!("{}", report.table());
+    let json = serde_json::to_string_pretty(&report).context("serialising the results")?;
+    std::fs::write(&args.json, json).with_context(|| format!("writing {}", args.json.display()))?;
+    println!("results: {}", args.json.display());
+    Ok(if failed {
+        ExitCode::FAILURE
+    } else {
+        ExitCode::SUCCESS
+    })
+}
+
+/// The `driftless` binary to measure: `given`, or the one next to this binary.
+fn driftless_bin(given: Option<&Path>) -> Result<PathBuf> {
+    let bin = match given {
+        Some(path) => path.to_path_buf(),
+        None => std::env::current_exe()
+            .context("locating this binary")?
+            .with_file_name("driftless"),
+    };
+    if !bin.is_file() {
+        bail!(
+            "{} does not exist; build it (cargo build --release -p driftless) or pass --driftless-bin",
+            bin.display()
+        );
+    }
+    Ok(bin)
+}
+
+fn runtime() -> Result<tokio::runtime::Runtime> {
+    tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+        .context("starting the async runtime")
 }
 
 /// Runs every scenario against one gateway, started fresh. A scenario that fails is recorded and

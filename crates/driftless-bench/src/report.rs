@@ -59,7 +59,7 @@ pub struct Machine {
 }
 
 impl Machine {
-    fn describe() -> Machine {
+    pub fn describe() -> Machine {
         let cpuinfo = std::fs::read_to_string("/proc/cpuinfo").unwrap_or_default();
         let cpu = cpuinfo
             .lines()

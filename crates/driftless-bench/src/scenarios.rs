@@ -15,6 +15,7 @@ use tokio::task::JoinSet;
 
 use crate::server::{Kind, Server, write_token};
 use crate::wire::{self, Credential, SessionError};
+use driftless_protocol::codes;
 
 /// Client `i`'s source address: 127.0.0.2 ... 127.0.0.201. OpenClaw admits at most 32
 /// unauthenticated sockets per source IP, and penalises wrong tokens per IP, so clients spread out.
@@ -65,12 +66,38 @@ fn count_error(errors: &mut BTreeMap<String, u64>, e: &SessionError) {
 pub enum HandshakeAuth {
     /// The shared token.
     Shared,
-    /// The shared token and a signed device identity (one Ed25519 key per client).
+    /// The shared token and a signed device identity (one Ed25519 key per client), already
+    /// paired: each client's device is paired in one untimed session first.
     SignedShared,
     /// A signed device identity and the device token the gateway issued to it, as a paired client
     /// reconnects: each client first fetches its token in one untimed session with the shared
     /// token (before the server CPU is sampled), then every timed session presents only that.
     SignedDeviceToken,
+    /// The shared token and a signed identity of a device never seen before (a fresh key per
+    /// session): every session pairs a new device, silently as loopback clients do.
+    NewDevice,
+    /// A wrong shared token, from addresses ([`wrong_source`]) no other run uses: every session
+    /// must be refused (`INVALID_REQUEST`), which then counts as its completion.
+    WrongToken,
+}
+
+impl HandshakeAuth {
+    /// A short name for tables and JSON.
+    pub fn name(self) -> &'static str {
+        match self {
+            HandshakeAuth::Shared => "shared token",
+            HandshakeAuth::SignedShared => "signed device + shared token (paired)",
+            HandshakeAuth::SignedDeviceToken => "signed device + device token",
+            HandshakeAuth::NewDevice => "new device pairing",
+            HandshakeAuth::WrongToken => "wrong shared token",
+        }
+    }
+}
+
+/// Client `i`'s source address in a [`HandshakeAuth::WrongToken`] run: 127.0.1.2 ... 127.0.1.201,
+/// apart from [`source`], so no other run's client is an address with failures.
+pub fn wrong_source(i: usize) -> IpAddr {
+    IpAddr::V4(Ipv4Addr::new(127, 0, 1, 2 + (i % 200) as u8))
 }
 
 #[derive(Debug, Clone, Serialize)]
@@ -84,9 +111,23 @@ pub struct Handshake {
     pub errors: BTreeMap<String, u64>,
     pub seconds: f64,
     pub sessions_per_sec: f64,
-    /// open → challenge → connect → hello-ok → health answered (the close is not timed).
+    /// open → challenge → connect → hello-ok → health answered (the close is not timed); for a
+    /// wrong token, open → refusal.
     pub latency: Percentiles,
+    /// CPU of every server the run used, per session.
     pub server_cpu_ms_per_session: f64,
+}
+
+/// The key of client `i`'s device, or of its `n`-th new device: a fixed seed, as the bench needs
+/// distinct, valid keys, not secret ones.
+fn device_key(i: usize, n: Option<u64>) -> SigningKey {
+    let mut seed = [7u8; 32];
+    seed[..8].copy_from_slice(&(i as u64).to_le_bytes());
+    if let Some(n) = n {
+        seed[8] = 9;
+        seed[9..17].copy_from_slice(&n.to_le_bytes());
+    }
+    SigningKey::from_bytes(&seed)
 }
 
 /// `concurrency` clients each loop full sessions until `duration` passes or `max_sessions`
@@ -99,47 +140,140 @@ pub async fn handshake(
     max_sessions: u64,
     auth: HandshakeAuth,
 ) -> Result<Handshake> {
-    let token = Arc::new(read_token(&server.token_file)?);
-    let signed_device = auth != HandshakeAuth::Shared;
-    // A fixed seed per client: the bench needs distinct, valid keys, not secret ones.
+    handshake_on(&[server], concurrency, duration, max_sessions, auth).await
+}
+
+/// [`handshake`] over several servers (replicas sharing one token and device store): each client
+/// sends its sessions to the servers in turn, starting with server `i % n`, so consecutive
+/// sessions of one device land on different replicas.
+pub async fn handshake_on(
+    servers: &[&Server],
+    concurrency: usize,
+    duration: Duration,
+    max_sessions: u64,
+    auth: HandshakeAuth,
+) -> Result<Handshake> {
+    let clients = prepare(servers, concurrency, auth).await?;
+    drive(servers, clients, duration, max_sessions).await
+}
+
+/// The clients of a handshake run, ready to start: keys made, devices paired and device tokens
+/// fetched (untimed).
+pub struct Clients {
+    auth: HandshakeAuth,
+    token: Arc<String>,
+    keys: Vec<Option<SigningKey>>,
+    device_tokens: Vec<Option<String>>,
+}
+
+impl Clients {
+    /// Whether preparing them paired devices (sessions outside the run).
+    pub fn paired(&self) -> bool {
+        self.keys.iter().any(Option::is_some)
+    }
+}
+
+/// Makes `concurrency` clients authenticating as `auth` says. Signed clients pair their device
+/// first (one session each with the shared token, to the server they start with), and keep the
+/// device token it issues when they present it.
+pub async fn prepare(
+    servers: &[&Server],
+    concurrency: usize,
+    auth: HandshakeAuth,
+) -> Result<Clients> {
+    let first = servers.first().context("no server to run handshakes on")?;
+    let token = Arc::new(match auth {
+        // The right token's length, so only the compare fails.
+        HandshakeAuth::WrongToken => "w".repeat(read_token(&first.token_file)?.len()),
+        _ => read_token(&first.token_file)?,
+    });
+    let signed_device = matches!(
+        auth,
+        HandshakeAuth::SignedShared | HandshakeAuth::SignedDeviceToken
+    );
     let keys: Vec<Option<SigningKey>> = (0..concurrency)
-        .map(|i| {
-            signed_device.then(|| {
-                let mut seed = [7u8; 32];
-                seed[..8].copy_from_slice(&(i as u64).to_le_bytes());
-                SigningKey::from_bytes(&seed)
-            })
-        })
+        .map(|i| signed_device.then(|| device_key(i, None)))
         .collect();
     let mut device_tokens = vec![None; concurrency];
-    if auth == HandshakeAuth::SignedDeviceToken {
+    if signed_device {
         for (i, key) in keys.iter().enumerate() {
             let key = key.as_ref().expect("signed clients have keys");
-            let t = wire::device_token(server.addr, source(i), &token, key)
+            let t = wire::device_token(servers[i % servers.len()].addr, source(i), &token, key)
                 .await
                 .map_err(|e| anyhow::anyhow!("client {i} got no device token: {e:?}"))?;
-            device_tokens[i] = Some(t);
+            if auth == HandshakeAuth::SignedDeviceToken {
+                device_tokens[i] = Some(t);
+            }
         }
     }
+    Ok(Clients {
+        auth,
+        token,
+        keys,
+        device_tokens,
+    })
+}
+
+/// Runs `clients`' sessions on `servers` until `duration` passes or `max_sessions` sessions were
+/// started in total.
+pub async fn drive(
+    servers: &[&Server],
+    clients: Clients,
+    duration: Duration,
+    max_sessions: u64,
+) -> Result<Handshake> {
+    let Clients {
+        auth,
+        token,
+        keys,
+        device_tokens,
+    } = clients;
+    let concurrency = keys.len();
+    let signed_device = auth != HandshakeAuth::Shared && auth != HandshakeAuth::WrongToken;
+    let addrs: Arc<[SocketAddr]> = servers.iter().map(|s| s.addr).collect();
     let started = Arc::new(AtomicU64::new(0));
-    let cpu_before = server.cpu_ms();
+    let cpu = |servers: &[&Server]| servers.iter().map(|s| s.cpu_ms()).sum::<f64>();
+    let cpu_before = cpu(servers);
     let t0 = Instant::now();
     let deadline = t0 + duration;
     let mut tasks = JoinSet::new();
     for (i, (key, device_token)) in keys.into_iter().zip(device_tokens).enumerate() {
-        let (token, started, addr) = (token.clone(), started.clone(), server.addr);
+        let (token, started, addrs) = (token.clone(), started.clone(), addrs.clone());
         tasks.spawn(async move {
             let credential = match &device_token {
                 Some(t) => Credential::DeviceToken(t),
                 None => Credential::Shared(&token),
             };
+            let from = match auth {
+                HandshakeAuth::WrongToken => wrong_source(i),
+                _ => source(i),
+            };
             let mut latencies = Vec::new();
             let mut errors = BTreeMap::new();
-            while Instant::now() < deadline
-                && started.fetch_add(1, Ordering::Relaxed) < max_sessions
-            {
+            let mut k = 0;
+            loop {
+                let n = started.fetch_add(1, Ordering::Relaxed);
+                if Instant::now() >= deadline || n >= max_sessions {
+                    break;
+                }
+                let addr = addrs[(i + k) % addrs.len()];
+                k += 1;
+                let new_key = (auth == HandshakeAuth::NewDevice).then(|| device_key(i, Some(n)));
                 let begin = Instant::now();
-                match wire::session(addr, source(i), credential, key.as_ref()).await {
+                let outcome =
+                    wire::session(addr, from, credential, key.as_ref().or(new_key.as_ref())).await;
+                let outcome = match (auth, outcome) {
+                    (HandshakeAuth::WrongToken, Err(SessionError::Rejected(code)))
+                        if code == codes::INVALID_REQUEST =>
+                    {
+                        Ok(())
+                    }
+                    (HandshakeAuth::WrongToken, Ok(())) => {
+                        Err(SessionError::Io("a wrong token was accepted".into()))
+                    }
+                    (_, outcome) => outcome,
+                };
+                match outcome {
                     Ok(()) => latencies.push(begin.elapsed()),
                     Err(e) => {
                         count_error(&mut errors, &e);
@@ -161,7 +295,7 @@ pub async fn handshake(
         }
     }
     let seconds = t0.elapsed().as_secs_f64();
-    let cpu = server.cpu_ms() - cpu_before;
+    let cpu = cpu(servers) - cpu_before;
     let sessions = latencies.len() as u64;
     Ok(Handshake {
         concurrency,

@@ -106,7 +106,8 @@ pub fn start_driftless(
     upstream: &Upstream,
 ) -> Result<Server> {
     let token_file = work.token_file();
-    let mut config = driftless_config(&token_file)?;
+    write_token(&token_file)?;
+    let mut config = Config::default();
     let key_file = work.dir.join("provider-key");
     atomic::write_private(&key_file, upstream.key.as_bytes())
         .with_context(|| format!("writing {}", key_file.display()))?;
@@ -121,7 +122,7 @@ pub fn start_driftless(
             timeout_seconds: Some(30),
         },
     );
-    spawn_driftless(bin, work, timeout, &config, token_file)
+    start_driftless_with(bin, work, config, token_file, timeout)
 }
 
 /// Starts driftless in front of an OpenClaw gateway (`openclaw`, its token in the file that
@@ -133,36 +134,35 @@ pub fn start_driftless_front(
     openclaw: &Server,
 ) -> Result<Server> {
     let token_file = work.token_file();
-    let mut config = driftless_config(&token_file)?;
-    config.upstream = Some(UpstreamConfig {
-        url: format!("ws://{}", openclaw.addr),
-        token: SecretInput::Ref(SecretRef::File {
-            path: openclaw.token_file.display().to_string(),
+    write_token(&token_file)?;
+    let config = Config {
+        upstream: Some(UpstreamConfig {
+            url: format!("ws://{}", openclaw.addr),
+            token: SecretInput::Ref(SecretRef::File {
+                path: openclaw.token_file.display().to_string(),
+            }),
         }),
-    });
-    spawn_driftless(bin, work, timeout, &config, token_file)
+        ..Config::default()
+    };
+    start_driftless_with(bin, work, config, token_file, timeout)
 }
 
-/// A config on a free port with a fresh token in `token_file`, referenced.
-fn driftless_config(token_file: &Path) -> Result<Config> {
-    write_token(token_file)?;
-    let mut config = Config::default();
+/// Starts `driftless gateway run` with `config`, on a free loopback port (the config's port is
+/// replaced) and with its token read from `token_file` (which must exist), in `work` (its config,
+/// state directory and log), and waits for its `listening on ws://...` line (within `timeout`).
+pub fn start_driftless_with(
+    bin: &Path,
+    work: &Workdir,
+    mut config: Config,
+    token_file: PathBuf,
+    timeout: Duration,
+) -> Result<Server> {
     config.gateway.port = 0;
     config.gateway.auth.token = Some(SecretInput::Ref(SecretRef::File {
         path: token_file.display().to_string(),
     }));
-    Ok(config)
-}
-
-fn spawn_driftless(
-    bin: &Path,
-    work: &Workdir,
-    timeout: Duration,
-    config: &Config,
-    token_file: PathBuf,
-) -> Result<Server> {
     let config_path = work.dir.join("config.toml");
-    let text = toml::to_string(config).context("serialising the driftless config")?;
+    let text = toml::to_string(&config).context("serialising the driftless config")?;
     atomic::write_private(&config_path, text.as_bytes())
         .with_context(|| format!("writing {}", config_path.display()))?;
     let state = work.dir.join("state");
@@ -326,21 +326,7 @@ impl Server {
 
     /// The server and all its descendants (OpenClaw runs helper workers).
     fn tree(&self) -> Vec<u32> {
-        let mut parents: HashMap<u32, Vec<u32>> = HashMap::new();
-        if let Ok(entries) = std::fs::read_dir("/proc") {
-            for pid in entries.filter_map(|e| e.ok()?.file_name().to_str()?.parse::<u32>().ok()) {
-                if let Some(stat) = proc_stat(pid) {
-                    parents.entry(stat.ppid).or_default().push(pid);
-                }
-            }
-        }
-        let mut tree = vec![self.pid];
-        let mut i = 0;
-        while i < tree.len() {
-            tree.extend(parents.get(&tree[i]).into_iter().flatten().copied());
-            i += 1;
-        }
-        tree
+        tree(self.pid)
     }
 
     /// Stops the process tree: SIGTERM, then SIGKILL after 10 s.
@@ -379,22 +365,48 @@ fn signal(pid: u32, sig: rustix::process::Signal) {
     }
 }
 
-struct ProcStat {
-    ppid: u32,
-    utime: u64,
-    stime: u64,
+/// `pid` and all its descendants, from `/proc`.
+pub fn tree(pid: u32) -> Vec<u32> {
+    let mut parents: HashMap<u32, Vec<u32>> = HashMap::new();
+    if let Ok(entries) = std::fs::read_dir("/proc") {
+        for child in entries.filter_map(|e| e.ok()?.file_name().to_str()?.parse::<u32>().ok()) {
+            if let Some(stat) = proc_stat(child) {
+                parents.entry(stat.ppid).or_default().push(child);
+            }
+        }
+    }
+    let mut tree = vec![pid];
+    let mut i = 0;
+    while i < tree.len() {
+        tree.extend(parents.get(&tree[i]).into_iter().flatten().copied());
+        i += 1;
+    }
+    tree
+}
+
+/// A process's parent and CPU times, in clock ticks.
+pub struct ProcStat {
+    pub ppid: u32,
+    pub utime: u64,
+    pub stime: u64,
+    /// Of its children that exited and were reaped.
+    pub cutime: u64,
+    pub cstime: u64,
 }
 
 /// Fields of `/proc/<pid>/stat` after the `(comm)` field, which may itself hold spaces.
-fn proc_stat(pid: u32) -> Option<ProcStat> {
+pub fn proc_stat(pid: u32) -> Option<ProcStat> {
     let text = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
     let rest = &text[text.rfind(')')? + 2..];
     let fields: Vec<&str> = rest.split_whitespace().collect();
-    // After comm: state(3) ppid(4) ... utime(14) stime(15), numbered as in proc(5).
+    // After comm: state(3) ppid(4) ... utime(14) stime(15) cutime(16) cstime(17), numbered as
+    // in proc(5).
     Some(ProcStat {
         ppid: fields.get(1)?.parse().ok()?,
         utime: fields.get(11)?.parse().ok()?,
         stime: fields.get(12)?.parse().ok()?,
+        cutime: fields.get(13)?.parse().ok()?,
+        cstime: fields.get(14)?.parse().ok()?,
     })
 }
 

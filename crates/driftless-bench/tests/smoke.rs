@@ -175,3 +175,84 @@ fn smoke_mode_measures_every_scenario_against_the_real_gateway() {
     assert_eq!(rotation["failed_total"], 0, "{rotation}");
     assert_eq!(rotation["dropped_after_auth"], 0, "{rotation}");
 }
+
+#[test]
+fn fleet_smoke_mode_runs_every_handshake_kind_on_one_and_three_replicas() {
+    let env = Env::from_process();
+    let bin = driftless_bin(&env);
+    let dir = tempfile::tempdir().expect("temp dir");
+    let json_path = dir.path().join("fleet.json");
+
+    let out = Command::new(env!("CARGO_BIN_EXE_driftless-bench"))
+        .args(["fleet", "--smoke", "--replicas", "1,3", "--driftless-bin"])
+        .arg(&bin)
+        .arg("--json")
+        .arg(&json_path)
+        .current_dir(dir.path())
+        .output()
+        .expect("running driftless-bench fleet");
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    let report: Value =
+        serde_json::from_slice(&std::fs::read(&json_path).expect("results JSON written"))
+            .expect("results are JSON");
+    if report["unavailable"]
+        .as_str()
+        .is_some_and(|why| why.contains("PostgreSQL is not installed"))
+        && env.get("DRIFTLESS_REQUIRE_TOOLS") != Some("1")
+    {
+        eprintln!("skipping: {}", report["unavailable"]);
+        return;
+    }
+    assert!(
+        out.status.success(),
+        "driftless-bench fleet --smoke failed ({}):\n{stdout}\n{stderr}",
+        out.status
+    );
+    assert_eq!(report["smoke"], true);
+    assert_eq!(report["unavailable"], Value::Null, "{report}");
+    assert_eq!(report["failures"], serde_json::json!([]), "{report}");
+    assert!(report["postgres_version"].is_string(), "{report}");
+
+    let runs = report["runs"].as_array().expect("fleet runs");
+    let kinds = [
+        "shared token",
+        "signed device + shared token (paired)",
+        "signed device + device token",
+        "new device pairing",
+        "wrong shared token",
+    ];
+    let seen: Vec<(u64, &str)> = runs
+        .iter()
+        .map(|r| (r["replicas"].as_u64().unwrap(), r["kind"].as_str().unwrap()))
+        .collect();
+    let expected: Vec<(u64, &str)> = [1, 3]
+        .into_iter()
+        .flat_map(|n| kinds.map(|k| (n, k)))
+        .collect();
+    assert_eq!(seen, expected);
+    for r in runs {
+        let h = &r["handshake"];
+        // For the wrong token, a session completes when it is refused as a mismatch.
+        assert!(h["sessions"].as_u64().unwrap() > 0, "{r}");
+        assert_eq!(h["errors"], serde_json::json!({}), "{r}");
+        for figure in [
+            "statements",
+            "commits",
+            "rows_written",
+            "wal_bytes",
+            "cpu_ms",
+        ] {
+            assert!(r["db_per_session"][figure].as_f64().unwrap() >= 0.0, "{r}");
+        }
+        // Every pairing writes: the database's statistics reach the report.
+        if r["kind"] == "new device pairing" {
+            assert!(r["db"]["statements"].as_f64().unwrap() > 0.0, "{r}");
+            assert!(r["db"]["wal_bytes"].as_f64().unwrap() > 0.0, "{r}");
+        }
+    }
+    assert!(
+        stdout.contains("| handshake kind") && stdout.contains("| new device pairing"),
+        "no results table on stdout:\n{stdout}"
+    );
+}

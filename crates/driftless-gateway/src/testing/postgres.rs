@@ -28,6 +28,8 @@ pub struct Cluster {
     /// Whether the server runs as the `postgres` account (the test runs as root).
     as_postgres: bool,
     server: Option<Child>,
+    /// Further `-c name=value` server settings, kept across restarts.
+    settings: Vec<String>,
     /// Databases created so far, for unique names.
     created: std::sync::atomic::AtomicU32,
 }
@@ -155,6 +157,12 @@ impl Cluster {
     /// Starts a fresh cluster, or `None` (printed) when PostgreSQL is not installed and
     /// `DRIFTLESS_REQUIRE_TOOLS` is not `1`.
     pub fn start() -> Option<Cluster> {
+        Cluster::start_with(&[])
+    }
+
+    /// [`Cluster::start`] with further server settings (`name=value`, each passed as `-c`), e.g.
+    /// `shared_preload_libraries=pg_stat_statements` for the bench.
+    pub fn start_with(settings: &[&str]) -> Option<Cluster> {
         let Some(bin) = find_bin() else {
             let env = driftless_core::Env::from_process();
             assert!(
@@ -198,6 +206,7 @@ impl Cluster {
             password: TEMPLATE_PASSWORD.to_owned(),
             as_postgres,
             server: None,
+            settings: settings.iter().map(|s| s.to_string()).collect(),
             created: Default::default(),
         };
         cluster.start_server();
@@ -219,6 +228,11 @@ impl Cluster {
     /// The directory of the server's Unix socket (the `host` of a connection string).
     pub fn socket_dir(&self) -> PathBuf {
         self.dir.path().join("sock")
+    }
+
+    /// The postmaster's process id while the server runs (its backends are its children).
+    pub fn server_pid(&self) -> Option<u32> {
+        self.server.as_ref().map(Child::id)
     }
 
     /// The password of [`ROLE`]. Tests put it in a secret source; it is random per cluster.
@@ -264,6 +278,7 @@ impl Cluster {
             // a server crash is not what these tests check (a killed *client* is), so no fsync.
             .args(["-c", "listen_addresses=", "-c", "fsync=off"])
             .args(["-c", "max_connections=200"])
+            .args(self.settings.iter().flat_map(|s| ["-c", s.as_str()]))
             .stdin(Stdio::null())
             .stdout(log.try_clone().expect("server log"))
             .stderr(log);
