@@ -476,13 +476,28 @@ pub(crate) fn edit_config(
     did: String,
     edit: impl FnOnce(&mut Map<String, Value>),
 ) -> Result<Action, OpenClawError> {
-    let kept = config_secrets(config);
-    let kept: Vec<&SecretValue> = kept.iter().collect();
-    let bak = backup::backup(path, &kept)?;
+    let before = config.clone();
     if let Some(root) = config.as_object_mut() {
         edit(root);
     }
-    write_json(path, config)?;
+    replace_config(path, &before, config, &[], did)
+}
+
+/// Writes `wanted` as openclaw.json (at `path`, holding `current`) after a backup of it in which
+/// the gateway credentials it keeps and `removed` (the values the change drops) appear as
+/// fingerprints: a backup never becomes a second copy.
+pub(crate) fn replace_config(
+    path: &Path,
+    current: &Value,
+    wanted: &Value,
+    removed: &[&SecretValue],
+    did: String,
+) -> Result<Action, OpenClawError> {
+    let kept = config_secrets(current);
+    let mut redacted: Vec<&SecretValue> = kept.iter().collect();
+    redacted.extend_from_slice(removed);
+    let bak = backup::backup(path, &redacted)?;
+    write_json(path, wanted)?;
     Ok(Action::changed(did, path.to_owned(), Some(bak)))
 }
 
