@@ -225,9 +225,7 @@ impl Check for FrontUpstreamCopy {
                         "{at} is a copy of driftless's upstream.token ({}): a rotation of one leaves the other behind",
                         value.fingerprint()
                     ),
-                    format!(
-                        "have both read one source: OpenClaw's gateway.auth.token a SecretRef to the file upstream.token names (--fix --openclaw does this for openclaw.json); remove the other copies by hand"
-                    ),
+                    "have both read one source: OpenClaw's gateway.auth.token a SecretRef to the file upstream.token names (--fix --openclaw does this for openclaw.json); remove the other copies by hand",
                 )
             })
             .collect();
