@@ -176,7 +176,7 @@ fn copies(inst: &Install, keys: &[(String, SecretValue)]) -> Vec<Copy> {
     for pf in &inst.profiles {
         for s in openclaw::plaintext_secrets(&pf.json) {
             if s.field == "key"
-                && let Some((of, _)) = copy_of(s.value.expose())
+                && let Some((of, _)) = keys.iter().find(|(_, k)| k.same_as(&s.value))
             {
                 out.push(Copy {
                     of: of.clone(),
