@@ -209,23 +209,34 @@ fn upstream_token(cx: &Context) -> Option<(SecretValue, Option<std::path::PathBu
 
 impl Check for FrontUpstreamCopy {
     fn audit(&self, cx: &Context) -> Vec<Row> {
-        let Some((value, _)) = upstream_token(cx) else {
+        let Some((value, file)) = upstream_token(cx) else {
             return Vec::new();
         };
         let OpenClaw::Present(inst) = &cx.openclaw else {
             return Vec::new();
         };
+        let auth_token = format!("gateway.auth.token in {}", inst.paths.config.display());
         let copies: Vec<Row> = plaintext_tokens(inst, inst.config.as_ref())
             .into_iter()
             .filter(|(_, v)| v.same_as(&value))
             .map(|(at, _)| {
+                let fix = match &file {
+                    _ if at != auth_token => {
+                        "remove it: OpenClaw's gateway reads its token from gateway.auth.token".to_owned()
+                    }
+                    Some(f) => format!(
+                        "make it a SecretRef to {}, the file upstream.token names (--fix --openclaw)",
+                        f.display()
+                    ),
+                    None => "reference one source from both: point upstream.token at a file and make gateway.auth.token a SecretRef to it".to_owned(),
+                };
                 Row::finding(
                     COPY,
                     format!(
                         "{at} is a copy of driftless's upstream.token ({}): a rotation of one leaves the other behind",
                         value.fingerprint()
                     ),
-                    "have both read one source: OpenClaw's gateway.auth.token a SecretRef to the file upstream.token names (--fix --openclaw does this for openclaw.json); remove the other copies by hand",
+                    fix,
                 )
             })
             .collect();
