@@ -1,7 +1,8 @@
 //! OpenClaw holds no provider key (issue #13 item 9): the real OpenClaw 2026.9.6 gateway, its
 //! provider pointed at driftless by `driftless doctor --fix --openclaw`, runs agent turns whose
 //! model calls go through the real `driftless gateway run` to a provider; the provider key is
-//! rotated in driftless between two turns.
+//! rotated in driftless between two turns; then driftless's own gateway token, which OpenClaw
+//! references (never copies), is rotated too.
 //!
 //! The provider is a **stand-in**: a small OpenAI-compatible server in this test on a real
 //! loopback socket, because no real model provider can be reached from the test machines. It
@@ -29,6 +30,8 @@ const KEY_1: &str = "canary-oc-provider-key-1-7f3a";
 const KEY_2: &str = "canary-oc-provider-key-2-c91e";
 /// OpenClaw's own gateway token (its file; the test's CLI calls present it).
 const OC_TOKEN: &str = "canary-oc-gateway-token-44d2";
+/// driftless's gateway token after its rotation (before: `CANARY`).
+const ROTATED: &str = "canary-dl-gateway-rotated-5c0d";
 
 /// The stand-in provider: the key it accepts now, and every bearer it was sent (with whether it
 /// was accepted).
@@ -123,27 +126,18 @@ async fn start_provider(key: &str) -> (Arc<Provider>, String) {
     (p, base)
 }
 
-/// `openclaw agent --agent main --message …` through OpenClaw's gateway (its `agent` method), as
-/// an operator on this machine would run it; returns the exit code and the parsed `--json` answer.
-fn agent_turn(
+/// The OpenClaw CLI with `args`, as an operator on this machine runs it against the gateway on
+/// `port` (OpenClaw's token from the environment); the exit code and stdout + stderr.
+fn openclaw(
     cli: &(PathBuf, PathBuf),
     dir: &Path,
     port: u16,
-    message: &str,
-) -> (i32, Value, String) {
+    args: &[&str],
+) -> (i32, String, String) {
     let state = dir.join("state");
     let out = Command::new(&cli.0)
         .arg(&cli.1)
-        .args([
-            "agent",
-            "--agent",
-            "main",
-            "--message",
-            message,
-            "--json",
-            "--timeout",
-            "240",
-        ])
+        .args(args)
         .env_clear()
         .env("PATH", "/usr/bin:/bin")
         .env("HOME", dir)
@@ -156,8 +150,37 @@ fn agent_turn(
         .unwrap();
     let stdout = String::from_utf8_lossy(&out.stdout).into_owned();
     let all = format!("{stdout}{}", String::from_utf8_lossy(&out.stderr));
-    let v = serde_json::from_str(&stdout).unwrap_or(Value::Null);
-    (out.status.code().unwrap_or(-1), v, all)
+    (out.status.code().unwrap_or(-1), all, stdout)
+}
+
+/// `openclaw agent --agent main --message …` through OpenClaw's gateway (its `agent` method);
+/// the exit code, the parsed `--json` answer, and everything printed.
+fn agent_turn(
+    cli: &(PathBuf, PathBuf),
+    dir: &Path,
+    port: u16,
+    message: &str,
+) -> (i32, Value, String) {
+    let (code, all, stdout) = openclaw(
+        cli,
+        dir,
+        port,
+        &[
+            "agent",
+            "--agent",
+            "main",
+            "--message",
+            message,
+            "--json",
+            "--timeout",
+            "240",
+        ],
+    );
+    (
+        code,
+        serde_json::from_str(&stdout).unwrap_or(Value::Null),
+        all,
+    )
 }
 
 /// Every file under `dir` (recursively, symlinks not followed) whose bytes contain `needle`.
@@ -181,7 +204,7 @@ fn files_containing(dir: &Path, needle: &str) -> Vec<PathBuf> {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn openclaw_agent_turns_reach_the_provider_through_driftless_across_a_key_rotation() {
+async fn openclaw_agent_turns_reach_the_provider_through_driftless_across_key_and_token_rotations() {
     let Some(cli) = install() else {
         return;
     };
@@ -340,10 +363,42 @@ async fn openclaw_agent_turns_reach_the_provider_through_driftless_across_a_key_
             .collect::<Vec<_>>()
     );
 
-    // Neither key, nor driftless's gateway token, is anywhere in OpenClaw's state, config,
-    // backups or log: OpenClaw reads driftless's token through its file, never a copy.
+    // driftless's gateway token rotates at its source. OpenClaw resolved its reference at start
+    // and still presents the old token: accepted within driftless's grace window. After
+    // `openclaw secrets reload` it reads the new one from the same file, so a turn still works
+    // once driftless has ended the grace.
+    replace_by_rename(&token_file, &format!("{ROTATED}\n"));
+    assert!(
+        eventually(RELOAD_WITHIN, || accepted(&gw.url, ROTATED)).await,
+        "driftless did not take its new token"
+    );
+    let (code, v, all) = turn("say pong in grace").await.unwrap();
+    assert_eq!((code, &v["status"]), (0, &json!("ok")), "{all}");
+    let reload = {
+        let (cli, dir) = (cli.clone(), dir.clone());
+        tokio::task::spawn_blocking(move || openclaw(&cli, &dir, oc_port, &["secrets", "reload"]))
+            .await
+            .unwrap()
+    };
+    assert_eq!(reload.0, 0, "{}", reload.1);
+    let mut admin = cli_params(Some(ROTATED));
+    admin["scopes"] = json!(["operator.admin"]);
+    let mut c = session(&gw.url, admin).await;
+    let ended = c
+        .call("end", "secrets.reload", Some(json!({"endGrace": true})))
+        .await;
+    assert_eq!(ended["ok"], true, "{ended}");
+    assert!(
+        !accepted(&gw.url, CANARY).await,
+        "the old token outlived the grace"
+    );
+    let (code, v, all) = turn("say pong after the grace").await.unwrap();
+    assert_eq!((code, &v["status"]), (0, &json!("ok")), "{all}");
+
+    // No provider key, nor either driftless gateway token, is anywhere in OpenClaw's state,
+    // config, backups or log: OpenClaw reads driftless's token through its file, never a copy.
     drop(oc);
-    for secret in [KEY_1, KEY_2, CANARY] {
+    for secret in [KEY_1, KEY_2, CANARY, ROTATED] {
         assert_eq!(
             files_containing(&dir, secret),
             Vec::<PathBuf>::new(),
@@ -351,7 +406,7 @@ async fn openclaw_agent_turns_reach_the_provider_through_driftless_across_a_key_
         );
     }
     let log = gw.finish();
-    for key in [KEY_1, KEY_2] {
-        assert!(!log.contains(key), "a provider key in driftless's log");
+    for secret in [KEY_1, KEY_2, ROTATED] {
+        assert!(!log.contains(secret), "a secret in driftless's log");
     }
 }
