@@ -283,3 +283,70 @@ fn a_provider_key_copied_into_an_auth_profile_goes_and_its_models_route_through_
     );
     let _ = code;
 }
+
+#[test]
+fn a_provider_key_an_earlier_fix_moved_into_openclaws_secrets_file_goes_too() {
+    let key = "sk-canary-dl-provider-stored-3";
+    let h = Home::new();
+    h.token_config(CANARY, "");
+    let before = std::fs::read_to_string(h.config_path()).unwrap();
+    let oc = openclaw_json(&h);
+    write_file(
+        &oc,
+        "{ agents: { defaults: { model: 'openai/gpt-big' } } }",
+        0o600,
+    );
+    let profiles = h
+        .home()
+        .join(".openclaw/agents/main/agent/auth-profiles.json");
+    write_file(
+        &profiles,
+        &json!({"version": 1, "profiles": {
+            "openai:default": {"type": "api_key", "provider": "openai", "key": key}}})
+        .to_string(),
+        0o600,
+    );
+    // Before driftless serves the provider, doctor moves the key into OpenClaw's secrets file.
+    h.driftless(&["doctor", "--fix", "--openclaw"], &[]);
+    let store = h
+        .home()
+        .join(".openclaw/secrets/driftless-auth-profiles.json");
+    assert_eq!(h.files_containing(key), vec![store.clone()]);
+
+    // Now driftless holds the key: that stored value is a copy, and goes with its profile.
+    let key_file = h.path().join("secrets/openai-key");
+    write_secret(&key_file, key);
+    h.write_config(&format!(
+        "{}[providers.openai]\nbase_url = \"https://api.example.invalid/v1\"\n\
+         api_key = {{ source = \"file\", path = {key_file:?} }}\n",
+        before.replace("port = 0", "port = 28790")
+    ));
+    let (_, v, all) = doctor_json(&h, &[]);
+    assert!(!all.contains(key));
+    let found = rows(&v, "openclaw-provider", "finding");
+    assert!(
+        found
+            .iter()
+            .any(|f| f.contains("profile openai:default") && f.contains("secrets file")),
+        "{found:#?}"
+    );
+    let (_, fixed, all) = doctor_json(&h, &["--fix", "--openclaw"]);
+    assert!(!all.contains(key));
+    assert!(
+        rows(&fixed, "openclaw-provider", "finding").is_empty(),
+        "{fixed:#}"
+    );
+    assert!(
+        read_json(&profiles)["profiles"]
+            .get("openai:default")
+            .is_none()
+    );
+    assert_eq!(read_json(&store)["main"], json!({}));
+    assert_eq!(
+        read_json(&oc)["agents"]["defaults"]["model"],
+        "driftless/openai/gpt-big"
+    );
+    assert_eq!(h.files_containing(key), vec![key_file]);
+    let (_, again, _) = doctor_json(&h, &["--fix", "--openclaw"]);
+    assert!(backups(&again).is_empty(), "{again:#}");
+}

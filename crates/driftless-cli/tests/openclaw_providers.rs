@@ -204,7 +204,8 @@ fn files_containing(dir: &Path, needle: &str) -> Vec<PathBuf> {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn openclaw_agent_turns_reach_the_provider_through_driftless_across_key_and_token_rotations() {
+async fn openclaw_agent_turns_reach_the_provider_through_driftless_across_key_and_token_rotations()
+{
     let Some(cli) = install() else {
         return;
     };

@@ -48,8 +48,13 @@ struct Copy {
 enum CopyAt {
     /// `models.providers.<oc_provider>.apiKey` in openclaw.json.
     Config,
-    /// Profile `id` of an auth-profiles file.
-    Profile { file: PathBuf, id: String },
+    /// Profile `id` of an auth-profiles file: its plaintext `key`, or (`stored`: the JSON pointer)
+    /// the value its `keyRef` names in OpenClaw's secrets file that `openclaw-auth-profile` writes.
+    Profile {
+        file: PathBuf,
+        id: String,
+        stored: Option<String>,
+    },
 }
 
 impl Copy {
@@ -60,7 +65,19 @@ impl Copy {
                 self.oc_provider,
                 config.display()
             ),
-            CopyAt::Profile { file, id } => format!("profile {id} in {}", file.display()),
+            CopyAt::Profile {
+                file,
+                id,
+                stored: None,
+            } => format!("profile {id} in {}", file.display()),
+            CopyAt::Profile {
+                file,
+                id,
+                stored: Some(_),
+            } => format!(
+                "profile {id} in {} (the value its keyRef reads from OpenClaw's secrets file)",
+                file.display()
+            ),
         };
         format!(
             "{where_} is a copy of driftless's providers.{}.api_key ({}): it goes stale when driftless's key rotates",
@@ -150,6 +167,9 @@ fn endpoint(config: &Config, env: &Env, base: &Path) -> Result<Endpoint, String>
 /// The plaintext copies of `keys` in OpenClaw's files.
 fn copies(inst: &Install, keys: &[(String, SecretValue)]) -> Vec<Copy> {
     let copy_of = |v: &str| keys.iter().find(|(_, k)| k.matches(v));
+    let store = openclaw::parse_json5(&openclaw::secrets_store(&inst.paths))
+        .ok()
+        .flatten();
     let mut out = Vec::new();
     if let Some(providers) = inst
         .config
@@ -184,13 +204,61 @@ fn copies(inst: &Install, keys: &[(String, SecretValue)]) -> Vec<Copy> {
                     at: CopyAt::Profile {
                         file: pf.path.clone(),
                         id: s.id.clone(),
+                        stored: None,
                     },
                     value: s.value,
                 });
             }
         }
+        // Keys an earlier `--fix --openclaw` moved into OpenClaw's secrets file.
+        let Some(store) = &store else {
+            continue;
+        };
+        for (id, p) in openclaw::profile_entries(&pf.json) {
+            let Some(pointer) = stored_pointer(p.get("keyRef")) else {
+                continue;
+            };
+            if let Some(v) = store.pointer(&pointer).and_then(Value::as_str)
+                && let Some((of, _)) = copy_of(v)
+            {
+                out.push(Copy {
+                    of: of.clone(),
+                    oc_provider: p
+                        .get("provider")
+                        .and_then(Value::as_str)
+                        .unwrap_or("")
+                        .to_owned(),
+                    at: CopyAt::Profile {
+                        file: pf.path.clone(),
+                        id,
+                        stored: Some(pointer),
+                    },
+                    value: SecretValue::new(v.to_owned()),
+                });
+            }
+        }
     }
     out
+}
+
+/// The JSON pointer a `keyRef` names in OpenClaw's secrets file that doctor writes.
+fn stored_pointer(key_ref: Option<&Value>) -> Option<String> {
+    let r = key_ref?.as_object()?;
+    (r.get("source")?.as_str()? == "file"
+        && r.get("provider")?.as_str()? == openclaw::FILE_PROVIDER)
+        .then(|| r.get("id")?.as_str().map(str::to_owned))
+        .flatten()
+}
+
+/// Removes the value at `pointer` (RFC 6901) from `root`; whether there was one.
+fn remove_at(root: &mut Value, pointer: &str) -> bool {
+    let Some((parent, last)) = pointer.rsplit_once('/') else {
+        return false;
+    };
+    let last = last.replace("~1", "/").replace("~0", "~");
+    root.pointer_mut(parent)
+        .and_then(Value::as_object_mut)
+        .is_some_and(|o| o.remove(&last).is_some())
 }
 
 /// The model-reference fields of openclaw.json's agents: `model` (a string, or `primary` and
@@ -482,13 +550,19 @@ impl Check for OcProviderViaDriftless {
             let mut removed = Vec::new();
             if let Some(profiles) = json.get_mut("profiles").and_then(Value::as_object_mut) {
                 for c in &f.copies {
-                    if let CopyAt::Profile { file: cf, id } = &c.at
+                    if let CopyAt::Profile {
+                        file: cf,
+                        id,
+                        stored,
+                    } = &c.at
                         && cf == file
-                        && profiles
-                            .get(id)
-                            .and_then(|p| p.get("key"))
-                            .and_then(Value::as_str)
-                            .is_some_and(|k| c.value.matches(k))
+                        && profiles.get(id).is_some_and(|p| match stored {
+                            None => p
+                                .get("key")
+                                .and_then(Value::as_str)
+                                .is_some_and(|k| c.value.matches(k)),
+                            Some(ptr) => stored_pointer(p.get("keyRef")).as_ref() == Some(ptr),
+                        })
                     {
                         profiles.remove(id);
                         removed.push((id.clone(), &c.value));
@@ -509,6 +583,48 @@ impl Check for OcProviderViaDriftless {
                     file.display()
                 ),
                 file.clone(),
+                Some(bak),
+            ));
+        }
+        // 3. The values those profiles read from OpenClaw's secrets file. A file that does not
+        //    parse is never rewritten (it may hold the only copy of other keys).
+        let stored: Vec<(&String, &SecretValue)> = f
+            .copies
+            .iter()
+            .filter_map(|c| match &c.at {
+                CopyAt::Profile {
+                    stored: Some(p), ..
+                } => Some((p, &c.value)),
+                _ => None,
+            })
+            .collect();
+        let store = openclaw::secrets_store(&f.inst.paths);
+        if stored.is_empty() {
+            return Ok(());
+        }
+        let Ok(Some(mut json)) = openclaw::parse_json5(&store) else {
+            return Ok(());
+        };
+        let gone: Vec<&SecretValue> = stored
+            .into_iter()
+            .filter(|(p, v)| {
+                json.pointer(p)
+                    .and_then(Value::as_str)
+                    .is_some_and(|s| v.matches(s))
+                    && remove_at(&mut json, p)
+            })
+            .map(|(_, v)| v)
+            .collect();
+        if !gone.is_empty() {
+            let bak = crate::backup::backup(&store, &gone)?;
+            openclaw::write_json(&store, &json)?;
+            actions.push(Action::changed(
+                format!(
+                    "removed {} copied provider key(s) from {}",
+                    gone.len(),
+                    store.display()
+                ),
+                store.clone(),
                 Some(bak),
             ));
         }
