@@ -350,3 +350,117 @@ fn a_provider_key_an_earlier_fix_moved_into_openclaws_secrets_file_goes_too() {
     let (_, again, _) = doctor_json(&h, &["--fix", "--openclaw"]);
     assert!(backups(&again).is_empty(), "{again:#}");
 }
+
+/// OpenClaw 2026.9 imports `auth-profiles.json` into SQLite (`openclaw doctor --fix`; the schemas
+/// below are the real 2026.9.6's, read from databases it wrote) and keeps the old file as an
+/// archive. Copies there are reported with the command that removes them; doctor never writes
+/// OpenClaw's databases or deletes its archives, but still routes OpenClaw's models through driftless.
+#[test]
+fn copies_in_openclaws_sqlite_stores_and_import_archives_are_reported_not_written() {
+    let key = "sk-canary-dl-provider-sqlite-4";
+    let h = Home::new();
+    h.token_config(CANARY, "");
+    let key_file = h.path().join("secrets/openai-key");
+    write_secret(&key_file, key);
+    let text = std::fs::read_to_string(h.config_path()).unwrap();
+    h.write_config(&format!(
+        "{}[providers.openai]\nbase_url = \"https://api.example.invalid/v1\"\n\
+         api_key = {{ source = \"file\", path = {key_file:?} }}\n",
+        text.replace("port = 0", "port = 28791")
+    ));
+    let oc_dir = h.home().join(".openclaw");
+    write_file(
+        &oc_dir.join("openclaw.json"),
+        "{ agents: { defaults: { model: 'openai/gpt-big' } } }",
+        0o600,
+    );
+    let store = json!({"version": 1, "profiles": {
+        "openai:default": {"type": "api_key", "provider": "openai", "key": key}}})
+    .to_string();
+    let machine = oc_dir.join("state/openclaw.sqlite");
+    let agent_db = oc_dir.join("agents/main/agent/openclaw-agent.sqlite");
+    std::fs::create_dir_all(machine.parent().unwrap()).unwrap();
+    std::fs::create_dir_all(agent_db.parent().unwrap()).unwrap();
+    let db = rusqlite::Connection::open(&machine).unwrap();
+    db.execute_batch(
+        "CREATE TABLE config_machine_state (state_key TEXT NOT NULL PRIMARY KEY, value_json TEXT NOT NULL, \
+         updated_at_ms INTEGER NOT NULL) STRICT",
+    )
+    .unwrap();
+    db.execute(
+        "INSERT INTO config_machine_state VALUES ('authProfiles.store', ?1, 1)",
+        [&store],
+    )
+    .unwrap();
+    drop(db);
+    let db = rusqlite::Connection::open(&agent_db).unwrap();
+    db.execute_batch(
+        "CREATE TABLE auth_profile_store (store_key TEXT NOT NULL PRIMARY KEY, store_json TEXT NOT NULL, \
+         updated_at INTEGER NOT NULL) STRICT",
+    )
+    .unwrap();
+    db.execute(
+        "INSERT INTO auth_profile_store VALUES ('main', ?1, 1)",
+        [&store],
+    )
+    .unwrap();
+    drop(db);
+    let archive =
+        oc_dir.join("agents/main/agent/auth-profiles.json.migrated-2026-12-02T08-53-33.449Z-b5");
+    write_file(&archive, &store, 0o600);
+    let bytes = |p: &Path| std::fs::read(p).unwrap();
+    let (machine_before, agent_before) = (bytes(&machine), bytes(&agent_db));
+
+    let (_, v, all) = doctor_json(&h, &[]);
+    assert!(!all.contains(key));
+    let copies: Vec<&Value> = v["checks"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|r| {
+            r["check"] == "openclaw-provider"
+                && r["finding"].as_str().unwrap().contains("is a copy")
+        })
+        .collect();
+    assert_eq!(copies.len(), 3, "{v:#}");
+    assert!(
+        copies[0]["finding"]
+            .as_str()
+            .unwrap()
+            .contains("config_machine_state authProfiles.store")
+    );
+    assert!(
+        copies[1]["finding"]
+            .as_str()
+            .unwrap()
+            .contains("auth_profile_store main")
+    );
+    // The real 2026.9.6's command (checked by hand: without --yes it refuses to remove).
+    for (c, cmd) in copies[..2].iter().zip([
+        "`openclaw models auth logout openai:default --yes`",
+        "`openclaw models auth --agent main logout openai:default --yes`",
+    ]) {
+        assert!(c["fix"].as_str().unwrap().contains(cmd), "{c}");
+    }
+    assert!(
+        copies[2]["fix"].as_str().unwrap().starts_with("delete "),
+        "{}",
+        copies[2]
+    );
+
+    let (code, fixed, all) = doctor_json(&h, &["--fix", "--openclaw"]);
+    assert!(!all.contains(key));
+    assert_eq!(code, 1, "the copies OpenClaw holds remain findings");
+    assert_eq!(
+        rows(&fixed, "openclaw-provider", "finding").len(),
+        3,
+        "{fixed:#}"
+    );
+    assert_eq!(
+        read_json(&oc_dir.join("openclaw.json"))["agents"]["defaults"]["model"],
+        "driftless/openai/gpt-big"
+    );
+    assert_eq!(bytes(&machine), machine_before);
+    assert_eq!(bytes(&agent_db), agent_before);
+    assert_eq!(std::fs::read_to_string(&archive).unwrap(), store);
+}

@@ -55,6 +55,13 @@ enum CopyAt {
         id: String,
         stored: Option<String>,
     },
+    /// Profile `id` where OpenClaw holds it and doctor only reads (`HeldProfiles`).
+    Held {
+        place: String,
+        id: String,
+        archive: bool,
+        agent: Option<String>,
+    },
 }
 
 impl Copy {
@@ -78,12 +85,40 @@ impl Copy {
                 "profile {id} in {} (the value its keyRef reads from OpenClaw's secrets file)",
                 file.display()
             ),
+            CopyAt::Held { place, id, .. } => format!("profile {id} in {place}"),
         };
         format!(
             "{where_} is a copy of driftless's providers.{}.api_key ({}): it goes stale when driftless's key rotates",
             self.of,
             self.value.fingerprint()
         )
+    }
+
+    /// What removes it.
+    fn fix(&self) -> String {
+        match &self.at {
+            CopyAt::Held {
+                archive: false,
+                id,
+                agent,
+                ..
+            } => format!(
+                "`openclaw models auth{} logout {id} --yes` (OpenClaw's database: doctor does not write it), \
+                 after --fix --openclaw points OpenClaw's models at driftless",
+                agent
+                    .as_ref()
+                    .map(|a| format!(" --agent {a}"))
+                    .unwrap_or_default()
+            ),
+            CopyAt::Held {
+                archive: true,
+                place,
+                ..
+            } => format!(
+                "delete {place}, OpenClaw's archive of an imported file (doctor does not delete it)"
+            ),
+            _ => "point OpenClaw's models at driftless (--fix --openclaw)".to_owned(),
+        }
     }
 }
 
@@ -189,6 +224,25 @@ fn copies(inst: &Install, keys: &[(String, SecretValue)]) -> Vec<Copy> {
                     oc_provider: name.clone(),
                     at: CopyAt::Config,
                     value: SecretValue::new(v.to_owned()),
+                });
+            }
+        }
+    }
+    for held in &inst.held {
+        for s in openclaw::plaintext_secrets(&held.json) {
+            if s.field == "key"
+                && let Some((of, _)) = keys.iter().find(|(_, k)| k.same_as(&s.value))
+            {
+                out.push(Copy {
+                    of: of.clone(),
+                    oc_provider: s.provider.clone(),
+                    at: CopyAt::Held {
+                        place: held.place.clone(),
+                        id: s.id.clone(),
+                        archive: held.archive,
+                        agent: held.agent.clone(),
+                    },
+                    value: s.value,
                 });
             }
         }
@@ -466,7 +520,7 @@ impl Check for OcProviderViaDriftless {
         let mut rows: Vec<Row> = f
             .copies
             .iter()
-            .map(|c| Row::finding(CHECK, c.describe(config_path), fix))
+            .map(|c| Row::finding(CHECK, c.describe(config_path), c.fix()))
             .collect();
         match (&f.endpoint, f.config) {
             (Err(why), _) => rows.push(Row::finding(
@@ -537,9 +591,10 @@ impl Check for OcProviderViaDriftless {
             .iter()
             .filter_map(|c| match &c.at {
                 CopyAt::Profile { file, .. } => Some(file),
-                CopyAt::Config => None,
+                CopyAt::Config | CopyAt::Held { .. } => None,
             })
             .collect();
+        files.sort();
         files.dedup();
         for file in files {
             let _lock = Lock::take(file)?;
