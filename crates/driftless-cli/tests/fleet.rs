@@ -681,6 +681,27 @@ async fn a_shared_token_rotation_seen_by_a_only_is_accepted_by_b_and_c_within_a_
         "{}",
         d.log_text()
     );
+    // `status` says so too, on D only; `gateway status` in words.
+    async fn behind(url: &str) -> Vec<String> {
+        let mut c = session(url, cli_params(Some(NEW))).await;
+        let status = c.call("s", "status", None).await;
+        let rows = status["payload"]["secrets"].as_array().unwrap().clone();
+        rows.into_iter()
+            .filter(|r| r["behindFleet"] == true)
+            .map(|r| r["name"].as_str().unwrap().to_owned())
+            .collect()
+    }
+    assert_eq!(behind(&d.url).await, ["gateway.auth.token"]);
+    for (_, gw) in &fleet.replicas {
+        assert!(behind(&gw.url).await.is_empty(), "{}", gw.url);
+    }
+    let (st, words, err) = d_home.run(&["gateway", "status", "--token", NEW]);
+    assert!(st.success(), "{words}{err}");
+    assert!(
+        words.contains("gateway.auth.token here is")
+            && words.contains("the fleet already replaced"),
+        "{words}"
+    );
     fleet.replicas.push((d_home, d));
     for log in fleet.finish() {
         for token in [CANARY, NEW] {

@@ -351,3 +351,90 @@ async fn a_device_token_reconnect_gets_its_token_back_and_scopes_keep_their_orde
         "a device token reached the gateway log"
     );
 }
+
+/// The gateway's resident memory (VmRSS) in KiB.
+fn rss_kib(pid: u32) -> u64 {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap();
+    status
+        .lines()
+        .find_map(|l| l.strip_prefix("VmRSS:"))
+        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
+        .unwrap()
+}
+
+/// A client that keeps sending requests and never reads their answers (OpenClaw's "slow
+/// consumer"): the gateway stops reading it once its answers fill the sockets, holds no queue of
+/// its own (memory stays flat while the flood lasts), keeps serving everyone else, and ends the
+/// session after the stall limit (30 s) with 1008 `slow consumer`, freeing its task.
+#[tokio::test]
+async fn a_client_that_never_reads_is_closed_as_a_slow_consumer_with_memory_flat() {
+    let home = Home::new();
+    home.token_config(CANARY, "");
+    let gw = Gateway::start(&home, &[], &[]);
+    let flooder = session(&gw.url, cli_params(Some(CANARY))).await;
+    let before = rss_kib(gw.child.id());
+    let sent = Arc::new(std::sync::atomic::AtomicU64::new(0));
+    let flood = tokio::spawn({
+        let sent = sent.clone();
+        async move {
+            let mut c = flooder;
+            let mut i = 0u64;
+            // Until the gateway drops the connection; never reading.
+            while c
+                .wire
+                .send_text(
+                    json!({"type": "req", "id": format!("f{i}"), "method": "status"}).to_string(),
+                )
+                .await
+                .is_ok()
+            {
+                i += 1;
+                sent.store(i, std::sync::atomic::Ordering::Relaxed);
+            }
+            c
+        }
+    });
+    // The sockets fill: the gateway stops taking requests (the count stops growing).
+    let mut last = 0;
+    let stalled = eventually(Duration::from_secs(20), || {
+        let now = sent.load(std::sync::atomic::Ordering::Relaxed);
+        let flat = now > 0 && now == last;
+        last = now;
+        async move {
+            tokio::time::sleep(Duration::from_millis(500)).await;
+            flat
+        }
+    })
+    .await;
+    assert!(stalled, "the flood never stalled ({last} requests sent)");
+    // Meanwhile everyone else is served, and the gateway queues nothing of the flood's.
+    for _ in 0..5 {
+        assert!(accepted(&gw.url, CANARY).await, "a new session was refused");
+        assert_eq!(gw.http_get("/healthz").0, 200);
+        let grown = rss_kib(gw.child.id()).saturating_sub(before);
+        assert!(
+            grown < 16 * 1024,
+            "memory grew by {grown} KiB during the flood"
+        );
+        tokio::time::sleep(Duration::from_secs(1)).await;
+    }
+    // After the stall limit the session ends, and the flooder's writes fail.
+    let mut c = tokio::time::timeout(Duration::from_secs(60), flood)
+        .await
+        .expect("the stalled session was never ended")
+        .unwrap();
+    drop(c.wire.send_text("{}".into()).await);
+    assert!(
+        eventually(Duration::from_secs(10), || async {
+            gw.log_text().contains("slow consumer")
+        })
+        .await,
+        "no slow-consumer close in the log"
+    );
+    assert!(
+        gw.log_text().contains("close_code=1008"),
+        "{}",
+        gw.log_text()
+    );
+    gw.finish();
+}

@@ -213,12 +213,18 @@ fn check_invariants(docs: &[Value], secret_name: &str, token_path: &str) {
     assert!(spec["securityContext"]["fsGroup"].as_u64().unwrap() > 0);
     assert_eq!(spec["automountServiceAccountToken"], false);
     let containers = spec["containers"].as_array().unwrap();
-    assert_eq!(containers.len(), 1);
+    // One container, the gateway; with `openclaw.enabled` (front mode) OpenClaw's beside it.
+    let sidecar = config_toml(docs).contains("\n[upstream]\n");
+    assert_eq!(containers.len(), 1 + usize::from(sidecar));
     assert!(
         spec.get("initContainers").is_none(),
         "no init container copies anything"
     );
     let c = &containers[0];
+    assert_eq!(c["name"], "gateway");
+    if sidecar {
+        check_openclaw_sidecar(docs);
+    }
     for m in c["volumeMounts"].as_array().unwrap() {
         assert!(
             m.get("subPath").is_none() && m.get("subPathExpr").is_none(),
@@ -285,6 +291,76 @@ fn check_invariants(docs: &[Value], secret_name: &str, token_path: &str) {
     assert_eq!(svc["spec"]["ports"][0]["targetPort"], "gateway");
 }
 
+/// What must hold when OpenClaw runs beside driftless: OpenClaw is reachable on the pod's loopback
+/// only, and its token is one Secret, which driftless references as a mounted file and OpenClaw
+/// reads when its container starts.
+fn check_openclaw_sidecar(docs: &[Value]) {
+    let spec = &workload(docs)["spec"]["template"]["spec"];
+    let (gateway, openclaw) = (&spec["containers"][0], &spec["containers"][1]);
+    assert_eq!(openclaw["name"], "openclaw");
+    assert!(openclaw.get("ports").is_none(), "OpenClaw declares no port");
+    let command: Vec<&str> = openclaw["command"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|a| a.as_str().unwrap())
+        .collect();
+    let port = command[command.len() - 3];
+    assert_eq!(
+        command[command.len() - 6..],
+        ["--bind", "loopback", "--port", port, "--auth", "token"]
+    );
+    let sc = &openclaw["securityContext"];
+    assert_eq!(sc["allowPrivilegeEscalation"], false);
+    assert_eq!(sc["capabilities"]["drop"], serde_json::json!(["ALL"]));
+    assert!(sc["runAsUser"].as_u64().unwrap() > 0);
+    // The Service reaches driftless only.
+    let svc = find(docs, "Service");
+    assert_eq!(svc["spec"]["ports"].as_array().unwrap().len(), 1);
+    assert_eq!(svc["spec"]["ports"][0]["targetPort"], "gateway");
+    // One Secret: OpenClaw's env names it, driftless mounts it whole and references its file.
+    let env = openclaw["env"].as_array().unwrap();
+    let from = env
+        .iter()
+        .find(|e| e["name"] == "OPENCLAW_GATEWAY_TOKEN")
+        .expect("OpenClaw's token env")["valueFrom"]["secretKeyRef"]
+        .clone();
+    let volume = spec["volumes"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|v| v["name"] == "openclaw-token")
+        .expect("OpenClaw's token Secret volume");
+    assert_eq!(volume["secret"]["secretName"], from["name"]);
+    assert_eq!(volume["secret"]["defaultMode"], 0o440);
+    assert!(volume["secret"].get("items").is_none());
+    let mount = gateway["volumeMounts"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|m| m["name"] == "openclaw-token")
+        .expect("driftless mounts OpenClaw's token Secret");
+    assert_eq!(mount["readOnly"], true);
+    let toml = config_toml(docs);
+    for line in [
+        format!("url = \"ws://127.0.0.1:{port}\""),
+        format!(
+            "token = {{ source = \"file\", path = \"{}/{}\" }}",
+            mount["mountPath"].as_str().unwrap(),
+            from["key"].as_str().unwrap()
+        ),
+    ] {
+        assert!(toml.contains(&line), "{line} in {toml}");
+    }
+    assert!(
+        openclaw
+            .get("volumeMounts")
+            .and_then(Value::as_array)
+            .is_some_and(|m| m.iter().all(|m| m["name"] != "token")),
+        "OpenClaw never sees driftless's own token"
+    );
+}
+
 /// `helm template` with `sets`, validated strictly, of exactly these `kinds`, with the chart's
 /// invariants for the generated token Secret.
 fn render_checked(helm: &Helm, validator: &Path, sets: &[&str], kinds_: &[&str]) -> Vec<Value> {
@@ -336,6 +412,7 @@ fn lint_strict_passes_on_helm_v3_and_v4() {
                 "deviceStore.postgres.url=postgres://driftless@db/driftless",
                 "deviceStore.postgres.existingSecret=driftless-db",
             ],
+            OPENCLAW_SETS.to_vec(),
         ] {
             let mut args = vec!["lint", "--strict", chart.to_str().unwrap()];
             for s in &sets {
@@ -391,6 +468,68 @@ fn default_render_is_valid_kubernetes_and_generates_one_kept_secret() {
         assert!(token.chars().all(|c| c.is_ascii_alphanumeric()));
         // Offline, `lookup` sees nothing: every render is a fresh placeholder (documented).
         assert_ne!(token, rendered_token(&self::docs(&helm.template(&[]))));
+    }
+}
+
+/// Front mode with OpenClaw's container beside driftless.
+const OPENCLAW_SETS: [&str; 2] = [
+    "openclaw.enabled=true",
+    "openclaw.image.repository=openclaw",
+];
+
+#[test]
+fn the_openclaw_sidecar_renders_valid_with_openclaw_on_loopback_and_one_kept_token_secret() {
+    let t = tools();
+    let Some(validator) = t.validator() else {
+        return;
+    };
+    for helm in t.helms() {
+        let docs = render_checked(
+            &helm,
+            &validator,
+            &OPENCLAW_SETS,
+            &[
+                "ServiceAccount",
+                "Secret",
+                "Secret",
+                "ConfigMap",
+                "Service",
+                "Deployment",
+            ],
+        );
+        let secret = docs
+            .iter()
+            .find(|d| {
+                d["kind"] == "Secret" && d["metadata"]["name"] == "rel-driftless-openclaw-token"
+            })
+            .expect("OpenClaw's generated token Secret");
+        assert_eq!(
+            secret["metadata"]["annotations"]["helm.sh/resource-policy"],
+            "keep"
+        );
+        let token = decode(secret["data"]["openclaw-gateway-token"].as_str().unwrap());
+        assert_eq!(token.len(), 48);
+        assert_ne!(token, rendered_token(&docs), "two tokens, not one");
+        // A Secret the user manages instead: none generated, that one referenced.
+        let mut sets = OPENCLAW_SETS.to_vec();
+        sets.push("openclaw.auth.existingSecret=openclaw-mine");
+        let docs = render_checked(
+            &helm,
+            &validator,
+            &sets,
+            &[
+                "ServiceAccount",
+                "Secret",
+                "ConfigMap",
+                "Service",
+                "Deployment",
+            ],
+        );
+        let spec = &workload(&docs)["spec"]["template"]["spec"];
+        assert_eq!(
+            spec["containers"][1]["env"][1]["valueFrom"]["secretKeyRef"]["name"],
+            "openclaw-mine"
+        );
     }
 }
 
@@ -484,6 +623,11 @@ fn schema_rejects_typos_bad_ports_and_subpath_style_values() {
             "deviceStore.postgres.passwordKey=db/password",
             "passwordKey",
         ),
+        // OpenClaw beside driftless needs its image; the chart alone decides where it listens.
+        ("openclaw.enabled=true", "repository"),
+        ("openclaw.command={openclaw,gateway,--bind=lan}", "command"),
+        ("openclaw.command={openclaw,gateway,--port,80}", "command"),
+        ("openclaw.runAsUser=0", "runAsUser"),
     ];
     for helm in t.helms() {
         for (set, key) in bad {
@@ -615,6 +759,22 @@ fn several_replicas_refuse_sqlite_and_persistence_with_the_reason() {
             &[],
         );
         assert!(err.contains("persistence"), "helm v{}: {err}", helm.major);
+        // OpenClaw cannot run two gateways on one state: no sidecar with several replicas.
+        let mut sets = vec![
+            "replicaCount=2",
+            "deviceStore.type=postgres",
+            "deviceStore.postgres.url=x",
+            "deviceStore.postgres.existingSecret=db",
+        ];
+        sets.extend(OPENCLAW_SETS);
+        let err = template(&sets, &[]);
+        assert!(err.contains("openclaw"), "helm v{}: {err}", helm.major);
+        let err = template(&sets, &["--skip-schema-validation"]);
+        assert!(
+            err.contains("OpenClaw cannot run two gateways on one state"),
+            "helm v{}: {err}",
+            helm.major
+        );
         // ...and without schema validation the chart itself refuses, saying why.
         let err = template(&["replicaCount=2"], &["--skip-schema-validation"]);
         assert!(
@@ -835,6 +995,120 @@ async fn driftless_runs_on_the_rendered_postgres_config_and_mounted_database_sec
     }
 }
 
+/// What the chart renders with `openclaw.enabled`, run for real: OpenClaw 2026.9.6 with the
+/// rendered container's command and environment (only the image's `node openclaw.mjs` is replaced
+/// by the installed OpenClaw; no image can be pulled here), and driftless on the rendered config
+/// with both Secrets laid out as the kubelet mounts them. A client holding driftless's token
+/// reaches OpenClaw's methods through driftless; neither token reaches a log or a frame.
+#[tokio::test]
+async fn the_rendered_sidecar_runs_the_real_openclaw_behind_driftless() {
+    let t = tools();
+    let Some(helm) = t.helm(4) else { return };
+    let Some(cli) = support::openclaw::install() else {
+        return;
+    };
+    let home = support::Home::new();
+    let (token_dir, openclaw_token_dir, openclaw_home) = (
+        home.path().join("secrets"),
+        home.path().join("openclaw-secrets"),
+        home.path().join("openclaw-home"),
+    );
+    std::fs::create_dir_all(&openclaw_home).unwrap();
+    let port = support::stable_port();
+    let mut sets: Vec<String> = OPENCLAW_SETS.iter().map(|s| s.to_string()).collect();
+    sets.extend([
+        format!("auth.mountPath={}", token_dir.display()),
+        format!("openclaw.auth.mountPath={}", openclaw_token_dir.display()),
+        format!("openclaw.home={}", openclaw_home.display()),
+        format!("openclaw.port={port}"),
+    ]);
+    let sets: Vec<&str> = sets.iter().map(String::as_str).collect();
+    let docs = docs(&helm.template(&sets));
+
+    let token = rendered_token(&docs);
+    let openclaw_secret = docs
+        .iter()
+        .find(|d| d["kind"] == "Secret" && d["metadata"]["name"] == "rel-driftless-openclaw-token")
+        .expect("OpenClaw's token Secret");
+    let openclaw_token = decode(
+        openclaw_secret["data"]["openclaw-gateway-token"]
+            .as_str()
+            .unwrap(),
+    );
+    KubeletMount::new(&token_dir).publish(&[(SECRET_KEY, token.as_bytes())]);
+    KubeletMount::new(&openclaw_token_dir)
+        .publish(&[("openclaw-gateway-token", openclaw_token.as_bytes())]);
+
+    // OpenClaw's container as rendered: its command after the image's entry point, its env with
+    // the Secret's value where the kubelet puts it.
+    let container = &workload(&docs)["spec"]["template"]["spec"]["containers"][1];
+    let rendered: Vec<&str> = container["command"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|a| a.as_str().unwrap())
+        .collect();
+    assert_eq!(
+        rendered[..2],
+        ["node", "openclaw.mjs"],
+        "the image's entry point"
+    );
+    let mut command = vec![cli.0.as_os_str(), cli.1.as_os_str()];
+    command.extend(rendered[2..].iter().map(std::ffi::OsStr::new));
+    let env: Vec<(&str, &std::ffi::OsStr)> = container["env"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|e| {
+            let name = e["name"].as_str().unwrap();
+            match e["value"].as_str() {
+                Some(v) => (name, std::ffi::OsStr::new(v)),
+                None => {
+                    assert_eq!(name, "OPENCLAW_GATEWAY_TOKEN");
+                    (name, std::ffi::OsStr::new(openclaw_token.as_str()))
+                }
+            }
+        })
+        .collect();
+    let openclaw = support::openclaw::OpenClawGateway::run(&command, &env, home.path(), port);
+
+    let config = home.path().join("config.toml");
+    std::fs::write(&config, config_toml(&docs)).unwrap();
+    let state = home.path().join("state");
+    let gw = support::Gateway::try_start(
+        &home,
+        &["--port", "0"],
+        &[
+            ("DRIFTLESS_CONFIG", config.to_str().unwrap()),
+            ("DRIFTLESS_STATE_DIR", state.to_str().unwrap()),
+        ],
+    )
+    .unwrap_or_else(|log| panic!("the gateway did not start on the rendered config: {log}"));
+    support::openclaw::wait_ready(&gw.url, &token).await;
+
+    let mut c = support::Client::open(&gw.url).await;
+    let (hello, close) = c.connect(support::cli_params(Some(&token))).await;
+    assert!(close.is_none(), "{hello}");
+    let methods = hello["payload"]["features"]["methods"].as_array().unwrap();
+    assert!(methods.len() > 400, "OpenClaw's methods: {}", methods.len());
+    let agents = c.call("r1", "agents.list", None).await;
+    assert_eq!(agents["ok"], true, "{agents}");
+    assert!(agents["payload"]["agents"].is_array(), "{agents}");
+    for frame in [hello.to_string(), agents.to_string()] {
+        assert!(!frame.contains(&token) && !frame.contains(&openclaw_token));
+    }
+    drop(c);
+    let log = gw.finish();
+    let openclaw_log = std::fs::read_to_string(&openclaw.log).unwrap_or_default();
+    drop(openclaw);
+    for (text, what) in [(&log, "driftless's log"), (&openclaw_log, "OpenClaw's log")] {
+        assert!(
+            !text.contains(&token) && !text.contains(&openclaw_token),
+            "a token reached {what}"
+        );
+    }
+}
+
 // ---------------------------------------------------------------------------------------------
 // install + upgrade against the fake API server
 
@@ -1005,13 +1279,14 @@ fn helm_upgrade_keeps_the_generated_token_and_the_control_shows_it_could_fail() 
     // Negative control: the same chart with the `lookup` branch disabled.
     let control = tempfile::tempdir().unwrap();
     copy_dir(&chart_dir(), control.path());
-    let secret_tpl = control.path().join("templates/secret.yaml");
+    // Every generated token Secret goes through the one `driftless.keptTokenSecret` helper.
+    let secret_tpl = control.path().join("templates/_helpers.tpl");
     let text = std::fs::read_to_string(&secret_tpl).unwrap();
-    let lookup = "(lookup \"v1\" \"Secret\" .Release.Namespace $name)";
+    let lookup = "(lookup \"v1\" \"Secret\" .root.Release.Namespace .name)";
     assert_eq!(
         text.matches(lookup).count(),
         1,
-        "secret.yaml has one lookup"
+        "_helpers.tpl has one lookup"
     );
     std::fs::write(&secret_tpl, text.replace(lookup, "(dict)")).unwrap();
 

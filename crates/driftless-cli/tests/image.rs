@@ -232,13 +232,16 @@ fn rendered_config(values: &Value, port: u16) -> String {
         }
         text.push('\n');
     }
-    // The default store is SQLite: the PostgreSQL block renders to nothing.
+    // The default store is SQLite and OpenClaw is not beside driftless: the PostgreSQL and
+    // `[upstream]` blocks render to nothing (neither holds a nested block).
     assert_eq!(values["deviceStore"]["type"], "sqlite");
-    let postgres = r#"{{- if eq .Values.deviceStore.type "postgres" }}"#;
-    if let Some((before, rest)) = text.split_once(postgres) {
-        let (_, after) = rest
-            .rsplit_once("{{- end }}")
-            .expect("the PostgreSQL block ends");
+    assert_eq!(values["openclaw"]["enabled"], false);
+    for optional in [
+        r#"{{- if eq .Values.deviceStore.type "postgres" }}"#,
+        "{{- if .Values.openclaw.enabled }}",
+    ] {
+        let (before, rest) = text.split_once(optional).expect("the optional block");
+        let (_, after) = rest.split_once("{{- end }}").expect("the block ends");
         text = format!("{}{after}", before.trim_end_matches(' '));
     }
     let token_path = format!(

@@ -10,9 +10,8 @@ mod support;
 use std::path::PathBuf;
 use std::time::Duration;
 
-use driftless_client::wire::{OpenOptions, Wire};
 use serde_json::{Value, json};
-use support::openclaw::{OPENCLAW_START_WITHIN, OpenClawGateway, call, install};
+use support::openclaw::{OpenClawGateway, call, install, wait_ready};
 use support::*;
 
 /// OpenClaw's own token: only driftless (and the test, calling OpenClaw directly) holds it.
@@ -33,9 +32,13 @@ fn start_openclaw(cli: &(PathBuf, PathBuf), home: &Home) -> OpenClawGateway {
 }
 
 /// driftless's config: its own token (`CANARY`) and `[upstream]` naming OpenClaw, whose token is
-/// a reference to OpenClaw's own token file (the one source).
+/// a reference to OpenClaw's own token file (the one source). Only 127.0.0.1 is this machine, so
+/// 127.0.0.2 plays another host.
 fn front_config(home: &Home, upstream: &OpenClawGateway) {
-    home.token_config(CANARY, "");
+    home.token_config(
+        CANARY,
+        "[gateway.devices]\nlocal_addresses = [\"127.0.0.1\"]",
+    );
     let text = std::fs::read_to_string(home.config_path()).unwrap();
     let token = home.path().join("openclaw/token");
     home.write_config(&format!(
@@ -43,39 +46,6 @@ fn front_config(home: &Home, upstream: &OpenClawGateway) {
         upstream.url,
         token.to_str().unwrap()
     ));
-}
-
-/// Waits until a session through `url` with `token` gets hello-ok (OpenClaw refuses connections
-/// before it listens, is slow to upgrade while it loads, and answers `UNAVAILABLE` while it starts).
-async fn wait_ready(url: &str, token: &str) {
-    let ok = eventually(OPENCLAW_START_WITHIN, || {
-        let (url, token) = (url.to_owned(), token.to_owned());
-        async move {
-            // One attempt in its own task: the raw client's patience ends in a panic, which here
-            // only means "not yet".
-            tokio::spawn(async move {
-                let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
-                let Ok(wire) = Wire::open(&url, &OpenOptions::default(), deadline).await else {
-                    return false;
-                };
-                let mut c = Client {
-                    wire,
-                    challenge: Value::Null,
-                };
-                if !matches!(c.next_within(Duration::from_secs(30)).await, Got::Frame(_)) {
-                    return false;
-                }
-                c.connect(cli_params(Some(&token))).await.0["ok"] == true
-            })
-            .await
-            .unwrap_or(false)
-        }
-    })
-    .await;
-    assert!(
-        ok,
-        "no session through {url} within {OPENCLAW_START_WITHIN:?}"
-    );
 }
 
 fn assert_no_token(text: &str, what: &str) {
@@ -228,6 +198,61 @@ async fn openclaw_clients_reach_openclaw_through_driftless_within_their_scopes()
             .iter()
             .any(|m| m == "agents.create"),
         "the refused call reached OpenClaw"
+    );
+
+    // A device on another host gets PAIRING_REQUIRED from driftless, and OpenClaw sees nothing of
+    // it; once an operator on this host approves it (driftless's pairing), it reaches OpenClaw's
+    // methods through driftless, with the same result as a local client.
+    let remote = Home::new();
+    let remote_call = |method: &str| {
+        remote.run(&[
+            "gateway",
+            "call",
+            method,
+            "--url",
+            &gw.url,
+            "--token",
+            CANARY,
+            "--source-addr",
+            "127.0.0.2",
+            "--json",
+        ])
+    };
+    let agents_seen = || {
+        openclaw
+            .requests_seen()
+            .iter()
+            .filter(|m| *m == "agents.list")
+            .count()
+    };
+    let seen = agents_seen();
+    let (st, out, refused) = remote_call("agents.list");
+    assert_eq!(st.code(), Some(77), "{out}{refused}");
+    assert!(refused.contains("PAIRING_REQUIRED"), "{refused}");
+    let (st, out, err) = home.run(&["devices", "list", "--url", &gw.url, "--json"]);
+    assert!(st.success(), "{out}{err}");
+    let list: Value = serde_json::from_str(&out).unwrap();
+    let pending = list["pending"].as_array().unwrap();
+    assert_eq!(pending.len(), 1, "{list}");
+    assert_eq!(pending[0]["remoteIp"], "127.0.0.2");
+    let request_id = pending[0]["requestId"].as_str().unwrap();
+    let (st, out, err) = home.run(&["devices", "approve", request_id, "--url", &gw.url]);
+    assert!(st.success(), "{out}{err}");
+    assert_eq!(
+        agents_seen(),
+        seen,
+        "the unpaired device's call reached OpenClaw"
+    );
+    let (st, out, err) = remote_call("agents.list");
+    assert!(st.success(), "{out}{err}");
+    assert_no_token(&format!("{out}{err}"), "the remote CLI's output");
+    let remote_agents: Value = serde_json::from_str(&out).unwrap();
+    let direct = call(&cli, &direct_home, &openclaw.url, UPSTREAM, "agents.list").unwrap();
+    assert_eq!(without_times(&remote_agents), without_times(&direct));
+    assert_eq!(
+        agents_seen(),
+        seen + 2,
+        "the paired device's call reached OpenClaw"
     );
 
     // driftless's own token rotates under the running session: once the new token opens relayed

@@ -1185,3 +1185,91 @@ fn doctor_reports_and_removes_orphaned_temp_files() {
             .contains("No changes")
     );
 }
+
+/// The `ini` blocks of docs/service.md's front-mode section, as (path under
+/// `~/.config/systemd/user/`, text), from each block's first line `# ~/.config/systemd/user/<path>`.
+fn documented_units() -> Vec<(String, String)> {
+    let doc = std::fs::read_to_string(support::workspace_root().join("docs/service.md")).unwrap();
+    let section = doc
+        .split_once("## In front of OpenClaw")
+        .expect("docs/service.md has the front-mode section")
+        .1;
+    let mut units = Vec::new();
+    let mut block: Option<(String, String)> = None;
+    for line in section.lines().map(str::trim_start) {
+        match (&mut block, line) {
+            (None, "```ini") => block = Some((String::new(), String::new())),
+            (Some(_), "```") => units.push(block.take().unwrap()),
+            (Some((path, text)), l) => match l.strip_prefix("# ~/.config/systemd/user/") {
+                Some(p) if text.is_empty() => *path = p.to_owned(),
+                _ => {
+                    text.push_str(l);
+                    text.push('\n');
+                }
+            },
+            (None, _) => {}
+        }
+    }
+    units
+}
+
+/// docs/service.md's two user units for front mode (OpenClaw's, written by hand, and the drop-in
+/// that orders driftless's after it), beside the unit `daemon install` writes, pass the real
+/// `systemd-analyze --user verify` as they would be installed. The only change to the documented
+/// text: OpenClaw's `ExecStart=` binary is a stand-in executable (verify checks that it exists;
+/// where OpenClaw is installed differs per machine).
+#[test]
+fn the_documented_front_mode_units_pass_systemd_analyze_verify() {
+    let h = Home::new();
+    h.ok(&["init"]);
+    let units = documented_units();
+    let names: Vec<&str> = units.iter().map(|(p, _)| p.as_str()).collect();
+    assert_eq!(
+        names,
+        [
+            "openclaw-gateway.service",
+            "driftless-gateway.service.d/upstream.conf"
+        ]
+    );
+    let stand_in = h.root().join("bin/openclaw");
+    write_file(&stand_in, "#!/bin/sh\nexit 0\n", 0o755);
+    let dir = h.config_dir().join("systemd/user");
+    for (path, text) in &units {
+        let text = text.replace("/usr/local/bin/openclaw", stand_in.to_str().unwrap());
+        write_file(&dir.join(path), &text, 0o644);
+    }
+    let driftless_unit = h.ok(&["daemon", "install", "--dry-run"]).stdout;
+    write_file(
+        &dir.join("driftless-gateway.service"),
+        &driftless_unit,
+        0o644,
+    );
+    let verify_both = || {
+        let out = h
+            .cmd("systemd-analyze")
+            .args(["--user", "verify", "--man=no"])
+            .arg(dir.join("openclaw-gateway.service"))
+            .arg(dir.join("driftless-gateway.service"))
+            .output()
+            .unwrap();
+        (
+            out.status.success(),
+            String::from_utf8_lossy(&out.stderr).into_owned(),
+        )
+    };
+    let (ok, stderr) = verify_both();
+    assert!(
+        ok && stderr.trim().is_empty(),
+        "systemd-analyze verify:\n{stderr}"
+    );
+    // Control: the drop-in is read with the unit (a mistake in it is reported), so the clean
+    // result above covers it too.
+    let drop_in = dir.join("driftless-gateway.service.d/upstream.conf");
+    let text = read(&drop_in);
+    write_file(&drop_in, &text.replace("Wants=", "Wantz="), 0o644);
+    let (_, stderr) = verify_both();
+    assert!(
+        stderr.contains("Wantz"),
+        "a broken drop-in went unnoticed:\n{stderr}"
+    );
+}

@@ -32,6 +32,10 @@ use crate::throttle::{LOG_EVERY, Throttle};
 
 /// How long a peer that sent Close gets to take our answering Close frame.
 const CLOSE_REPLY_DEADLINE: Duration = Duration::from_secs(1);
+/// A write to a peer that cannot complete in this time ends the session: the peer has read
+/// nothing for that long while its socket was full. Memory is bounded without it (nothing queues
+/// beyond the socket and one frame); this frees the session and its task.
+pub(crate) const SEND_STALL_LIMIT: Duration = Duration::from_secs(30);
 /// What a client is told to wait before trying again when something its handshake needs (the
 /// device store, the upstream gateway) is unavailable.
 pub(crate) const RETRY_AFTER_MS: u64 = 1000;
@@ -250,7 +254,7 @@ pub(crate) async fn run(mut ws: WebSocket, peer: SocketAddr, state: Arc<State>, 
             handshakes(why.outcome());
             let error = why.error();
             if let (Some(id), Some(e)) = (&id, &error) {
-                let _ = ws.send(Message::Text(proto::err_text(id, e).into())).await;
+                let _ = send_text(&mut ws, proto::err_text(id, e)).await;
             }
             let close = why.close(error.as_ref());
             finish(&mut ws, close.as_ref(), &why).await;
@@ -343,16 +347,51 @@ async fn send_close(ws: &mut WebSocket, code: u16, reason: &str) {
     while !reason.is_char_boundary(end) {
         end -= 1;
     }
-    let _ = ws
-        .send(Message::Close(Some(CloseFrame {
-            code: code.into(),
-            reason: reason[..end].into(),
-        })))
-        .await;
+    let close = Message::Close(Some(CloseFrame {
+        code: code.into(),
+        reason: reason[..end].into(),
+    }));
+    // A peer that reads nothing (a slow consumer) would hold this forever.
+    let _ = tokio::time::timeout(CLOSE_REPLY_DEADLINE, ws.send(close)).await;
 }
 
-async fn send_text(ws: &mut WebSocket, text: String) -> bool {
-    ws.send(Message::Text(text.into())).await.is_ok()
+/// Why a bounded send failed.
+pub(crate) enum SendFailed {
+    /// The connection is gone.
+    Gone,
+    /// The peer took nothing for [`SEND_STALL_LIMIT`].
+    Stalled,
+}
+
+/// Sends `msg` to a WebSocket peer, for at most [`SEND_STALL_LIMIT`]. The timer is armed only
+/// when the socket does not take the frame at once, so the common send costs none.
+pub(crate) async fn send_bounded<S>(ws: &mut S, msg: Message) -> Result<(), SendFailed>
+where
+    S: futures_util::Sink<Message> + Unpin,
+{
+    let send = ws.send(msg);
+    tokio::pin!(send);
+    if let Some(sent) = futures_util::FutureExt::now_or_never(send.as_mut()) {
+        return sent.map_err(|_| SendFailed::Gone);
+    }
+    match tokio::time::timeout(SEND_STALL_LIMIT, send).await {
+        Ok(sent) => sent.map_err(|_| SendFailed::Gone),
+        Err(_) => Err(SendFailed::Stalled),
+    }
+}
+
+/// Sends a text frame to the client; a client that stopped reading is closed as a slow consumer
+/// (1008, as OpenClaw closes one).
+pub(crate) async fn send_text(
+    ws: &mut WebSocket,
+    text: impl Into<tokio_tungstenite::tungstenite::Utf8Bytes>,
+) -> Result<(), End> {
+    send_bounded(ws, Message::Text(text.into()))
+        .await
+        .map_err(|failed| match failed {
+            SendFailed::Gone => End::Lost,
+            SendFailed::Stalled => End::Close(close::POLICY, close::SLOW_CONSUMER_REASON.into()),
+        })
 }
 
 /// A read error as RFC 6455 sees it: a violation to close with a code (invalid UTF-8 in a text
@@ -383,7 +422,10 @@ async fn handshake(
     nonce: &str,
     preauth: &Preauth,
 ) -> Result<Session, Refused> {
-    if !send_text(ws, proto::challenge_text(nonce, now_ms())).await {
+    if send_text(ws, proto::challenge_text(nonce, now_ms()))
+        .await
+        .is_err()
+    {
         return Err((
             None,
             Rejection::Closed {
@@ -829,8 +871,8 @@ async fn serve(ws: &mut WebSocket, state: &Arc<State>, session: &Session) -> End
                     continue;
                 };
                 let reply = crate::methods::dispatch(state, session, req).await;
-                if !send_text(ws, reply.text).await {
-                    return End::Lost;
+                if let Err(end) = send_text(ws, reply.text).await {
+                    return end;
                 }
                 // OpenClaw's unauthorized-flood guard: a client that keeps calling what its role
                 // may not is misbehaving, not retrying.
@@ -882,8 +924,8 @@ impl Signals {
         session: &Session,
         hello: String,
     ) -> Option<End> {
-        if !send_text(ws, hello).await {
-            return Some(End::Lost);
+        if let Err(end) = send_text(ws, hello).await {
+            return Some(end);
         }
         let c = *self.control.borrow_and_update();
         control_event(ws, &c, session).await
@@ -933,11 +975,7 @@ impl Signal {
     pub(crate) async fn act(self, ws: &mut WebSocket, session: &Session) -> Option<End> {
         match self {
             Signal::Control(c) => control_event(ws, &c, session).await,
-            Signal::Event(b) => ws
-                .send(Message::Text(b.text.as_ref().into()))
-                .await
-                .is_err()
-                .then_some(End::Lost),
+            Signal::Event(b) => send_text(ws, b.text.as_ref()).await.err(),
             Signal::End(end) => Some(end),
         }
     }
@@ -977,7 +1015,7 @@ async fn control_event(
             },
             None,
         );
-        send_text(ws, ev).await;
+        let _ = send_text(ws, ev).await;
         return Some(End::Close(
             close::SERVICE_RESTART,
             close::SERVICE_RESTART_REASON.into(),

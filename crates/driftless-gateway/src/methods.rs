@@ -72,6 +72,7 @@ fn presence(state: &State) -> Vec<PresenceEntry<'_>> {
 
 fn status(state: &State) -> Status {
     let snap = state.secrets.snapshot();
+    let behind_fleet = state.secrets.behind_fleet();
     let secrets = snap
         .iter()
         .map(|(name, s)| SecretStatus {
@@ -79,6 +80,7 @@ fn status(state: &State) -> Status {
             kind: s.kind.into(),
             fingerprint: s.value.fingerprint().to_string(),
             can_change_live: s.can_change_live,
+            behind_fleet: behind_fleet == Some(name.as_str()),
         })
         .collect();
     let grace = state.secrets.grace().map(|(fp, until)| Grace {

@@ -418,8 +418,8 @@ pub(crate) async fn serve(
                 msg = upstream.next() => {
                     match msg {
                         Some(Ok(Message::Text(t))) => {
-                            if ws.send(Message::Text(t)).await.is_err() {
-                                break 'session End::Lost;
+                            if let Err(end) = crate::conn::send_text(ws, t).await {
+                                break 'session end;
                             }
                         }
                         Some(Ok(Message::Close(frame))) => {
@@ -453,8 +453,8 @@ pub(crate) async fn serve(
                     };
                     match reply {
                         Some(reply) => {
-                            if ws.send(Message::Text(reply.text.into())).await.is_err() {
-                                break 'session End::Lost;
+                            if let Err(end) = crate::conn::send_text(ws, reply.text).await {
+                                break 'session end;
                             }
                             role_refusals = if reply.role_refusal { role_refusals + 1 } else { 0 };
                             if role_refusals > crate::conn::MAX_ROLE_REFUSALS {
@@ -466,7 +466,8 @@ pub(crate) async fn serve(
                         }
                         None => {
                             role_refusals = 0;
-                            if upstream.send(Message::Text(text)).await.is_err() {
+                            // An upstream that takes nothing for the stall limit is as lost.
+                            if crate::conn::send_bounded(&mut upstream, Message::Text(text)).await.is_err() {
                                 break 'session End::Close(close::SERVICE_RESTART, UPSTREAM_LOST_REASON.into());
                             }
                         }

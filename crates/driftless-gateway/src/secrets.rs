@@ -207,6 +207,16 @@ impl Secrets {
         self.holder.load().get(self.secret_name()?).cloned()
     }
 
+    /// The name of the shared secret whose source is behind the fleet (this replica published a
+    /// secret the fleet had already replaced, and its source still holds it), if any.
+    pub fn behind_fleet(&self) -> Option<&'static str> {
+        let fleet = self.fleet.get()?;
+        let name = self.secret_name()?;
+        let local = self.holder.load().get(name)?.fingerprint().clone();
+        let superseded = fleet.superseded.lock().unwrap_or_else(|e| e.into_inner());
+        (superseded.as_ref() == Some(&local)).then_some(name)
+    }
+
     pub fn snapshot(&self) -> std::sync::Arc<Snapshot> {
         self.holder.load()
     }

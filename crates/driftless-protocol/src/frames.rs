@@ -40,6 +40,8 @@ pub mod close {
     pub const AUTH_CHANGED_REASON: &str = "gateway auth changed";
     pub const SERVICE_RESTART_REASON: &str = "service restart";
     pub const PREAUTH_TOO_LARGE_REASON: &str = "preauth payload too large";
+    /// With [`POLICY`]: the client stopped reading (OpenClaw's words for its own such close).
+    pub const SLOW_CONSUMER_REASON: &str = "slow consumer";
 }
 
 /// Top-level error codes.

@@ -241,6 +241,10 @@ pub struct SecretStatus {
     pub kind: Cow<'static, str>,
     pub fingerprint: String,
     pub can_change_live: bool,
+    /// Several replicas: this replica's source holds a shared secret the fleet already replaced
+    /// (its mount is stale). The fleet's secrets are accepted, not this one.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub behind_fleet: bool,
 }
 
 /// The last reload, in `status.lastReload`.

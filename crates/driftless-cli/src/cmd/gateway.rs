@@ -167,6 +167,14 @@ fn print_status(hello: Option<&HelloOk>, p: &Status) {
     if let Some(fp) = &p.auth.fingerprint {
         say!("secret       {fp}");
     }
+    for s in p.secrets.iter().filter(|s| s.behind_fleet) {
+        say!(
+            "source       {} here is {}, which the fleet already replaced: the fleet's secret is \
+             accepted, not this one (update this replica's source)",
+            s.name,
+            s.fingerprint
+        );
+    }
     if let Some(g) = &p.auth.grace {
         say!(
             "grace        previous {} accepted until {}",

@@ -1,11 +1,15 @@
 //! The real OpenClaw 2026.9.6 (Node 24): where it is installed, its CLI, and its gateway run as a
 //! child of the test (own temp HOME and state, token from a file, a fixed loopback port).
 
+use std::ffi::{OsStr, OsString};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
+use driftless_client::wire::{OpenOptions, Wire};
 use serde_json::Value;
+
+use super::{Client, Got, cli_params, eventually};
 
 /// `(node, openclaw.mjs)`, or `None` when not installed (and not required).
 pub fn install() -> Option<(PathBuf, PathBuf)> {
@@ -78,8 +82,9 @@ pub fn call(
 /// OpenClaw's gateway, run by the test in its own process group (stopped with the group).
 pub struct OpenClawGateway {
     child: Option<Child>,
-    cli: (PathBuf, PathBuf),
-    dir: PathBuf,
+    /// The command line and environment it is (re)started with.
+    command: Vec<OsString>,
+    env: Vec<(OsString, OsString)>,
     pub port: u16,
     pub url: String,
     pub log: PathBuf,
@@ -111,10 +116,44 @@ impl OpenClawGateway {
 
     /// Starts it on `port` with the config already at `<dir>/state/openclaw.json`.
     pub fn start_configured(cli: &(PathBuf, PathBuf), dir: &Path, port: u16) -> Self {
+        let state = dir.join("state");
+        let port_arg = port.to_string();
+        let mut command = vec![cli.0.as_os_str(), cli.1.as_os_str()];
+        command.extend(
+            [
+                "gateway",
+                "run",
+                "--bind",
+                "loopback",
+                "--auth",
+                "token",
+                "--port",
+                &port_arg,
+                "--verbose",
+                "--ws-log",
+                "full",
+            ]
+            .map(OsStr::new),
+        );
+        let config_path = state.join("openclaw.json");
+        let env = [
+            ("HOME", dir.as_os_str()),
+            ("OPENCLAW_STATE_DIR", state.as_os_str()),
+            ("OPENCLAW_CONFIG_PATH", config_path.as_os_str()),
+        ];
+        Self::run(&command, &env, dir, port)
+    }
+
+    /// Starts `command` (OpenClaw's gateway listening on loopback `port`) with only `env` beside
+    /// `PATH` and `NO_COLOR`, logging to `dir/openclaw-gateway.log`.
+    pub fn run(command: &[&OsStr], env: &[(&str, &OsStr)], dir: &Path, port: u16) -> Self {
         let mut gw = OpenClawGateway {
             child: None,
-            cli: cli.clone(),
-            dir: dir.to_owned(),
+            command: command.iter().map(|&a| a.to_owned()).collect(),
+            env: env
+                .iter()
+                .map(|&(k, v)| (OsString::from(k), v.to_owned()))
+                .collect(),
             port,
             url: format!("ws://127.0.0.1:{port}"),
             log: dir.join("openclaw-gateway.log"),
@@ -131,23 +170,12 @@ impl OpenClawGateway {
             .append(true)
             .open(&self.log)
             .unwrap();
-        let state = self.dir.join("state");
-        let child = Command::new(&self.cli.0)
-            .arg(&self.cli.1)
-            .args(["gateway", "run", "--bind", "loopback", "--auth", "token"])
-            .args([
-                "--port",
-                &self.port.to_string(),
-                "--verbose",
-                "--ws-log",
-                "full",
-            ])
+        let child = Command::new(&self.command[0])
+            .args(&self.command[1..])
             .env_clear()
             .env("PATH", "/usr/bin:/bin")
-            .env("HOME", &self.dir)
             .env("NO_COLOR", "1")
-            .env("OPENCLAW_STATE_DIR", &state)
-            .env("OPENCLAW_CONFIG_PATH", state.join("openclaw.json"))
+            .envs(self.env.iter().map(|(k, v)| (k, v)))
             .process_group(0)
             .stdin(Stdio::null())
             .stdout(log.try_clone().unwrap())
@@ -196,4 +224,37 @@ impl Drop for OpenClawGateway {
     fn drop(&mut self) {
         self.stop();
     }
+}
+
+/// Waits until a session through `url` with `token` gets hello-ok (OpenClaw refuses connections
+/// before it listens, is slow to upgrade while it loads, and answers `UNAVAILABLE` while it starts).
+pub async fn wait_ready(url: &str, token: &str) {
+    let ok = eventually(OPENCLAW_START_WITHIN, || {
+        let (url, token) = (url.to_owned(), token.to_owned());
+        async move {
+            // One attempt in its own task: the raw client's patience ends in a panic, which here
+            // only means "not yet".
+            tokio::spawn(async move {
+                let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
+                let Ok(wire) = Wire::open(&url, &OpenOptions::default(), deadline).await else {
+                    return false;
+                };
+                let mut c = Client {
+                    wire,
+                    challenge: Value::Null,
+                };
+                if !matches!(c.next_within(Duration::from_secs(30)).await, Got::Frame(_)) {
+                    return false;
+                }
+                c.connect(cli_params(Some(&token))).await.0["ok"] == true
+            })
+            .await
+            .unwrap_or(false)
+        }
+    })
+    .await;
+    assert!(
+        ok,
+        "no session through {url} within {OPENCLAW_START_WITHIN:?}"
+    );
 }

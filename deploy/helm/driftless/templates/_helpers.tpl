@@ -49,3 +49,39 @@ app.kubernetes.io/managed-by: {{ .Release.Service }}
 
 {{- define "driftless.configPath" -}}/etc/driftless/config.toml{{- end }}
 {{- define "driftless.stateDir" -}}/var/lib/driftless{{- end }}
+
+{{/* OpenClaw's token Secret (front mode with the sidecar): the user's, or the one this chart generates. */}}
+{{- define "driftless.openclawSecretName" -}}
+{{- default (printf "%s-openclaw-token" (include "driftless.fullname" .)) .Values.openclaw.auth.existingSecret }}
+{{- end }}
+
+{{/* OpenClaw's token file in driftless's mount of that Secret; `upstream.token` references it. */}}
+{{- define "driftless.openclawTokenPath" -}}
+{{- printf "%s/%s" (trimSuffix "/" .Values.openclaw.auth.mountPath) .Values.openclaw.auth.existingSecretKey }}
+{{- end }}
+
+{{/*
+A token Secret generated once and kept: on upgrade `lookup` finds it and its value is reused.
+Takes a dict: root (the chart's context), name, key, length.
+*/}}
+{{- define "driftless.keptTokenSecret" -}}
+{{- $existing := (lookup "v1" "Secret" .root.Release.Namespace .name) }}
+{{- $token := "" }}
+{{- if and $existing $existing.data (index $existing.data .key) }}
+{{- $token = index $existing.data .key }}
+{{- else }}
+{{- $token = randAlphaNum (int .length) | b64enc }}
+{{- end }}
+apiVersion: v1
+kind: Secret
+metadata:
+  name: {{ .name }}
+  labels:
+    {{- include "driftless.labels" .root | nindent 4 }}
+  annotations:
+    # Kept on `helm uninstall`, so a reinstall finds and reuses it: paired clients keep working.
+    helm.sh/resource-policy: keep
+type: Opaque
+data:
+  {{ .key }}: {{ $token | quote }}
+{{- end }}
