@@ -470,6 +470,14 @@ const JSON_BY_NAME_ALLOWED: &[(&str, &str)] = &[
         "crates/driftless-ops/src/doctor/openclaw_checks.rs",
         "OpenClaw's config file",
     ),
+    (
+        "crates/driftless-ops/src/doctor/providers.rs",
+        "OpenClaw's config file",
+    ),
+    (
+        "crates/driftless-ops/src/doctor/front.rs",
+        "OpenClaw's config file",
+    ),
     // launchd property lists.
     ("crates/driftless-ops/src/scan.rs", "launchd plists"),
     // Test support for a private PostgreSQL: `Env::get` of variables, not JSON.

@@ -32,6 +32,24 @@ struct IdentityFile {
     created_at_ms: u64,
 }
 
+/// The folder under a state directory that holds the gateway's own identity toward an upstream
+/// OpenClaw (front mode): a [`DeviceIdentity`] and the [`IssuedTokenFile`] beside it.
+pub const UPSTREAM_DIR: &str = "upstream";
+/// The [`IssuedTokenFile`]'s name in [`UPSTREAM_DIR`].
+pub const ISSUED_TOKEN_FILE: &str = "device-token.json";
+
+/// The device token an upstream OpenClaw issued to the identity beside it; written by the gateway
+/// (`relay::identity`), checked by `doctor`. No `Debug`: it holds the token.
+#[derive(serde::Serialize, serde::Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct IssuedTokenFile {
+    pub version: u32,
+    /// The device the token was issued to: a token for another key (the identity was recreated)
+    /// is not used.
+    pub device_id: String,
+    pub device_token: String,
+}
+
 /// A device key pair. `Debug` shows only the device id.
 pub struct DeviceIdentity {
     key: SigningKey,

@@ -11,7 +11,9 @@
 mod check;
 mod config;
 mod files;
+mod front;
 mod openclaw_checks;
+mod providers;
 mod stored_tokens;
 mod units;
 
@@ -36,6 +38,7 @@ const DRIFTLESS_CHECKS: &[&dyn Check] = &[
     &units::Units,
     &files::TempFiles,
     &stored_tokens::DeviceTokens,
+    &front::FrontDeviceToken,
 ];
 
 /// The checks of an OpenClaw installation, after driftless's own.
@@ -44,6 +47,12 @@ const OPENCLAW_CHECKS: &[&dyn Check] = &[
     &OcPermissions,
     &OcEnvVsConfig,
     &OcUnitSecret,
+    // After `OcUnitSecret`, which may persist a token into openclaw.json that is a copy.
+    &front::FrontUpstreamCopy,
+    &front::FrontUpstreamReach,
+    // Before `OcAuthProfiles`: a profile key that is a copy of a driftless provider key goes, rather
+    // than moving to OpenClaw's secrets file.
+    &providers::OcProviderViaDriftless,
     &OcAuthProfiles,
 ];
 

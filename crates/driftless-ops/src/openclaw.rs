@@ -97,7 +97,100 @@ pub(crate) struct Install {
     pub paths: Paths,
     pub config: Option<Value>,
     pub profiles: Vec<ProfileFile>,
+    /// Auth profiles OpenClaw holds elsewhere, read only (see [`HeldProfiles`]).
+    pub held: Vec<HeldProfiles>,
     live: Live,
+}
+
+/// Auth profiles OpenClaw 2026.9 holds where doctor only reads: its SQLite stores (it imports
+/// `auth-profiles.json` into them and reads only those at runtime; OpenClaw owns the databases, so
+/// `openclaw models auth logout` is the way to remove a profile) and the archives its import
+/// leaves beside the old file (`auth-profiles.json.migrated-*`).
+pub(crate) struct HeldProfiles {
+    /// Where, as a finding names it.
+    pub place: String,
+    /// A file of OpenClaw's import (to be deleted), not a database row.
+    pub archive: bool,
+    /// The agent whose own database it is (`None`: the machine's).
+    pub agent: Option<String>,
+    pub json: Value,
+}
+
+/// The rows of `sql` (key, JSON text) in the SQLite database `db`, opened read-only. A database
+/// that is missing, locked past a second or of another schema holds nothing for doctor.
+fn held_in_database(db: &Path, agent: Option<&str>, table: &str, sql: &str) -> Vec<HeldProfiles> {
+    use rusqlite::{Connection, OpenFlags};
+    if !db.is_file() {
+        return Vec::new();
+    }
+    let Ok(conn) = Connection::open_with_flags(
+        db,
+        OpenFlags::SQLITE_OPEN_READ_ONLY | OpenFlags::SQLITE_OPEN_NO_MUTEX,
+    ) else {
+        return Vec::new();
+    };
+    let _ = conn.busy_timeout(std::time::Duration::from_secs(1));
+    let Ok(mut stmt) = conn.prepare(sql) else {
+        return Vec::new();
+    };
+    let Ok(rows) = stmt.query_map([], |r| Ok((r.get::<_, String>(0)?, r.get::<_, String>(1)?)))
+    else {
+        return Vec::new();
+    };
+    rows.flatten()
+        .filter_map(|(key, text)| {
+            Some(HeldProfiles {
+                place: format!("{} ({table} {key})", db.display()),
+                archive: false,
+                agent: agent.map(str::to_owned),
+                json: serde_json::from_str(&text).ok()?,
+            })
+        })
+        .collect()
+}
+
+/// Every [`HeldProfiles`] under `state_dir`; `agent_dirs` are the `agents/<id>` folders.
+fn held_profiles(state_dir: &Path, agent_dirs: &[PathBuf]) -> Vec<HeldProfiles> {
+    let mut out = held_in_database(
+        &state_dir.join("state/openclaw.sqlite"),
+        None,
+        "config_machine_state",
+        "SELECT state_key, value_json FROM config_machine_state WHERE state_key LIKE 'authProfiles.store%'",
+    );
+    for dir in agent_dirs {
+        let name = dir.file_name().map(|n| n.to_string_lossy().into_owned());
+        let agent = dir.join("agent");
+        out.extend(held_in_database(
+            &agent.join("openclaw-agent.sqlite"),
+            name.as_deref(),
+            "auth_profile_store",
+            "SELECT store_key, store_json FROM auth_profile_store",
+        ));
+        let Ok(entries) = std::fs::read_dir(&agent) else {
+            continue;
+        };
+        let mut archives: Vec<PathBuf> = entries
+            .filter_map(|e| e.ok().map(|e| e.path()))
+            .filter(|p| {
+                p.file_name().is_some_and(|n| {
+                    n.to_string_lossy()
+                        .starts_with("auth-profiles.json.migrated-")
+                })
+            })
+            .collect();
+        archives.sort();
+        for path in archives {
+            if let Ok(Some(json)) = parse_json5(&path) {
+                out.push(HeldProfiles {
+                    place: path.display().to_string(),
+                    archive: true,
+                    agent: name.clone(),
+                    json,
+                });
+            }
+        }
+    }
+    out
 }
 
 /// Deepest nesting accepted in a JSON5 file. OpenClaw's nest a handful of levels; the JSON5 parser
@@ -179,10 +272,11 @@ pub(crate) const PROFILE_FIELDS: &[(&str, &str)] = &[("key", "keyRef"), ("token"
 pub(crate) fn load(paths: Paths, env: &Env) -> Result<Install, String> {
     let config = parse_json5(&paths.config)?;
     let mut profiles = Vec::new();
+    let mut dirs: Vec<PathBuf> = Vec::new();
     if let Ok(agents) = std::fs::read_dir(paths.state_dir.join("agents")) {
-        let mut dirs: Vec<PathBuf> = agents.filter_map(|e| e.ok().map(|e| e.path())).collect();
+        dirs = agents.filter_map(|e| e.ok().map(|e| e.path())).collect();
         dirs.sort();
-        for dir in dirs {
+        for dir in &dirs {
             let path = dir.join("agent/auth-profiles.json");
             if let Some(json) = parse_json5(&path)? {
                 let agent = dir
@@ -205,10 +299,12 @@ pub(crate) fn load(paths: Paths, env: &Env) -> Result<Install, String> {
     if let Some(v) = env.non_empty(GATEWAY_TOKEN_ENV) {
         live.push((GATEWAY_TOKEN_ENV.into(), SecretValue::new(v.into())));
     }
+    let held = held_profiles(&paths.state_dir, &dirs);
     Ok(Install {
         paths,
         config,
         profiles,
+        held,
         live,
     })
 }
@@ -476,13 +572,28 @@ pub(crate) fn edit_config(
     did: String,
     edit: impl FnOnce(&mut Map<String, Value>),
 ) -> Result<Action, OpenClawError> {
-    let kept = config_secrets(config);
-    let kept: Vec<&SecretValue> = kept.iter().collect();
-    let bak = backup::backup(path, &kept)?;
+    let before = config.clone();
     if let Some(root) = config.as_object_mut() {
         edit(root);
     }
-    write_json(path, config)?;
+    replace_config(path, &before, config, &[], did)
+}
+
+/// Writes `wanted` as openclaw.json (at `path`, holding `current`) after a backup of it in which
+/// the gateway credentials it keeps and `removed` (the values the change drops) appear as
+/// fingerprints: a backup never becomes a second copy.
+pub(crate) fn replace_config(
+    path: &Path,
+    current: &Value,
+    wanted: &Value,
+    removed: &[&SecretValue],
+    did: String,
+) -> Result<Action, OpenClawError> {
+    let kept = config_secrets(current);
+    let mut redacted: Vec<&SecretValue> = kept.iter().collect();
+    redacted.extend_from_slice(removed);
+    let bak = backup::backup(path, &redacted)?;
+    write_json(path, wanted)?;
     Ok(Action::changed(did, path.to_owned(), Some(bak)))
 }
 

@@ -111,6 +111,12 @@ impl OpenClawGateway {
                 "source": "file", "path": token_file, "mode": "singleValue"}}},
         });
         super::write_file(&state.join("openclaw.json"), &config.to_string(), 0o600);
+        Self::start_configured(cli, dir, port)
+    }
+
+    /// Starts it on `port` with the config already at `<dir>/state/openclaw.json`.
+    pub fn start_configured(cli: &(PathBuf, PathBuf), dir: &Path, port: u16) -> Self {
+        let state = dir.join("state");
         let port_arg = port.to_string();
         let mut command = vec![cli.0.as_os_str(), cli.1.as_os_str()];
         command.extend(

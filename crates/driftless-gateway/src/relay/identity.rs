@@ -12,26 +12,12 @@
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex, RwLock};
 
-use driftless_client::identity::{DeviceIdentity, IdentityError};
+use driftless_client::identity::{
+    DeviceIdentity, ISSUED_TOKEN_FILE, IdentityError, IssuedTokenFile, UPSTREAM_DIR,
+};
 use driftless_core::atomic;
 use driftless_core::secret::SecretValue;
 use driftless_protocol::device_auth::{DeviceProof, SignedFields};
-
-/// The folder under the state directory that holds driftless's upstream identity.
-const DIR: &str = "upstream";
-/// The device token's file in [`DIR`].
-const TOKEN_FILE: &str = "device-token.json";
-
-/// The device token file. No `Debug`: it holds the token.
-#[derive(serde::Serialize, serde::Deserialize)]
-#[serde(rename_all = "camelCase")]
-struct TokenFile {
-    version: u32,
-    /// The device the token was issued to: a token for another key (the identity was recreated)
-    /// is not used.
-    device_id: String,
-    device_token: String,
-}
 
 pub(crate) struct UpstreamIdentity {
     device: DeviceIdentity,
@@ -49,12 +35,12 @@ impl UpstreamIdentity {
     /// A device token file that cannot be parsed is set aside as `device-token.json.invalid`
     /// (never overwritten), and driftless pairs again.
     pub(crate) fn load(state_dir: &Path) -> Result<UpstreamIdentity, IdentityError> {
-        let dir = state_dir.join(DIR);
+        let dir = state_dir.join(UPSTREAM_DIR);
         let device = DeviceIdentity::load_or_create(&dir)?;
-        let token_path = dir.join(TOKEN_FILE);
+        let token_path = dir.join(ISSUED_TOKEN_FILE);
         let token = match std::fs::read_to_string(&token_path) {
             Ok(mut text) => {
-                let parsed = serde_json::from_str::<TokenFile>(&text);
+                let parsed = serde_json::from_str::<IssuedTokenFile>(&text);
                 zeroize::Zeroize::zeroize(&mut text);
                 match parsed {
                     Ok(file) if file.device_id == device.device_id() => {
@@ -152,7 +138,7 @@ impl UpstreamIdentity {
         let Some(token) = self.token() else {
             return Ok(());
         };
-        let mut file = TokenFile {
+        let mut file = IssuedTokenFile {
             version: 1,
             device_id: self.device.device_id().to_owned(),
             device_token: token.expose().to_owned(),
@@ -177,7 +163,7 @@ mod tests {
         let id = Arc::new(UpstreamIdentity::load(dir.path()).unwrap());
         assert!(id.token().is_none());
         id.remember("device-canary-1".into()).await;
-        let path = dir.path().join(DIR).join(TOKEN_FILE);
+        let path = dir.path().join(UPSTREAM_DIR).join(ISSUED_TOKEN_FILE);
         assert_eq!(std::fs::metadata(&path).unwrap().mode() & 0o777, 0o600);
         let again = UpstreamIdentity::load(dir.path()).unwrap();
         assert_eq!(again.device_id(), id.device_id());
@@ -192,7 +178,7 @@ mod tests {
     #[test]
     fn an_unreadable_token_file_is_set_aside_not_overwritten() {
         let dir = tempfile::tempdir().unwrap();
-        let path = dir.path().join(DIR).join(TOKEN_FILE);
+        let path = dir.path().join(UPSTREAM_DIR).join(ISSUED_TOKEN_FILE);
         atomic::write_private(&path, b"{not json").unwrap();
         let id = UpstreamIdentity::load(dir.path()).unwrap();
         assert!(id.token().is_none());
@@ -205,7 +191,7 @@ mod tests {
     #[test]
     fn a_token_issued_to_another_key_is_not_used() {
         let dir = tempfile::tempdir().unwrap();
-        let path = dir.path().join(DIR).join(TOKEN_FILE);
+        let path = dir.path().join(UPSTREAM_DIR).join(ISSUED_TOKEN_FILE);
         atomic::write_private(
             &path,
             br#"{"version":1,"deviceId":"someone-else","deviceToken":"t"}"#,

@@ -124,12 +124,15 @@ pub(crate) fn config_field_set(config: &Config, field: &str) -> bool {
 }
 
 /// The state files that hold secrets: the client's device identity and device-token store, the
-/// gateway's device-token key and device database.
-const SECRET_STATE_FILES: [&str; 4] = [
+/// gateway's device-token key and device database, and in front mode the gateway's identity toward
+/// OpenClaw and the device token OpenClaw issued to it.
+const SECRET_STATE_FILES: [&str; 6] = [
     "identity/device.json",
     "identity/device-tokens.json",
     "devices/token-key",
     "devices/devices.sqlite3",
+    "upstream/identity/device.json",
+    "upstream/device-token.json",
 ];
 
 impl<'a> Context<'a> {
