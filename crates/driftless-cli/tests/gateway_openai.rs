@@ -14,7 +14,7 @@ use axum::extract::State;
 use axum::http::{HeaderMap, StatusCode};
 use axum::response::{IntoResponse, Response};
 use serde_json::{Value, json};
-use support::{CANARY, Gateway, Home, replace_by_rename, write_secret};
+use support::{CANARY, Gateway, Home, replace_by_rename, rss_kib, write_secret};
 
 /// What the upstream saw: when, which key, and whether it accepted it.
 #[derive(Clone)]
@@ -574,16 +574,6 @@ async fn read_response(sock: &mut (impl tokio::io::AsyncRead + Unpin)) -> (u16, 
     let mut body = vec![0u8; length];
     sock.read_exact(&mut body).await.unwrap();
     (status, String::from_utf8(body).unwrap())
-}
-
-/// The gateway's resident memory (VmRSS) in KiB.
-fn rss_kib(pid: u32) -> u64 {
-    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap();
-    status
-        .lines()
-        .find_map(|l| l.strip_prefix("VmRSS:"))
-        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
-        .unwrap()
 }
 
 /// A hang guard (not a performance figure): what must happen happens well within it.

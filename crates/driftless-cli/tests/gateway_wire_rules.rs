@@ -352,16 +352,6 @@ async fn a_device_token_reconnect_gets_its_token_back_and_scopes_keep_their_orde
     );
 }
 
-/// The gateway's resident memory (VmRSS) in KiB.
-fn rss_kib(pid: u32) -> u64 {
-    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap();
-    status
-        .lines()
-        .find_map(|l| l.strip_prefix("VmRSS:"))
-        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
-        .unwrap()
-}
-
 /// A client that keeps sending requests and never reads their answers (OpenClaw's "slow
 /// consumer"): the gateway stops reading it once its answers fill the sockets, holds no queue of
 /// its own (memory stays flat while the flood lasts), keeps serving everyone else, and ends the

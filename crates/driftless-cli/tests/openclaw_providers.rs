@@ -183,26 +183,6 @@ fn agent_turn(
     )
 }
 
-/// Every file under `dir` (recursively, symlinks not followed) whose bytes contain `needle`.
-fn files_containing(dir: &Path, needle: &str) -> Vec<PathBuf> {
-    let mut found = Vec::new();
-    for entry in std::fs::read_dir(dir).into_iter().flatten().flatten() {
-        let path = entry.path();
-        let Ok(meta) = std::fs::symlink_metadata(&path) else {
-            continue;
-        };
-        if meta.is_dir() {
-            found.extend(files_containing(&path, needle));
-        } else if meta.is_file()
-            && std::fs::read(&path)
-                .is_ok_and(|b| b.windows(needle.len()).any(|w| w == needle.as_bytes()))
-        {
-            found.push(path);
-        }
-    }
-    found
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn openclaw_agent_turns_reach_the_provider_through_driftless_across_key_and_token_rotations()
 {

@@ -419,29 +419,6 @@ impl Seen {
     }
 }
 
-/// Every file under `dir` (recursively) whose bytes contain `needle`.
-fn files_containing(dir: &std::path::Path, needle: &str) -> Vec<PathBuf> {
-    let mut found = Vec::new();
-    let Ok(entries) = std::fs::read_dir(dir) else {
-        return found;
-    };
-    for entry in entries.flatten() {
-        let path = entry.path();
-        let Ok(meta) = std::fs::symlink_metadata(&path) else {
-            continue;
-        };
-        if meta.is_dir() {
-            found.extend(files_containing(&path, needle));
-        } else if meta.is_file()
-            && std::fs::read(&path)
-                .is_ok_and(|b| b.windows(needle.len()).any(|w| w == needle.as_bytes()))
-        {
-            found.push(path);
-        }
-    }
-    found
-}
-
 #[tokio::test]
 async fn a_relayed_session_outlives_openclaws_own_token_rotation() {
     use std::os::unix::fs::MetadataExt;

@@ -57,16 +57,17 @@ fn eventually(timeout: Duration, mut cond: impl FnMut() -> bool) -> bool {
 
 type Lines = Arc<Mutex<Vec<String>>>;
 
-fn collect(stream: impl Read + Send + 'static) -> Lines {
+/// Collects `stream`'s lines on a thread; the handle ends at the stream's end (EOF).
+fn collect(stream: impl Read + Send + 'static) -> (Lines, std::thread::JoinHandle<()>) {
     let lines: Lines = Arc::default();
     let sink = lines.clone();
-    std::thread::spawn(move || {
+    let reader = std::thread::spawn(move || {
         for line in BufReader::new(stream).lines() {
             let Ok(line) = line else { break };
             sink.lock().unwrap().push(line);
         }
     });
-    lines
+    (lines, reader)
 }
 
 /// A running `driftless supervise` with its output captured.
@@ -74,6 +75,8 @@ struct Sup {
     proc: Child,
     out: Lines,
     err: Lines,
+    /// The collecting threads, joined once the supervisor has exited.
+    readers: Vec<std::thread::JoinHandle<()>>,
     sock: PathBuf,
     port: u16,
     _home: Home,
@@ -122,12 +125,13 @@ impl Sup {
         .stdout(Stdio::piped())
         .stderr(Stdio::piped());
         let mut proc = cmd.spawn().unwrap();
-        let out = collect(proc.stdout.take().unwrap());
-        let err = collect(proc.stderr.take().unwrap());
+        let (out, out_reader) = collect(proc.stdout.take().unwrap());
+        let (err, err_reader) = collect(proc.stderr.take().unwrap());
         Sup {
             proc,
             out,
             err,
+            readers: vec![out_reader, err_reader],
             sock,
             port,
             _home: home,
@@ -199,12 +203,20 @@ impl Sup {
         rustix::process::kill_process(pid, sig).unwrap();
     }
 
-    /// SIGTERM, then the exit code (bounded wait).
+    /// SIGTERM, then the exit code (bounded wait), once its output has been read to the end:
+    /// the collecting threads may still hold its last lines when the process is gone.
     fn terminate(&mut self) -> Option<i32> {
         self.signal(rustix::process::Signal::TERM);
         let deadline = Instant::now() + Duration::from_secs(15);
         while Instant::now() < deadline {
             if let Some(st) = self.proc.try_wait().unwrap() {
+                while self.readers.iter().any(|r| !r.is_finished()) {
+                    assert!(
+                        Instant::now() < deadline,
+                        "the supervisor's output stayed open after it exited"
+                    );
+                    std::thread::sleep(Duration::from_millis(10));
+                }
                 return st.code();
             }
             std::thread::sleep(Duration::from_millis(20));
