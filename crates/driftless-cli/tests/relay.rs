@@ -327,6 +327,43 @@ async fn upstream_down_is_unavailable_and_back_without_restarting_driftless() {
     wait_ready(&gw.url, CANARY).await;
     assert_eq!(gw.http_get("/readyz").0, 200);
 
+    // Nodes are not relayed (docs/front-mode.md): two node sessions at once are driftless's own,
+    // so they cannot collide in OpenClaw, which never hears of them.
+    let seen = openclaw.requests_seen().len();
+    let mut nodes = Vec::new();
+    for instance in ["node-a", "node-b"] {
+        let mut p = cli_params(Some(CANARY));
+        p["role"] = json!("node");
+        p["scopes"] = json!([]);
+        p["client"]["id"] = json!("node-host");
+        p["client"]["mode"] = json!("node");
+        p["client"]["instanceId"] = json!(instance);
+        let mut c = Client::open(&gw.url).await;
+        let (hello, close) = c.connect(p).await;
+        assert!(close.is_none(), "{hello}");
+        let methods = hello["payload"]["features"]["methods"].as_array().unwrap();
+        assert!(
+            methods.len() < 100,
+            "a node got OpenClaw's features: {}",
+            methods.len()
+        );
+        nodes.push(c);
+    }
+    for c in &mut nodes {
+        let health = c.call("h", "health", None).await;
+        assert_eq!(health["ok"], true, "{health}");
+    }
+    assert_eq!(
+        openclaw.requests_seen().len(),
+        seen,
+        "a node session reached OpenClaw"
+    );
+    let mut operator = session(&gw.url, cli_params(Some(CANARY))).await;
+    let listed = operator.call("n", "node.list", None).await;
+    assert_eq!(listed["ok"], true, "{listed}");
+    assert!(!listed.to_string().contains("node-a"), "{listed}");
+    drop((nodes, operator));
+
     // An open relayed session ends with OpenClaw's own close when it stops (1012, restart).
     let mut open = session(&gw.url, cli_params(Some(CANARY))).await;
     openclaw.stop();
