@@ -18,7 +18,13 @@ pub struct Running {
     child: Child,
     pub pid: u32,
     pub started: Instant,
+    /// The tasks copying its stdout and stderr out.
+    pumps: Vec<tokio::task::JoinHandle<()>>,
 }
+
+/// How long a stopped child's last output may take to be copied out after it exited (a
+/// grandchild that still holds its pipes would otherwise hold the stop up).
+const DRAIN_WITHIN: Duration = Duration::from_secs(1);
 
 /// What to run and with which base environment.
 pub struct Launch<'a> {
@@ -54,16 +60,18 @@ pub fn spawn(launch: &Launch<'_>, snapshot: &Snapshot) -> std::io::Result<Runnin
         .kill_on_drop(true);
     let mut child = cmd.spawn()?;
     let pid = child.id().unwrap_or(0);
+    let mut pumps = Vec::with_capacity(2);
     if let Some(out) = child.stdout.take() {
-        tokio::spawn(pump(out, tokio::io::stdout()));
+        pumps.push(tokio::spawn(pump(out, tokio::io::stdout())));
     }
     if let Some(err) = child.stderr.take() {
-        tokio::spawn(pump(err, tokio::io::stderr()));
+        pumps.push(tokio::spawn(pump(err, tokio::io::stderr())));
     }
     Ok(Running {
         child,
         pid,
         started: Instant::now(),
+        pumps,
     })
 }
 
@@ -114,7 +122,7 @@ impl Running {
     /// SIGTERM to the group, wait up to `grace`, then SIGKILL. Returns how the child ended.
     pub async fn stop(mut self, grace: Duration) -> Option<ExitStatus> {
         self.signal_group(Signal::TERM);
-        match tokio::time::timeout(grace, self.child.wait()).await {
+        let status = match tokio::time::timeout(grace, self.child.wait()).await {
             Ok(status) => status.ok(),
             Err(_) => {
                 tracing::warn!(
@@ -125,7 +133,16 @@ impl Running {
                 self.signal_group(Signal::KILL);
                 self.child.wait().await.ok()
             }
+        };
+        // What it printed last (its stop message) is copied out before the supervisor goes on,
+        // or exits and loses it.
+        let deadline = tokio::time::Instant::now() + DRAIN_WITHIN;
+        for pump in self.pumps.drain(..) {
+            if tokio::time::timeout_at(deadline, pump).await.is_err() {
+                break;
+            }
         }
+        status
     }
 }
 
