@@ -42,7 +42,7 @@ fuzz_target!(|data: &[u8]| {
     }
     if let Some(auth) = &params.auth {
         // Debug depends on which credentials are present, not on their values.
-        let blank = |v: &Option<String>| v.as_ref().map(|_| String::new());
+        let blank = |v: &Option<_>| v.as_ref().map(|_| "".into());
         let blanked = ConnectAuth {
             token: blank(&auth.token),
             password: blank(&auth.password),

@@ -196,6 +196,9 @@ fn now_ms() -> u64 {
         .unwrap_or(0)
 }
 
+/// The share of the slower server's rate offered to both in the paced comparison.
+pub const PACED_SHARE: f64 = 0.7;
+
 /// driftless and the floor compared on token sessions at one concurrency.
 #[derive(Debug, Clone, Serialize)]
 pub struct Comparison {
@@ -225,6 +228,13 @@ impl Comparison {
             floor_runs,
         }
     }
+
+    /// The rate to offer both in a paced comparison after this one: [`PACED_SHARE`] of the
+    /// lower of the two median rates.
+    pub fn paced_rate(&self) -> f64 {
+        let rate = |runs: &[Handshake]| median(runs.iter().map(|h| h.sessions_per_sec));
+        PACED_SHARE * rate(&self.driftless_runs).min(rate(&self.floor_runs))
+    }
 }
 
 /// The floor comparison of one bench run.
@@ -235,6 +245,9 @@ pub struct FloorReport {
     /// Runs per target and concurrency, alternating which goes first.
     pub rounds: usize,
     pub comparisons: Vec<Comparison>,
+    /// The highest concurrency again, both servers offered one rate: 70 % of the lower of their
+    /// median rates above, so neither is saturated and both do the same work in the same time.
+    pub paced: Option<Comparison>,
     /// Runs that failed, with the reason.
     pub failures: Vec<String>,
 }

@@ -569,14 +569,45 @@ async fn floor_comparison(
             }
         }
     }
-    driftless.stop();
-    floor.stop();
     report.comparisons = plan
         .floor
         .iter()
         .zip(runs)
         .map(|(&c, (d, f))| Comparison::new(c, d, f))
         .collect();
+    // The highest concurrency again, at one rate offered to both.
+    if let Some(last) = report.comparisons.last()
+        && last.paced_rate() > 0.0
+    {
+        let (concurrency, per_sec) = (last.concurrency, last.paced_rate());
+        let (mut d, mut f) = (Vec::new(), Vec::new());
+        for round in 0..plan.floor_rounds {
+            let order = if round % 2 == 0 {
+                [(&driftless, 0), (&floor, 1)]
+            } else {
+                [(&floor, 1), (&driftless, 0)]
+            };
+            for (server, side) in order {
+                let run =
+                    scenarios::handshake_paced(server, concurrency, plan.floor_run, per_sec).await;
+                match run {
+                    Ok(h) if side == 0 => d.push(h),
+                    Ok(h) => f.push(h),
+                    Err(e) => {
+                        let what = format!(
+                            "paced floor comparison c={concurrency} {}",
+                            server.kind.name()
+                        );
+                        eprintln!("{what} failed: {e:#}");
+                        report.failures.push(format!("{what}: {e:#}"));
+                    }
+                }
+            }
+        }
+        report.paced = Some(Comparison::new(concurrency, d, f));
+    }
+    driftless.stop();
+    floor.stop();
     eprintln!("floor: done");
     report
 }

@@ -217,6 +217,23 @@ impl Report {
                 3,
             );
         }
+        if let Some(c) = &self.floor.paced {
+            let offered = c
+                .driftless_runs
+                .first()
+                .and_then(|h| h.offered_per_sec)
+                .unwrap_or(0.0);
+            row(
+                format!(
+                    "floor c={} paced at {offered:.0} sessions/s: server CPU per session (ms), median of {rounds} alternating runs",
+                    c.concurrency
+                ),
+                Some(c.driftless_cpu_ms_per_session),
+                Some(c.floor_cpu_ms_per_session),
+                None,
+                3,
+            );
+        }
         for i in 0..d.idle.len().max(o.idle.len()) {
             let (mine, other) = (d.idle.get(i), o.idle.get(i));
             let Some(n) = mine.or(other).map(|x| x.target) else {

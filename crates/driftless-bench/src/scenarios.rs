@@ -111,6 +111,9 @@ pub struct Handshake {
     pub errors: BTreeMap<String, u64>,
     pub seconds: f64,
     pub sessions_per_sec: f64,
+    /// Sessions a second offered to the server (paced clients), if not as many as it takes.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub offered_per_sec: Option<f64>,
     /// open → challenge → connect → hello-ok → health answered (the close is not timed); for a
     /// wrong token, open → refusal.
     pub latency: Percentiles,
@@ -143,6 +146,22 @@ pub async fn handshake(
     handshake_on(&[server], concurrency, duration, max_sessions, auth).await
 }
 
+/// Token sessions offered at `per_sec` a second in all by `concurrency` paced clients, for
+/// `duration`: two servers compared at one rate do the same work in the same time, where
+/// [`handshake`] lets each reach its own rate (and a server's CPU per session falls as its rate
+/// rises, each wake-up's cost shared by more sessions).
+pub async fn handshake_paced(
+    server: &Server,
+    concurrency: usize,
+    duration: Duration,
+    per_sec: f64,
+) -> Result<Handshake> {
+    let clients = prepare(&[server], concurrency, HandshakeAuth::Shared)
+        .await?
+        .paced(per_sec);
+    drive(&[server], clients, duration, u64::MAX).await
+}
+
 /// [`handshake`] over several servers (replicas sharing one token and device store): each client
 /// sends its sessions to the servers in turn, starting with server `i % n`, so consecutive
 /// sessions of one device land on different replicas.
@@ -164,9 +183,21 @@ pub struct Clients {
     token: Arc<String>,
     keys: Vec<Option<SigningKey>>,
     device_tokens: Vec<Option<String>>,
+    /// Each client's interval between session starts, when paced.
+    interval: Option<Duration>,
 }
 
 impl Clients {
+    /// Offers `per_sec` sessions a second in all: each client starts one every
+    /// `clients / per_sec` seconds, the clients' starts spread evenly over that interval.
+    pub fn paced(self, per_sec: f64) -> Clients {
+        let interval = Duration::from_secs_f64(self.keys.len() as f64 / per_sec);
+        Clients {
+            interval: Some(interval),
+            ..self
+        }
+    }
+
     /// Whether preparing them paired devices (sessions outside the run).
     pub fn paired(&self) -> bool {
         self.keys.iter().any(Option::is_some)
@@ -211,6 +242,7 @@ pub async fn prepare(
         token,
         keys,
         device_tokens,
+        interval: None,
     })
 }
 
@@ -227,6 +259,7 @@ pub async fn drive(
         token,
         keys,
         device_tokens,
+        interval,
     } = clients;
     let concurrency = keys.len();
     let signed_device = auth != HandshakeAuth::Shared && auth != HandshakeAuth::WrongToken;
@@ -251,7 +284,14 @@ pub async fn drive(
             let mut latencies = Vec::new();
             let mut errors = BTreeMap::new();
             let mut k = 0;
+            let mut next_start =
+                interval.map(|every| t0 + every.mul_f64(i as f64 / concurrency as f64));
             loop {
+                if let (Some(at), Some(every)) = (next_start.as_mut(), interval) {
+                    tokio::time::sleep_until((*at).into()).await;
+                    // A client that fell behind does not burst to catch up.
+                    *at = (*at + every).max(Instant::now());
+                }
                 let n = started.fetch_add(1, Ordering::Relaxed);
                 if Instant::now() >= deadline || n >= max_sessions {
                     break;
@@ -305,6 +345,7 @@ pub async fn drive(
         errors,
         seconds,
         sessions_per_sec: sessions as f64 / seconds,
+        offered_per_sec: interval.map(|every| concurrency as f64 / every.as_secs_f64()),
         latency: Percentiles::of(latencies),
         server_cpu_ms_per_session: if sessions > 0 {
             cpu / sessions as f64

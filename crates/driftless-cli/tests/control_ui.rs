@@ -646,5 +646,29 @@ async fn an_unreachable_upstream_is_a_502_naming_it() {
         "{body}"
     );
     assert!(body.contains("GET /readyz"), "{body}");
+    // A browser's page load gets the same as a page that loads itself again (OpenClaw restarting
+    // must not leave a Control UI tab on an error).
+    let mut s = std::net::TcpStream::connect(("127.0.0.1", gw.port)).unwrap();
+    s.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
+    std::io::Write::write_all(
+        &mut s,
+        b"GET / HTTP/1.1\r\nHost: 127.0.0.1\r\nAccept: text/html,application/xhtml+xml,*/*;q=0.8\r\nConnection: close\r\n\r\n",
+    )
+    .unwrap();
+    let mut page = String::new();
+    std::io::Read::read_to_string(&mut s, &mut page).unwrap();
+    let head = page.split("\r\n\r\n").next().unwrap().to_ascii_lowercase();
+    assert!(page.starts_with("HTTP/1.1 502"), "{page}");
+    assert!(head.contains("content-type: text/html"), "{page}");
+    assert!(head.contains("retry-after: 2"), "{page}");
+    assert!(
+        page.contains(r#"<meta http-equiv="refresh" content="2">"#),
+        "{page}"
+    );
+    assert!(
+        page.contains(&format!("upstream gateway ws://127.0.0.1:{nobody}")),
+        "{page}"
+    );
+    assert!(!page.contains("canary-upstream-http-77e2"), "{page}");
     gw.finish();
 }

@@ -202,18 +202,18 @@ pub async fn connect(opts: &ConnectOptions) -> Result<Connection, ClientError> {
 
 /// The `connect` params for `opts`, signed over `nonce` when a device is set. `auth` is omitted
 /// when there is no credential (OpenClaw refuses `"auth": null` as invalid params).
-pub fn connect_params(opts: &ConnectOptions, nonce: &str) -> proto::ConnectParams {
+pub fn connect_params(opts: &ConnectOptions, nonce: &str) -> proto::ConnectParams<'static> {
     let auth = match &opts.credential {
         Credential::Token(t) => Some(ConnectAuth {
-            token: Some(t.expose().to_owned()),
+            token: Some(t.expose().to_owned().into()),
             ..Default::default()
         }),
         Credential::Password(p) => Some(ConnectAuth {
-            password: Some(p.expose().to_owned()),
+            password: Some(p.expose().to_owned().into()),
             ..Default::default()
         }),
         Credential::DeviceToken(t) => Some(ConnectAuth {
-            device_token: Some(t.expose().to_owned()),
+            device_token: Some(t.expose().to_owned().into()),
             ..Default::default()
         }),
         Credential::None => None,
@@ -238,12 +238,12 @@ pub fn connect_params(opts: &ConnectOptions, nonce: &str) -> proto::ConnectParam
         max_protocol: opts.max_protocol,
         client: proto::ClientInfo {
             id: CLIENT_ID.into(),
-            version: opts.client_version.clone(),
+            version: opts.client_version.clone().into(),
             platform: platform.into(),
-            mode: opts.mode.clone(),
+            mode: opts.mode.clone().into(),
             instance_id: None,
             display_name: None,
-            device_family: opts.device_family.clone(),
+            device_family: opts.device_family.clone().map(Into::into),
         },
         caps: vec![],
         auth,

@@ -160,12 +160,14 @@ pub struct Previous {
     pub generation: u64,
 }
 
-/// One secret at one moment: its value, its generation (1, +1 per change) and its predecessor.
-#[derive(Debug, Clone)]
-pub struct SecretView {
-    pub current: Option<SecretValue>,
+/// One secret at one moment: its value, its generation (1, +1 per change) and its predecessor,
+/// borrowed for as long as [`SnapshotHolder::view`]'s reader runs (nothing is copied: a handshake
+/// reads it).
+#[derive(Debug, Clone, Copy)]
+pub struct SecretView<'a> {
+    pub current: Option<&'a SecretValue>,
     pub generation: u64,
-    pub previous: Option<Previous>,
+    pub previous: Option<&'a Previous>,
 }
 
 /// Generations and predecessors, changed together under one lock.
@@ -214,14 +216,16 @@ impl SnapshotHolder {
         self.lock().previous.get(name).cloned()
     }
 
-    /// `name`'s current value, generation and predecessor, read together.
-    pub fn view(&self, name: &str) -> SecretView {
+    /// Runs `read` on `name`'s current value, generation and predecessor, read together (an
+    /// install waits until `read` returns, so keep it short).
+    pub fn view<R>(&self, name: &str, read: impl FnOnce(SecretView<'_>) -> R) -> R {
         let history = self.lock();
-        SecretView {
-            current: self.current.load().get(name).cloned(),
+        let current = self.current.load();
+        read(SecretView {
+            current: current.get(name),
             generation: history.generations.get(name).copied().unwrap_or(1),
-            previous: history.previous.get(name).cloned(),
-        }
+            previous: history.previous.get(name),
+        })
     }
 
     /// The number of installed snapshots that changed something (starts at 1).

@@ -42,7 +42,7 @@ pub(crate) const RETRY_AFTER_MS: u64 = 1000;
 
 /// An authenticated session.
 pub(crate) struct Session {
-    pub conn_id: String,
+    pub conn_id: UuidText,
     pub role: String,
     /// The scopes granted, in the order the client asked for them.
     pub scopes: Vec<String>,
@@ -239,7 +239,7 @@ pub(crate) async fn run(mut ws: WebSocket, peer: SocketAddr, state: Arc<State>, 
     let (conn_id, nonce) = fresh_ids();
     let method = state.secrets.mode.as_str();
 
-    let outcome = handshake(&mut ws, peer, &state, &conn_id, &nonce, &preauth).await;
+    let outcome = handshake(&mut ws, peer, &state, conn_id, nonce.as_str(), &preauth).await;
     drop(preauth);
     // Front mode: an operator session is relayed; its upstream session opens before hello-ok,
     // which carries the upstream's features.
@@ -273,7 +273,7 @@ pub(crate) async fn run(mut ws: WebSocket, peer: SocketAddr, state: Arc<State>, 
             finish(&mut ws, close.as_ref(), &why).await;
             // A refusal is worth a line at info: it is rare and it is what an operator looks for.
             tracing::info!(
-                %peer, conn_id, auth_method = method, outcome = why.outcome(),
+                %peer, %conn_id, auth_method = method, outcome = why.outcome(),
                 close_code = close.as_ref().map_or(0, |c| c.0),
                 reason = close.as_ref().map_or("", |c| &*c.1),
                 "connection closed during handshake"
@@ -283,7 +283,7 @@ pub(crate) async fn run(mut ws: WebSocket, peer: SocketAddr, state: Arc<State>, 
     };
     handshakes("ok");
     tracing::debug!(
-        %peer, conn_id, auth_method = method, role = %session.role,
+        %peer, %conn_id, auth_method = method, role = %session.role,
         protocol = session.protocol, "connection accepted"
     );
     let end = match relayed {
@@ -307,27 +307,48 @@ pub(crate) async fn run(mut ws: WebSocket, peer: SocketAddr, state: Arc<State>, 
     }
     // Per session, so debug: at info it would cost every session a formatted line.
     tracing::debug!(
-        %peer, conn_id, auth_method = method, role = %session.role,
+        %peer, %conn_id, auth_method = method, role = %session.role,
         close_code = close.as_ref().map_or(0, |c| c.0),
         reason = close.as_ref().map_or(end.describe(), |c| &*c.1),
         "connection closed"
     );
 }
 
+/// A UUID in its 36-character text form, held inline: a connection's id and its challenge nonce
+/// cost no allocation.
+#[derive(Clone, Copy, PartialEq, Eq)]
+pub(crate) struct UuidText([u8; uuid::fmt::Hyphenated::LENGTH]);
+
+impl UuidText {
+    fn new(bytes: [u8; 16]) -> UuidText {
+        let mut text = [0u8; uuid::fmt::Hyphenated::LENGTH];
+        uuid::Builder::from_random_bytes(bytes)
+            .into_uuid()
+            .hyphenated()
+            .encode_lower(&mut text);
+        UuidText(text)
+    }
+
+    pub(crate) fn as_str(&self) -> &str {
+        std::str::from_utf8(&self.0).expect("a hyphenated UUID is ASCII")
+    }
+}
+
+impl std::fmt::Display for UuidText {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
 /// The connection's id and its challenge nonce, both UUIDs as OpenClaw's, from one read of the
 /// OS's random generator rather than one each.
-fn fresh_ids() -> (String, String) {
+fn fresh_ids() -> (UuidText, UuidText) {
     let mut bytes = [0u8; 32];
     getrandom::fill(&mut bytes).expect("the OS random generator is available");
-    let uuid = |half: [u8; 16]| {
-        uuid::Builder::from_random_bytes(half)
-            .into_uuid()
-            .to_string()
-    };
     let (a, b) = bytes.split_at(16);
     (
-        uuid(a.try_into().expect("16 bytes")),
-        uuid(b.try_into().expect("16 bytes")),
+        UuidText::new(a.try_into().expect("16 bytes")),
+        UuidText::new(b.try_into().expect("16 bytes")),
     )
 }
 
@@ -431,7 +452,7 @@ async fn handshake(
     ws: &mut WebSocket,
     peer: SocketAddr,
     state: &Arc<State>,
-    conn_id: &str,
+    conn_id: UuidText,
     nonce: &str,
     preauth: &Preauth,
 ) -> Result<Session, Refused> {
@@ -449,7 +470,7 @@ async fn handshake(
     let text = read_first_frame(ws, state, preauth)
         .await
         .map_err(|why| (None, why))?;
-    let req = proto::parse_request(&text).map_err(|e| {
+    let req = proto::parse_request(text.as_str()).map_err(|e| {
         let why = match e {
             // Not JSON at all: OpenClaw closes 1000 without a frame.
             NotARequest::NotJson => Rejection::NotJson,
@@ -468,7 +489,7 @@ async fn read_first_frame(
     ws: &mut WebSocket,
     state: &State,
     preauth: &Preauth,
-) -> Result<String, Rejection> {
+) -> Result<tokio_tungstenite::tungstenite::Utf8Bytes, Rejection> {
     let mut control = state.secrets.control.subscribe();
     let timeout = tokio::time::sleep(state.handshake_timeout);
     tokio::pin!(timeout);
@@ -502,7 +523,7 @@ async fn read_first_frame(
             Some(Ok(Message::Text(t))) if t.len() > proto::MAX_PREAUTH_PAYLOAD_BYTES => {
                 Err(Rejection::TooLarge)
             }
-            Some(Ok(Message::Text(t))) => Ok(t.as_str().to_owned()),
+            Some(Ok(Message::Text(t))) => Ok(t),
             Some(Ok(Message::Binary(b))) if b.len() > proto::MAX_PREAUTH_PAYLOAD_BYTES => {
                 Err(Rejection::TooLarge)
             }
@@ -517,7 +538,7 @@ async fn admit(
     req: &IncomingRequest<'_>,
     peer: SocketAddr,
     state: &Arc<State>,
-    conn_id: &str,
+    conn_id: UuidText,
     nonce: &str,
     origin: crate::origin::Verdict,
 ) -> Result<Session, Rejection> {
@@ -592,7 +613,7 @@ async fn admit(
     };
     Ok(Session {
         connect_params,
-        conn_id: conn_id.to_owned(),
+        conn_id,
         role: params.role,
         scopes,
         protocol,
@@ -606,7 +627,7 @@ async fn admit(
 }
 
 /// Step 1: the first request must be a well-formed `connect` with a known role.
-fn parse_connect(req: &IncomingRequest<'_>) -> Result<ConnectParams, Rejection> {
+fn parse_connect<'a>(req: &IncomingRequest<'a>) -> Result<ConnectParams<'a>, Rejection> {
     if req.method != "connect" {
         return Err(Rejection::FirstNotConnect);
     }
@@ -619,7 +640,7 @@ fn parse_connect(req: &IncomingRequest<'_>) -> Result<ConnectParams, Rejection> 
 }
 
 /// Step 2: the highest served protocol in the client's range.
-fn negotiate(params: &ConnectParams) -> Result<u32, Rejection> {
+fn negotiate(params: &ConnectParams<'_>) -> Result<u32, Rejection> {
     proto::negotiate(params.min_protocol, params.max_protocol).ok_or(Rejection::ProtocolMismatch {
         min: params.min_protocol,
         max: params.max_protocol,
@@ -629,7 +650,7 @@ fn negotiate(params: &ConnectParams) -> Result<u32, Rejection> {
 /// Step 5: the shared secret for the configured mode. OpenClaw accepts the token sent as
 /// `password` and vice versa. Returns the secret generation the client matched.
 async fn shared_secret(
-    params: &ConnectParams,
+    params: &ConnectParams<'_>,
     ip: IpAddr,
     state: &Arc<State>,
 ) -> Result<Option<u64>, AuthFailure> {
@@ -663,7 +684,7 @@ async fn shared_secret(
 /// Step 7: parses and verifies the `device` block, in the documented order.
 fn prove_device(
     raw: &serde_json::Value,
-    params: &ConnectParams,
+    params: &ConnectParams<'_>,
     nonce: &str,
 ) -> Result<VerifiedDevice, Rejection> {
     let proof = device_auth::DeviceProof::deserialize(raw).map_err(|e| {
@@ -676,7 +697,7 @@ fn prove_device(
 /// Step 8: the device's own token, when the shared secret failed. Its own limiter attempt.
 async fn device_token(
     dev: &VerifiedDevice,
-    params: &ConnectParams,
+    params: &ConnectParams<'_>,
     candidate: String,
     explicit: bool,
     shared_failure: AuthFailure,
@@ -731,15 +752,15 @@ struct Connecting {
 }
 
 impl Connecting {
-    fn new(dev: &VerifiedDevice, params: &ConnectParams, peer: SocketAddr) -> Connecting {
+    fn new(dev: &VerifiedDevice, params: &ConnectParams<'_>, peer: SocketAddr) -> Connecting {
         Connecting {
             device_id: dev.device_id.clone(),
             public_key: dev.public_key.clone(),
-            client_id: params.client.id.clone(),
-            client_mode: params.client.mode.clone(),
-            display_name: params.client.display_name.clone(),
-            platform: params.client.platform.clone(),
-            device_family: params.client.device_family.clone(),
+            client_id: params.client.id.clone().into_owned(),
+            client_mode: params.client.mode.clone().into_owned(),
+            display_name: params.client.display_name.as_deref().map(str::to_owned),
+            platform: params.client.platform.clone().into_owned(),
+            device_family: params.client.device_family.as_deref().map(str::to_owned),
             role: params.role.clone(),
             scopes: params.scopes.clone(),
             remote_ip: peer.ip(),
@@ -766,7 +787,7 @@ impl Connecting {
 /// `PAIRING_REQUIRED`) and the device's token for hello-ok.
 async fn pair(
     dev: &VerifiedDevice,
-    params: &ConnectParams,
+    params: &ConnectParams<'_>,
     device_token_auth: bool,
     peer: SocketAddr,
     state: &Arc<State>,
@@ -863,7 +884,7 @@ pub(crate) const REPEATED_UNAUTHORIZED_REASON: &str = "repeated unauthorized cal
 
 /// After the handshake: hello-ok, then requests, events and control changes until close.
 async fn serve(ws: &mut WebSocket, state: &Arc<State>, session: &Session) -> End {
-    let mut signals = Signals::subscribe(state, false);
+    let mut signals = Signals::subscribe(state, session, false);
     let hello = crate::methods::hello_ok_text(state, session);
     if let Some(end) = signals.hello(ws, session, hello).await {
         return end;
@@ -886,7 +907,7 @@ async fn serve(ws: &mut WebSocket, state: &Arc<State>, session: &Session) -> End
                 };
                 let Ok(req) = proto::parse_request(text.as_str()) else {
                     // Responses/events from a client and malformed frames are ignored.
-                    tracing::debug!(conn_id = session.conn_id, "ignored a non-request frame");
+                    tracing::debug!(conn_id = %session.conn_id, "ignored a non-request frame");
                     continue;
                 };
                 let reply = crate::methods::dispatch(state, session, req).await;
@@ -910,7 +931,9 @@ async fn serve(ws: &mut WebSocket, state: &Arc<State>, session: &Session) -> End
 pub(crate) struct Signals {
     control: tokio::sync::watch::Receiver<crate::secrets::Control>,
     events: tokio::sync::broadcast::Receiver<crate::Broadcast>,
-    device_events: tokio::sync::broadcast::Receiver<devices::Disconnect>,
+    /// Only a device's session listens for its device's revocation (a broadcast receiver costs
+    /// every send a little, and its subscription a lock).
+    device_events: Option<tokio::sync::broadcast::Receiver<devices::Disconnect>>,
     /// Only events that need a scope (the relay's: every other event comes from the upstream).
     scoped_only: bool,
 }
@@ -926,11 +949,14 @@ impl Signals {
     /// Subscribes before hello-ok: a shutdown the client may trigger as soon as it has its hello
     /// must still reach it as a `shutdown` event, not only as a bare close; likewise an event
     /// published once the client holds its hello reaches it.
-    pub(crate) fn subscribe(state: &State, scoped_only: bool) -> Signals {
+    pub(crate) fn subscribe(state: &State, session: &Session, scoped_only: bool) -> Signals {
         Signals {
             control: state.secrets.control.subscribe(),
             events: state.events.subscribe(),
-            device_events: state.device_events.subscribe(),
+            device_events: session
+                .device_id
+                .is_some()
+                .then(|| state.device_events.subscribe()),
             scoped_only,
         }
     }
@@ -968,7 +994,7 @@ impl Signals {
                         Err(_) => restart(),
                     };
                 }
-                ev = self.device_events.recv(), if session.device_id.is_some() => {
+                ev = next_disconnect(&mut self.device_events) => {
                     if let Ok(d) = ev
                         && session.device_id.as_deref() == Some(d.device_id.as_str())
                         && d.role.as_deref().is_none_or(|r| r == session.role)
@@ -986,6 +1012,16 @@ impl Signals {
                 },
             }
         }
+    }
+}
+
+/// The next revocation or rotation of any device; never, for a session without one.
+async fn next_disconnect(
+    device_events: &mut Option<tokio::sync::broadcast::Receiver<devices::Disconnect>>,
+) -> Result<devices::Disconnect, tokio::sync::broadcast::error::RecvError> {
+    match device_events {
+        Some(events) => events.recv().await,
+        None => std::future::pending().await,
     }
 }
 

@@ -56,8 +56,8 @@ fn health(state: &State) -> Health {
 }
 
 /// The gateway's own presence entry, borrowing what the state holds.
-fn presence(state: &State) -> Vec<PresenceEntry<'_>> {
-    vec![PresenceEntry {
+fn presence(state: &State) -> PresenceEntry<'_> {
+    PresenceEntry {
         host: "gateway".into(),
         ip: state.bind.as_str().into(),
         version: VERSION.into(),
@@ -67,7 +67,7 @@ fn presence(state: &State) -> Vec<PresenceEntry<'_>> {
         instance_id: state.instance_id.as_str().into(),
         text: PRESENCE_TEXT.into(),
         ts: now_ms(),
-    }]
+    }
 }
 
 fn status(state: &State) -> Status {
@@ -137,6 +137,7 @@ pub(crate) fn hello_auth<'a>(state: &State, session: &'a Session) -> HelloAuth<'
 
 /// The JSON text of the response answering `connect`.
 pub(crate) fn hello_ok_text(state: &State, session: &Session) -> String {
+    let presence = presence(state);
     let hello = HelloOk {
         kind: HELLO_OK.into(),
         protocol: session.protocol,
@@ -149,7 +150,7 @@ pub(crate) fn hello_ok_text(state: &State, session: &Session) -> String {
             events: FEATURES[1].as_slice().into(),
         },
         snapshot: HelloSnapshot {
-            presence: presence(state),
+            presence: std::slice::from_ref(&presence).into(),
             health: health(state),
             state_version: StateVersion {
                 presence: 1,
@@ -235,7 +236,7 @@ pub(crate) async fn dispatch(
             st.replicas = replicas(state).await;
             Reply::ok(id, &st)
         }
-        "system-presence" => Reply::ok(id, &presence(state)),
+        "system-presence" => Reply::ok(id, &[presence(state)]),
         "secrets.reload" => {
             // Lenient as before: params that are not an object with a boolean `endGrace` mean
             // "keep the grace".

@@ -171,7 +171,7 @@ pub(crate) async fn open(
             Ok(opened) => break opened,
             Err(Failure::Refused(e)) if refused.is_none() && !passes_through(&e) => {
                 tracing::warn!(
-                    conn_id = session.conn_id,
+                    conn_id = %session.conn_id,
                     upstream = upstream.url,
                     code = e.code,
                     detail = e.detail_code().unwrap_or(""),
@@ -181,7 +181,13 @@ pub(crate) async fn open(
                 identity.forget(&token);
                 refused = Some(token);
             }
-            Err(failure) => return Err(Box::new(failed(failure, &session.conn_id, upstream))),
+            Err(failure) => {
+                return Err(Box::new(failed(
+                    failure,
+                    session.conn_id.as_str(),
+                    upstream,
+                )));
+            }
         }
     };
     let auth = crate::methods::hello_auth(state, session);
@@ -433,7 +439,7 @@ pub(crate) async fn serve(
     mut upstream: UpstreamWs,
     hello: String,
 ) -> End {
-    let mut signals = Signals::subscribe(state, true);
+    let mut signals = Signals::subscribe(state, session, true);
     let end = 'session: {
         if let Some(end) = signals.hello(ws, session, hello).await {
             break 'session end;

@@ -241,23 +241,18 @@ impl Secrets {
                 _ => Check::Mismatch,
             };
         }
-        let (view, previous) = {
-            let grace = self.grace.lock().unwrap_or_else(|e| e.into_inner());
-            let view = self.holder.view(name);
-            let previous = in_grace(view.previous.as_ref(), *grace).map(|p| p.generation);
-            (view, previous)
-        };
-        let cur_ok = view.current.as_ref().is_some_and(|c| c.matches(candidate));
-        let prev_ok = previous.is_some()
-            && view
-                .previous
-                .as_ref()
-                .is_some_and(|p| p.value.matches(candidate));
-        match (cur_ok, prev_ok, previous) {
-            (true, _, _) => Check::Ok(view.generation),
-            (false, true, Some(g)) => Check::Ok(g),
-            _ => Check::Mismatch,
-        }
+        // Held while the view is read, so a rotation's new value and its grace are seen together.
+        let grace = self.grace.lock().unwrap_or_else(|e| e.into_inner());
+        self.holder.view(name, |view| {
+            let previous = in_grace(view.previous, *grace);
+            let cur_ok = view.current.is_some_and(|c| c.matches(candidate));
+            let prev_ok = previous.is_some_and(|p| p.value.matches(candidate));
+            match (cur_ok, prev_ok, previous) {
+                (true, _, _) => Check::Ok(view.generation),
+                (false, true, Some(p)) => Check::Ok(p.generation),
+                _ => Check::Mismatch,
+            }
+        })
     }
 
     /// The fingerprint of the shared secret accepted as current: the fleet's newest in a fleet
@@ -536,21 +531,23 @@ impl Secrets {
         } else if let Some(name) = self.secret_name()
             && shared_changed
         {
-            let view = self.holder.view(name);
-            match view.previous {
-                Some(old) if !self.grace_period.is_zero() => {
+            let (generation, previous) = self.holder.view(name, |view| {
+                (view.generation, view.previous.map(|p| p.generation))
+            });
+            match previous {
+                Some(previous) if !self.grace_period.is_zero() => {
                     let until_ms = now_ms() + self.grace_period.as_millis() as u64;
                     *st = Some(Grace {
-                        generation: old.generation,
+                        generation: previous,
                         until_ms,
                     });
                     // Only the immediate predecessor survives: anything older goes now.
-                    self.raise_min_generation(old.generation);
-                    grace = Some((old.generation, until_ms));
+                    self.raise_min_generation(previous);
+                    grace = Some((previous, until_ms));
                 }
                 _ => {
                     *st = None;
-                    self.raise_min_generation(view.generation);
+                    self.raise_min_generation(generation);
                 }
             }
         }
@@ -600,7 +597,7 @@ impl Secrets {
             }
         }
         if matches || generation.is_none() {
-            self.raise_min_generation(self.holder.view(name).generation);
+            self.raise_min_generation(self.holder.view(name, |view| view.generation));
         }
     }
 

@@ -54,7 +54,7 @@ pub struct SignedFields<'a> {
 impl<'a> SignedFields<'a> {
     /// What a `connect` request's signature must cover, as the gateway checks it: the request's
     /// client, role, scopes and credential, and the proof's own time and nonce.
-    pub fn of_connect(params: &'a crate::ConnectParams, proof: &'a DeviceProof) -> Self {
+    pub fn of_connect(params: &'a crate::ConnectParams<'_>, proof: &'a DeviceProof) -> Self {
         SignedFields {
             client_id: &params.client.id,
             client_mode: &params.client.mode,
@@ -69,7 +69,7 @@ impl<'a> SignedFields<'a> {
                 )
             }),
             nonce: &proof.nonce,
-            platform: Some(params.client.platform.as_str()),
+            platform: Some(&params.client.platform),
             device_family: params.client.device_family.as_deref(),
         }
     }

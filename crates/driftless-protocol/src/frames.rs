@@ -2,6 +2,7 @@
 //! connect; what we send follows the observed OpenClaw shapes.
 
 use std::fmt;
+use std::sync::atomic::{AtomicUsize, Ordering};
 
 use std::borrow::Cow;
 
@@ -216,17 +217,19 @@ impl AuthFailure {
     }
 }
 
-/// `params` of `connect`.
+/// `params` of `connect`. Its strings borrow from the frame where they can: the gateway reads one
+/// per connection and keeps only the role and scopes.
 #[derive(Debug, Clone, Serialize, Deserialize)]
 #[serde(rename_all = "camelCase")]
-pub struct ConnectParams {
+pub struct ConnectParams<'a> {
     pub min_protocol: u32,
     pub max_protocol: u32,
-    pub client: ClientInfo,
+    #[serde(borrow)]
+    pub client: ClientInfo<'a>,
     #[serde(default)]
     pub caps: Vec<String>,
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub auth: Option<ConnectAuth>,
+    #[serde(default, borrow, skip_serializing_if = "Option::is_none")]
+    pub auth: Option<ConnectAuth<'a>>,
     #[serde(default = "default_role")]
     pub role: String,
     #[serde(default)]
@@ -242,39 +245,60 @@ fn default_role() -> String {
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
 #[serde(rename_all = "camelCase")]
-pub struct ClientInfo {
-    pub id: String,
-    #[serde(default)]
-    pub version: String,
-    #[serde(default)]
-    pub platform: String,
-    #[serde(default)]
-    pub mode: String,
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub instance_id: Option<String>,
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub display_name: Option<String>,
+pub struct ClientInfo<'a> {
+    #[serde(borrow)]
+    pub id: Cow<'a, str>,
+    #[serde(default, borrow)]
+    pub version: Cow<'a, str>,
+    #[serde(default, borrow)]
+    pub platform: Cow<'a, str>,
+    #[serde(default, borrow)]
+    pub mode: Cow<'a, str>,
+    #[serde(default, borrow, deserialize_with = "borrowed_opt")]
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub instance_id: Option<Cow<'a, str>>,
+    #[serde(default, borrow, deserialize_with = "borrowed_opt")]
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub display_name: Option<Cow<'a, str>>,
     /// Covered by the v3 device signature, so it must survive parsing.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub device_family: Option<String>,
+    #[serde(default, borrow, deserialize_with = "borrowed_opt")]
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub device_family: Option<Cow<'a, str>>,
 }
 
 /// `connect.params.auth`. Holds credentials in transit: its `Debug` shows only which are present.
 #[derive(Clone, Default, Serialize, Deserialize)]
 #[serde(rename_all = "camelCase")]
-pub struct ConnectAuth {
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub token: Option<String>,
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub password: Option<String>,
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub device_token: Option<String>,
+pub struct ConnectAuth<'a> {
+    #[serde(default, borrow, deserialize_with = "borrowed_opt")]
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub token: Option<Cow<'a, str>>,
+    #[serde(default, borrow, deserialize_with = "borrowed_opt")]
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub password: Option<Cow<'a, str>>,
+    #[serde(default, borrow, deserialize_with = "borrowed_opt")]
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub device_token: Option<Cow<'a, str>>,
     /// Covered by the device signature when no other token is sent.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub bootstrap_token: Option<String>,
+    #[serde(default, borrow, deserialize_with = "borrowed_opt")]
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub bootstrap_token: Option<Cow<'a, str>>,
 }
 
-impl fmt::Debug for ConnectAuth {
+/// A string borrowed from the text being parsed when it has no escapes. serde borrows a `Cow`
+/// only when it is a field's whole type, so an optional one goes through this.
+#[derive(Deserialize)]
+struct Borrowed<'a>(#[serde(borrow)] Cow<'a, str>);
+
+/// `deserialize_with` for an `Option<Cow<str>>` field that should borrow as a bare `Cow` does.
+pub(crate) fn borrowed_opt<'de, D>(d: D) -> Result<Option<Cow<'de, str>>, D::Error>
+where
+    D: serde::Deserializer<'de>,
+{
+    Ok(Option::<Borrowed<'de>>::deserialize(d)?.map(|b| b.0))
+}
+
+impl fmt::Debug for ConnectAuth<'_> {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("ConnectAuth")
             .field("token", &self.token.as_ref().map(Redacted))
@@ -312,9 +336,9 @@ pub fn challenge_text(nonce: &str, ts_ms: u64) -> String {
 pub struct Incoming<'a> {
     #[serde(rename = "type", borrow)]
     pub kind: Cow<'a, str>,
-    #[serde(default, borrow)]
+    #[serde(default, borrow, deserialize_with = "borrowed_opt")]
     pub id: Option<Cow<'a, str>>,
-    #[serde(default, borrow)]
+    #[serde(default, borrow, deserialize_with = "borrowed_opt")]
     pub method: Option<Cow<'a, str>>,
     #[serde(default, borrow)]
     pub params: Option<&'a RawValue>,
@@ -413,39 +437,55 @@ struct OutEvent<'a, T> {
     seq: Option<u64>,
 }
 
+/// The largest buffer a frame's serialization starts with (larger frames grow from there).
+const MAX_START_CAPACITY: usize = 4096;
+
+/// Serializes `frame` into a buffer as large as the largest frame `largest` has seen (up to
+/// [`MAX_START_CAPACITY`]): frames of a kind are about one size, so most are written into one
+/// allocation instead of one grown from 128 bytes through several copies (a hello-ok is ~1 KiB).
+fn frame_text(frame: &impl Serialize, largest: &AtomicUsize) -> String {
+    let mut out = Vec::with_capacity(largest.load(Ordering::Relaxed));
+    serde_json::to_writer(&mut out, frame).expect("frames serialize");
+    largest.fetch_max(out.len().min(MAX_START_CAPACITY), Ordering::Relaxed);
+    String::from_utf8(out).expect("serde_json writes UTF-8")
+}
+
 /// The JSON text of a successful response carrying `payload`.
 pub fn ok_text<T: Serialize>(id: &str, payload: &T) -> String {
-    serde_json::to_string(&OutResponse {
+    static LARGEST: AtomicUsize = AtomicUsize::new(0);
+    let frame = OutResponse {
         kind: "res",
         id,
         ok: true,
         payload: Some(payload),
         error: None,
-    })
-    .expect("payloads serialize")
+    };
+    frame_text(&frame, &LARGEST)
 }
 
 /// The JSON text of a failed response.
 pub fn err_text(id: &str, error: &ErrorShape) -> String {
-    serde_json::to_string(&OutResponse::<()> {
+    static LARGEST: AtomicUsize = AtomicUsize::new(0);
+    let frame = OutResponse::<()> {
         kind: "res",
         id,
         ok: false,
         payload: None,
         error: Some(error),
-    })
-    .expect("errors serialize")
+    };
+    frame_text(&frame, &LARGEST)
 }
 
 /// The JSON text of an event frame carrying `payload`.
 pub fn event_text<T: Serialize>(event: &str, payload: &T, seq: Option<u64>) -> String {
-    serde_json::to_string(&OutEvent {
+    static LARGEST: AtomicUsize = AtomicUsize::new(0);
+    let frame = OutEvent {
         kind: "event",
         event,
         payload,
         seq,
-    })
-    .expect("payloads serialize")
+    };
+    frame_text(&frame, &LARGEST)
 }
 
 impl Frame {
@@ -502,11 +542,33 @@ mod tests {
         let Frame::Req(req) = serde_json::from_str::<Frame>(text).unwrap() else {
             panic!("not a request")
         };
-        let p: ConnectParams = serde_json::from_value(req.params.unwrap()).unwrap();
+        let params = req.params.unwrap();
+        let p = ConnectParams::deserialize(&params).unwrap();
         assert_eq!((p.min_protocol, p.max_protocol), (4, 4));
         assert_eq!(p.scopes, vec!["operator.read"]);
         let dbg = format!("{p:?}");
         assert!(!dbg.contains("canary-frames-unit"), "{dbg}");
+    }
+
+    /// The handshake reads one request and one `connect` per connection: their strings borrow
+    /// from the frame (an escaped one is still read right, into its own copy).
+    #[test]
+    fn a_request_and_its_connect_params_borrow_from_the_frame() {
+        let text = r#"{"type":"req","id":"1","method":"connect","params":{"minProtocol":4,"maxProtocol":4,"client":{"id":"cli","version":"v\u0031","platform":"linux","mode":"cli","deviceFamily":"Linux"},"auth":{"token":"t0k"}}}"#;
+        let req = parse_request(text).unwrap();
+        assert!(matches!(req.id, Cow::Borrowed("1")));
+        assert!(matches!(req.method, Cow::Borrowed("connect")));
+        let p: ConnectParams<'_> = parse_params(req.params).unwrap();
+        assert!(matches!(p.client.id, Cow::Borrowed("cli")));
+        assert!(matches!(
+            p.client.device_family,
+            Some(Cow::Borrowed("Linux"))
+        ));
+        assert!(matches!(
+            p.auth.as_ref().and_then(|a| a.token.as_ref()),
+            Some(Cow::Borrowed("t0k"))
+        ));
+        assert!(matches!(&p.client.version, Cow::Owned(v) if v == "v1"));
     }
 
     #[test]

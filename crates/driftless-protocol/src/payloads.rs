@@ -57,7 +57,7 @@ pub struct Features<'a> {
 #[serde(rename_all = "camelCase")]
 pub struct HelloSnapshot<'a> {
     #[serde(default)]
-    pub presence: Vec<PresenceEntry<'a>>,
+    pub presence: Cow<'a, [PresenceEntry<'a>]>,
     #[serde(default)]
     pub health: Health,
     #[serde(default)]

@@ -150,9 +150,9 @@ pub fn upstream_connect_text(
 /// A response frame from the upstream, its payload left raw.
 #[derive(Debug, Deserialize)]
 pub struct IncomingResponse<'a> {
-    #[serde(rename = "type")]
+    #[serde(rename = "type", borrow)]
     pub kind: std::borrow::Cow<'a, str>,
-    #[serde(default)]
+    #[serde(default, borrow, deserialize_with = "crate::frames::borrowed_opt")]
     pub id: Option<std::borrow::Cow<'a, str>>,
     #[serde(default)]
     pub ok: bool,

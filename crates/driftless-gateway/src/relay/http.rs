@@ -44,6 +44,10 @@ const READ_IDLE_DEADLINE: Duration = Duration::from_secs(60);
 const RESPONSE_DEADLINE: Duration = Duration::from_secs(300);
 /// How long connecting to the upstream may take.
 const CONNECT_DEADLINE: Duration = Duration::from_secs(10);
+/// How long an idle connection to the upstream is kept for the next request: less than Node's
+/// HTTP keep-alive timeout (5 s, which OpenClaw's server keeps), so driftless does not send a
+/// request on a connection OpenClaw is closing at that moment (the request would fail).
+const POOL_IDLE: Duration = Duration::from_secs(4);
 
 /// The client the HTTP relay uses: plain HTTP/1.1 to the upstream's address, no redirects
 /// followed (the browser follows them), no proxy from the environment.
@@ -54,6 +58,7 @@ pub(crate) fn client() -> Result<reqwest::Client, String> {
             .no_proxy()
             .http1_only()
             .connect_timeout(CONNECT_DEADLINE)
+            .pool_idle_timeout(POOL_IDLE)
             .read_timeout(READ_IDLE_DEADLINE),
     )
 }
@@ -102,6 +107,7 @@ async fn relay(state: &State, upstream: &super::Upstream, req: axum::extract::Re
         .map_or("/", |p| p.as_str())
         .to_owned();
     let url = format!("http://{}{path}", upstream.authority);
+    let page = is_page_load(&parts.method, &parts.headers);
     let mut headers = parts.headers;
     strip_hop_by_hop(&mut headers);
     for name in [header::AUTHORIZATION, header::PROXY_AUTHORIZATION] {
@@ -131,12 +137,16 @@ async fn relay(state: &State, upstream: &super::Upstream, req: axum::extract::Re
             )
                 .into_response();
         }
-        Ok(Err(e)) => return unreachable(&upstream.url, &format!("{e}"), StatusCode::BAD_GATEWAY),
+        Ok(Err(e)) => {
+            let why = format!("{e}");
+            return unreachable(&upstream.url, &why, StatusCode::BAD_GATEWAY, page);
+        }
         Err(_) => {
             return unreachable(
                 &upstream.url,
                 &format!("no answer within {} s", RESPONSE_HEAD_DEADLINE.as_secs()),
                 StatusCode::GATEWAY_TIMEOUT,
+                page,
             );
         }
     };
@@ -154,19 +164,54 @@ async fn relay(state: &State, upstream: &super::Upstream, req: axum::extract::Re
     res
 }
 
+/// How soon a browser's page load that found the upstream unreachable tries again.
+const PAGE_RETRY_SECS: u32 = 2;
+
+/// A browser loading a page (the Control UI), rather than a script or a tool: a `GET` that
+/// accepts HTML.
+fn is_page_load(method: &axum::http::Method, headers: &HeaderMap) -> bool {
+    method == axum::http::Method::GET
+        && headers
+            .get_all(header::ACCEPT)
+            .iter()
+            .filter_map(|v| v.to_str().ok())
+            .any(|v| v.contains("text/html"))
+}
+
 /// A 502/504 naming the upstream and what to do (no request detail, which could carry a secret).
-fn unreachable(url: &str, why: &str, status: StatusCode) -> Response {
+/// A browser's page load gets it as a page that loads itself again every [`PAGE_RETRY_SECS`]:
+/// OpenClaw restarting (it restarts itself to apply some config changes) or still starting must
+/// not leave a Control UI tab on an error until someone reloads it by hand.
+fn unreachable(url: &str, why: &str, status: StatusCode, page: bool) -> Response {
     tracing::warn!(
         upstream = url,
         reason = why,
         "cannot relay an HTTP request to the upstream gateway"
     );
+    let message = format!(
+        "driftless cannot reach the upstream gateway {url} ({why}); check that OpenClaw is \
+         running (GET /readyz says why it is not ready)"
+    );
+    if !page {
+        return (status, format!("{message}\n")).into_response();
+    }
+    let escaped = message
+        .replace('&', "&amp;")
+        .replace('<', "&lt;")
+        .replace('>', "&gt;");
+    let html = format!(
+        "<!doctype html>\n<meta charset=\"utf-8\">\n\
+         <meta http-equiv=\"refresh\" content=\"{PAGE_RETRY_SECS}\">\n\
+         <title>OpenClaw is not reachable</title>\n\
+         <p>{escaped}</p>\n<p>This page tries again every {PAGE_RETRY_SECS} seconds.</p>\n"
+    );
     (
         status,
-        format!(
-            "driftless cannot reach the upstream gateway {url} ({why}); check that OpenClaw is \
-             running (GET /readyz says why it is not ready)\n"
-        ),
+        [
+            (header::CONTENT_TYPE, "text/html; charset=utf-8".to_owned()),
+            (header::RETRY_AFTER, PAGE_RETRY_SECS.to_string()),
+        ],
+        html,
     )
         .into_response()
 }
