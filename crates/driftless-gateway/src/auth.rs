@@ -59,7 +59,9 @@ pub(crate) async fn begin(state: &State, ip: IpAddr) -> Result<Attempt<'_>, Rate
     };
     let fleet = match state.limiter.attempt(ip).map_err(refused)? {
         Some(nth) if state.shared_store && nth > 1 => {
-            count_in_fleet(state, ip).await.map_err(refused)?;
+            // Boxed here and below: the fleet's steps would otherwise make every connection's
+            // task larger.
+            Box::pin(count_in_fleet(state, ip)).await.map_err(refused)?;
             Fleet::Counted
         }
         Some(_) if state.shared_store => Fleet::Deferred,
@@ -96,7 +98,7 @@ impl Attempt<'_> {
         self.state.limiter.success(self.ip);
         if let Fleet::Counted = self.fleet {
             let (store, ip) = (self.state.devices.clone(), self.ip);
-            if let Err(e) = blocking(move || store.forgive_attempts(ip)).await {
+            if let Err(e) = Box::pin(blocking(move || store.forgive_attempts(ip))).await {
                 static LOG: Throttle = Throttle::new(LOG_EVERY);
                 if let Some(held_back) = LOG.admit() {
                     tracing::warn!(error = %e, held_back, "cannot forgive an address's attempts in the fleet's budget");
@@ -110,7 +112,7 @@ impl Attempt<'_> {
     pub(crate) async fn failed(self) {
         if let Fleet::Deferred = self.fleet {
             // Over budget: this replica is locked now too; the answer stays a mismatch.
-            let _ = count_in_fleet(self.state, self.ip).await;
+            let _ = Box::pin(count_in_fleet(self.state, self.ip)).await;
         }
     }
 }
@@ -139,8 +141,10 @@ pub(crate) async fn compare_shared(state: &Arc<State>, candidate: &str) -> Check
                     let _ = crate::reload::reload_and_schedule(&st, "auth-miss");
                 }
             });
-            // Either way compare again: a concurrent reload may have swapped the secret.
-            let _ = tokio::time::timeout(REREAD_DEADLINE, reread).await;
+            // Either way compare again: a concurrent reload may have swapped the secret. Boxed:
+            // only a miss waits here, and the timer would otherwise make every connection's task
+            // larger.
+            let _ = Box::pin(tokio::time::timeout(REREAD_DEADLINE, reread)).await;
             state.secrets.check(candidate)
         }
         checked => checked,

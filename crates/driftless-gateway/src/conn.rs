@@ -232,68 +232,102 @@ impl Drop for OpenGuard {
     }
 }
 
-pub(crate) async fn run(mut ws: WebSocket, peer: SocketAddr, state: Arc<State>, preauth: Preauth) {
-    state.connections.fetch_add(1, Ordering::SeqCst);
-    state.metrics.connections_open.inc();
-    let _open = OpenGuard(state.clone());
-    let (conn_id, nonce) = fresh_ids();
-    let method = state.secrets.mode.as_str();
+/// One WebSocket connection, from the challenge to the close. An async block rather than an async
+/// fn: an async fn keeps its arguments twice in its future (rust-lang/rust#62958), and this future
+/// is every connection's task, copied whole when it is spawned.
+#[expect(
+    clippy::manual_async_fn,
+    reason = "an async fn would keep its arguments twice in its future"
+)]
+pub(crate) fn run(
+    mut ws: WebSocket,
+    peer: SocketAddr,
+    state: Arc<State>,
+    preauth: Preauth,
+) -> impl Future<Output = ()> + Send {
+    async move {
+        state.connections.fetch_add(1, Ordering::SeqCst);
+        state.metrics.connections_open.inc();
+        let _open = OpenGuard(state.clone());
+        let (conn_id, nonce) = fresh_ids();
+        let outcome = handshake(&mut ws, peer, &state, conn_id, nonce.as_str(), &preauth).await;
+        drop(preauth);
+        // Front mode: an operator session is relayed; its upstream session opens before
+        // hello-ok, which carries the upstream's features.
+        let outcome = match (outcome, &state.upstream) {
+            (Ok(session), Some(upstream)) if session.connect_params.is_some() => {
+                // Boxed, as `relay::serve` below: the relay's futures would otherwise make every
+                // connection's task larger, relayed or not.
+                match Box::pin(crate::relay::open(&state, &session, upstream)).await {
+                    Ok((up, hello)) => Ok((session, Some(Box::new((up, hello))))),
+                    Err(e) => Err((Some(session.connect_id.clone()), Rejection::Upstream(e))),
+                }
+            }
+            (outcome, _) => outcome.map(|s| (s, None)),
+        };
+        match outcome {
+            Ok((session, relayed)) => {
+                count_handshake(&state, "ok");
+                tracing::debug!(
+                    %peer, %conn_id, auth_method = state.secrets.mode.as_str(),
+                    role = %session.role, protocol = session.protocol, "connection accepted"
+                );
+                authenticated(&mut ws, peer, &state, &session, relayed).await;
+            }
+            Err((id, why)) => refused(&mut ws, peer, &state, conn_id, id, why).await,
+        }
+    }
+}
 
-    let outcome = handshake(&mut ws, peer, &state, conn_id, nonce.as_str(), &preauth).await;
-    drop(preauth);
-    // Front mode: an operator session is relayed; its upstream session opens before hello-ok,
-    // which carries the upstream's features.
-    let outcome = match (outcome, &state.upstream) {
-        (Ok(session), Some(upstream)) if session.connect_params.is_some() => {
-            // Boxed, as `relay::serve` below: the relay's futures would otherwise make every
-            // connection's task larger, relayed or not.
-            match Box::pin(crate::relay::open(&state, &session, upstream)).await {
-                Ok((up, hello)) => Ok((session, Some((up, hello)))),
-                Err(e) => Err((Some(session.connect_id.clone()), Rejection::Upstream(e))),
-            }
-        }
-        (outcome, _) => outcome.map(|s| (s, None)),
-    };
-    let handshakes = |outcome| {
-        state
-            .metrics
-            .handshakes
-            .get_or_create(&HandshakeLabels { outcome, method })
-            .inc();
-    };
-    let (session, relayed) = match outcome {
-        Ok(ok) => ok,
-        Err((id, why)) => {
-            handshakes(why.outcome());
-            let error = why.error();
-            if let (Some(id), Some(e)) = (&id, &error) {
-                let _ = send_text(&mut ws, proto::err_text(id, e)).await;
-            }
-            let close = why.close(error.as_ref());
-            finish(&mut ws, close.as_ref(), &why).await;
-            // A refusal is worth a line at info: it is rare and it is what an operator looks for.
-            tracing::info!(
-                %peer, %conn_id, auth_method = method, outcome = why.outcome(),
-                close_code = close.as_ref().map_or(0, |c| c.0),
-                reason = close.as_ref().map_or("", |c| &*c.1),
-                "connection closed during handshake"
-            );
-            return;
-        }
-    };
-    handshakes("ok");
-    tracing::debug!(
-        %peer, %conn_id, auth_method = method, role = %session.role,
-        protocol = session.protocol, "connection accepted"
+fn count_handshake(state: &State, outcome: &'static str) {
+    let method = state.secrets.mode.as_str();
+    state
+        .metrics
+        .handshakes
+        .get_or_create(&HandshakeLabels { outcome, method })
+        .inc();
+}
+
+/// Ends a refused handshake: the error answering `connect` (when there was one), the close, and
+/// the refusal's log line.
+async fn refused(
+    ws: &mut WebSocket,
+    peer: SocketAddr,
+    state: &State,
+    conn_id: UuidText,
+    id: Option<String>,
+    why: Rejection,
+) {
+    count_handshake(state, why.outcome());
+    let error = why.error();
+    if let (Some(id), Some(e)) = (&id, &error) {
+        let _ = send_text(ws, proto::err_text(id, e)).await;
+    }
+    let close = why.close(error.as_ref());
+    finish(ws, close.as_ref(), &why).await;
+    // A refusal is worth a line at info: it is rare and it is what an operator looks for.
+    tracing::info!(
+        %peer, %conn_id, auth_method = state.secrets.mode.as_str(), outcome = why.outcome(),
+        close_code = close.as_ref().map_or(0, |c| c.0),
+        reason = close.as_ref().map_or("", |c| &*c.1),
+        "connection closed during handshake"
     );
+}
+
+/// An authenticated session, served here or relayed, until it ends; then its close.
+async fn authenticated(
+    ws: &mut WebSocket,
+    peer: SocketAddr,
+    state: &Arc<State>,
+    session: &Session,
+    relayed: Option<Box<(crate::relay::UpstreamWs, String)>>,
+) {
     let end = match relayed {
-        Some((upstream, hello)) => {
-            Box::pin(crate::relay::serve(
-                &mut ws, &state, &session, upstream, hello,
-            ))
-            .await
+        Some(relayed) => {
+            let (upstream, hello) = *relayed;
+            Box::pin(crate::relay::serve(ws, state, session, upstream, hello)).await
         }
-        None => serve(&mut ws, &state, &session).await,
+        None => serve(ws, state, session).await,
     };
     let close = match &end {
         End::Close(code, reason) => Some((*code, reason.clone())),
@@ -301,14 +335,14 @@ pub(crate) async fn run(mut ws: WebSocket, peer: SocketAddr, state: Arc<State>, 
         End::PeerClosed | End::Lost => None,
     };
     if let Some((code, reason)) = &close {
-        send_close(&mut ws, *code, reason).await;
+        send_close(ws, *code, reason).await;
     } else if matches!(end, End::PeerClosed) {
-        answer_close(&mut ws).await;
+        answer_close(ws).await;
     }
     // Per session, so debug: at info it would cost every session a formatted line.
     tracing::debug!(
-        %peer, %conn_id, auth_method = method, role = %session.role,
-        close_code = close.as_ref().map_or(0, |c| c.0),
+        %peer, conn_id = %session.conn_id, auth_method = state.secrets.mode.as_str(),
+        role = %session.role, close_code = close.as_ref().map_or(0, |c| c.0),
         reason = close.as_ref().map_or(end.describe(), |c| &*c.1),
         "connection closed"
     );
@@ -582,7 +616,9 @@ async fn admit(
                     has_device,
                 });
             };
-            device_token(
+            // Boxed, as `pair` below: only a device's session takes these steps, and their
+            // futures would otherwise make every connection's task larger.
+            Box::pin(device_token(
                 dev,
                 &params,
                 candidate.to_owned(),
@@ -590,14 +626,14 @@ async fn admit(
                 failure,
                 peer,
                 state,
-            )
+            ))
             .await?;
             (None, true)
         }
     };
     // Steps 10-11: pairing and the device's token.
     let issued = match &device {
-        Some(dev) => pair(dev, &params, device_token_auth, peer, state).await?,
+        Some(dev) => Box::pin(pair(dev, &params, device_token_auth, peer, state)).await?,
         None => None,
     };
     // Front mode relays operators (nodes are served by driftless alone: see docs/front-mode.md).

@@ -60,7 +60,7 @@ fn owned(method: &str) -> bool {
     method == "secrets.reload" || crate::devices::is_device_method(method)
 }
 
-type UpstreamWs = WebSocketStream<TcpStream>;
+pub(crate) type UpstreamWs = WebSocketStream<TcpStream>;
 
 /// The configured upstream.
 pub(crate) struct Upstream {
