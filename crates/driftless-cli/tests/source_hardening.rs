@@ -45,6 +45,8 @@ async fn an_idle_gateway_whose_files_are_read_does_not_reload() {
         tok.to_str().unwrap(),
     ));
     let gw = Gateway::start(&home, &[], &[]);
+    // The periodic backstop ticks every 30 s from about here.
+    let started = Instant::now();
     let at_start = runs(&counter);
     assert!(at_start >= 1, "the exec source did not run at start");
     let reloads_at_start = reloads(&gw);
@@ -73,7 +75,10 @@ async fn an_idle_gateway_whose_files_are_read_does_not_reload() {
         "{idle_reloads} reloads in an idle minute (allowed: 2 periodic backstops)"
     );
 
-    // The counter is live: a SIGHUP reloads, running the command exactly once.
+    // The counter is live: a SIGHUP reloads, running the command exactly once. Sent halfway
+    // between two backstop ticks (at about 60 and 90 s), so the tick's own run cannot land in
+    // the count (a fresh-clone CI run saw the 60 s tick's run finish after `before` was read).
+    tokio::time::sleep_until((started + Duration::from_secs(75)).into()).await;
     let before = runs(&counter);
     Command::new("kill")
         .args(["-HUP", &gw.child.id().to_string()])
