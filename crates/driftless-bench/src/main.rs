@@ -542,31 +542,26 @@ async fn floor_comparison(
     let mut runs: Vec<(Vec<_>, Vec<_>)> = vec![(Vec::new(), Vec::new()); plan.floor.len()];
     for round in 0..plan.floor_rounds {
         for (i, &concurrency) in plan.floor.iter().enumerate() {
-            let order = if round % 2 == 0 {
-                [(&driftless, 0), (&floor, 1)]
-            } else {
-                [(&floor, 1), (&driftless, 0)]
-            };
-            for (server, side) in order {
-                let run = scenarios::handshake(
+            let what = format!("floor comparison c={concurrency}");
+            let run = |server| {
+                scenarios::handshake(
                     server,
                     concurrency,
                     plan.floor_run,
                     1_000_000,
                     HandshakeAuth::Shared,
                 )
-                .await;
-                match run {
-                    Ok(h) if side == 0 => runs[i].0.push(h),
-                    Ok(h) => runs[i].1.push(h),
-                    Err(e) => {
-                        let what =
-                            format!("floor comparison c={concurrency} {}", server.kind.name());
-                        eprintln!("{what} failed: {e:#}");
-                        report.failures.push(format!("{what}: {e:#}"));
-                    }
-                }
-            }
+            };
+            let servers = [&driftless, &floor];
+            alternate(
+                round,
+                servers,
+                &mut runs[i],
+                &mut report.failures,
+                &what,
+                run,
+            )
+            .await;
         }
     }
     report.comparisons = plan
@@ -580,36 +575,51 @@ async fn floor_comparison(
         && last.paced_rate() > 0.0
     {
         let (concurrency, per_sec) = (last.concurrency, last.paced_rate());
-        let (mut d, mut f) = (Vec::new(), Vec::new());
+        let what = format!("paced floor comparison c={concurrency}");
+        let run = |server| scenarios::handshake_paced(server, concurrency, plan.floor_run, per_sec);
+        let mut paced = (Vec::new(), Vec::new());
         for round in 0..plan.floor_rounds {
-            let order = if round % 2 == 0 {
-                [(&driftless, 0), (&floor, 1)]
-            } else {
-                [(&floor, 1), (&driftless, 0)]
-            };
-            for (server, side) in order {
-                let run =
-                    scenarios::handshake_paced(server, concurrency, plan.floor_run, per_sec).await;
-                match run {
-                    Ok(h) if side == 0 => d.push(h),
-                    Ok(h) => f.push(h),
-                    Err(e) => {
-                        let what = format!(
-                            "paced floor comparison c={concurrency} {}",
-                            server.kind.name()
-                        );
-                        eprintln!("{what} failed: {e:#}");
-                        report.failures.push(format!("{what}: {e:#}"));
-                    }
-                }
-            }
+            let servers = [&driftless, &floor];
+            alternate(round, servers, &mut paced, &mut report.failures, &what, run).await;
         }
-        report.paced = Some(Comparison::new(concurrency, d, f));
+        report.paced = Some(Comparison::new(concurrency, paced.0, paced.1));
     }
     driftless.stop();
     floor.stop();
     eprintln!("floor: done");
     report
+}
+
+/// One round of a comparison: `run` on driftless then the floor, or the other way round on odd
+/// rounds, so drift in the machine's load falls on both alike. Each result goes to its side of
+/// `runs` (driftless, floor); a failure, named by `what` and the server, to `failures`.
+async fn alternate<'s, F, Fut>(
+    round: usize,
+    [driftless, floor]: [&'s Server; 2],
+    runs: &mut (Vec<scenarios::Handshake>, Vec<scenarios::Handshake>),
+    failures: &mut Vec<String>,
+    what: &str,
+    run: F,
+) where
+    F: Fn(&'s Server) -> Fut,
+    Fut: std::future::Future<Output = Result<scenarios::Handshake>>,
+{
+    let order = if round.is_multiple_of(2) {
+        [(driftless, true), (floor, false)]
+    } else {
+        [(floor, false), (driftless, true)]
+    };
+    for (server, is_driftless) in order {
+        match run(server).await {
+            Ok(h) if is_driftless => runs.0.push(h),
+            Ok(h) => runs.1.push(h),
+            Err(e) => {
+                let what = format!("{what} {}", server.kind.name());
+                eprintln!("{what} failed: {e:#}");
+                failures.push(format!("{what}: {e:#}"));
+            }
+        }
+    }
 }
 
 /// Re-runs this command inside a private network namespace with loopback up; returns its exit code,
