@@ -376,7 +376,7 @@ impl std::fmt::Display for UuidText {
 
 /// The connection's id and its challenge nonce, both UUIDs as OpenClaw's, from one read of the
 /// OS's random generator rather than one each.
-fn fresh_ids() -> (UuidText, UuidText) {
+pub(crate) fn fresh_ids() -> (UuidText, UuidText) {
     let mut bytes = [0u8; 32];
     getrandom::fill(&mut bytes).expect("the OS random generator is available");
     let (a, b) = bytes.split_at(16);

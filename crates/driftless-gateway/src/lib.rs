@@ -127,6 +127,8 @@ pub(crate) struct State {
     pub runtime: tokio::runtime::Handle,
     /// Wakes the fleet heartbeat early (what this replica accepts changed).
     pub heartbeat: tokio::sync::Notify,
+    /// hello-ok and the health reply, prerendered on first use ([`State::prerendered`]).
+    prerendered: std::sync::OnceLock<methods::Prerendered>,
 }
 
 /// An event frame for every session allowed to see it. A session that lags skips it (OpenClaw's
@@ -139,6 +141,12 @@ pub(crate) struct Broadcast {
 }
 
 impl State {
+    /// The frames every session sends but for a few values, rendered once.
+    pub(crate) fn prerendered(&self) -> &methods::Prerendered {
+        self.prerendered
+            .get_or_init(|| methods::Prerendered::new(self))
+    }
+
     /// Numbers and sends a broadcast event. The lock spans numbering and sending, so every
     /// session receives events in `seq` order.
     pub(crate) fn broadcast(&self, event: &str, payload: &impl serde::Serialize) {
@@ -305,6 +313,7 @@ impl Gateway {
                 upstream,
                 runtime,
                 heartbeat: tokio::sync::Notify::new(),
+                prerendered: std::sync::OnceLock::new(),
             }
         });
         if let Some(grace) = fleet_grace {

@@ -10,6 +10,7 @@ use driftless_protocol::payloads::{
     Status, StatusAuth,
 };
 use driftless_protocol::scopes::{self, EVENTS, METHODS};
+use driftless_protocol::template::{self, Template, json_text, write_json};
 use driftless_protocol::{
     self as proto, ErrorDetails, ErrorShape, IncomingRequest, codes, err_text, ok_text,
 };
@@ -45,18 +46,18 @@ fn uptime_ms(state: &State) -> u64 {
     state.started.elapsed().as_millis() as u64
 }
 
-fn health(state: &State) -> Health {
+fn health(ts: u64, uptime_ms: u64) -> Health {
     Health {
         ok: true,
-        ts: now_ms(),
+        ts,
         duration_ms: 0,
-        uptime_ms: Some(uptime_ms(state)),
+        uptime_ms: Some(uptime_ms),
         ..Health::default()
     }
 }
 
-/// The gateway's own presence entry, borrowing what the state holds.
-fn presence(state: &State) -> PresenceEntry<'_> {
+/// The gateway's own presence entry at `ts`, borrowing what the state holds.
+fn presence(state: &State, ts: u64) -> PresenceEntry<'_> {
     PresenceEntry {
         host: "gateway".into(),
         ip: state.bind.as_str().into(),
@@ -66,7 +67,7 @@ fn presence(state: &State) -> PresenceEntry<'_> {
         reason: "self".into(),
         instance_id: state.instance_id.as_str().into(),
         text: PRESENCE_TEXT.into(),
-        ts: now_ms(),
+        ts,
     }
 }
 
@@ -137,13 +138,59 @@ pub(crate) fn hello_auth<'a>(state: &State, session: &'a Session) -> HelloAuth<'
 
 /// The JSON text of the response answering `connect`.
 pub(crate) fn hello_ok_text(state: &State, session: &Session) -> String {
-    let presence = presence(state);
+    hello_ok_at(state, session, now_ms(), uptime_ms(state))
+}
+
+fn hello_ok_at(state: &State, session: &Session, now: u64, uptime: u64) -> String {
+    let Some(template) = &state.prerendered().hello else {
+        return hello_ok_whole(state, &HelloValues::of(state, session, now, uptime));
+    };
+    template.render(HOLES_ROOM, |hole, out| match hole {
+        HelloHole::Id => write_json(out, &session.connect_id),
+        HelloHole::Protocol => write_json(out, &session.protocol),
+        HelloHole::ConnId => write_json(out, session.conn_id.as_str()),
+        HelloHole::PresenceTs | HelloHole::HealthTs => write_json(out, &now),
+        HelloHole::HealthUptime | HelloHole::Uptime => write_json(out, &uptime),
+        HelloHole::Auth => write_json(out, &hello_auth(state, session)),
+    })
+}
+
+/// What changes in hello-ok from one session to the next; the rest is the same for all.
+struct HelloValues<'a> {
+    id: &'a str,
+    protocol: u32,
+    conn_id: &'a str,
+    presence_ts: u64,
+    health_ts: u64,
+    health_uptime_ms: u64,
+    uptime_ms: u64,
+    auth: HelloAuth<'a>,
+}
+
+impl<'a> HelloValues<'a> {
+    fn of(state: &State, session: &'a Session, now: u64, uptime: u64) -> HelloValues<'a> {
+        HelloValues {
+            id: &session.connect_id,
+            protocol: session.protocol,
+            conn_id: session.conn_id.as_str(),
+            presence_ts: now,
+            health_ts: now,
+            health_uptime_ms: uptime,
+            uptime_ms: uptime,
+            auth: hello_auth(state, session),
+        }
+    }
+}
+
+/// hello-ok's text for `v`, serialized whole from its types.
+fn hello_ok_whole(state: &State, v: &HelloValues<'_>) -> String {
+    let presence = presence(state, v.presence_ts);
     let hello = HelloOk {
         kind: HELLO_OK.into(),
-        protocol: session.protocol,
+        protocol: v.protocol,
         server: ServerInfo {
             version: VERSION.into(),
-            conn_id: session.conn_id.as_str().into(),
+            conn_id: v.conn_id.into(),
         },
         features: Features {
             methods: FEATURES[0].as_slice().into(),
@@ -151,22 +198,121 @@ pub(crate) fn hello_ok_text(state: &State, session: &Session) -> String {
         },
         snapshot: HelloSnapshot {
             presence: std::slice::from_ref(&presence).into(),
-            health: health(state),
+            health: health(v.health_ts, v.health_uptime_ms),
             state_version: StateVersion {
                 presence: 1,
                 health: 1,
             },
-            uptime_ms: uptime_ms(state),
+            uptime_ms: v.uptime_ms,
             auth_mode: None,
         },
-        auth: Some(hello_auth(state, session)),
+        auth: Some(v.auth.clone()),
         policy: Policy {
             max_payload: proto::MAX_PAYLOAD_BYTES as u64,
             max_buffered_bytes: proto::MAX_BUFFERED_BYTES as u64,
             tick_interval_ms: state.tick_interval.as_millis() as u64,
         },
     };
-    ok_text(&session.connect_id, &hello)
+    ok_text(v.id, &hello)
+}
+
+/// The health reply's text, as [`hello_ok_text`].
+fn health_text(state: &State, id: &str) -> String {
+    let (now, uptime) = (now_ms(), uptime_ms(state));
+    let Some(template) = &state.prerendered().health else {
+        return ok_text(id, &health(now, uptime));
+    };
+    template.render(HOLES_ROOM, |hole, out| match hole {
+        HealthHole::Id => write_json(out, &id),
+        HealthHole::Ts => write_json(out, &now),
+        HealthHole::Uptime => write_json(out, &uptime),
+    })
+}
+
+/// Room for a frame's holes: a request id, a connection id, timestamps and `hello-ok.auth`.
+const HOLES_ROOM: usize = 256;
+
+#[derive(Debug, Clone, Copy)]
+enum HelloHole {
+    Id,
+    Protocol,
+    ConnId,
+    PresenceTs,
+    HealthTs,
+    HealthUptime,
+    Uptime,
+    Auth,
+}
+
+#[derive(Debug, Clone, Copy)]
+enum HealthHole {
+    Id,
+    Ts,
+    Uptime,
+}
+
+/// hello-ok and the health reply, serialized once with placeholders where a session's values go
+/// ([`proto::template`]): a session then serializes only its values. `None` if a placeholder
+/// cannot be told from the fixed text (it always can: they are NUL-prefixed strings and
+/// numbers no timestamp reaches), and then each frame is serialized whole.
+pub(crate) struct Prerendered {
+    hello: Option<Template<HelloHole>>,
+    health: Option<Template<HealthHole>>,
+}
+
+impl Prerendered {
+    pub(crate) fn new(state: &State) -> Prerendered {
+        let [id, conn_id, role] = [0, 1, 2].map(template::placeholder_str);
+        let [presence_ts, health_ts, health_uptime, uptime] =
+            [3, 4, 5, 6].map(template::placeholder_u64);
+        let protocol = u32::MAX;
+        let auth = HelloAuth {
+            method: None,
+            role: role.as_str().into(),
+            scopes: Cow::Borrowed(&[]),
+            device_token: None,
+            issued_at_ms: None,
+        };
+        let hello_text = hello_ok_whole(
+            state,
+            &HelloValues {
+                id: &id,
+                protocol,
+                conn_id: &conn_id,
+                presence_ts,
+                health_ts,
+                health_uptime_ms: health_uptime,
+                uptime_ms: uptime,
+                auth: auth.clone(),
+            },
+        );
+        let hello = Template::new(
+            &hello_text,
+            &[
+                (HelloHole::Id, json_text(&id)),
+                (HelloHole::Protocol, json_text(&protocol)),
+                (HelloHole::ConnId, json_text(&conn_id)),
+                (HelloHole::PresenceTs, json_text(&presence_ts)),
+                (HelloHole::HealthTs, json_text(&health_ts)),
+                (HelloHole::HealthUptime, json_text(&health_uptime)),
+                (HelloHole::Uptime, json_text(&uptime)),
+                (HelloHole::Auth, json_text(&auth)),
+            ],
+        );
+        let health_text = ok_text(&id, &health(health_ts, health_uptime));
+        let health = Template::new(
+            &health_text,
+            &[
+                (HealthHole::Id, json_text(&id)),
+                (HealthHole::Ts, json_text(&health_ts)),
+                (HealthHole::Uptime, json_text(&health_uptime)),
+            ],
+        );
+        Prerendered {
+            hello: hello.ok(),
+            health: health.ok(),
+        }
+    }
 }
 
 const UNAUTHORIZED_ROLE: &str = "unauthorized role: ";
@@ -230,13 +376,16 @@ pub(crate) async fn dispatch(
         return Reply::err(id, ErrorShape::missing_scope(scope));
     }
     match &*req.method {
-        "health" => Reply::ok(id, &health(state)),
+        "health" => Reply {
+            text: health_text(state, id),
+            role_refusal: false,
+        },
         "status" => {
             let mut st = status(state);
             st.replicas = replicas(state).await;
             Reply::ok(id, &st)
         }
-        "system-presence" => Reply::ok(id, &[presence(state)]),
+        "system-presence" => Reply::ok(id, &[presence(state, now_ms())]),
         "secrets.reload" => {
             // Lenient as before: params that are not an object with a boolean `endGrace` mean
             // "keep the grace".
@@ -341,5 +490,100 @@ pub(crate) async fn dispatch(
             }
         }
         _ => unreachable!("every listed method is handled"),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use driftless_core::SecretInput;
+    use driftless_core::config::{Config, LoadedConfig};
+    use driftless_core::env::Env;
+    use driftless_core::secret::SecretValue;
+
+    use super::*;
+
+    async fn gateway(dir: &std::path::Path) -> crate::Gateway {
+        let mut config = Config::default();
+        config.gateway.port = 0;
+        let loaded = LoadedConfig {
+            config,
+            path: dir.join("config.toml"),
+        };
+        let env = Env::from_pairs([
+            ("HOME", dir.to_str().unwrap()),
+            ("DRIFTLESS_STATE_DIR", dir.to_str().unwrap()),
+        ]);
+        let token = SecretInput::Literal(SecretValue::new("canary-gateway-token".into()));
+        crate::Gateway::bind(&loaded, &env, Some(token))
+            .await
+            .unwrap()
+    }
+
+    fn session(connect_id: &str, scopes: &[&str], issued: bool) -> Session {
+        Session {
+            conn_id: crate::conn::fresh_ids().0,
+            role: "operator".into(),
+            scopes: scopes.iter().map(|s| s.to_string()).collect(),
+            protocol: proto::MAX_PROTOCOL,
+            secret_generation: Some(1),
+            connect_id: connect_id.into(),
+            device_id: issued.then(|| "device-1".into()),
+            device_token_auth: issued,
+            issued: issued.then(|| devices::IssuedToken {
+                device_id: "device-1".into(),
+                role: "operator".into(),
+                token: SecretValue::new("issued-device-token".into()),
+                scopes: vec!["operator.read".into()],
+                issued_at_ms: 1_700_000_000_123,
+            }),
+            connect_params: None,
+            browser: false,
+        }
+    }
+
+    #[tokio::test]
+    async fn prerendered_frames_are_the_frames_serialized_whole() {
+        let dir = tempfile::tempdir().unwrap();
+        let gw = gateway(dir.path()).await;
+        let state = &gw.state;
+        assert!(
+            state.prerendered().hello.is_some(),
+            "hello-ok has a template"
+        );
+        assert!(
+            state.prerendered().health.is_some(),
+            "health has a template"
+        );
+        for session in [
+            session("1", &["operator.read"], false),
+            session("id \"with\" quotes\n", &[], false),
+            session("7", &["operator.admin", "operator.pairing"], true),
+        ] {
+            let (now, uptime) = (1_764_000_000_000 + session.connect_id.len() as u64, 42);
+            let rendered = hello_ok_at(state, &session, now, uptime);
+            let whole = hello_ok_whole(state, &HelloValues::of(state, &session, now, uptime));
+            assert_eq!(rendered, whole);
+            let proto::Frame::Res(res) = serde_json::from_str(&rendered).unwrap() else {
+                panic!("hello-ok is a response: {rendered}");
+            };
+            assert_eq!(
+                (res.id.as_str(), res.ok),
+                (session.connect_id.as_str(), true)
+            );
+            let hello: HelloOk<'static> = serde_json::from_value(res.payload.unwrap()).unwrap();
+            assert_eq!(hello.server.conn_id, session.conn_id.as_str());
+            assert_eq!(hello.snapshot.health.ts, now);
+            let auth = hello.auth.unwrap();
+            assert_eq!(*auth.scopes, session.scopes);
+            assert_eq!(auth.issued_at_ms.is_some(), session.issued.is_some());
+        }
+        let id = "h\"1";
+        let rendered = health_text(state, id);
+        let (ts, uptime) = {
+            let v: serde_json::Value = serde_json::from_str(&rendered).unwrap();
+            let p = &v["payload"];
+            (p["ts"].as_u64().unwrap(), p["uptimeMs"].as_u64().unwrap())
+        };
+        assert_eq!(rendered, ok_text(id, &health(ts, uptime)));
     }
 }

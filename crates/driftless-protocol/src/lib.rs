@@ -7,6 +7,7 @@ pub mod frames;
 pub mod payloads;
 pub mod relay;
 pub mod scopes;
+pub mod template;
 
 pub use frames::*;
 pub use payloads::*;
