@@ -249,7 +249,9 @@ async fn connection(
         false => Vec::new(),
     };
     drop(first);
-    websocket(io, read, addr, state, slot, upgrade).await;
+    // Boxed: a task's future is moved whole when it is spawned, stored and finished (four copies
+    // of a session's ~2.5 KiB state each); boxed, the session is moved once.
+    Box::pin(websocket(io, read, addr, state, slot, upgrade)).await;
 }
 
 /// HTTP/1.1 requests (the probes, `/metrics`, `/v1/*`, and every upgrade the first read did not

@@ -119,12 +119,17 @@ impl Attempt<'_> {
 
 /// Records the outcome of a credential check in `driftless_auth_checks_total`.
 pub(crate) fn record(state: &State, ok: bool) {
-    let outcome = if ok { "ok" } else { "mismatch" };
-    state
-        .metrics
-        .auth_checks
-        .get_or_create(&OutcomeLabels { outcome })
-        .inc();
+    if ok {
+        state.metrics.auth_checks_ok.inc();
+    } else {
+        state
+            .metrics
+            .auth_checks
+            .get_or_create(&OutcomeLabels {
+                outcome: "mismatch",
+            })
+            .inc();
+    }
 }
 
 /// Compares a presented shared secret with the current one and, in grace, the previous one. On a

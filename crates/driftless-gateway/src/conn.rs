@@ -267,7 +267,7 @@ pub(crate) fn run(
         };
         match outcome {
             Ok((session, relayed)) => {
-                count_handshake(&state, "ok");
+                state.metrics.handshakes_ok.inc();
                 tracing::debug!(
                     %peer, %conn_id, auth_method = state.secrets.mode.as_str(),
                     role = %session.role, protocol = session.protocol, "connection accepted"
@@ -406,7 +406,7 @@ async fn finish(ws: &mut WebSocket, close: Option<&(u16, Cow<'static, str>)>, wh
 /// The peer sent Close: tungstenite queued the answering Close frame (RFC 6455 §5.5.1, echoing
 /// the peer's code); one more read writes it and then sees the end of the connection.
 async fn answer_close(ws: &mut WebSocket) {
-    let _ = tokio::time::timeout(CLOSE_REPLY_DEADLINE, ws.next()).await;
+    let _ = bounded(CLOSE_REPLY_DEADLINE, ws.next()).await;
 }
 
 async fn send_close(ws: &mut WebSocket, code: u16, reason: &str) {
@@ -420,7 +420,18 @@ async fn send_close(ws: &mut WebSocket, code: u16, reason: &str) {
         reason: reason[..end].into(),
     }));
     // A peer that reads nothing (a slow consumer) would hold this forever.
-    let _ = tokio::time::timeout(CLOSE_REPLY_DEADLINE, ws.send(close)).await;
+    let _ = bounded(CLOSE_REPLY_DEADLINE, ws.send(close)).await;
+}
+
+/// `fut`'s output, or `None` after `limit`. The timer is armed only when `fut` is not ready at
+/// once (most are not: a socket with room, a close already answered), since arming and clearing
+/// one takes a lock of the timer wheel that every connection shares.
+async fn bounded<F: Future>(limit: Duration, fut: F) -> Option<F::Output> {
+    tokio::pin!(fut);
+    if let Some(out) = futures_util::FutureExt::now_or_never(fut.as_mut()) {
+        return Some(out);
+    }
+    tokio::time::timeout(limit, fut).await.ok()
 }
 
 /// Why a bounded send failed.
@@ -431,20 +442,14 @@ pub(crate) enum SendFailed {
     Stalled,
 }
 
-/// Sends `msg` to a WebSocket peer, for at most [`SEND_STALL_LIMIT`]. The timer is armed only
-/// when the socket does not take the frame at once, so the common send costs none.
+/// Sends `msg` to a WebSocket peer, for at most [`SEND_STALL_LIMIT`] ([`bounded`]).
 pub(crate) async fn send_bounded<S>(ws: &mut S, msg: Message) -> Result<(), SendFailed>
 where
     S: futures_util::Sink<Message> + Unpin,
 {
-    let send = ws.send(msg);
-    tokio::pin!(send);
-    if let Some(sent) = futures_util::FutureExt::now_or_never(send.as_mut()) {
-        return sent.map_err(|_| SendFailed::Gone);
-    }
-    match tokio::time::timeout(SEND_STALL_LIMIT, send).await {
-        Ok(sent) => sent.map_err(|_| SendFailed::Gone),
-        Err(_) => Err(SendFailed::Stalled),
+    match bounded(SEND_STALL_LIMIT, ws.send(msg)).await {
+        Some(sent) => sent.map_err(|_| SendFailed::Gone),
+        None => Err(SendFailed::Stalled),
     }
 }
 
@@ -926,14 +931,17 @@ async fn serve(ws: &mut WebSocket, state: &Arc<State>, session: &Session) -> End
         return end;
     }
     let mut role_refusals = 0u32;
+    let next_signal = signals.next(session);
+    tokio::pin!(next_signal);
     loop {
         tokio::select! {
             // In order: an event published before a request arrives goes out before its answer.
             biased;
-            signal = signals.next(session) => {
+            (signals, signal) = &mut next_signal => {
                 if let Some(end) = signal.act(ws, session).await {
                     return end;
                 }
+                next_signal.set(signals.next(session));
             }
             msg = ws.next() => {
                 let text = match client_text(msg) {
@@ -1012,9 +1020,15 @@ impl Signals {
         control_event(ws, &c, session).await
     }
 
-    /// The next signal for `session`: control first, then its device's, then events. Cancel-safe
-    /// (each receiver is), so it can be one arm of a `select!`.
-    pub(crate) async fn next(&mut self, session: &Session) -> Signal {
+    /// The next signal for `session` (control first, then its device's, then events), handing the
+    /// receivers back with it. A session keeps one such future across its loop's `select!`, so
+    /// the shared channels see one waiter per session and signal, not one per client message.
+    pub(crate) async fn next(mut self, session: &Session) -> (Signals, Signal) {
+        let signal = self.wait(session).await;
+        (self, signal)
+    }
+
+    async fn wait(&mut self, session: &Session) -> Signal {
         let restart = || {
             Signal::End(End::Close(
                 close::SERVICE_RESTART,

@@ -249,7 +249,7 @@ impl Gateway {
         let handshake_timeout = millis(HANDSHAKE_TIMEOUT_ENV, proto::HANDSHAKE_TIMEOUT_MS);
         let tick_interval = millis(TICK_INTERVAL_ENV, proto::TICK_INTERVAL_MS);
         let reload_debounce = millis(RELOAD_DEBOUNCE_ENV, reload::DEBOUNCE_MS);
-        let metrics = Metrics::new();
+        let metrics = Metrics::new(secrets.mode);
         secrets.init_metrics(&metrics);
         let openai = openai::Providers::new(cfg).map_err(GatewayError::HttpClient)?;
         let device_store = devices::open_configured(

@@ -1,6 +1,7 @@
 //! Prometheus metrics (`GET /metrics`). Labels carry outcomes, auth methods and secret *names*;
 //! never a value or a fingerprint.
 
+use driftless_core::config::AuthMode;
 use prometheus_client::encoding::EncodeLabelSet;
 use prometheus_client::metrics::counter::Counter;
 use prometheus_client::metrics::family::Family;
@@ -27,8 +28,13 @@ pub struct Metrics {
     registry: Registry,
     pub connections_open: Gauge,
     pub handshakes: Family<HandshakeLabels, Counter>,
+    /// `handshakes{outcome="ok"}` for the gateway's auth mode, and `auth_checks{outcome="ok"}`:
+    /// every session counts both, so they are looked up once rather than through the family
+    /// (which hashes the labels under a lock the workers share).
+    pub handshakes_ok: Counter,
     /// Real secret comparisons, by result; the limiter test bounds the failures.
     pub auth_checks: Family<OutcomeLabels, Counter>,
+    pub auth_checks_ok: Counter,
     pub limiter_rejections: Counter,
     pub preauth_rejections: Counter,
     pub address_cap_rejections: Counter,
@@ -37,20 +43,28 @@ pub struct Metrics {
     pub secret_last_rotation: Family<SecretLabels, Gauge>,
 }
 
-impl Default for Metrics {
-    fn default() -> Metrics {
-        Metrics::new()
-    }
-}
-
 impl Metrics {
-    pub fn new() -> Metrics {
+    /// The gateway's metrics; `mode` is its auth mode, the `method` of its handshakes.
+    pub fn new(mode: AuthMode) -> Metrics {
         let mut registry = Registry::with_prefix("driftless_gateway");
+        let handshakes = Family::<HandshakeLabels, Counter>::default();
+        let handshakes_ok = handshakes
+            .get_or_create(&HandshakeLabels {
+                outcome: "ok",
+                method: mode.as_str(),
+            })
+            .clone();
+        let auth_checks = Family::<OutcomeLabels, Counter>::default();
+        let auth_checks_ok = auth_checks
+            .get_or_create(&OutcomeLabels { outcome: "ok" })
+            .clone();
         let m = Metrics {
             registry: Registry::default(),
             connections_open: Gauge::default(),
-            handshakes: Family::default(),
-            auth_checks: Family::default(),
+            handshakes,
+            handshakes_ok,
+            auth_checks,
+            auth_checks_ok,
             limiter_rejections: Counter::default(),
             preauth_rejections: Counter::default(),
             address_cap_rejections: Counter::default(),

@@ -445,15 +445,18 @@ pub(crate) async fn serve(
             break 'session end;
         }
         let mut role_refusals = 0u32;
+        let next_signal = signals.next(session);
+        tokio::pin!(next_signal);
         loop {
             tokio::select! {
                 biased;
                 // driftless's own guarded events (pairing); `tick` and every other event come
                 // from the upstream.
-                signal = signals.next(session) => {
+                (signals, signal) = &mut next_signal => {
                     if let Some(end) = signal.act(ws, session).await {
                         break 'session end;
                     }
+                    next_signal.set(signals.next(session));
                 }
                 msg = upstream.next() => {
                     match msg {

@@ -665,7 +665,7 @@ mod tests {
     fn generations_grace_and_only_the_immediate_predecessor() {
         let dir = tempfile::tempdir().unwrap();
         let (s, tok) = from_token_file(dir.path(), "token-one");
-        let m = Metrics::new();
+        let m = Metrics::new(AuthMode::Token);
         assert_eq!(s.check("token-one"), Check::Ok(1));
         assert_eq!(s.check("token-x"), Check::Mismatch);
 
@@ -754,7 +754,7 @@ mod tests {
         // A local change is not accepted on its own: it waits to be published.
         assert!(!s.publish_pending());
         write(&tok, "local-two");
-        let (r, local_grace) = s.reload("test", &Metrics::new()).unwrap();
+        let (r, local_grace) = s.reload("test", &Metrics::new(AuthMode::Token)).unwrap();
         assert_eq!((r.changed.len(), local_grace), (1, None));
         assert!(s.publish_pending());
         assert_eq!(s.check("local-two"), Check::Mismatch);
