@@ -424,8 +424,8 @@ async fn send_close(ws: &mut WebSocket, code: u16, reason: &str) {
 }
 
 /// `fut`'s output, or `None` after `limit`. The timer is armed only when `fut` is not ready at
-/// once (most are not: a socket with room, a close already answered), since arming and clearing
-/// one takes a lock of the timer wheel that every connection shares.
+/// once (most are: a socket with room, a close already answered), since arming and clearing one
+/// takes a lock of the timer wheel that every connection shares.
 async fn bounded<F: Future>(limit: Duration, fut: F) -> Option<F::Output> {
     tokio::pin!(fut);
     if let Some(out) = futures_util::FutureExt::now_or_never(fut.as_mut()) {
