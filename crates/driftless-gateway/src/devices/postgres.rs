@@ -27,7 +27,7 @@ use std::net::IpAddr;
 use std::time::Duration;
 
 use driftless_core::SecretValue;
-use tokio_postgres::error::SqlState;
+use tokio_postgres::error::{Severity, SqlState};
 use tokio_postgres::{IsolationLevel, NoTls, Row, Transaction};
 
 #[cfg(doc)]
@@ -299,6 +299,18 @@ fn describe(e: &tokio_postgres::Error) -> String {
     }
 }
 
+/// Whether the server ended the session: it closed the connection, or sent a FATAL error
+/// (`pg_terminate_backend`, a shutdown), which can reach a statement before the close does.
+fn connection_ended(e: &tokio_postgres::Error) -> bool {
+    e.is_closed()
+        || e.as_db_error().is_some_and(|db| {
+            matches!(
+                db.parsed_severity(),
+                Some(Severity::Fatal | Severity::Panic)
+            )
+        })
+}
+
 fn retryable(e: &tokio_postgres::Error) -> bool {
     matches!(
         e.code(),
@@ -490,10 +502,13 @@ impl PostgresStore {
                 match result {
                     Ok(out) => return Ok(out),
                     Err(Fail::Store(e)) => return Err(e),
-                    // The server closed this connection (restarted, or ended the session): once
-                    // more on another one, which the pool opens if none is left.
-                    Err(Fail::Db(e)) if e.is_closed() && !committing && attempt < MAX_ATTEMPTS => {
-                        drop(client);
+                    // The server ended this connection (restarted, or ended the session): once
+                    // more on another one. The ended one leaves the pool at once: after a FATAL
+                    // its socket may not read as closed yet, and the pool would hand it back.
+                    Err(Fail::Db(e))
+                        if connection_ended(&e) && !committing && attempt < MAX_ATTEMPTS =>
+                    {
+                        drop(deadpool::managed::Object::take(client));
                         client = self.client().await?;
                     }
                     Err(Fail::Db(e)) if retryable(&e) && attempt < MAX_ATTEMPTS => {

@@ -208,6 +208,69 @@ fn the_config_chooses_postgres_and_a_rotated_password_needs_no_restart() {
     }
 }
 
+/// A session the server ends while one of its statements waits (an administrator's
+/// `pg_terminate_backend`, a shutdown) gets FATAL as that statement's answer, before its socket
+/// reads as closed: the store tries again on a new connection rather than failing the caller.
+#[test]
+fn a_session_ended_mid_statement_is_tried_again_on_a_new_connection() {
+    let Some((cluster, db)) = fixture() else {
+        return;
+    };
+    let store = open_postgres(&cluster, &db, &new_key_text());
+    let sc = scopes(&["operator.read"]);
+    let d = device("dev-fatal", &sc, LOOPBACK);
+    let tok = paired_silently(&store, &d);
+    // The store's session waiting for a lock, other than `seen`.
+    let waiting = |seen: &str| {
+        format!(
+            "SELECT pid FROM pg_stat_activity WHERE application_name = 'driftless-gateway'
+             AND wait_event_type = 'Lock' AND pid::text <> '{seen}'"
+        )
+    };
+    std::thread::scope(|s| {
+        // Another session holds the tokens table, so the store's next read waits for it.
+        let holder = s.spawn(|| {
+            cluster.try_psql(
+                &db,
+                "LOCK TABLE tokens IN ACCESS EXCLUSIVE MODE; SELECT pg_sleep(60)",
+            )
+        });
+        let holding = "SELECT pid FROM pg_stat_activity WHERE query LIKE '%pg_sleep(60)'
+             AND state = 'active' AND pid <> pg_backend_pid()";
+        let holding = wait_for_row(&cluster, holding, || false).expect("the lock is held");
+        let verify = s.spawn(|| verify_device_token(&store, &d, tok.token.expose(), T0 + 1));
+        let first = wait_for_row(&cluster, &waiting(""), || verify.is_finished())
+            .expect("the read waits for the lock");
+        cluster.psql("postgres", &format!("SELECT pg_terminate_backend({first})"));
+        // The same read, on another connection, waits again (unless it gave up); then the lock
+        // is let go.
+        let retried = wait_for_row(&cluster, &waiting(&first), || verify.is_finished());
+        cluster.psql("postgres", &format!("SELECT pg_cancel_backend({holding})"));
+        assert!(
+            holder.join().unwrap().is_err(),
+            "the lock holder was not cancelled"
+        );
+        assert_eq!(verify.join().unwrap().unwrap(), TokenCheck::Ok);
+        assert!(retried.is_some());
+    });
+}
+
+/// The first row `sql` returns once it returns one (within 30 s), or `None` once `give_up`.
+fn wait_for_row(cluster: &Cluster, sql: &str, give_up: impl Fn() -> bool) -> Option<String> {
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
+    loop {
+        let out = cluster.psql("postgres", sql);
+        if let Some(row) = out.lines().next() {
+            return Some(row.to_owned());
+        }
+        if give_up() {
+            return None;
+        }
+        assert!(std::time::Instant::now() < deadline, "no row from {sql}");
+        std::thread::sleep(std::time::Duration::from_millis(20));
+    }
+}
+
 #[test]
 fn bad_settings_are_refused_without_echoing_secrets() {
     let Some((cluster, db)) = fixture() else {
