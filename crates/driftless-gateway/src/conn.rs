@@ -509,17 +509,45 @@ async fn handshake(
     let text = read_first_frame(ws, state, preauth)
         .await
         .map_err(|why| (None, why))?;
-    let req = proto::parse_request(text.as_str()).map_err(|e| {
-        let why = match e {
-            // Not JSON at all: OpenClaw closes 1000 without a frame.
-            NotARequest::NotJson => Rejection::NotJson,
-            NotARequest::NotRequest => Rejection::NotARequest,
-        };
-        (None, why)
-    })?;
-    admit(&req, peer, state, conn_id, nonce, preauth.origin())
+    // A well-formed `connect` is read in one pass. Front mode relays the params as sent, so it
+    // keeps them raw; any other text takes the two steps that say what is wrong with it.
+    let one_pass = match state.upstream {
+        None => proto::parse_connect_request(text.as_str()),
+        Some(_) => None,
+    };
+    let (id, params, raw_params) = match one_pass {
+        Some((id, params)) => (id, params, None),
+        None => {
+            let req = proto::parse_request(text.as_str()).map_err(|e| {
+                let why = match e {
+                    // Not JSON at all: OpenClaw closes 1000 without a frame.
+                    NotARequest::NotJson => Rejection::NotJson,
+                    NotARequest::NotRequest => Rejection::NotARequest,
+                };
+                (None, why)
+            })?;
+            match parse_connect(&req) {
+                Ok(params) => (req.id, params, req.params),
+                Err(why) => return Err((Some(req.id.into_owned()), why)),
+            }
+        }
+    };
+    let connect = Connect {
+        id: &id,
+        params,
+        raw_params,
+    };
+    admit(connect, peer, state, conn_id, nonce, preauth.origin())
         .await
-        .map_err(|why| (Some(req.id.clone().into_owned()), why))
+        .map_err(|why| (Some(id.into_owned()), why))
+}
+
+/// The session's first request, a `connect`: its id, its params, and (in front mode, which
+/// relays them) the params as sent.
+struct Connect<'a> {
+    id: &'a str,
+    params: ConnectParams<'a>,
+    raw_params: Option<&'a serde_json::value::RawValue>,
 }
 
 /// Waits for the first data frame (pre-auth: bounded in time by the handshake timeout and in size
@@ -574,14 +602,21 @@ async fn read_first_frame(
 /// Everything after the frame is known to be a request: the steps of OpenClaw's handshake in
 /// its order (shared design §2.5).
 async fn admit(
-    req: &IncomingRequest<'_>,
+    connect: Connect<'_>,
     peer: SocketAddr,
     state: &Arc<State>,
     conn_id: UuidText,
     nonce: &str,
     origin: crate::origin::Verdict,
 ) -> Result<Session, Rejection> {
-    let params = parse_connect(req)?;
+    let Connect {
+        id,
+        params,
+        raw_params,
+    } = connect;
+    if params.role != "operator" && params.role != "node" {
+        return Err(Rejection::InvalidRole);
+    }
     let protocol = negotiate(&params)?;
     // Step 4: a browser's origin, before any credential is looked at.
     if let crate::origin::Verdict::Refused(reason) = origin {
@@ -642,7 +677,7 @@ async fn admit(
         None => None,
     };
     // Front mode relays operators (nodes are served by driftless alone: see docs/front-mode.md).
-    let connect_params = match (&state.upstream, req.params) {
+    let connect_params = match (&state.upstream, raw_params) {
         (Some(_), Some(raw)) if params.role == "operator" => Some(raw.to_owned()),
         _ => None,
     };
@@ -659,7 +694,7 @@ async fn admit(
         scopes,
         protocol,
         secret_generation,
-        connect_id: req.id.clone().into_owned(),
+        connect_id: id.to_owned(),
         device_id: device.map(|d| d.device_id),
         device_token_auth,
         issued,
@@ -667,17 +702,12 @@ async fn admit(
     })
 }
 
-/// Step 1: the first request must be a well-formed `connect` with a known role.
+/// Step 1: the first request must be a well-formed `connect` (its role is checked by `admit`).
 fn parse_connect<'a>(req: &IncomingRequest<'a>) -> Result<ConnectParams<'a>, Rejection> {
     if req.method != "connect" {
         return Err(Rejection::FirstNotConnect);
     }
-    let params: ConnectParams =
-        proto::parse_params(req.params).map_err(Rejection::InvalidParams)?;
-    if params.role != "operator" && params.role != "node" {
-        return Err(Rejection::InvalidRole);
-    }
-    Ok(params)
+    proto::parse_params(req.params).map_err(Rejection::InvalidParams)
 }
 
 /// Step 2: the highest served protocol in the client's range.

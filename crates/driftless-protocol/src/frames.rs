@@ -379,6 +379,27 @@ pub fn parse_request(text: &str) -> Result<IncomingRequest<'_>, NotARequest> {
     }
 }
 
+/// A session's first frame when it is a well-formed `connect` request, read in one pass (the
+/// common case; `parse_request` then `parse_params` would read `params` twice).
+#[derive(Deserialize)]
+struct ConnectRequest<'a> {
+    #[serde(rename = "type", borrow)]
+    kind: Cow<'a, str>,
+    #[serde(borrow)]
+    id: Cow<'a, str>,
+    #[serde(borrow)]
+    method: Cow<'a, str>,
+    #[serde(borrow)]
+    params: ConnectParams<'a>,
+}
+
+/// The id and params of a well-formed `connect` request, or `None` for any other text: then
+/// `parse_request` and `parse_params` say what is wrong with it, as for any request.
+pub fn parse_connect_request(text: &str) -> Option<(Cow<'_, str>, ConnectParams<'_>)> {
+    let r = serde_json::from_str::<ConnectRequest<'_>>(text).ok()?;
+    (r.kind == "req" && r.method == "connect").then_some((r.id, r.params))
+}
+
 /// Parses `params` (absent = `null`) into `T`. The error names what is wrong but never echoes a
 /// value (a credential sent in the wrong place must not come back or reach a log).
 pub fn parse_params<'a, T: Deserialize<'a>>(params: Option<&'a RawValue>) -> Result<T, String> {
@@ -569,6 +590,32 @@ mod tests {
             Some(Cow::Borrowed("t0k"))
         ));
         assert!(matches!(&p.client.version, Cow::Owned(v) if v == "v1"));
+    }
+
+    /// The one-pass read of a `connect` agrees with the two-step one, and leaves every other
+    /// text (another method, a malformed frame or params) to it.
+    #[test]
+    fn a_connect_request_reads_in_one_pass_as_in_two() {
+        let text = r#"{"type":"req","id":"1","method":"connect","params":{"minProtocol":4,"maxProtocol":4,"client":{"id":"cli","mode":"cli"},"auth":{"token":"t0k"},"scopes":["operator.read"]}}"#;
+        let (id, p) = parse_connect_request(text).unwrap();
+        let req = parse_request(text).unwrap();
+        let two: ConnectParams<'_> = parse_params(req.params).unwrap();
+        assert!(matches!(id, Cow::Borrowed("1")));
+        assert!(matches!(p.client.id, Cow::Borrowed("cli")));
+        assert_eq!(
+            serde_json::to_string(&p).unwrap(),
+            serde_json::to_string(&two).unwrap()
+        );
+        for other in [
+            r#"{"type":"req","id":"1","method":"health","params":{"minProtocol":4,"maxProtocol":4,"client":{"id":"c"}}}"#,
+            r#"{"type":"res","id":"1","method":"connect","params":{"minProtocol":4,"maxProtocol":4,"client":{"id":"c"}}}"#,
+            r#"{"type":"req","id":"1","method":"connect","params":{"minProtocol":4}}"#,
+            r#"{"type":"req","id":"1","method":"connect"}"#,
+            r#"{"type":"req","id":1,"method":"connect","params":{"minProtocol":4,"maxProtocol":4,"client":{"id":"c"}}}"#,
+            "{not json",
+        ] {
+            assert!(parse_connect_request(other).is_none(), "{other}");
+        }
     }
 
     #[test]
