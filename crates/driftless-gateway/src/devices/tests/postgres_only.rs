@@ -235,9 +235,13 @@ fn a_session_ended_mid_statement_is_tried_again_on_a_new_connection() {
                 "LOCK TABLE tokens IN ACCESS EXCLUSIVE MODE; SELECT pg_sleep(60)",
             )
         });
-        let holding = "SELECT pid FROM pg_stat_activity WHERE query LIKE '%pg_sleep(60)'
-             AND state = 'active' AND pid <> pg_backend_pid()";
-        let holding = wait_for_row(&cluster, holding, || false).expect("the lock is held");
+        // Its lock granted (the session is active a moment before its LOCK has run).
+        let holding = format!(
+            "SELECT l.pid FROM pg_locks l JOIN pg_database d ON d.oid = l.database
+             WHERE d.datname = '{db}' AND l.locktype = 'relation'
+             AND l.mode = 'AccessExclusiveLock' AND l.granted"
+        );
+        let holding = wait_for_row(&cluster, &holding, || false).expect("the lock is held");
         let verify = s.spawn(|| verify_device_token(&store, &d, tok.token.expose(), T0 + 1));
         let first = wait_for_row(&cluster, &waiting(""), || verify.is_finished())
             .expect("the read waits for the lock");
